@@ -1,0 +1,147 @@
+"""The base configuration every experiment builds on, and its validation.
+
+Every field a user can set lives here, with a comment. Experiment files in
+`configs/` call `base_config()` and change only what differs, e.g.
+
+    from smallgpt_jax.config import base_config
+    def get_config():
+        config = base_config()
+        config.model.num_layers = 12
+        return config
+
+Fields are overridden on the command line with `--config.model.num_layers=4`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from smallgpt_jax.errors import UserError
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the default configuration (a small CPU-sized character GPT)."""
+    c = ml_collections.ConfigDict()
+    c.name = "default"  # Run name; the default workdir is runs/<name>.
+    c.seed = 0  # One seed drives init, batch sampling and dropout.
+    # How the train step is spread over devices: 'pmap' (one replica per local
+    # device) or 'shard_map' (jit over a device mesh, batch sharded on 'data').
+    c.parallel = "pmap"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = "tinyshakespeare"  # Named corpus, used when `path` is empty.
+    c.data.path = ""  # A UTF-8 .txt file, a directory of them, or a glob.
+    c.data.tokenizer = "char"  # 'char', 'byte' or 'bpe'.
+    c.data.vocab_size = 512  # Only for 'bpe': size of the learned vocabulary.
+    c.data.train_fraction = 0.9  # First 90% trains, the last 10% validates.
+
+    c.model = ml_collections.ConfigDict()
+    c.model.num_layers = 4  # Transformer blocks.
+    c.model.num_heads = 4  # Attention heads per block.
+    c.model.embed_dim = 128  # Width D of the residual stream.
+    c.model.mlp_ratio = 4  # Feed-forward hidden width = mlp_ratio * embed_dim.
+    c.model.block_size = 64  # Context length T (the attention window).
+    c.model.dropout = 0.0  # Dropout on embeddings, attention and residuals.
+    c.model.pos_encoding = "learned"  # 'learned', 'sinusoidal', 'rope', 'none'.
+    c.model.norm = "layernorm"  # 'layernorm' or 'rmsnorm'.
+    c.model.norm_position = "pre"  # 'pre' (GPT-2) or 'post' (GPT-1).
+    c.model.activation = "gelu"  # 'gelu', 'relu' or 'swiglu'.
+    c.model.use_bias = True  # Biases in dense layers and norms.
+    c.model.tie_embeddings = True  # Output head reuses the token embedding.
+    c.model.attention = "explicit"  # 'explicit' (written out) or 'fused'.
+    c.model.dtype = "float32"  # Compute dtype; params stay float32.
+    c.model.scan_layers = False  # nn.scan over blocks: compile once, not L times.
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 32  # Global batch (sequences per step, all devices).
+    c.train.num_steps = 2000  # Optimizer steps.
+    c.train.learning_rate = 1e-3  # Peak learning rate after warmup.
+    c.train.min_learning_rate = 1e-4  # Cosine decays to this at num_steps.
+    c.train.warmup_steps = 100  # Linear warmup from 0 to learning_rate.
+    c.train.beta1 = 0.9  # AdamW first-moment decay.
+    c.train.beta2 = 0.99  # AdamW second-moment decay.
+    c.train.weight_decay = 0.1  # Decoupled decay, applied to matrices only.
+    c.train.grad_clip = 1.0  # Clip gradients to this global norm (0: off).
+    c.train.grad_accum_steps = 1  # Micro-batches summed before one update.
+    c.train.eval_every = 250  # Evaluate (and write a sample) every N steps.
+    c.train.eval_steps = 20  # Batches averaged per split at each evaluation.
+    c.train.log_every = 10  # Write train scalars every N steps.
+    c.train.sample_tokens = 200  # Length of the text sample at each eval / end.
+    c.train.checkpoint_every = 500  # Save a checkpoint every N steps.
+    c.train.keep_checkpoints = 2  # Newest checkpoints kept (plus the best).
+    c.train.resume_step = -1  # -1: resume from the newest; N: from step N.
+    return c
+
+
+_CHOICES = {
+    "parallel": ("pmap", "shard_map"),
+    "data.tokenizer": ("char", "byte", "bpe"),
+    "model.pos_encoding": ("learned", "sinusoidal", "rope", "none"),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.norm_position": ("pre", "post"),
+    "model.activation": ("gelu", "relu", "swiglu"),
+    "model.attention": ("explicit", "fused"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+}
+_POSITIVE = (
+    "model.num_layers", "model.num_heads", "model.embed_dim", "model.mlp_ratio",
+    "model.block_size", "train.batch_size", "train.num_steps", "train.eval_every",
+    "train.eval_steps", "train.log_every", "train.grad_accum_steps",
+    "train.checkpoint_every", "train.keep_checkpoints", "data.vocab_size",
+)
+_NON_NEGATIVE = (
+    "train.learning_rate", "train.min_learning_rate", "train.warmup_steps",
+    "train.weight_decay", "train.grad_clip", "train.sample_tokens",
+)
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the config up front; raises UserError naming the bad field."""
+    for field, choices in _CHOICES.items():
+        value = _get(config, field)
+        if value not in choices:
+            raise UserError(
+                f"config.{field}={value!r} is not one of {', '.join(choices)}; "
+                f"set --config.{field}=<one of them>.")
+    for field in _POSITIVE:
+        value = _get(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UserError(f"config.{field}={value!r} must be a positive integer.")
+    for field in _NON_NEGATIVE:
+        value = _get(config, field)
+        if value < 0:
+            raise UserError(f"config.{field}={value!r} must not be negative.")
+    m, t = config.model, config.train
+    if m.embed_dim % m.num_heads:
+        raise UserError(
+            f"config.model.embed_dim={m.embed_dim} is not divisible by "
+            f"config.model.num_heads={m.num_heads}; pick sizes where it is.")
+    if m.pos_encoding in ("sinusoidal", "rope") and (m.embed_dim // m.num_heads) % 2:
+        if m.pos_encoding == "rope" or m.embed_dim % 2:
+            raise UserError(
+                f"config.model.pos_encoding={m.pos_encoding!r} needs an even "
+                f"{'head size' if m.pos_encoding == 'rope' else 'embed_dim'}.")
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError(f"config.model.dropout={m.dropout} must be in [0, 1).")
+    if not 0.0 < config.data.train_fraction < 1.0:
+        raise UserError(
+            f"config.data.train_fraction={config.data.train_fraction} must be "
+            "strictly between 0 and 1.")
+    if t.min_learning_rate > t.learning_rate:
+        raise UserError(
+            f"config.train.min_learning_rate={t.min_learning_rate} is larger than "
+            f"config.train.learning_rate={t.learning_rate}.")
+    for name, value in (("beta1", t.beta1), ("beta2", t.beta2)):
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"config.train.{name}={value} must be in [0, 1).")
+    if t.batch_size % t.grad_accum_steps:
+        raise UserError(
+            f"config.train.batch_size={t.batch_size} is not divisible by "
+            f"config.train.grad_accum_steps={t.grad_accum_steps}.")

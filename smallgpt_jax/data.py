@@ -1,0 +1,182 @@
+"""Text corpora and batches.
+
+Where the text comes from (`config.data`):
+- `path`: a UTF-8 .txt file, a directory of .txt files, or a glob;
+- otherwise the named `dataset`, found in `$SMALLGPT_DATA_DIR/<name>/`, then
+  in the user cache (`~/.cache/smallgpt_jax`), then downloaded (with a
+  progress bar, a checksum check and an atomic write).
+
+How batches are drawn: random windows of `block_size + 1` tokens (inputs and
+the next-token targets), chosen by a pure function of (seed, step). A resumed
+run therefore sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+
+from smallgpt_jax.errors import UserError
+
+# name -> (url, file name, size in bytes, sha256)
+DATASETS = {
+    "tinyshakespeare": (
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+        "tinyshakespeare/input.txt",
+        "input.txt",
+        1_115_394,
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    ),
+}
+
+
+def cache_dir() -> str:
+    """The per-user cache directory for downloaded corpora."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "smallgpt_jax")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: str, sha256: str | None = None,
+             expected_size: int | None = None) -> str:
+    """Downloads `url` to `dest` atomically, showing progress on stderr.
+
+    The bytes go to a temporary file next to `dest`, are checked against
+    `sha256`, and only then renamed into place, so an interrupted or corrupt
+    download never leaves a file that looks complete.
+    """
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest) or ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as r:
+            total = int(r.headers.get("Content-Length") or expected_size or 0)
+            done = 0
+            while chunk := r.read(1 << 16):
+                out.write(chunk)
+                done += len(chunk)
+                if total:
+                    bar = "#" * int(30 * done / total)
+                    sys.stderr.write(f"\rdownloading {os.path.basename(dest)} "
+                                     f"[{bar:<30}] {done / 1e6:.1f}/{total / 1e6:.1f} MB")
+            sys.stderr.write("\n")
+        if sha256 is not None and _sha256(tmp) != sha256:
+            raise UserError(f"the download from {url} is corrupt (sha256 mismatch); "
+                            "try again, or place the file by hand.")
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def find_dataset(name: str) -> str:
+    """Returns the local path of a named dataset, downloading it if needed."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}. "
+                        "Or point --config.data.path at your own .txt file.")
+    url, filename, size, sha256 = DATASETS[name]
+    candidates = []
+    if os.environ.get("SMALLGPT_DATA_DIR"):
+        candidates.append(os.path.join(os.environ["SMALLGPT_DATA_DIR"], name, filename))
+    cached = os.path.join(cache_dir(), name, filename)
+    candidates.append(cached)
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    try:
+        return download(url, cached, sha256, size)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise UserError(
+            f"could not download {name} ({e}). Offline? Download {url} "
+            f"yourself and put it at {cached}, or set SMALLGPT_DATA_DIR to a "
+            f"directory holding {name}/{filename}, or use --config.data.path=FILE.")
+
+
+def resolve_paths(path: str) -> list[str]:
+    """Expands a file, a directory of .txt files, or a glob into file paths."""
+    if os.path.isdir(path):
+        paths = sorted(glob.glob(os.path.join(path, "**", "*.txt"), recursive=True))
+        if not paths:
+            raise UserError(f"directory {path} holds no .txt files.")
+        return paths
+    if os.path.isfile(path):
+        return [path]
+    paths = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+    if not paths:
+        raise UserError(f"no such file, directory or glob match: {path}")
+    return paths
+
+
+def read_text(path: str) -> str:
+    """Reads a UTF-8 file; a bad byte gives an error naming the file and offset."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not valid UTF-8: byte 0x{raw[e.start]:02x} at "
+                        f"offset {e.start}. Convert it to UTF-8 first.")
+    if not text:
+        raise UserError(f"{path} is empty.")
+    return text
+
+
+def load_text(data_config) -> tuple[list[str], str]:
+    """Returns (the documents, a description of where they came from)."""
+    if data_config.path:
+        paths = resolve_paths(data_config.path)
+    else:
+        paths = [find_dataset(data_config.dataset)]
+    return [read_text(p) for p in paths], ", ".join(paths)
+
+
+def split_text(text: str, train_fraction: float) -> tuple[str, str]:
+    """Splits contiguously: the first part trains, the rest validates."""
+    n = int(len(text) * train_fraction)
+    return text[:n], text[n:]
+
+
+@dataclass
+class Splits:
+    """Token ids of the training and validation splits."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+def check_long_enough(splits: Splits, block_size: int) -> None:
+    for name, tokens in (("training", splits.train), ("validation", splits.val)):
+        if len(tokens) < block_size + 1:
+            raise UserError(
+                f"the {name} split has {len(tokens)} tokens, fewer than "
+                f"block_size+1={block_size + 1}. Use more text, a smaller "
+                "--config.model.block_size, or change --config.data.train_fraction.")
+
+
+def sample_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int,
+                 block_size: int, stream: int = 0) -> np.ndarray:
+    """Random windows of `block_size + 1` tokens, shape [batch_size, block_size + 1].
+
+    A pure function of (seed, step, stream): the same arguments always give
+    the same batch. `stream` separates independent uses (0 train, 1 and 2 the
+    evaluation batches of each split), so they never share random numbers.
+    """
+    rng = np.random.default_rng([seed, stream, step])
+    starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
+    return tokens[starts[:, None] + np.arange(block_size + 1)]

@@ -1,0 +1,46 @@
+"""Command line: train a config.
+
+    python -m smallgpt_jax.main --config=configs/char_cpu.py \
+        [--workdir=runs/char_cpu] [--config.train.num_steps=500 ...]
+
+This file only parses flags and calls library code (`loop.train_and_evaluate`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from smallgpt_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file, e.g. configs/char_cpu.py.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, logs and samples go (default runs/<config name>).")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or os.path.join(
+        "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0])
+    cli.setup_logging()
+    from smallgpt_jax import loop  # Imported after flags: keeps --help fast.
+    with cli.user_errors():
+        result = loop.train_and_evaluate(config, workdir)
+        print("\n--- sample from the final model ---")
+        print(loop.sample_text(result["params"], result["model_config"], result["tokenizer"],
+                               config.train.sample_tokens * 2, config.seed + 1))
+
+
+def run() -> None:
+    flags.mark_flag_as_required("config")
+    cli.run_app(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,263 @@
+"""A GPT (decoder-only transformer) written out in Flax linen.
+
+Every module's `apply` is a pure function of (params, inputs, rngs). Tensor
+names carry their shape, one letter per axis:
+
+    B  batch                       D  model width (embed_dim)
+    T  query positions (tokens in) H  attention heads
+    S  key/value positions         K  head size (D // H)
+    V  vocabulary size             F  feed-forward hidden width
+
+The switches in `config.model` pick between the classic design choices:
+positional encoding (learned, sinusoidal, rope, none), LayerNorm or RMSNorm,
+pre- or post-norm, GELU/ReLU/SwiGLU, biases, weight tying, and an explicit
+or fused attention kernel. With `decode=True` the attention layers keep a
+key/value cache so generation costs one position per step (see sampling.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+Array = jax.Array
+_init = nn.initializers.normal(stddev=0.02)
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
+    """The fixed sin/cos table of "Attention Is All You Need", [positions, dim].
+
+    PE[p, 2i] = sin(p / 10000^(2i/dim)),  PE[p, 2i+1] = cos(p / 10000^(2i/dim)).
+    """
+    p = np.arange(num_positions)[:, None]
+    freq = 1.0 / 10000 ** (np.arange(0, dim, 2) / dim)
+    table = np.zeros((num_positions, dim), np.float32)
+    table[:, 0::2] = np.sin(p * freq)
+    table[:, 1::2] = np.cos(p * freq)
+    return table
+
+
+def apply_rope(x_BTHK: Array, positions_T: Array) -> Array:
+    """Rotary position embedding (RoPE, Su et al. 2021).
+
+    Each pair of features (x[2i], x[2i+1]) is rotated by the angle
+    position * 10000^(-2i/K). A query at position m and a key at n then have a
+    dot product that depends on m - n only: rotations compose.
+    """
+    K = x_BTHK.shape[-1]
+    freq = 1.0 / 10000 ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K)
+    angle_TK2 = positions_T.astype(jnp.float32)[:, None] * freq[None, :]
+    sin, cos = jnp.sin(angle_TK2)[None, :, None, :], jnp.cos(angle_TK2)[None, :, None, :]
+    x = x_BTHK.astype(jnp.float32)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
+    return rotated.reshape(x.shape).astype(x_BTHK.dtype)
+
+
+class Norm(nn.Module):
+    """LayerNorm (subtract mean, divide by std) or RMSNorm (divide by RMS only)."""
+
+    kind: str = "layernorm"
+    use_bias: bool = True
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x_BTD: Array) -> Array:
+        D = x_BTD.shape[-1]
+        x = x_BTD.astype(jnp.float32)  # Statistics in float32 for stability.
+        if self.kind == "layernorm":
+            x = x - x.mean(-1, keepdims=True)
+        x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
+        x = x * self.param("scale", nn.initializers.ones, (D,))
+        if self.use_bias and self.kind == "layernorm":
+            x = x + self.param("bias", nn.initializers.zeros, (D,))
+        return x.astype(x_BTD.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where each position sees only itself and the past."""
+
+    config: Any
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x_BTD: Array, positions_T: Array) -> Array:
+        c = self.config
+        H, K = c.num_heads, c.embed_dim // c.num_heads
+        dtype = jnp.dtype(c.dtype)
+        # One matmul makes queries, keys and values for all heads: [B, T, 3, H, K].
+        qkv = nn.DenseGeneral((3, H, K), use_bias=c.use_bias, dtype=dtype,
+                              kernel_init=_init, name="qkv")(x_BTD)
+        q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if c.pos_encoding == "rope":
+            q_BTHK, k_BTHK = apply_rope(q_BTHK, positions_T), apply_rope(k_BTHK, positions_T)
+
+        if self.decode:
+            # Write this call's keys/values into the cache at their positions,
+            # then attend over the whole cache; unwritten slots are masked.
+            B = x_BTD.shape[0]
+            cache_k = self.variable("cache", "key", jnp.zeros, (B, c.block_size, H, K), dtype)
+            cache_v = self.variable("cache", "value", jnp.zeros, (B, c.block_size, H, K), dtype)
+            if not self.is_initializing():
+                start = (0, positions_T[0], 0, 0)
+                cache_k.value = jax.lax.dynamic_update_slice(cache_k.value, k_BTHK, start)
+                cache_v.value = jax.lax.dynamic_update_slice(cache_v.value, v_BTHK, start)
+            k_BSHK, v_BSHK = cache_k.value, cache_v.value
+            key_positions_S = jnp.arange(c.block_size)
+        else:
+            k_BSHK, v_BSHK, key_positions_S = k_BTHK, v_BTHK, positions_T
+        # Causal mask: query at position t may look at keys at positions <= t.
+        mask_TS = key_positions_S[None, :] <= positions_T[:, None]
+
+        if c.attention == "fused":
+            # jax's kernel (cuDNN flash attention on GPU); no attention dropout.
+            y_BTHK = jax.nn.dot_product_attention(
+                q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None])
+        else:
+            att_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK) / math.sqrt(K)
+            att_BHTS = jnp.where(mask_TS, att_BHTS.astype(jnp.float32), -jnp.inf)
+            att_BHTS = jax.nn.softmax(att_BHTS, axis=-1)  # In float32.
+            self.sow("intermediates", "attention", att_BHTS)  # For pictures.
+            att_BHTS = nn.Dropout(c.dropout)(att_BHTS, deterministic=self.deterministic)
+            y_BTHK = jnp.einsum("bhts,bshk->bthk", att_BHTS.astype(dtype), v_BSHK)
+        # Concatenate heads and project back to the residual width.
+        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.num_layers))
+        return nn.DenseGeneral(c.embed_dim, axis=(-2, -1), use_bias=c.use_bias,
+                               dtype=dtype, kernel_init=out_init, name="proj")(y_BTHK)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: widen, nonlinearity, project back."""
+
+    config: Any
+
+    @nn.compact
+    def __call__(self, x_BTD: Array) -> Array:
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        F = c.mlp_ratio * c.embed_dim
+        dense = lambda n, name, init=_init: nn.Dense(
+            n, use_bias=c.use_bias, dtype=dtype, kernel_init=init, name=name)
+        if c.activation == "swiglu":
+            # Gated unit with 3 matrices; 2/3 of F keeps the parameter count ~equal.
+            F = int(2 * F / 3)
+            gate_BTF, up_BTF = jnp.split(dense(2 * F, "fc")(x_BTD), 2, axis=-1)
+            h_BTF = nn.silu(gate_BTF) * up_BTF
+        else:
+            act = nn.gelu if c.activation == "gelu" else nn.relu
+            h_BTF = act(dense(F, "fc")(x_BTD))
+        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.num_layers))
+        return dense(c.embed_dim, "proj", out_init)(h_BTF)
+
+
+class Block(nn.Module):
+    """One transformer block: attention then MLP, each with a residual and a norm.
+
+    pre-norm  (GPT-2):  x = x + Attn(Norm(x));   x = x + MLP(Norm(x))
+    post-norm (GPT-1):  x = Norm(x + Attn(x));   x = Norm(x + MLP(x))
+    """
+
+    config: Any
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x_BTD: Array, positions_T: Array) -> Array:
+        c = self.config
+        norm = lambda name: Norm(c.norm, c.use_bias, name=name)
+        attn = CausalSelfAttention(c, self.deterministic, self.decode, name="attn")
+        mlp = MLP(c, name="mlp")
+        drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
+        if c.norm_position == "pre":
+            x_BTD = x_BTD + drop(attn(norm("norm1")(x_BTD), positions_T))
+            x_BTD = x_BTD + drop(mlp(norm("norm2")(x_BTD)))
+        else:
+            x_BTD = norm("norm1")(x_BTD + drop(attn(x_BTD, positions_T)))
+            x_BTD = norm("norm2")(x_BTD + drop(mlp(x_BTD)))
+        return x_BTD
+
+
+class _ScanBlock(nn.Module):
+    """Adapts Block to nn.scan's (carry, x) -> (carry, y) signature."""
+
+    config: Any
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x_BTD: Array, positions_T: Array):
+        return Block(self.config, self.deterministic, self.decode, name="block")(
+            x_BTD, positions_T), None
+
+
+class GPT(nn.Module):
+    """Token ids [B, T] -> next-token logits [B, T, V] (float32)."""
+
+    config: Any  # config.model, plus vocab_size.
+    deterministic: bool = True  # False turns dropout on (training).
+    decode: bool = False  # True: autoregressive decoding with a KV cache.
+
+    @nn.compact
+    def __call__(self, tokens_BT: Array) -> Array:
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        T = tokens_BT.shape[1]
+        if self.decode:
+            # Where this call's tokens sit in the sequence being generated.
+            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+            positions_T = index.value + jnp.arange(T)
+            if not self.is_initializing():
+                index.value = index.value + T
+        else:
+            positions_T = jnp.arange(T)
+
+        embed = nn.Embed(c.vocab_size, c.embed_dim, embedding_init=_init,
+                         dtype=dtype, name="token_embed")
+        x_BTD = embed(tokens_BT)
+        if c.pos_encoding == "learned":
+            table = self.param("pos_embed", _init, (c.block_size, c.embed_dim))
+            x_BTD = x_BTD + table[positions_T].astype(dtype)
+        elif c.pos_encoding == "sinusoidal":
+            table = jnp.asarray(sinusoidal_table(c.block_size, c.embed_dim))
+            x_BTD = x_BTD + table[positions_T].astype(dtype)
+        # 'rope' is applied inside attention; 'none' relies on the causal mask alone.
+        x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=self.deterministic)
+
+        if c.scan_layers:
+            blocks = nn.scan(_ScanBlock, variable_axes={"params": 0, "cache": 0},
+                             split_rngs={"params": True, "dropout": True},
+                             in_axes=nn.broadcast, length=c.num_layers)
+            x_BTD, _ = blocks(c, self.deterministic, self.decode, name="blocks")(
+                x_BTD, positions_T)
+        else:
+            for i in range(c.num_layers):
+                x_BTD = Block(c, self.deterministic, self.decode, name=f"block_{i}")(
+                    x_BTD, positions_T)
+
+        if c.norm_position == "pre":  # Post-norm blocks already end in a norm.
+            x_BTD = Norm(c.norm, c.use_bias, name="norm_f")(x_BTD)
+        if c.tie_embeddings:
+            logits_BTV = embed.attend(x_BTD)
+        else:
+            logits_BTV = nn.Dense(c.vocab_size, use_bias=False, dtype=dtype,
+                                  kernel_init=_init, name="head")(x_BTD)
+        return logits_BTV.astype(jnp.float32)
+
+
+def model_config(config, vocab_size: int) -> ml_collections.FrozenConfigDict:
+    """config.model with the vocabulary size filled in, frozen (hashable, so it
+    can be a static argument of jitted functions)."""
+    m = config.model.to_dict()
+    m["vocab_size"] = vocab_size
+    return ml_collections.FrozenConfigDict(m)
+
+
+def count_params(params) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,145 @@
+"""Tokenizers: turn text into integer ids and back.
+
+Every tokenizer has the same small interface (`encode`, `decode`,
+`vocab_size`, `to_dict`) and saves itself as JSON, so a run's workdir (and
+its checkpoints) carry exactly the vocabulary the model was trained with.
+
+- `CharTokenizer`: one id per distinct character of the training text,
+  sorted by code point. The vocabulary is tiny (65 for Tiny Shakespeare).
+- `ByteTokenizer`: the 256 possible UTF-8 bytes; any text encodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from smallgpt_jax.errors import UserError
+
+
+class Tokenizer:
+    """Interface shared by all tokenizers."""
+
+    kind: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> np.ndarray:
+        """Returns the token ids of `text` as an int32 array."""
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        """Returns the text of a sequence of token ids."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description from which `from_dict` rebuilds it."""
+        raise NotImplementedError
+
+
+class CharTokenizer(Tokenizer):
+    """One token per character; the vocabulary comes from the training text."""
+
+    kind = "char"
+
+    def __init__(self, chars: str):
+        self.chars = chars
+        self._id = {ch: i for i, ch in enumerate(chars)}
+        # A lookup table from code point to id makes encoding a numpy gather.
+        self._table = np.full(max(map(ord, chars)) + 1 if chars else 1, -1, np.int32)
+        for ch, i in self._id.items():
+            self._table[ord(ch)] = i
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.int64)
+        ids = np.where(codes < len(self._table),
+                       self._table[np.minimum(codes, len(self._table) - 1)], -1)
+        if (ids < 0).any():
+            unknown = sorted({text[i] for i in np.flatnonzero(ids < 0)})
+            shown = ", ".join(repr(c) for c in unknown[:20])
+            sample = "".join(c for c in self.chars[:40] if c.isprintable())
+            raise UserError(
+                f"{len(unknown)} character(s) not in the vocabulary: {shown}. "
+                f"The vocabulary has {self.vocab_size} characters, e.g. {sample!r}.")
+        return ids.astype(np.int32)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "chars": self.chars}
+
+
+class ByteTokenizer(Tokenizer):
+    """The 256 UTF-8 byte values; invalid byte sequences decode as U+FFFD."""
+
+    kind = "byte"
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+
+    def decode(self, ids) -> str:
+        data = bytes(int(i) for i in np.asarray(ids).reshape(-1))
+        return data.decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+
+def from_dict(d: dict[str, Any]) -> Tokenizer:
+    """Rebuilds a tokenizer saved with `to_dict`."""
+    kind = d.get("kind")
+    if kind == "char":
+        return CharTokenizer(d["chars"])
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "bpe":
+        from smallgpt_jax import bpe  # Imported lazily: needs `tokenizers`.
+        return bpe.BPETokenizer.from_dict(d)
+    raise UserError(f"unknown tokenizer kind {kind!r} in a saved tokenizer.")
+
+
+def build(kind: str, train_text: str, vocab_size: int = 0) -> Tokenizer:
+    """Builds the tokenizer named by `config.data.tokenizer` from training text."""
+    if kind == "char":
+        return CharTokenizer.from_text(train_text)
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "bpe":
+        from smallgpt_jax import bpe
+        return bpe.BPETokenizer.train(train_text, vocab_size)
+    raise UserError(f"config.data.tokenizer={kind!r} is not one of char, byte, bpe.")
+
+
+def save(tokenizer: Tokenizer, path: str) -> None:
+    """Writes the tokenizer as JSON (atomically, so a crash leaves no half file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(tokenizer.to_dict(), f, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def load(path: str) -> Tokenizer:
+    """Reads a tokenizer written by `save`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return from_dict(json.load(f))
+    except FileNotFoundError:
+        raise UserError(f"no tokenizer at {path}; is this a smallgpt_jax workdir?")

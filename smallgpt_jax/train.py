@@ -1,0 +1,164 @@
+"""The optimizer, the loss, and one pure train step, made data-parallel.
+
+`train_step(state, batch)` is a pure function: it computes the loss and its
+gradients on this device's share of the batch, averages gradients across
+devices with `lax.pmean`, and applies one AdamW update. `make_parallel_steps`
+wraps it in `jax.pmap`, so every local device runs it on its own slice of
+the global batch while the parameters stay identical everywhere.
+
+Shapes: a batch is [A, b, T+1] per device (A gradient-accumulation
+micro-batches of b sequences of T+1 tokens; inputs are the first T tokens,
+targets the last T).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from smallgpt_jax.errors import UserError
+from smallgpt_jax.model import GPT
+
+AXIS = "batch"  # Name of the device axis that pmean averages over.
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. Dropout keys are derived from
+    (seed, step), so no RNG state needs carrying."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def learning_rate_schedule(t) -> optax.Schedule:
+    """Linear warmup from 0 to the peak, then cosine decay to the minimum."""
+    warmup = min(t.warmup_steps, t.num_steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.learning_rate, warmup_steps=warmup,
+        decay_steps=max(t.num_steps, warmup + 1), end_value=t.min_learning_rate)
+
+
+def decay_mask(params) -> Any:
+    """Weight decay applies to matrices (dense kernels, the token embedding)
+    and not to biases, norm scales or the learned position table: shrinking
+    those towards zero has no regularising meaning."""
+    def is_matrix(path, _):
+        name = path[-1].key
+        return name in ("kernel", "embedding")
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def make_optimizer(t) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping, following config.train."""
+    parts = []
+    if t.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(t.grad_clip))
+    parts.append(optax.adamw(learning_rate_schedule(t), b1=t.beta1, b2=t.beta2,
+                             weight_decay=t.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)
+
+
+def init_state(model_config, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Fresh parameters and optimizer state (on the default device)."""
+    dummy_BT = jnp.zeros((1, model_config.block_size), jnp.int32)
+    params = GPT(model_config).init(jax.random.key(seed), dummy_BT)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+
+
+def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+    """Mean negative log-likelihood of the targets, in nats per token."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
+
+
+def loss_fn(params, model_config, batch_BT1: jax.Array, dropout_key=None) -> jax.Array:
+    inputs_BT, targets_BT = batch_BT1[:, :-1], batch_BT1[:, 1:]
+    train = dropout_key is not None
+    logits_BTV = GPT(model_config, deterministic=not train).apply(
+        {"params": params}, inputs_BT, rngs={"dropout": dropout_key} if train else None)
+    return cross_entropy(logits_BTV, targets_BT)
+
+
+def train_step(state: TrainState, batch_ABT1: jax.Array, *, model_config,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               seed: int, axis_name: str | None = AXIS) -> tuple[TrainState, dict]:
+    """One optimizer update from A accumulated micro-batches (pure function)."""
+    # Dropout randomness depends only on (seed, step, device, micro-batch).
+    key = jax.random.fold_in(jax.random.key(seed), state.step)
+    if axis_name is not None:
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def micro_step(grads_sum, i_and_batch):
+        i, batch_BT1 = i_and_batch
+        dropout_key = jax.random.fold_in(key, i)
+        loss, grads = grad_fn(state.params, model_config, batch_BT1, dropout_key)
+        return jax.tree_util.tree_map(jnp.add, grads_sum, grads), loss
+
+    A = batch_ABT1.shape[0]
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    grads, losses_A = jax.lax.scan(micro_step, zeros, (jnp.arange(A), batch_ABT1))
+    grads = jax.tree_util.tree_map(lambda g: g / A, grads)
+    loss = losses_A.mean()
+    if axis_name is not None:  # Average over data-parallel devices.
+        grads, loss = jax.lax.pmean((grads, loss), axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": schedule(state.step)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch_BT1: jax.Array, *, model_config,
+              axis_name: str | None = AXIS) -> jax.Array:
+    """Mean loss on a batch, without dropout, averaged over devices."""
+    loss = loss_fn(params, model_config, batch_BT1)
+    return jax.lax.pmean(loss, axis_name) if axis_name is not None else loss
+
+
+def make_parallel_steps(model_config, tx, schedule, seed: int) -> tuple[Callable, Callable]:
+    """pmap-ed train and eval steps over all local devices.
+
+    The train state is donated: its buffers are reused for the new state,
+    so the step does not hold two copies of params and optimizer state.
+    """
+    p_train = jax.pmap(partial(train_step, model_config=model_config, tx=tx,
+                               schedule=schedule, seed=seed),
+                       axis_name=AXIS, donate_argnums=(0,))
+    p_eval = jax.pmap(partial(eval_step, model_config=model_config), axis_name=AXIS)
+    return p_train, p_eval
+
+
+def per_device_batch(global_batch: int, grad_accum: int) -> int:
+    """Sequences per device per micro-batch; a clear error if it does not divide."""
+    devices = jax.device_count()
+    if global_batch % (devices * grad_accum):
+        raise UserError(
+            f"config.train.batch_size={global_batch} does not split evenly over "
+            f"{devices} device(s) x {grad_accum} accumulation step(s); use a "
+            f"multiple of {devices * grad_accum}.")
+    return global_batch // (devices * grad_accum)
+
+
+def shard_batch(batch_NT1: np.ndarray, grad_accum: int | None = None) -> jax.Array:
+    """Splits this process's [N, T+1] rows over its devices: [devices, N/devices, T+1],
+    or [devices, A, N/(devices*A), T+1] with A = grad_accum micro-batches."""
+    n = jax.local_device_count()
+    micro = () if grad_accum is None else (grad_accum,)
+    shaped = batch_NT1.reshape(n, *micro, -1, batch_NT1.shape[-1])
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
+    return jax.device_put(shaped, jax.NamedSharding(mesh, jax.P("d")))
+
+
+def bits_per_char(loss_nats: float, tokens_per_char: float) -> float:
+    """Converts nats per token into bits per character of the original text."""
+    return loss_nats * tokens_per_char / math.log(2)

@@ -1,0 +1,70 @@
+"""The command line, end to end: a short real run, and one-line errors."""
+
+import glob
+import os
+
+import pytest
+
+from conftest import needs_shakespeare, run_cli
+
+TB_SCALARS = {"train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_sec",
+              "eval/train_loss", "eval/val_loss", "eval/val_bpc"}
+
+
+def read_events(workdir):
+    """{tag: [(step, value)]} and the text tags from the run's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    files = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    assert files, f"no event files in {workdir}"
+    acc = EventAccumulator(workdir, size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+               for tag in acc.Tags()["scalars"]}
+    return scalars, acc.Tags()["tensors"]
+
+
+@needs_shakespeare
+def test_short_run_on_tiny_shakespeare_writes_event_files(tmp_path):
+    workdir = tmp_path / "run"
+    proc = run_cli(["--config=configs/char_cpu.py", f"--workdir={workdir}",
+                    "--config.train.num_steps=30", "--config.train.eval_every=15",
+                    "--config.train.eval_steps=2", "--config.train.log_every=5",
+                    "--config.model.num_layers=1", "--config.train.sample_tokens=20"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val loss" in proc.stderr and "--- sample from the final model ---" in proc.stdout
+    scalars, tensors = read_events(str(workdir))
+    assert TB_SCALARS <= set(scalars), set(scalars)
+    assert [s for s, _ in scalars["train/loss"]] == [5, 10, 15, 20, 25, 30]
+    assert [s for s, _ in scalars["eval/val_loss"]] == [15, 30]
+    assert scalars["train/loss"][-1][1] < scalars["train/loss"][0][1]
+    assert any("sample" in t for t in tensors) and any("config" in t for t in tensors)
+    assert (workdir / "tokenizer.json").exists() and (workdir / "config.json").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=configs/does_not_exist.py"], "does_not_exist.py"),
+    (["--config=configs/char_cpu.py", "--config.model.num_heads=3"],
+     "config.model.embed_dim=128 is not divisible by config.model.num_heads=3"),
+    (["--config=configs/char_cpu.py", "--config.model.dropout=1.5"],
+     "config.model.dropout=1.5 must be in [0, 1)"),
+    (["--config=configs/char_cpu.py", "--config.model.no_such_field=1"], "no_such_field"),
+    (["--config=configs/char_cpu.py", "--config.data.path=/nonexistent/corpus.txt"],
+     "no such file, directory or glob match: /nonexistent/corpus.txt"),
+])
+def test_bad_input_gives_one_clear_line(args, message, tmp_path):
+    proc = run_cli(args + [f"--workdir={tmp_path / 'w'}"])
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err[-2000:]
+    assert message in err, err[-2000:]
+    assert len(err.splitlines()) <= 2, err
+
+
+def test_too_short_corpus_is_refused(tmp_path):
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("tiny text, far shorter than the context window\n" * 2)
+    proc = run_cli(["--config=configs/char_cpu.py", f"--workdir={tmp_path / 'w'}",
+                    f"--config.data.path={corpus}"])
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "fewer than block_size+1=65" in proc.stderr

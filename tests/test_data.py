@@ -1,0 +1,126 @@
+"""Finding, downloading, reading and batching text."""
+
+import functools
+import hashlib
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from smallgpt_jax import data
+from smallgpt_jax.errors import UserError
+
+
+def test_sampler_is_a_pure_function_of_seed_and_step():
+    tokens = np.arange(1000, dtype=np.int32)
+    a = data.sample_batch(tokens, seed=3, step=7, batch_size=4, block_size=8)
+    b = data.sample_batch(tokens, seed=3, step=7, batch_size=4, block_size=8)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (4, 9)
+    # Windows are contiguous runs of the corpus (inputs + next-token targets).
+    np.testing.assert_array_equal(np.diff(a, axis=1), 1)
+    assert not np.array_equal(a, data.sample_batch(tokens, 3, 8, 4, 8))
+    assert not np.array_equal(a, data.sample_batch(tokens, 4, 7, 4, 8))
+    assert not np.array_equal(a, data.sample_batch(tokens, 3, 7, 4, 8, stream=1))
+    # Every window fits: the last target is inside the corpus.
+    big = data.sample_batch(tokens, 0, 0, 10_000, 8)
+    assert big.max() <= 999 and big.min() >= 0
+
+
+def test_split_is_contiguous():
+    train, val = data.split_text("abcdefghij", 0.9)
+    assert (train, val) == ("abcdefghi", "j")
+
+
+def test_path_may_be_file_directory_or_glob(tmp_path):
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("second")
+    (tmp_path / "c.md").write_text("ignored")
+    assert data.resolve_paths(str(tmp_path / "a.txt")) == [str(tmp_path / "a.txt")]
+    assert data.resolve_paths(str(tmp_path)) == [str(tmp_path / "a.txt"),
+                                                 str(tmp_path / "sub" / "b.txt")]
+    assert data.resolve_paths(str(tmp_path / "*.md")) == [str(tmp_path / "c.md")]
+    with pytest.raises(UserError, match="no such file"):
+        data.resolve_paths(str(tmp_path / "nope.txt"))
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(UserError, match="empty"):
+        data.read_text(str(empty))
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf".encode() + b"\xe9 au lait")
+    with pytest.raises(UserError, match=r"latin1.txt is not valid UTF-8: byte 0xe9 at offset 3"):
+        data.read_text(str(bad))
+
+
+def test_too_short_split_is_refused():
+    splits = data.Splits(np.arange(100), np.arange(5))
+    with pytest.raises(UserError, match="validation split has 5 tokens"):
+        data.check_long_enough(splits, block_size=16)
+
+
+def _checksum(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def test_download_from_file_url_checks_and_writes_atomically(tmp_path):
+    payload = b"some corpus\n" * 100
+    src = tmp_path / "src.txt"
+    src.write_bytes(payload)
+    dest = tmp_path / "cache" / "x" / "input.txt"
+    data.download(src.as_uri(), str(dest), _checksum(payload))
+    assert dest.read_bytes() == payload
+    # A checksum mismatch leaves nothing behind (no partial or bad file).
+    dest2 = tmp_path / "cache" / "y" / "input.txt"
+    with pytest.raises(UserError, match="sha256 mismatch"):
+        data.download(src.as_uri(), str(dest2), "0" * 64)
+    assert os.listdir(dest2.parent) == []
+
+
+def test_download_from_loopback_http_server(tmp_path):
+    payload = "To be, or not to be\n".encode() * 500
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "input.txt").write_bytes(payload)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path / "served"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/input.txt"
+        dest = tmp_path / "out" / "input.txt"
+        data.download(url, str(dest), _checksum(payload), len(payload))
+        assert dest.read_bytes() == payload
+    finally:
+        server.shutdown()
+
+
+def test_named_dataset_lookup_order_and_offline_message(tmp_path, monkeypatch):
+    url, filename, size, sha = data.DATASETS["tinyshakespeare"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SMALLGPT_DATA_DIR", str(tmp_path / "data"))
+    # Nothing local, and the download fails: the message says how to fix it.
+    monkeypatch.setitem(data.DATASETS, "tinyshakespeare",
+                        ("http://127.0.0.1:9/input.txt", filename, size, sha))
+    with pytest.raises(UserError) as e:
+        data.find_dataset("tinyshakespeare")
+    msg = str(e.value)
+    assert "SMALLGPT_DATA_DIR" in msg and "--config.data.path" in msg
+    assert os.path.join(str(tmp_path / "cache"), "smallgpt_jax", "tinyshakespeare") in msg
+    # The user cache is found...
+    cached = tmp_path / "cache" / "smallgpt_jax" / "tinyshakespeare" / filename
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text("cached copy")
+    assert data.find_dataset("tinyshakespeare") == str(cached)
+    # ...but $SMALLGPT_DATA_DIR comes first.
+    local = tmp_path / "data" / "tinyshakespeare" / filename
+    local.parent.mkdir(parents=True)
+    local.write_text("local copy")
+    assert data.find_dataset("tinyshakespeare") == str(local)
+    with pytest.raises(UserError, match="unknown dataset"):
+        data.find_dataset("wikipedia")

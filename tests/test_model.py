@@ -1,0 +1,152 @@
+"""Properties of the model: shapes, causality, attention maths, parameter count."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from smallgpt_jax import model as model_lib
+from smallgpt_jax.model import GPT, model_config
+
+V = 11
+
+
+def make(overrides=None, seed=0, batch=3):
+    cfg = model_config(tiny_config(**(overrides or {})), V)
+    tokens = jax.random.randint(jax.random.key(1), (batch, cfg.block_size), 0, V)
+    params = GPT(cfg).init(jax.random.key(seed), tokens)["params"]
+    return cfg, params, tokens
+
+
+def test_logits_shape_and_dtype():
+    cfg, params, tokens = make()
+    logits = GPT(cfg).apply({"params": params}, tokens)
+    assert logits.shape == (3, cfg.block_size, V)
+    assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"model.norm_position": "post"}, {"model.scan_layers": True},
+    {"model.attention": "fused"}])
+def test_causality_by_gradients(overrides):
+    """d logits[t] / d input[s] is exactly zero for every s > t.
+
+    The learned position table is added to the input at each position, so its
+    row s is a handle on "the input at position s" we can differentiate by.
+    """
+    cfg, params, tokens = make(overrides, batch=1)
+    T = cfg.block_size
+
+    def logits_at(pos_table, t):
+        p = dict(params, pos_embed=pos_table)
+        return GPT(cfg).apply({"params": p}, tokens)[0, t].sum()
+
+    for t in (0, T // 2, T - 1):
+        grad_TD = jax.grad(logits_at)(params["pos_embed"], t)
+        influence = np.abs(np.asarray(grad_TD)).sum(-1)
+        assert np.all(influence[t + 1:] == 0.0), f"position {t} sees the future"
+        assert np.all(influence[:t + 1] > 0.0), f"position {t} ignores its past"
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "none"])
+def test_changing_future_tokens_leaves_earlier_logits_unchanged(pos):
+    cfg, params, tokens = make({"model.pos_encoding": pos})
+    base = GPT(cfg).apply({"params": params}, tokens)
+    for t in (0, cfg.block_size // 2):
+        changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 1) % V)
+        out = GPT(cfg).apply({"params": params}, changed)
+        np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-6)
+        assert not np.allclose(out[:, t + 1:], base[:, t + 1:], atol=1e-4)
+
+
+def naive_attention(p, x_TD, H):
+    """Per-head loop in numpy: softmax(q k^T / sqrt(K) + causal mask) v."""
+    T, D = x_TD.shape
+    K = D // H
+    qkv = np.einsum("td,dchk->tchk", x_TD, p["qkv"]["kernel"]) + p["qkv"]["bias"]
+    heads = []
+    for h in range(H):
+        q, k, v = qkv[:, 0, h], qkv[:, 1, h], qkv[:, 2, h]
+        scores = q @ k.T / math.sqrt(K)
+        scores[np.triu_indices(T, 1)] = -np.inf
+        w = np.exp(scores - scores.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        heads.append(w @ v)
+    y_TD = np.concatenate(heads, axis=-1)
+    W = p["proj"]["kernel"].reshape(D, D)
+    return y_TD @ W + p["proj"]["bias"]
+
+
+@pytest.mark.parametrize("kind", ["explicit", "fused"])
+def test_attention_matches_naive_per_head_loop(kind):
+    cfg = model_config(tiny_config(**{"model.attention": kind}), V)
+    attn = model_lib.CausalSelfAttention(cfg)
+    x = jax.random.normal(jax.random.key(0), (2, cfg.block_size, cfg.embed_dim))
+    positions = jnp.arange(cfg.block_size)
+    params = attn.init(jax.random.key(1), x, positions)["params"]
+    params = jax.tree_util.tree_map(  # Non-zero biases so they are checked too.
+        lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), params)
+    out = attn.apply({"params": params}, x, positions)
+    p = jax.tree_util.tree_map(np.asarray, params)
+    for b in range(2):
+        ref = naive_attention(p, np.asarray(x[b], np.float64), cfg.num_heads)
+        np.testing.assert_allclose(out[b], ref, atol=2e-5, rtol=1e-4)
+
+
+def test_sinusoidal_table_matches_formula():
+    table = model_lib.sinusoidal_table(50, 16)
+    for pos in (0, 1, 7, 49):
+        for i in range(8):
+            angle = pos / 10000 ** (2 * i / 16)
+            assert table[pos, 2 * i] == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1] == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def expected_param_count(c) -> int:
+    """GPT parameter count from the architecture (pre-norm, learned, tied)."""
+    D, L, F = c.embed_dim, c.num_layers, c.mlp_ratio * c.embed_dim
+    per_block = (D * 3 * D + 3 * D) + (D * D + D) + (D * F + F) + (F * D + D) + 2 * 2 * D
+    return V * D + c.block_size * D + L * per_block + 2 * D
+
+
+def test_parameter_count_matches_formula():
+    cfg, params, _ = make()
+    assert model_lib.count_params(params) == expected_param_count(cfg)
+    cfg_untied, params_untied, _ = make({"model.tie_embeddings": False})
+    assert model_lib.count_params(params_untied) == expected_param_count(cfg) + cfg.embed_dim * V
+
+
+def test_scan_over_layers_computes_the_same_function():
+    cfg, params, tokens = make()
+    cfg_scan = model_config(tiny_config(**{"model.scan_layers": True}), V)
+    blocks = [params[f"block_{i}"] for i in range(cfg.num_layers)]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)
+    p_scan = {k: v for k, v in params.items() if not k.startswith("block_")}
+    p_scan["blocks"] = {"block": stacked}
+    out = GPT(cfg).apply({"params": params}, tokens)
+    out_scan = GPT(cfg_scan).apply({"params": p_scan}, tokens)
+    np.testing.assert_allclose(out, out_scan, atol=1e-5)
+
+
+def test_dropout_is_active_only_when_training():
+    cfg, params, tokens = make({"model.dropout": 0.5})
+    eval_a = GPT(cfg).apply({"params": params}, tokens)
+    eval_b = GPT(cfg).apply({"params": params}, tokens)
+    np.testing.assert_array_equal(eval_a, eval_b)
+    train = GPT(cfg, deterministic=False)
+    t1 = train.apply({"params": params}, tokens, rngs={"dropout": jax.random.key(1)})
+    t2 = train.apply({"params": params}, tokens, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(t1, t2)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    cfg, params, tokens = make({"model.dtype": "bfloat16"})
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+    logits = GPT(cfg).apply({"params": params}, tokens)
+    assert logits.dtype == jnp.float32
+    ref_cfg = model_config(tiny_config(), V)
+    ref = GPT(ref_cfg).apply({"params": params}, tokens)
+    np.testing.assert_allclose(logits, ref, atol=0.1)
