@@ -5,6 +5,8 @@ copied): token + learned position embeddings, pre-norm blocks with bias-free
 LayerNorm, causal self-attention with one fused bias-free QKV projection and
 ``F.scaled_dot_product_attention(is_causal=True)``, a 4x bias-free GELU MLP,
 a final LayerNorm and an output head tied to the token embedding.
+``bias=True`` (nanoGPT's switch of the same name) adds biases to every
+Linear and LayerNorm, to mirror a JAX config with ``model.use_bias=True``.
 
 Training matches nanoGPT's ``train.py`` defaults where they matter for speed:
 AdamW with betas (0.9, 0.95), weight decay 0.1 on parameters with 2 or more
@@ -56,7 +58,7 @@ class GPTConfig:
 
     def __init__(self, num_layers: int, num_heads: int, embed_dim: int,
                  block_size: int, vocab_size: int, dropout: float = 0.0,
-                 gelu_approximate: str = "none") -> None:
+                 gelu_approximate: str = "none", bias: bool = False) -> None:
         if embed_dim % num_heads != 0:
             raise ValueError(
                 f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
@@ -69,6 +71,7 @@ class GPTConfig:
         self.vocab_size = vocab_size
         self.dropout = dropout
         self.gelu_approximate = gelu_approximate
+        self.bias = bias  # nanoGPT's `bias` switch: biases in Linear and LayerNorm.
 
 
 class _SelfAttention(nn.Module):
@@ -76,8 +79,8 @@ class _SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.dropout = cfg.dropout
-        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=False)
-        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=False)
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,8 +97,8 @@ class _SelfAttention(nn.Module):
 class _MLP(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(cfg.embed_dim, 4 * cfg.embed_dim, bias=False)
-        self.proj = nn.Linear(4 * cfg.embed_dim, cfg.embed_dim, bias=False)
+        self.fc = nn.Linear(cfg.embed_dim, 4 * cfg.embed_dim, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.approximate = cfg.gelu_approximate
 
@@ -106,9 +109,9 @@ class _MLP(nn.Module):
 class _Block(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.embed_dim, bias=False)
+        self.ln1 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
         self.attn = _SelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.embed_dim, bias=False)
+        self.ln2 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
         self.mlp = _MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +129,7 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.embed_dim)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.num_layers))
-        self.ln_f = nn.LayerNorm(cfg.embed_dim, bias=False)
+        self.ln_f = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
         self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # weight tying
         self._init_weights(generator)
@@ -134,10 +137,13 @@ class GPT(nn.Module):
     @torch.no_grad()
     def _init_weights(self, generator: torch.Generator | None) -> None:
         # N(0, 0.02) for every matrix, with residual output projections scaled
-        # down by 1/sqrt(2 * num_layers) (GPT-2 scheme); LayerNorm gains are 1.
+        # down by 1/sqrt(2 * num_layers) (GPT-2 scheme); LayerNorm gains are 1,
+        # biases (when bias=True) 0.
         resid_std = INIT_STD / math.sqrt(2 * self.cfg.num_layers)
         for name, p in self.named_parameters():  # tied weight appears once
-            if p.dim() < 2:
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif p.dim() < 2:
                 nn.init.ones_(p)
             elif name.endswith(("attn.proj.weight", "mlp.proj.weight")):
                 nn.init.normal_(p, 0.0, resid_std, generator=generator)
@@ -203,7 +209,7 @@ def make_torch_train_step(num_layers: int, num_heads: int, embed_dim: int,
                           learning_rate: float = 1e-3, seed: int = 0, *,
                           dropout: float = 0.0, num_threads: int | None = None,
                           fused: bool | None = None,
-                          gelu_approximate: str = "none",
+                          gelu_approximate: str = "none", bias: bool = False,
                           ) -> tuple[Callable[[], float], dict[str, Any]]:
     """Build the reference model, AdamW and a fixed random batch.
 
@@ -222,7 +228,7 @@ def make_torch_train_step(num_layers: int, num_heads: int, embed_dim: int,
     gen = torch.Generator().manual_seed(seed)
 
     cfg = GPTConfig(num_layers, num_heads, embed_dim, block_size, vocab_size,
-                    dropout=dropout, gelu_approximate=gelu_approximate)
+                    dropout=dropout, gelu_approximate=gelu_approximate, bias=bias)
     model = GPT(cfg, generator=gen)
     model.train()
 
