@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import ml_collections
 
-from smallgpt_jax import data, reporting, sampling, tokenizer as tokenizer_lib, train
+from smallgpt_jax import data, reporting, runtime, sampling, tokenizer as tokenizer_lib, train
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
@@ -73,6 +73,7 @@ def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir`; returns the final metrics."""
     validate(config)
+    runtime.setup(config)  # Allocator, RNG lowering, compilation cache (see runtime.py).
     t, m = config.train, config.model
     micro = train.per_device_batch(t.batch_size, t.grad_accum_steps)
     os.makedirs(workdir, exist_ok=True)

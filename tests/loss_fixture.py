@@ -2,12 +2,13 @@
 change the numbers.
 
 Run as a script it writes `tests/fixtures/loss_50_steps.json` with the losses
-of every variant below, computed by whatever code is checked out:
+of every variant below:
 
-    python tests/loss_fixture.py          # (from the repository root)
+    python tests/loss_fixture.py                  # with the checked-out code
+    python tests/loss_fixture.py COMMIT           # with smallgpt_jax/ as of COMMIT
 
-The committed fixture was produced this way from the code *before* the
-performance work (see the "commit" field in the file); `test_loss_regression.py`
+The committed fixture was produced the second way from the commit before the
+performance work (its "commit" field names it); `test_loss_regression.py`
 re-runs the same variants with the current code and compares.
 
 Everything here goes through the public training API (`train.init_state`,
@@ -37,8 +38,8 @@ NUM_STEPS = 50
 # Variant name -> config overrides on top of `small_config()`.
 VARIANTS: dict[str, dict] = {
     "base": {},  # No dropout: the plain forward/backward/AdamW path.
-    "no_bias_untied": {"model.use_bias": False, "model.tie_embeddings": False},
-    "scan_layers": {"model.scan_layers": True},
+    "no_bias_untied_scan": {"model.use_bias": False, "model.tie_embeddings": False,
+                            "model.scan_layers": True},
     "dropout_accum": {"model.dropout": 0.1, "train.grad_accum_steps": 2},
 }
 
@@ -84,6 +85,11 @@ def step_losses(overrides: dict) -> list[float]:
     from smallgpt_jax.model import model_config
     from smallgpt_jax.tokenizer import CharTokenizer
 
+    try:  # What loop.py sets up (runtime.py did not exist before the speed-ups).
+        from smallgpt_jax import runtime
+        runtime.setup()
+    except ImportError:
+        pass
     c = small_config(**overrides)
     text = corpus_text()
     tok = CharTokenizer.from_text(text)
@@ -118,14 +124,31 @@ def compute_all() -> dict:
     return out
 
 
+def _use_code_from(commit: str) -> str:
+    """Extracts smallgpt_jax/ as of `commit` into a temporary folder and puts it
+    first on sys.path, so the losses come from that code."""
+    full = subprocess.run(["git", "rev-parse", commit], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    tmp = tempfile.mkdtemp(prefix="smallgpt_old_")
+    archive = subprocess.run(["git", "archive", full, "smallgpt_jax"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+    sys.path.insert(0, tmp)
+    return full
+
+
 def main() -> None:
+    if len(sys.argv) > 1:
+        commit = _use_code_from(sys.argv[1])
+    else:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "smallgpt_jax"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        commit = head + (" (with uncommitted changes in smallgpt_jax/)" if dirty else "")
     import jax
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "smallgpt_jax"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
     record = {
-        "commit": commit + (" (with uncommitted changes in smallgpt_jax/)" if dirty else ""),
+        "commit": commit,
         "jax_version": jax.__version__,
         "num_steps": NUM_STEPS,
         "variants": VARIANTS,
