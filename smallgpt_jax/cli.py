@@ -18,11 +18,14 @@ def fail(message: str, status: int = 2) -> NoReturn:
 @contextlib.contextmanager
 def user_errors():
     """Turns UserError (and a config file that cannot load) into one line."""
-    from smallgpt_jax.errors import UserError
+    from smallgpt_jax.errors import Interrupted, UserError
     try:
         yield
     except UserError as e:
         fail(str(e))
+    except Interrupted as e:  # Stopped by a signal, after saving: not an error.
+        print(str(e), file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         fail("interrupted", 130)
 

@@ -2,6 +2,7 @@
 
     text -> tokenizer -> token ids -> (seed, step)-sampled batches
          -> pmap-ed train step -> periodic evaluation, samples, TensorBoard
+         -> Orbax checkpoints (resume, SIGTERM/SIGINT, keep newest + best)
 """
 
 from __future__ import annotations
@@ -9,15 +10,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 
 import jax
 import numpy as np
 import ml_collections
 
-from smallgpt_jax import data, reporting, sampling, tokenizer as tokenizer_lib, train
+from smallgpt_jax import checkpoint, data, reporting, sampling, tokenizer as tokenizer_lib, train
 from smallgpt_jax.config import validate
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
 
 log = logging.getLogger("smallgpt_jax")
@@ -70,12 +72,68 @@ def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
     return tok.decode(ids[0])
 
 
+class FiniteCheck:
+    """Stops training at the first step whose loss or gradient norm is NaN/inf.
+
+    Reading a number back from the device waits for the step that computes
+    it: checking step k's loss right after launching step k would make the
+    host wait for every step before preparing the next batch. So after
+    launching step k we check step k-1, which the device has (nearly always)
+    finished while step k is queued. `flush()` checks the newest step too; it
+    runs before every log, evaluation and checkpoint, so a broken state is
+    never evaluated or saved.
+    """
+
+    def __init__(self, newest_checkpoint):
+        self.pending = None  # (step, metrics) launched but not checked yet.
+        self.last_finite = None  # (step, loss) of the newest good step.
+        self.newest_checkpoint = newest_checkpoint
+
+    def after_step(self, step: int, metrics: dict) -> None:
+        previous, self.pending = self.pending, (step, metrics)
+        if previous is not None:
+            self._check(*previous)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self._check(*self.pending)
+            self.pending = None
+
+    def _check(self, step: int, metrics: dict) -> None:
+        loss = float(np.asarray(metrics["loss"])[0])
+        grad_norm = float(np.asarray(metrics["grad_norm"])[0])
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.last_finite = (step, loss)
+            return
+        before = (f"last finite loss {self.last_finite[1]:.4f} at step {self.last_finite[0]}"
+                  if self.last_finite else "no finite loss seen in this run")
+        newest = self.newest_checkpoint()
+        kept = (f"nothing was saved from it: the newest checkpoint is step {newest}"
+                if newest is not None else "nothing was saved from it")
+        raise UserError(
+            f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm} "
+            f"({before}); {kept}. Lower --config.train.learning_rate (or raise "
+            "warmup_steps) and run again to resume.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains `config` in `workdir`; returns the final metrics."""
+    """Trains `config` in `workdir`; returns the final metrics.
+
+    Re-running with the same workdir resumes from its newest complete
+    checkpoint. SIGTERM or SIGINT saves a checkpoint, then raises Interrupted.
+    """
     validate(config)
+    checkpoint.prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
+    with checkpoint.StopSignals() as stop, \
+            checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
+        return _train_and_evaluate(config, workdir, ckpt, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        ckpt: checkpoint.Checkpointer, stop: checkpoint.StopSignals) -> dict:
     t, m = config.train, config.model
     micro = train.per_device_batch(t.batch_size, t.grad_accum_steps)
-    os.makedirs(workdir, exist_ok=True)
+    resume = ckpt.resume_point(config)  # None: a fresh run.
     tok, splits, source, tokens_per_char = prepare_data(config, workdir)
     if jax.process_index() == 0:
         tokenizer_lib.save(tok, os.path.join(workdir, "tokenizer.json"))
@@ -83,10 +141,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     model_cfg = make_model_config(config, tok.vocab_size)
     tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
-    state = train.init_state(model_cfg, tx, config.seed)
+    if resume:  # Only the shapes of a fresh state are needed: no real init.
+        shapes = jax.eval_shape(lambda: train.init_state(model_cfg, tx, config.seed))
+        state = ckpt.restore_state(resume, shapes)
+    else:
+        state = train.init_state(model_cfg, tx, config.seed)
     p_train, p_eval = train.make_parallel_steps(model_cfg, tx, schedule, config.seed)
 
-    progress = reporting.ProgressBar(t.num_steps)
+    progress = reporting.ProgressBar(t.num_steps, int(state.step))
     progress.message(
         f"{source}: {len(splits.train):,} train / {len(splits.val):,} val tokens, "
         f"{tok.kind} vocabulary {tok.vocab_size}, {tokens_per_char:.3f} tokens/char")
@@ -95,30 +157,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{micro} sequences per device per micro-batch; workdir {workdir}")
 
-    writer = reporting.Writer(workdir)
-    writer.text(0, "config", "\n" + str(config))
-    rstate = flax_replicate(state)
     start_step = int(state.step)
+    # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
+    writer = reporting.Writer(workdir, purge_step=start_step + 1)
+    writer.text(start_step, "config", "\n" + str(config))
+    if start_step >= t.num_steps:
+        progress.message(f"nothing to train: the checkpoint is at step {start_step} and "
+                         f"config.train.num_steps={t.num_steps}; raise it to train longer.")
+        writer.close()
+        return {"steps": start_step, "params": state.params, "model_config": model_cfg,
+                "tokenizer": tok}
+    rstate = flax_replicate(state)
     tokens_per_step = t.batch_size * m.block_size
     t_start = t_log = time.time()
-    best_val, last = math.inf, {}
+    best_val, last = (resume.best_val_loss if resume else math.inf), {}
+    finite = FiniteCheck(ckpt.latest_step)
     for step in range(start_step, t.num_steps):
         batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
         rstate, metrics = p_train(rstate, train.shard_batch(process_rows(batch), t.grad_accum_steps))
         done = step + 1
+        finite.after_step(done, metrics)  # Checks the previous step: no stall.
         if done % t.log_every == 0 or done == t.num_steps:
+            finite.flush()
+            ckpt.poll()  # A background save that failed is reported here.
             metrics = {k: float(np.asarray(v)[0]) for k, v in metrics.items()}
             now = time.time()
             steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
             metrics["tokens_per_sec"] = tokens_per_step * steps_since / (now - t_log)
             t_log = now
-            if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
-                raise UserError(f"training diverged at step {done}: loss {metrics['loss']}, "
-                                f"grad norm {metrics['grad_norm']}; lower the learning rate.")
             writer.scalars(done, {f"train/{k}": v for k, v in metrics.items()})
             progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
+        val_loss = None
         if done % t.eval_every == 0 or done == t.num_steps:
+            finite.flush()
             losses = evaluate(p_eval, rstate.params, splits, config)
+            val_loss = losses["val"]
             best_val = min(best_val, losses["val"])
             last = {"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
                     "eval/val_perplexity": math.exp(losses["val"]),
@@ -132,6 +205,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             progress.message(
                 f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                 f"val ppl {last['eval/val_perplexity']:.2f}, val bpc {last['eval/val_bpc']:.3f}")
+        # Save every checkpoint_every steps, at the end, on a signal, and when the
+        # validation loss is a new best (so the best model is always on disk).
+        signum = stop.signum  # Read once: a signal may land at any moment.
+        if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
+                or (val_loss is not None and val_loss == best_val)):
+            finite.flush()
+            ckpt.save(done, flax_unreplicate(rstate), config=config, tokenizer=tok,
+                      best_val_loss=best_val, val_loss=val_loss)
+        if signum and done < t.num_steps:
+            writer.close()
+            ckpt.wait()
+            raise Interrupted(
+                f"stopped by {signal.Signals(signum).name} at step {done}, after saving "
+                f"checkpoint {ckpt.directory}/{done}; run the same command again to resume.",
+                signum)
     wall = time.time() - t_start
     final = {**last, "steps": t.num_steps, "wall_time_s": wall}
     writer.hparams(reporting.flat_hparams(config),

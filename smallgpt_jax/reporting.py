@@ -64,12 +64,14 @@ def _fmt(seconds: float) -> str:
 class Writer:
     """Writes TensorBoard scalars, text and hparams under the workdir."""
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, purge_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self._tb = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # Only process 0 needs it.
-            self._tb = SummaryWriter(logdir, flush_secs=10)
+            # purge_step: a resumed run tells TensorBoard to drop what an earlier
+            # (killed) process logged from that step on, so curves do not double.
+            self._tb = SummaryWriter(logdir, flush_secs=10, purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._tb:
