@@ -1,7 +1,8 @@
 """The training loop, top to bottom: data, model, steps, evaluation, logs.
 
     text -> tokenizer -> token ids -> (seed, step)-sampled batches
-         -> pmap-ed train step -> periodic evaluation, samples, TensorBoard
+         -> data-parallel train step (pmap or shard_map)
+         -> periodic evaluation, samples, TensorBoard
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def process_rows(batch_NT1: np.ndarray) -> np.ndarray:
     return batch_NT1[i * n:(i + 1) * n]
 
 
-def evaluate(p_eval, rparams, splits: data.Splits, config) -> dict[str, float]:
+def evaluate(par: train.DataParallel, rparams, splits: data.Splits,
+             config) -> dict[str, float]:
     """Mean loss over the same `eval_steps` batches of each split every time."""
     t, m = config.train, config.model
     out = {}
@@ -54,8 +56,8 @@ def evaluate(p_eval, rparams, splits: data.Splits, config) -> dict[str, float]:
         losses = []
         for i in range(t.eval_steps):
             batch = data.sample_batch(tokens, config.seed, i, t.batch_size, m.block_size, stream)
-            losses.append(p_eval(rparams, train.shard_batch(process_rows(batch))))
-        out[name] = float(np.mean([np.asarray(l)[0] for l in losses]))
+            losses.append(par.eval_step(rparams, par.put_batch(process_rows(batch))))
+        out[name] = float(np.mean([par.unreplicate(l) for l in losses]))
     return out
 
 
@@ -84,7 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model_cfg = make_model_config(config, tok.vocab_size)
     tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
     state = train.init_state(model_cfg, tx, config.seed)
-    p_train, p_eval = train.make_parallel_steps(model_cfg, tx, schedule, config.seed)
+    par = train.data_parallel(config.parallel, model_cfg, tx, schedule, config.seed)
 
     progress = reporting.ProgressBar(t.num_steps)
     progress.message(
@@ -92,22 +94,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{tok.kind} vocabulary {tok.vocab_size}, {tokens_per_char:.3f} tokens/char")
     progress.message(
         f"model: {count_params(state.params) / 1e6:.2f}M parameters; "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s) "
+        f"in {jax.process_count()} process(es), {config.parallel}, "
         f"{micro} sequences per device per micro-batch; workdir {workdir}")
 
     writer = reporting.Writer(workdir)
     writer.text(0, "config", "\n" + str(config))
-    rstate = flax_replicate(state)
+    rstate = par.put_state(state)
     start_step = int(state.step)
     tokens_per_step = t.batch_size * m.block_size
     t_start = t_log = time.time()
     best_val, last = math.inf, {}
     for step in range(start_step, t.num_steps):
         batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
-        rstate, metrics = p_train(rstate, train.shard_batch(process_rows(batch), t.grad_accum_steps))
+        rstate, metrics = par.train_step(
+            rstate, par.put_batch(process_rows(batch), t.grad_accum_steps))
         done = step + 1
         if done % t.log_every == 0 or done == t.num_steps:
-            metrics = {k: float(np.asarray(v)[0]) for k, v in metrics.items()}
+            metrics = {k: float(par.unreplicate(v)) for k, v in metrics.items()}
             now = time.time()
             steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
             metrics["tokens_per_sec"] = tokens_per_step * steps_since / (now - t_log)
@@ -118,16 +122,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.scalars(done, {f"train/{k}": v for k, v in metrics.items()})
             progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
         if done % t.eval_every == 0 or done == t.num_steps:
-            losses = evaluate(p_eval, rstate.params, splits, config)
+            losses = evaluate(par, rstate.params, splits, config)
             best_val = min(best_val, losses["val"])
             last = {"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
                     "eval/val_perplexity": math.exp(losses["val"]),
                     "eval/val_bpc": train.bits_per_char(losses["val"], tokens_per_char),
                     "eval/best_val_loss": best_val}
             writer.scalars(done, last)
-            params = flax_unreplicate(rstate.params)
-            text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
-            writer.text(done, "sample", text)
+            if writer.enabled:  # Only process 0 writes, so only it samples.
+                params = par.unreplicate(rstate.params)
+                text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
+                writer.text(done, "sample", text)
             writer.flush()
             progress.message(
                 f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
@@ -139,16 +144,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "summary.json"), final)
-    final["params"] = flax_unreplicate(rstate.params)
+    final["params"] = par.unreplicate(rstate.params)
     final["model_config"], final["tokenizer"] = model_cfg, tok
     return final
-
-
-def flax_replicate(tree):
-    from flax.jax_utils import replicate
-    return replicate(tree)
-
-
-def flax_unreplicate(tree):
-    from flax.jax_utils import unreplicate
-    return unreplicate(tree)
