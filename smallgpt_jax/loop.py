@@ -1,7 +1,8 @@
 """The training loop, top to bottom: data, model, steps, evaluation, logs.
 
     text -> tokenizer -> token ids -> (seed, step)-sampled batches
-         -> pmap-ed train step -> periodic evaluation, samples, TensorBoard
+         -> data-parallel train step (pmap or shard_map)
+         -> periodic evaluation, samples, TensorBoard
          -> Orbax checkpoints (resume, SIGTERM/SIGINT, keep newest + best)
 """
 
@@ -48,7 +49,8 @@ def process_rows(batch_NT1: np.ndarray) -> np.ndarray:
     return batch_NT1[i * n:(i + 1) * n]
 
 
-def evaluate(p_eval, rparams, splits: data.Splits, config) -> dict[str, float]:
+def evaluate(par: train.DataParallel, rparams, splits: data.Splits,
+             config) -> dict[str, float]:
     """Mean loss over the same `eval_steps` batches of each split every time."""
     t, m = config.train, config.model
     out = {}
@@ -56,8 +58,8 @@ def evaluate(p_eval, rparams, splits: data.Splits, config) -> dict[str, float]:
         losses = []
         for i in range(t.eval_steps):
             batch = data.sample_batch(tokens, config.seed, i, t.batch_size, m.block_size, stream)
-            losses.append(p_eval(rparams, train.shard_batch(process_rows(batch))))
-        out[name] = float(np.mean([np.asarray(l)[0] for l in losses]))
+            losses.append(par.eval_step(rparams, par.put_batch(process_rows(batch))))
+        out[name] = float(np.mean([par.unreplicate(l) for l in losses]))
     return out
 
 
@@ -84,10 +86,11 @@ class FiniteCheck:
     never evaluated or saved.
     """
 
-    def __init__(self, newest_checkpoint):
+    def __init__(self, newest_checkpoint, unreplicate):
         self.pending = None  # (step, metrics) launched but not checked yet.
         self.last_finite = None  # (step, loss) of the newest good step.
         self.newest_checkpoint = newest_checkpoint
+        self.unreplicate = unreplicate  # Device values -> one host copy.
 
     def after_step(self, step: int, metrics: dict) -> None:
         previous, self.pending = self.pending, (step, metrics)
@@ -100,8 +103,8 @@ class FiniteCheck:
             self.pending = None
 
     def _check(self, step: int, metrics: dict) -> None:
-        loss = float(np.asarray(metrics["loss"])[0])
-        grad_norm = float(np.asarray(metrics["grad_norm"])[0])
+        loss = float(self.unreplicate(metrics["loss"]))
+        grad_norm = float(self.unreplicate(metrics["grad_norm"]))
         if math.isfinite(loss) and math.isfinite(grad_norm):
             self.last_finite = (step, loss)
             return
@@ -146,7 +149,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state = ckpt.restore_state(resume, shapes)
     else:
         state = train.init_state(model_cfg, tx, config.seed)
-    p_train, p_eval = train.make_parallel_steps(model_cfg, tx, schedule, config.seed)
+    par = train.data_parallel(config.parallel, model_cfg, tx, schedule, config.seed)
 
     progress = reporting.ProgressBar(t.num_steps, int(state.step))
     progress.message(
@@ -154,7 +157,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"{tok.kind} vocabulary {tok.vocab_size}, {tokens_per_char:.3f} tokens/char")
     progress.message(
         f"model: {count_params(state.params) / 1e6:.2f}M parameters; "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s) "
+        f"in {jax.process_count()} process(es), {config.parallel}, "
         f"{micro} sequences per device per micro-batch; workdir {workdir}")
 
     start_step = int(state.step)
@@ -167,20 +171,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.close()
         return {"steps": start_step, "params": state.params, "model_config": model_cfg,
                 "tokenizer": tok}
-    rstate = flax_replicate(state)
+    rstate = par.put_state(state)
     tokens_per_step = t.batch_size * m.block_size
     t_start = t_log = time.time()
     best_val, last = (resume.best_val_loss if resume else math.inf), {}
-    finite = FiniteCheck(ckpt.latest_step)
+    finite = FiniteCheck(ckpt.latest_step, par.unreplicate)
     for step in range(start_step, t.num_steps):
         batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
-        rstate, metrics = p_train(rstate, train.shard_batch(process_rows(batch), t.grad_accum_steps))
+        rstate, metrics = par.train_step(
+            rstate, par.put_batch(process_rows(batch), t.grad_accum_steps))
         done = step + 1
         finite.after_step(done, metrics)  # Checks the previous step: no stall.
         if done % t.log_every == 0 or done == t.num_steps:
             finite.flush()
             ckpt.poll()  # A background save that failed is reported here.
-            metrics = {k: float(np.asarray(v)[0]) for k, v in metrics.items()}
+            metrics = {k: float(par.unreplicate(v)) for k, v in metrics.items()}
             now = time.time()
             steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
             metrics["tokens_per_sec"] = tokens_per_step * steps_since / (now - t_log)
@@ -190,7 +195,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         val_loss = None
         if done % t.eval_every == 0 or done == t.num_steps:
             finite.flush()
-            losses = evaluate(p_eval, rstate.params, splits, config)
+            losses = evaluate(par, rstate.params, splits, config)
             val_loss = losses["val"]
             best_val = min(best_val, losses["val"])
             last = {"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
@@ -198,9 +203,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     "eval/val_bpc": train.bits_per_char(losses["val"], tokens_per_char),
                     "eval/best_val_loss": best_val}
             writer.scalars(done, last)
-            params = flax_unreplicate(rstate.params)
-            text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
-            writer.text(done, "sample", text)
+            if writer.enabled:  # Only process 0 writes, so only it samples.
+                params = par.unreplicate(rstate.params)
+                text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
+                writer.text(done, "sample", text)
             writer.flush()
             progress.message(
                 f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
@@ -211,7 +217,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
                 or (val_loss is not None and val_loss == best_val)):
             finite.flush()
-            ckpt.save(done, flax_unreplicate(rstate), config=config, tokenizer=tok,
+            ckpt.save(done, par.unreplicate(rstate), config=config, tokenizer=tok,
                       best_val_loss=best_val, val_loss=val_loss)
         if signum and done < t.num_steps:
             writer.close()
@@ -227,16 +233,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "summary.json"), final)
-    final["params"] = flax_unreplicate(rstate.params)
+    final["params"] = par.unreplicate(rstate.params)
     final["model_config"], final["tokenizer"] = model_cfg, tok
     return final
-
-
-def flax_replicate(tree):
-    from flax.jax_utils import replicate
-    return replicate(tree)
-
-
-def flax_unreplicate(tree):
-    from flax.jax_utils import unreplicate
-    return unreplicate(tree)

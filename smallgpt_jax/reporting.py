@@ -92,11 +92,17 @@ class Writer:
 
         The hparams plugin reads each metric's value from this run's scalars
         with the same tag, so these are written into the run's own directory
-        (tensorboardX's add_hparams would start a separate sub-run).
+        (tensorboardX's add_hparams would start a separate sub-run). Only the
+        run's own record (session start and end) is written, not an
+        "experiment" summary: with several runs under one logdir TensorBoard
+        would use one arbitrary run's; without it, TensorBoard builds the
+        table from all runs and lists the hparams that differ first (a sweep
+        writes its own experiment summary naming its swept fields).
         """
         if self._tb:
             from tensorboardX.summary import hparams as hparams_summary
-            for summary in hparams_summary(hparams, metrics):
+            _, session_start, session_end = hparams_summary(hparams, metrics)
+            for summary in (session_start, session_end):
                 self._tb.file_writer.add_summary(summary, step)
 
     def flush(self) -> None:
