@@ -70,6 +70,12 @@ def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
     return tok.decode(ids[0])
 
 
+def attention_image(params, model_cfg, tok, val_tokens: np.ndarray) -> np.ndarray:
+    """The attention grid for the first 16 validation tokens (a small picture)."""
+    from smallgpt_jax import viz  # Imported here: matplotlib only when needed.
+    return viz.attention_image(params, model_cfg, tok, val_tokens[:min(16, model_cfg.block_size)])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir`; returns the final metrics."""
     validate(config)
@@ -128,6 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             params = flax_unreplicate(rstate.params)
             text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
             writer.text(done, "sample", text)
+            if writer.enabled:  # Attention of every layer and head on a short val prompt.
+                writer.image(done, "attention", attention_image(params, model_cfg, tok, splits.val))
             writer.flush()
             progress.message(
                 f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "

@@ -126,6 +126,18 @@ def plot_attention(params, model_config, tokenizer, prompt: str,
     return fig, att_LHTT
 
 
+def attention_image(params, model_config, tokenizer, ids_T: np.ndarray,
+                    panel_inches: float = 1.1) -> np.ndarray:
+    """The attention grid for token ids as an [H, W, 3] uint8 image, cheap
+    enough to log to TensorBoard at every evaluation: the tokens are in the
+    title, not on the axes (drawing tick labels costs most of the time)."""
+    ids_T = np.asarray(ids_T).reshape(-1)[-model_config.block_size:]
+    att_LHTT = attention_maps(params, model_config, ids_T)
+    fig = attention_figure(att_LHTT, None, panel_inches=panel_inches,
+                           title="".join(token_labels(tokenizer, ids_T)))
+    return figure_to_array(fig)
+
+
 # -------------------------------------------------------------------- curves
 
 def read_scalars(logdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

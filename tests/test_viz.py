@@ -161,3 +161,49 @@ def test_visualize_cli_needs_a_workdir(tmp_path):
                    module="smallgpt_jax.visualize", timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --workdir=")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 10-step run on a small text, trained in this process: its workdir."""
+    from smallgpt_jax import loop
+    root = tmp_path_factory.mktemp("viz_run")
+    corpus = root / "corpus.txt"
+    corpus.write_text((TEXT + "\n") * 60)
+    config = tiny_config(**{"data.path": str(corpus), "train.num_steps": 10,
+                            "train.eval_every": 5, "train.log_every": 5})
+    loop.train_and_evaluate(config, str(root / "run"))
+    return str(root / "run")
+
+
+def test_training_logs_the_attention_grid_at_each_eval(tiny_run):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    acc = ea.EventAccumulator(tiny_run, size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    assert "attention" in acc.Tags()["images"]
+    images = acc.Images("attention")
+    assert [im.step for im in images] == [5, 10]
+    # tiny_config has 2 layers x 2 heads: a 2x2 grid, a little taller than wide.
+    im = images[-1]
+    assert 100 < im.width < 400 and im.width <= im.height < 1.5 * im.width
+    assert im.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_visualize_curves_cli_plots_the_run(tiny_run, tmp_path):
+    out = tmp_path / "curves.png"
+    proc = run_cli([f"--workdir={tiny_run}", "--what=curves", f"--output={out}"],
+                   module="smallgpt_jax.visualize", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in proc.stdout
+
+
+@pytest.mark.parametrize("what", ["attention", "embeddings"])
+def test_visualize_cli_draws_from_the_checkpoint(tiny_run, tmp_path, what):
+    """Needs smallgpt_jax.checkpoint (the checkpoints branch) to load params."""
+    out = tmp_path / f"{what}.png"
+    proc = run_cli([f"--workdir={tiny_run}", f"--what={what}", "--prompt=to be",
+                    f"--output={out}"], module="smallgpt_jax.visualize", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 5_000 < out.stat().st_size < 150_000
