@@ -70,12 +70,6 @@ def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
     return tok.decode(ids[0])
 
 
-def attention_image(params, model_cfg, tok, val_tokens: np.ndarray) -> np.ndarray:
-    """The attention grid for the first 16 validation tokens (a small picture)."""
-    from smallgpt_jax import viz  # Imported here: matplotlib only when needed.
-    return viz.attention_image(params, model_cfg, tok, val_tokens[:min(16, model_cfg.block_size)])
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir`; returns the final metrics."""
     validate(config)
@@ -134,8 +128,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             params = flax_unreplicate(rstate.params)
             text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
             writer.text(done, "sample", text)
-            if writer.enabled:  # Attention of every layer and head on a short val prompt.
-                writer.image(done, "attention", attention_image(params, model_cfg, tok, splits.val))
+            if writer.enabled:  # Every layer's and head's attention on 16 val tokens.
+                from smallgpt_jax import viz  # Imported here: matplotlib only when needed.
+                writer.image(done, "attention", viz.attention_image(
+                    params, model_cfg, tok, splits.val[:min(16, m.block_size)]))
             writer.flush()
             progress.message(
                 f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
