@@ -203,10 +203,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     "eval/val_bpc": train.bits_per_char(losses["val"], tokens_per_char),
                     "eval/best_val_loss": best_val}
             writer.scalars(done, last)
-            if writer.enabled:  # Only process 0 writes, so only it samples.
+            if writer.enabled:  # Only process 0 writes, so only it samples and draws.
                 params = par.unreplicate(rstate.params)
                 text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
                 writer.text(done, "sample", text)
+                from smallgpt_jax import viz  # Imported here: matplotlib only when needed.
+                # Every layer's and head's attention on 16 validation tokens.
+                writer.image(done, "attention", viz.attention_image(
+                    params, model_cfg, tok, splits.val[:min(16, m.block_size)]))
             writer.flush()
             progress.message(
                 f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
