@@ -8,7 +8,7 @@ whole context window (block_size - 1 new tokens) and 500 new tokens (which
 slides the window when block_size < 500). Three ways:
   - no cache: re-run the whole window for every token;
   - KV cache, exact slide (the default): past the window, every token
-    re-fills the cache, so it costs about as much as a no-cache step;
+    re-runs the whole slid window, as a no-cache step does;
   - KV cache, slide_step=block_size/2 (approximate): one re-fill per
     block_size/2 tokens past the window.
 Compilation is done once up front (and reported); each timing is the best of
