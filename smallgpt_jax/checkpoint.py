@@ -66,12 +66,15 @@ def _say(text: str) -> None:
 
 def _reason(e: BaseException) -> str:
     """A short, one-line description of an exception from Orbax/TensorStore."""
-    text = str(e) or type(e).__name__
+    text = str(e).strip() or type(e).__name__
     code = re.search(r"os_error_code='?(\d+)", text)
     if code:  # TensorStore puts errno at the end of a long message.
         return os.strerror(int(code.group(1)))
-    line = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    return line if len(line) <= 240 else line[:240] + "..."
+    line = re.sub(r"\s*\[tensorstore_spec=.*", "", text.splitlines()[0])
+    status = re.match(r"([A-Z_]{4,}): (.*)", line)
+    if status:  # "CODE: context: context: ...: what went wrong" -> the last two parts.
+        line = f"{status.group(1)}: {': '.join(status.group(2).split(': ')[-2:])}"
+    return line if len(line) <= 300 else line[:300] + "..."
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -189,7 +192,7 @@ class Checkpointer:
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         for name in self.incomplete():
             _say(f"warning: skipping incomplete checkpoint {os.path.join(self.directory, name)} "
-                 "(a save was cut off by a crash); removing it.")
+                 "(a save that never finished, e.g. cut off by a crash); removing it.")
             if jax.process_index() == 0:
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         # Keep the newest `keep`, and the best one by validation loss.
@@ -333,13 +336,14 @@ class Checkpointer:
              val_loss: float | None = None) -> None:
         """Starts writing a checkpoint of `state` (one, unreplicated copy).
 
-        Returns once the arrays are copied to host memory; the files are
-        written in the background. Raises UserError if an earlier background
-        save failed (e.g. the disk is full).
+        Returns once Orbax has taken its copy of the arrays; the files are
+        written in the background. `state` must not be donated to a later
+        train step meanwhile: the loop passes an unreplicated copy (fresh
+        buffers), never the replicated state itself. Raises UserError if an
+        earlier background save failed (e.g. the disk is full).
         """
         self.wait()
-        # Copy to host now: the train step donates (reuses) the device buffers.
-        host_state = jax.tree.map(np.asarray, jax.device_get(state))
+        state = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), state)
         meta = {
             "format": FORMAT,
             "step": step,
@@ -353,7 +357,7 @@ class Checkpointer:
         metrics = {} if val_loss is None else {"val_loss": float(val_loss)}
         try:
             self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)),
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                 metrics=metrics, force=True)
         except Exception as e:
             raise UserError(self._save_failed(step, e))
@@ -486,8 +490,10 @@ def load_params(workdir: str, step: str | int = "latest"
                                              partial_restore=True),
                 meta=ocp.args.JsonRestore()))
         except Exception as e:
+            others = [s for s in sorted(manager.all_steps()) if s != chosen]
             raise UserError(f"checkpoint {directory}/{chosen} could not be read ({_reason(e)}); "
-                            "its files may be damaged: pick another step.")
+                            "its files may be damaged: pick another step (complete ones: "
+                            f"{', '.join(map(str, others)) or 'none'}).")
     meta = restored["meta"]
     tok = tokenizer_lib.from_dict(meta["tokenizer"])
     config = ml_collections.ConfigDict(meta["config"])

@@ -30,6 +30,18 @@ def user_errors():
         fail("interrupted", 130)
 
 
+class _ShortOrbaxErrors(logging.Filter):
+    """Orbax logs a long traceback from each thread of a save that failed (a
+    full disk, say); our own error line says what failed and what to do, so
+    keep one short line of each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+            record.msg = record.getMessage().splitlines()[0][:200]
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
 def setup_logging() -> None:
     """Keeps library log noise (absl, orbax, jax) out of the console."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,6 +49,7 @@ def setup_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("jax", "absl", "orbax", "tensorboardX", "etils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(_ShortOrbaxErrors())
     logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
 
 

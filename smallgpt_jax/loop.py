@@ -223,6 +223,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             finite.flush()
             ckpt.save(done, par.unreplicate(rstate), config=config, tokenizer=tok,
                       best_val_loss=best_val, val_loss=val_loss)
+            writer.flush()  # After a crash, the logs reach at least this checkpoint.
         if signum and done < t.num_steps:
             writer.close()
             ckpt.wait()
