@@ -243,6 +243,8 @@ def load_experiment(path: str, runs_dir: str = "runs",
     base = config_module.get_config()
 
     fixed = dict(getattr(module, "FIXED", {}) or {})
+    for key in fixed:
+        _get_field(base, key, f"{path}, FIXED")
     for item in cli_overrides:  # Command-line values replace FIXED ones.
         key, _, text = item.partition("=")
         fixed[key] = _parse_like(text, _get_field(base, key, "command line"), key)

@@ -202,8 +202,10 @@ def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParal
     if kind == "pmap":
         from flax import jax_utils
         p_train, p_eval = make_parallel_steps(model_config, tx, schedule, seed)
-        return DataParallel(p_train, p_eval, jax_utils.replicate, shard_batch,
-                            jax_utils.unreplicate)
+        # Copies laid out exactly as pmap returns the new state (a mesh axis
+        # named AXIS), so the second step does not compile a second program.
+        put_state = partial(jax_utils.replicate, axis_name=AXIS)
+        return DataParallel(p_train, p_eval, put_state, shard_batch, jax_utils.unreplicate)
     if kind != "shard_map":
         raise UserError(f"config.parallel={kind!r} is not one of pmap, shard_map.")
     mesh = data_mesh()

@@ -50,11 +50,16 @@ def run_together(commands, timeout=420):
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
 
 
+# Less LLVM optimization: these tiny programs compile several times faster,
+# and every side of each comparison is compiled the same way.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
 def cpu_env(devices: int, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
                                 "SMALLGPT_DISTRIBUTED"))}
-    return dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    return dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
                 JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
 
 
@@ -188,3 +193,36 @@ def test_main_as_a_two_process_job_matches_one_process(tmp_path):
         steps_two, values_two = zip(*scalars_two[tag])
         assert steps_one == steps_two
         np.testing.assert_allclose(values_two, values_one, rtol=1e-5, err_msg=tag)
+
+
+@pytest.mark.parametrize("kind", ["pmap", "shard_map"])
+def test_train_step_compiles_once(kind):
+    """The state a step returns is laid out like the state it was given, so
+    later steps reuse the first step's program instead of compiling again."""
+    import jax
+    from conftest import tiny_config
+    from smallgpt_jax import data, loop, train
+    from smallgpt_jax.model import model_config
+    c = tiny_config(**{"model.num_layers": 1})
+    cfg = model_config(c, 13)
+    tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
+    par = train.data_parallel(kind, cfg, tx, schedule, c.seed)
+    state = par.put_state(train.init_state(cfg, tx, c.seed))
+    tokens = np.arange(400, dtype=np.int32) % 13
+    compiles = []
+
+    def count(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        for step in range(3):
+            batch = par.put_batch(loop.process_rows(data.sample_batch(tokens, 0, step, 8, 16)), 1)
+            state, metrics = par.train_step(state, batch)
+            jax.block_until_ready(metrics)
+            if step == 0:
+                assert compiles, "the first step should compile"
+                compiles.clear()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert compiles == []

@@ -61,6 +61,8 @@ def write_sweep(tmp_path, body, name="exp"):
      "trials 1 and 2 have the same overrides"),
     ("FIXED = {'model.dropout': 0.2}\ndef get_sweep():\n    return [{'model.dropout': 0.1}]\n",
      "model.dropout is both swept and fixed"),
+    ("FIXED = {'train.num_step': 5}\ndef get_sweep():\n    return [{}]\n",
+     "FIXED: the config has no field train.num_step (did you mean train.num_steps?)"),
     ("def get_sweep():\n    return []\n", "must return a non-empty list of dicts"),
     ("def get_sweep():\n    return 1 / 0\n", "get_sweep() failed: ZeroDivisionError"),
     ("CONFIG = 'configs/missing.py'\ndef get_sweep():\n    return [{}]\n",
@@ -152,7 +154,10 @@ def test_tiny_sweep_end_to_end(tmp_path):
         "[{'data.train_fraction': 0.9999}]\n"), name="tiny")
     runs = tmp_path / "runs"
     args = [path, f"--runs_dir={runs}", "--parallel=2"]
-    proc = run_cli(args, module="smallgpt_jax.sweep", timeout=600)
+    # Trials inherit the environment; less LLVM optimization compiles faster.
+    env = {"XLA_FLAGS": "--xla_backend_optimization_level=0 "
+                        "--xla_llvm_disable_expensive_passes=true"}
+    proc = run_cli(args, env_extra=env, module="smallgpt_jax.sweep", timeout=600)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "1 of 3 trial(s) failed: train_fraction=0.9999" in proc.stderr
     assert "fewer than block_size+1" in proc.stdout  # The failed trial's reason.
@@ -188,9 +193,33 @@ def test_tiny_sweep_end_to_end(tmp_path):
     dry = run_cli(args + ["--dry-run"], module="smallgpt_jax.sweep")
     assert dry.returncode == 0 and "(2 already finished)" in dry.stdout
     assert dry.stdout.count("# finished: ") == 2
-    again = run_cli(args, module="smallgpt_jax.sweep", timeout=600)
+    again = run_cli(args, env_extra=env, module="smallgpt_jax.sweep", timeout=600)
     assert again.returncode == 1
     assert "[1/1] started train_fraction=0.9999" in again.stdout
     assert finished.stat().st_mtime == mtime
     log = (sweep_dir / "train_fraction=0.9999" / "train.log").read_text()
     assert log.count("\n=== ") == 2  # Both attempts, appended.
+
+
+def test_launch_script_dispatches(tmp_path):
+    import subprocess
+    import sys
+
+    def launch(*args):
+        env = dict(os.environ, PYTHON=sys.executable)
+        return subprocess.run(["bash", os.path.join(ROOT, "launch.sh"), *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+    help_ = launch("--help")
+    assert help_.returncode == 0
+    for text in ("experiments/NAME.py", "--parallel=N", "tensorboard", "--coordinator=HOST:PORT",
+                 "--multihost"):
+        assert text in help_.stdout
+    dry = launch("experiments/depth_sweep.py", "--dry-run", f"--runs_dir={tmp_path}")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("-m smallgpt_jax.main --config=configs/char_cpu.py") == 6
+    for args, message in [(["configs/nope.py"], "config file configs/nope.py does not exist"),
+                          (["--multihost", "experiments/lr_sweep.py"], "a sweep runs its trials"),
+                          (["nonsense"], "don't know what to do with 'nonsense'")]:
+        proc = launch(*args)
+        assert proc.returncode == 2 and proc.stderr.strip() == proc.stderr.strip().splitlines()[0]
+        assert message in proc.stderr
