@@ -70,7 +70,8 @@ def _reason(e: BaseException) -> str:
     code = re.search(r"os_error_code='?(\d+)", text)
     if code:  # TensorStore puts errno at the end of a long message.
         return os.strerror(int(code.group(1)))
-    line = re.sub(r"\s*\[tensorstore_spec=.*", "", text.splitlines()[0])
+    line = re.sub(r"(\s*\[tensorstore_spec=|\. See full TensorStore details).*", "",
+                  text.splitlines()[0])
     status = re.match(r"([A-Z_]{4,}): (.*)", line)
     if status:  # "CODE: context: context: ...: what went wrong" -> the last two parts.
         line = f"{status.group(1)}: {': '.join(status.group(2).split(': ')[-2:])}"
@@ -195,7 +196,8 @@ class Checkpointer:
                  "(a save that never finished, e.g. cut off by a crash); removing it.")
             if jax.process_index() == 0:
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-        # Keep the newest `keep`, and the best one by validation loss.
+        # Keep the newest `keep`, and the best one by validation loss (BestN sorts
+        # worst first and keeps the last n; unevaluated checkpoints never count).
         policy = checkpoint_managers.AnyPreservationPolicy([
             checkpoint_managers.LatestN(n=keep),
             checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,

@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sample_tokens = 200  # Length of the text sample at each eval / end.
     c.train.checkpoint_every = 500  # Save a checkpoint every N steps.
     c.train.keep_checkpoints = 2  # Newest checkpoints kept (plus the best).
-    c.train.resume_step = -1  # -1: resume from the newest; N: from step N.
+    c.train.resume_step = -1  # -1: resume from the newest; N: from step N (newer deleted).
     return c
 
 
