@@ -75,10 +75,13 @@ def make_optimizer(t) -> optax.GradientTransformation:
 
 def init_state(model_config, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """Fresh parameters and optimizer state (on the default device)."""
-    dummy_BT = jnp.zeros((1, model_config.block_size), jnp.int32)
-    params = GPT(model_config).init(jax.random.key(seed), dummy_BT)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params))
+    def init(key):
+        dummy_BT = jnp.zeros((1, model_config.block_size), jnp.int32)
+        params = GPT(model_config).init(key, dummy_BT)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params))
+    # Compiled: one XLA program instead of hundreds of small eager ops.
+    return jax.jit(init)(jax.random.key(seed))
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
