@@ -46,6 +46,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -494,6 +495,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, overrides
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs a sweep from the command line; returns the exit status."""
     from smallgpt_jax.cli import fail
@@ -513,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(prefix + shlex.join(trial.command))
         return 0
     write_tensorboard_experiment(experiment)
+    # A job scheduler stops us with SIGTERM: treat it like Ctrl-C, so the
+    # running trials are stopped too instead of being left behind.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     statuses = {}
     try:
         statuses = run_trials(todo, args.parallel)
