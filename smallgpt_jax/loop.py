@@ -19,6 +19,7 @@ import numpy as np
 import ml_collections
 
 from smallgpt_jax import checkpoint, data, reporting, sampling, tokenizer as tokenizer_lib, train
+from smallgpt_jax.bpe import END_OF_TEXT
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
@@ -29,16 +30,30 @@ log = logging.getLogger("smallgpt_jax")
 def prepare_data(config, workdir: str):
     """Loads the corpus, builds (or reloads) the tokenizer, encodes both splits."""
     documents, source = data.load_text(config.data)
-    text = "\n\n".join(documents)
+    # Documents are separated by a blank line, or by one special token.
+    separator = END_OF_TEXT if config.data.end_of_text else "\n\n"
+    text = separator.join(documents)
     train_text, val_text = data.split_text(text, config.data.train_fraction)
     tok_path = os.path.join(workdir, "tokenizer.json")
     if os.path.exists(tok_path):  # A resumed run keeps its vocabulary.
         tok = tokenizer_lib.load(tok_path)
+        if tok.kind != config.data.tokenizer or (
+                tok.kind == "bpe" and tok.vocab_size != config.data.vocab_size):
+            raise UserError(
+                f"{tok_path} holds a {tok.kind} vocabulary of {tok.vocab_size}, but the config "
+                f"asks for data.tokenizer={config.data.tokenizer!r}"
+                f"{f' of {config.data.vocab_size}' if config.data.tokenizer == 'bpe' else ''}; "
+                "use a fresh --workdir.")
     else:
-        tok = tokenizer_lib.build(config.data.tokenizer, train_text, config.data.vocab_size)
+        specials = (END_OF_TEXT,) if config.data.end_of_text else ()
+        tok = tokenizer_lib.build(config.data.tokenizer, train_text, config.data.vocab_size,
+                                  specials)
     splits = data.Splits(tok.encode(train_text), tok.encode(val_text))
     data.check_long_enough(splits, config.model.block_size)
-    tokens_per_char = len(splits.val) / max(len(val_text), 1)
+    val_chars = len(val_text)  # Tokens per character of the original text:
+    if config.data.end_of_text:  # the 13-character mark stands for one.
+        val_chars -= (len(END_OF_TEXT) - 1) * val_text.count(END_OF_TEXT)
+    tokens_per_char = len(splits.val) / max(val_chars, 1)
     return tok, splits, source, tokens_per_char
 
 
