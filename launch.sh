@@ -27,8 +27,8 @@ usage: ./launch.sh WHAT [ARGS...]
       Open TensorBoard on LOGDIR (default runs/): loss curves, samples, and
       for a sweep (LOGDIR=runs/NAME) the HPARAMS table of all its trials.
 
-  Multi-host (one process per host, same command everywhere; only the
-  process id differs):
+  Multi-host (one process per machine, or per GPU under SLURM; the same
+  command everywhere, only the process id differs):
   ./launch.sh --coordinator=HOST:PORT --num_processes=N --process_id=I configs/NAME.py ...
       Join a job of N processes; HOST:PORT is a free port on process 0's host.
   ./launch.sh --multihost configs/NAME.py ...
