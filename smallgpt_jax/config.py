@@ -27,6 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
     # How the train step is spread over devices: 'pmap' (one replica per local
     # device) or 'shard_map' (jit over a device mesh, batch sharded on 'data').
     c.parallel = "pmap"
+    # Persistent XLA compilation cache, so restarts skip compiling: 'auto' (the
+    # user cache, ~/.cache/smallgpt_jax/jax_compilation_cache), a path, or '' (off).
+    c.compilation_cache = "auto"
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "tinyshakespeare"  # Named corpus, used when `path` is empty.

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import ml_collections
 
-from smallgpt_jax import checkpoint, data, reporting, sampling, tokenizer as tokenizer_lib, train
+from smallgpt_jax import checkpoint, data, reporting, runtime, sampling, tokenizer as tokenizer_lib, train
 from smallgpt_jax.bpe import END_OF_TEXT
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import Interrupted, UserError
@@ -141,6 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoint. SIGTERM or SIGINT saves a checkpoint, then raises Interrupted.
     """
     validate(config)
+    runtime.setup(config)  # Allocator, RNG lowering, compilation cache (see runtime.py).
     checkpoint.prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
     with checkpoint.StopSignals() as stop, \
             checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:

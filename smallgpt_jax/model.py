@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from smallgpt_jax import kernels
+
 Array = jax.Array
 _init = nn.initializers.normal(stddev=0.02)
 
@@ -71,13 +73,15 @@ class Norm(nn.Module):
     def __call__(self, x_BTD: Array) -> Array:
         D = x_BTD.shape[-1]
         x = x_BTD.astype(jnp.float32)  # Statistics in float32 for stability.
+        scale = self.param("scale", nn.initializers.ones, (D,))
         if self.kind == "layernorm":
-            x = x - x.mean(-1, keepdims=True)
+            # (x - mean) / sqrt(var + eps) * scale + bias, written out in
+            # kernels.layer_norm with a hand-written backward (fewer passes).
+            bias = self.param("bias", nn.initializers.zeros, (D,)) if self.use_bias else None
+            return kernels.layer_norm(x, scale, bias, self.eps).astype(x_BTD.dtype)
+        # RMSNorm: x / sqrt(mean(x^2) + eps) * scale.
         x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
-        x = x * self.param("scale", nn.initializers.ones, (D,))
-        if self.use_bias and self.kind == "layernorm":
-            x = x + self.param("bias", nn.initializers.zeros, (D,))
-        return x.astype(x_BTD.dtype)
+        return (x * scale).astype(x_BTD.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -94,7 +98,8 @@ class CausalSelfAttention(nn.Module):
         dtype = jnp.dtype(c.dtype)
         # One matmul makes queries, keys and values for all heads: [B, T, 3, H, K].
         qkv = nn.DenseGeneral((3, H, K), use_bias=c.use_bias, dtype=dtype,
-                              kernel_init=_init, name="qkv")(x_BTD)
+                              kernel_init=_init, name="qkv",
+                              dot_general=kernels.dense_dot_general)(x_BTD)
         q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if c.pos_encoding == "rope":
             q_BTHK, k_BTHK = apply_rope(q_BTHK, positions_T), apply_rope(k_BTHK, positions_T)
@@ -133,7 +138,8 @@ class CausalSelfAttention(nn.Module):
         # Concatenate heads and project back to the residual width.
         out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.num_layers))
         return nn.DenseGeneral(c.embed_dim, axis=(-2, -1), use_bias=c.use_bias,
-                               dtype=dtype, kernel_init=out_init, name="proj")(y_BTHK)
+                               dtype=dtype, kernel_init=out_init, name="proj",
+                               dot_general=kernels.dense_dot_general)(y_BTHK)
 
 
 class MLP(nn.Module):
@@ -147,7 +153,8 @@ class MLP(nn.Module):
         dtype = jnp.dtype(c.dtype)
         F = c.mlp_ratio * c.embed_dim
         dense = lambda n, name, init=_init: nn.Dense(
-            n, use_bias=c.use_bias, dtype=dtype, kernel_init=init, name=name)
+            n, use_bias=c.use_bias, dtype=dtype, kernel_init=init, name=name,
+            dot_general=kernels.dense_dot_general)
         if c.activation == "swiglu":
             # Gated unit with 3 matrices; 2/3 of F keeps the parameter count ~equal.
             F = int(2 * F / 3)

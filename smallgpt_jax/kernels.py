@@ -1,0 +1,102 @@
+"""Matmul and LayerNorm with hand-written backward passes, for speed.
+
+They compute exactly the same functions as `x @ W` and the LayerNorm written
+out in `model.Norm`; only the way XLA is handed the gradient changes (results
+agree to float32 rounding). Why they exist (measured on XLA:CPU, jax 0.10;
+see benchmarks/README.md):
+
+* `dense_dot_general`: left to autodiff, the weight gradient of a dense layer
+  on a [B, T, D] input made XLA:CPU copy activations into transposed layouts,
+  and the copies re-added the residual stream's gradient contributions from
+  every later layer inside each copy. Written as two plain 2-D matmuls
+  (dX = dY W^T, dW = X^T dY), the copies disappear.
+* `layer_norm`: the textbook backward, dx = (g' - mean(g') - x^ mean(g' x^)) / sigma
+  with g' = g * scale, is two row reductions and one elementwise pass; autodiff
+  of the forward formula took more passes over [B, T, D].
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@jax.custom_vjp
+def _matmul_2d(x_MK: Array, w_KN: Array) -> Array:
+    return jnp.dot(x_MK, w_KN)
+
+
+def _matmul_2d_fwd(x_MK, w_KN):
+    return jnp.dot(x_MK, w_KN), (x_MK, w_KN)
+
+
+def _matmul_2d_bwd(residuals, g_MN):
+    x_MK, w_KN = residuals
+    return jnp.dot(g_MN, w_KN.T), jnp.dot(x_MK.T, g_MN)
+
+
+_matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
+
+
+def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                      preferred_element_type=None) -> Array:
+    """`lax.dot_general` for dense layers (flax's `dot_general=` argument).
+
+    Handles what nn.Dense / nn.DenseGeneral ask for: the last n axes of `lhs`
+    contracted with the first n axes of `rhs`, no batch axes. Both sides are
+    flattened to 2-D, multiplied by `_matmul_2d`, and reshaped back.
+    """
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    n = len(lhs_contract)
+    if (lhs_batch or rhs_batch or tuple(lhs_contract) != tuple(range(lhs.ndim - n, lhs.ndim))
+            or tuple(rhs_contract) != tuple(range(n))):
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    k = math.prod(lhs.shape[lhs.ndim - n:])
+    out_shape = lhs.shape[:lhs.ndim - n] + rhs.shape[n:]
+    # Flax casts both operands to the compute dtype before calling us.
+    y = _matmul_2d(lhs.reshape(-1, k), rhs.reshape(k, -1))
+    if preferred_element_type is not None:
+        y = y.astype(preferred_element_type)
+    return y.reshape(out_shape)
+
+
+def _layer_norm_parts(x, scale, bias, eps):
+    mean = x.mean(-1, keepdims=True)
+    centered = x - mean
+    rstd = jax.lax.rsqrt((centered * centered).mean(-1, keepdims=True) + eps)
+    y = centered * rstd * scale  # Same operation order as model.Norm.
+    if bias is not None:
+        y = y + bias
+    return y, mean, rstd
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: Array, scale: Array, bias: Array | None, eps: float) -> Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis (float32)."""
+    return _layer_norm_parts(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    y, mean, rstd = _layer_norm_parts(x, scale, bias, eps)
+    return y, (x, mean, rstd, scale, bias)  # bias may be None (an empty pytree).
+
+
+def _layer_norm_bwd(eps, residuals, g):
+    x, mean, rstd, scale, bias = residuals
+    x_hat = (x - mean) * rstd
+    g_scaled = g * scale
+    dx = rstd * (g_scaled - g_scaled.mean(-1, keepdims=True)
+                 - x_hat * (g_scaled * x_hat).mean(-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    d_scale = (g * x_hat).sum(rows)
+    d_bias = None if bias is None else g.sum(rows)
+    return dx, d_scale, d_bias
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

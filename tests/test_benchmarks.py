@@ -1,0 +1,92 @@
+"""The train-step benchmark: its FLOP count, its PyTorch twin, and one tiny run."""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from conftest import run_cli, tiny_config
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # benchmarks/ is a top-level folder, not part of the package.
+    sys.path.insert(0, _ROOT)
+
+from benchmarks import train_step  # noqa: E402
+from smallgpt_jax import train  # noqa: E402
+from smallgpt_jax.model import GPT, count_params, model_config  # noqa: E402
+
+V = 65
+
+
+def params_of(config):
+    cfg = model_config(config, V)
+    return cfg, GPT(cfg).init(jax.random.key(0), jax.numpy.zeros((1, cfg.block_size), int))["params"]
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    c = tiny_config()
+    cfg, params = params_of(c)
+    n = train_step.matmul_params(params, cfg)
+    L, D, T = cfg.num_layers, cfg.embed_dim, cfg.block_size
+    assert n == count_params(params) - T * D  # All but the position table.
+    assert train_step.flops_per_token(n, cfg) == 6 * n + 12 * L * D * T
+    c.model.tie_embeddings = False  # The input table then does no matmul work.
+    cfg, params = params_of(c)
+    assert train_step.matmul_params(params, cfg) == count_params(params) - T * D - V * D
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_torch_reference_is_the_same_model(bias):
+    """Same parameter count as our GPT with the same switches, and the same FLOPs."""
+    torch_reference = pytest.importorskip("benchmarks.torch_reference")
+    c = tiny_config(**{"model.use_bias": bias})
+    cfg, params = params_of(c)
+    m = c.model
+    ref = torch_reference.GPT(torch_reference.GPTConfig(
+        m.num_layers, m.num_heads, m.embed_dim, m.block_size, V, bias=bias))
+    assert ref.num_params() == count_params(params)
+    _, info = torch_reference.make_torch_train_step(
+        m.num_layers, m.num_heads, m.embed_dim, m.block_size, V, 4, bias=bias, num_threads=1)
+    if not bias:  # torch_reference's own formula counts the bias-free model.
+        per_token = train_step.flops_per_token(train_step.matmul_params(params, cfg), cfg)
+        assert info["flops_per_step"] == per_token * 4 * m.block_size
+
+
+def test_configs_the_reference_cannot_mirror_are_named():
+    assert train_step.torch_mismatch(tiny_config()) is None
+    assert "activation" in train_step.torch_mismatch(tiny_config(**{"model.activation": "relu"}))
+    assert "norm_position" in train_step.torch_mismatch(
+        tiny_config(**{"model.norm_position": "post"}))
+    assert "grad_accum" in train_step.torch_mismatch(tiny_config(**{"train.grad_accum_steps": 2}))
+
+
+def test_benchmark_runs_and_reports(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    proc = run_cli(["--config=configs/char_cpu.py", "--config.model.num_layers=1",
+                    "--config.model.embed_dim=32", "--config.model.num_heads=2",
+                    "--config.model.block_size=16", "--config.train.batch_size=4",
+                    "--warmup=1", "--repeats=2", "--rounds=2", "--peak_flops=1e11",
+                    f"--json_out={out}"], module="benchmarks.train_step")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step time, median (ms)" in proc.stdout
+    record = json.loads(out.read_text())
+    assert record == json.loads(proc.stdout.split("JSON ", 1)[1])
+    j, t = record["jax"], record["torch"]
+    assert len(j["times_s"]) == len(t["times_s"]) == 2
+    assert j["compile_s"] > 0 and j["median_s"] > 0 and t["median_s"] > 0
+    assert j["tokens_per_s"] == pytest.approx(4 * 16 / j["median_s"])
+    assert j["mfu"] == pytest.approx(record["flops_per_token"] * j["tokens_per_s"] / 1e11)
+    assert record["speedup"] == pytest.approx(t["median_s"] / j["median_s"])
+    assert t["num_params"] == record["num_params"] + 16 * 32  # Plus its position table.
+    assert j["peak_host_bytes"] > 0 and t["peak_host_bytes"] > 0
+
+
+def test_bad_config_value_is_one_line():
+    proc = run_cli(["--config=configs/char_cpu.py", "--config.model.norm=batchnorm",
+                    "--skip_torch", "--repeats=1"], module="benchmarks.train_step")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith("error: config.model.norm")
+    assert "Traceback" not in proc.stderr
