@@ -264,12 +264,15 @@ def benchmark(config) -> dict[str, Any]:
     from smallgpt_jax.config import validate
 
     validate(config)
-    from smallgpt_jax import runtime
+    try:
+        from smallgpt_jax import runtime
+    except ImportError:  # Older code (to measure "before" figures): no tweaks.
+        runtime = None
     tweaks = {}
-    if _TWEAKS.value:
+    if _TWEAKS.value and runtime:
         tweaks = {"host_allocator": runtime.tune_host_allocator(),
                   "unrolled_threefry": runtime.use_unrolled_threefry(True)}
-    if _CACHE.value:
+    if _CACHE.value and runtime:
         runtime.enable_compilation_cache(runtime.default_compilation_cache_dir())
     else:
         jax.config.update("jax_enable_compilation_cache", False)
