@@ -106,11 +106,14 @@ def markdown(outputs: list, params: list, letter_values: dict[str, int],
     return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/char_cpu.py.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 65, "Vocabulary size V for a 'char' tokenizer "
-                              "(65: the characters of Tiny Shakespeare).")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Batch B (default config.train.batch_size).")
-_ALL = flags.DEFINE_boolean("all_layers", False, "List every block, not only block_0.")
+def _define_flags() -> None:
+    """Defined only when run as a command, so importing this module (e.g. from
+    tests, next to other command-line modules) defines no global flags."""
+    config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/char_cpu.py.")
+    flags.DEFINE_integer("vocab_size", 65, "Vocabulary size V for a 'char' tokenizer "
+                         "(65: the characters of Tiny Shakespeare).")
+    flags.DEFINE_integer("batch_size", None, "Batch B (default config.train.batch_size).")
+    flags.DEFINE_boolean("all_layers", False, "List every block, not only block_0.")
 
 
 def main(argv: list[str]) -> None:
@@ -118,22 +121,24 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     from smallgpt_jax.config import validate
     from smallgpt_jax.model import model_config
-    config = _CONFIG.value
+    FLAGS = flags.FLAGS
+    config = FLAGS.config
     with cli.user_errors():
         validate(config)
         vocab = {"byte": 256, "bpe": config.data.vocab_size}.get(config.data.tokenizer,
-                                                                 _VOCAB.value)
+                                                                 FLAGS.vocab_size)
         m = model_config(config, vocab)
-        batch = _BATCH.value or config.train.batch_size
+        batch = FLAGS.batch_size or config.train.batch_size
         outputs, params = forward_shapes(m, batch)
     F = m.mlp_ratio * m.embed_dim
     values = {"B": batch, "T": m.block_size, "S": m.block_size, "D": m.embed_dim,
               "H": m.num_heads, "K": m.embed_dim // m.num_heads, "V": vocab,
               "F": int(2 * F / 3) if m.activation == "swiglu" else F, "L": m.num_layers}
-    print(markdown(outputs, params, values, _ALL.value))
+    print(markdown(outputs, params, values, FLAGS.all_layers))
 
 
 def run() -> None:
+    _define_flags()
     flags.mark_flag_as_required("config")
     cli.run_app(main)
 
