@@ -276,8 +276,13 @@ CANONICAL_RUN = "python -m smallgpt_jax.main --config=configs/char_cpu.py --work
 
 
 @pytest.fixture(scope="session")
-def block_results(tmp_path_factory):
-    """Runs every block once (two at a time); {block id: (rc, output, CPU seconds)}."""
+def block_results(request, tmp_path_factory):
+    """Runs every selected block once, two at a time: {block id: (rc, output, CPU seconds)}.
+
+    Selected: the blocks whose test pytest is about to run (so `-k 04-attention`
+    runs only that page's blocks)."""
+    selected = {item.callspec.params["block_id"] for item in request.session.items
+                if "block_id" in getattr(getattr(item, "callspec", None), "params", {})}
     if not has_shakespeare():
         pytest.skip("the docs commands train on Tiny Shakespeare; set SMALLGPT_DATA_DIR")
     base = str(tmp_path_factory.mktemp("docs"))
@@ -295,7 +300,7 @@ def block_results(tmp_path_factory):
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         for i, (block_id, block) in enumerate(BLOCKS):
             spec = runnable(block)
-            if spec is None:
+            if spec is None or block_id not in selected:
                 continue
             box = make_sandbox(os.path.join(base, f"block{i:02d}"),
                                os.path.join(shared, "runs", "char_cpu"))
