@@ -51,12 +51,12 @@ def main(argv: list[str]) -> None:
                 _WORKDIR.value, title=f"configs/char_cpu.py, {steps} steps "
                 f"(final val loss {val:.3f})"),
             "attention": viz.plot_attention(params, model_config, tok, PROMPT,
-                                            panel_inches=1.5)[0],
+                                            panel_inches=2.2)[0],
             "embeddings": viz.plot_embeddings(
                 params, tok, title=f"char_cpu after {steps} steps: character embeddings, PCA"),
         }
         for name, fig in figures.items():
-            path = viz.save_figure(fig, os.path.join(_IMAGES.value, f"{name}.png"), dpi=80)
+            path = viz.save_figure(fig, os.path.join(_IMAGES.value, f"{name}.png"), dpi=100)
             print(f"wrote {path} ({os.path.getsize(path) // 1024} KB)")
 
 

@@ -96,6 +96,7 @@ def attention_figure(att_LHTT: np.ndarray, labels: list[str] | None = None,
     fig = Figure(figsize=(panel_inches * H + 0.4, panel_inches * L + 0.5))
     axes = fig.subplots(L, H, squeeze=False)
     show_labels = labels is not None and T <= 24
+    label_points = min(8.0, 0.8 * panel_inches * 72 / T)  # Fit one label per row.
     for l in range(L):
         for h in range(H):
             ax = axes[l][h]
@@ -103,8 +104,8 @@ def attention_figure(att_LHTT: np.ndarray, labels: list[str] | None = None,
                       interpolation="nearest")
             ax.set_title(f"layer {l} head {h}", fontsize=7)
             if show_labels:
-                ax.set_xticks(range(T), labels, fontsize=5, rotation=90)
-                ax.set_yticks(range(T), labels, fontsize=5)
+                ax.set_xticks(range(T), labels, fontsize=label_points, rotation=90)
+                ax.set_yticks(range(T), labels, fontsize=label_points)
             else:
                 ax.set_xticks([])
                 ax.set_yticks([])

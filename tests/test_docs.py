@@ -247,7 +247,11 @@ def run_script(script: str, cwd: str, timeout: int = 600) -> tuple[int, str, flo
                # commands, which cuts the test's time by more than half.
                JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(cwd), "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+               # Tiny programs: compiling them fast matters, running them fast
+               # does not (this halves the compile time on a CPU).
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                          " --xla_backend_optimization_level=0").strip())
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(["bash", "-e", "-o", "pipefail", "-c", script], cwd=cwd,
                                 env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -272,8 +276,13 @@ CANONICAL_RUN = "python -m smallgpt_jax.main --config=configs/char_cpu.py --work
 
 
 @pytest.fixture(scope="session")
-def block_results(tmp_path_factory):
-    """Runs every block once (two at a time); {block id: (rc, output, CPU seconds)}."""
+def block_results(request, tmp_path_factory):
+    """Runs every selected block once, two at a time: {block id: (rc, output, CPU seconds)}.
+
+    Selected: the blocks whose test pytest is about to run (so `-k 04-attention`
+    runs only that page's blocks)."""
+    selected = {item.callspec.params["block_id"] for item in request.session.items
+                if "block_id" in getattr(getattr(item, "callspec", None), "params", {})}
     if not has_shakespeare():
         pytest.skip("the docs commands train on Tiny Shakespeare; set SMALLGPT_DATA_DIR")
     base = str(tmp_path_factory.mktemp("docs"))
@@ -291,7 +300,7 @@ def block_results(tmp_path_factory):
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         for i, (block_id, block) in enumerate(BLOCKS):
             spec = runnable(block)
-            if spec is None:
+            if spec is None or block_id not in selected:
                 continue
             box = make_sandbox(os.path.join(base, f"block{i:02d}"),
                                os.path.join(shared, "runs", "char_cpu"))
