@@ -2,8 +2,7 @@
 
 0.8M parameters (4 layers, 4 heads, 128 wide, context 64), batch 32, 2,000
 steps: about 4M tokens, four passes over Tiny Shakespeare's training split.
-At this size more steps beat a bigger model in a fixed time budget, and a
-small model tolerates a high learning rate.
+At this size more steps beat a bigger model in a fixed time budget.
 """
 
 from smallgpt_jax.config import base_config
@@ -19,7 +18,7 @@ def get_config():
     config.model.dropout = 0.0  # Too small and too briefly trained to overfit much.
     config.train.batch_size = 32
     config.train.num_steps = 2000
-    config.train.learning_rate = 2e-3
+    config.train.learning_rate = 1e-3
     config.train.min_learning_rate = 1e-4
     config.train.warmup_steps = 100
     config.train.eval_every = 500
