@@ -48,10 +48,10 @@ STEP_FIELDS = ("train.num_steps", "train.eval_every", "train.log_every",
 STEP_DIVISOR = 50
 # ... and these are capped.
 CAPS = {"train.eval_steps": 2, "train.sample_tokens": 20, "train.batch_size": 8}
-# Sweeps may vary model fields, so their trials only get smaller step counts.
-SWEEP_EXTRA = {"train.num_steps": 4, "train.eval_every": 4, "train.checkpoint_every": 4,
-               "train.warmup_steps": 1, "train.eval_steps": 2, "train.sample_tokens": 20,
-               "train.batch_size": 8}
+# Sweep trials get these, except fields the sweep file's get_sweep() names
+# (setting a swept field on the command line is an error; FIXED ones may be).
+SWEEP_EXTRA = {**TINY, "train.num_steps": 4, "train.eval_every": 4,
+               "train.checkpoint_every": 4, "train.warmup_steps": 1}
 SKIP = re.compile(r"^# docs-test: skip \((.+)\)$")
 EXPECT = re.compile(r"^# expect: (.+)$")
 REPO_ITEMS = ("configs", "smallgpt_jax", "tests", "experiments", "docs", "benchmarks",
@@ -204,7 +204,12 @@ def shrink(line: str) -> str:
         out.append(w)
     given = {_flag_value(w)[0] for w in out if w.startswith("--config.")}
     if sweeps:
-        extra = [f"--config.{k}={v}" for k, v in SWEEP_EXTRA.items() if k not in given]
+        sweep_file = next(w for w in out if w.startswith("experiments/"))
+        with open(os.path.join(ROOT, sweep_file), encoding="utf-8") as f:
+            text = f.read()
+        named = text[text.find("def get_sweep"):]
+        extra = [f"--config.{k}={v}" for k, v in SWEEP_EXTRA.items()
+                 if k not in given and f'"{k}"' not in named]
         return " ".join(out + extra)
     # Insert the tiny defaults right after the config file (the command's own flags win).
     i = 1 + next(j for j, w in enumerate(out)
@@ -340,5 +345,8 @@ def test_shrink_keeps_commands_meaning():
     assert "--config.train.num_steps=8" in out and "--config.train.eval_steps=2" in out
     assert "--config.model.pos_encoding=rope" in out
     assert shrink("python -m pytest -q tests/test_model.py") == "python -m pytest -q tests/test_model.py"
-    sweep = shrink("python -m smallgpt_jax.sweep experiments/lr_sweep.py --parallel=2")
-    assert "--config.train.num_steps=4" in sweep and "model." not in sweep
+    if os.path.exists(os.path.join(ROOT, "experiments", "depth_sweep.py")):
+        sweep = shrink("python -m smallgpt_jax.sweep experiments/depth_sweep.py --parallel=2")
+        # FIXED sets num_steps=500 in the file; the command line may override it.
+        assert "--config.train.num_steps=4" in sweep and "--config.model.embed_dim=32" in sweep
+        assert "model.num_layers" not in sweep  # The sweep varies it.
