@@ -1,4 +1,9 @@
-"""The README's default: a character GPT trained on a laptop CPU in ~3 minutes."""
+"""The README's default: a character GPT trained on a laptop CPU in ~3 minutes.
+
+0.8M parameters (4 layers, 4 heads, 128 wide, context 64), batch 32, 2,000
+steps: about 4M tokens, four passes over Tiny Shakespeare's training split.
+At this size more steps beat a bigger model in a fixed time budget.
+"""
 
 from smallgpt_jax.config import base_config
 
@@ -6,4 +11,16 @@ from smallgpt_jax.config import base_config
 def get_config():
     config = base_config()
     config.name = "char_cpu"
+    config.model.num_layers = 4
+    config.model.num_heads = 4
+    config.model.embed_dim = 128
+    config.model.block_size = 64
+    config.model.dropout = 0.0  # Too small and too briefly trained to overfit much.
+    config.train.batch_size = 32
+    config.train.num_steps = 2000
+    config.train.learning_rate = 1e-3
+    config.train.min_learning_rate = 1e-4
+    config.train.warmup_steps = 100
+    config.train.eval_every = 500
+    config.train.eval_steps = 20
     return config

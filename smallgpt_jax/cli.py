@@ -18,13 +18,28 @@ def fail(message: str, status: int = 2) -> NoReturn:
 @contextlib.contextmanager
 def user_errors():
     """Turns UserError (and a config file that cannot load) into one line."""
-    from smallgpt_jax.errors import UserError
+    from smallgpt_jax.errors import Interrupted, UserError
     try:
         yield
     except UserError as e:
         fail(str(e))
+    except Interrupted as e:  # Stopped by a signal, after saving: not an error.
+        print(str(e), file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+
+
+class _ShortOrbaxErrors(logging.Filter):
+    """Orbax logs a long traceback from each thread of a save that failed (a
+    full disk, say); our own error line says what failed and what to do, so
+    keep one short line of each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+            record.msg = record.getMessage().splitlines()[0][:200]
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
 
 
 def setup_logging() -> None:
@@ -34,6 +49,7 @@ def setup_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("jax", "absl", "orbax", "tensorboardX", "etils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(_ShortOrbaxErrors())
     logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
 
 

@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.path = ""  # A UTF-8 .txt file, a directory of them, or a glob.
     c.data.tokenizer = "char"  # 'char', 'byte' or 'bpe'.
     c.data.vocab_size = 512  # Only for 'bpe': size of the learned vocabulary.
+    # Only for 'bpe': join documents (the files of `path`) with one special
+    # <|endoftext|> token instead of a blank line.
+    c.data.end_of_text = False
     c.data.train_fraction = 0.9  # First 90% trains, the last 10% validates.
 
     c.model = ml_collections.ConfigDict()
@@ -72,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sample_tokens = 200  # Length of the text sample at each eval / end.
     c.train.checkpoint_every = 500  # Save a checkpoint every N steps.
     c.train.keep_checkpoints = 2  # Newest checkpoints kept (plus the best).
-    c.train.resume_step = -1  # -1: resume from the newest; N: from step N.
+    c.train.resume_step = -1  # -1: resume from the newest; N: from step N (newer deleted).
     return c
 
 
@@ -133,6 +136,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"{'head size' if m.pos_encoding == 'rope' else 'embed_dim'}.")
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"config.model.dropout={m.dropout} must be in [0, 1).")
+    if config.data.end_of_text and config.data.tokenizer != "bpe":
+        raise UserError(
+            "config.data.end_of_text=True needs config.data.tokenizer='bpe': the "
+            f"{config.data.tokenizer!r} vocabulary has no room for special tokens.")
     if not 0.0 < config.data.train_fraction < 1.0:
         raise UserError(
             f"config.data.train_fraction={config.data.train_fraction} must be "

@@ -7,3 +7,15 @@ class UserError(Exception):
     Entry points catch it and print `error: <message>` with exit status 2,
     instead of a traceback from deep inside JAX.
     """
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGTERM or SIGINT after saving a checkpoint.
+
+    Entry points print the message (which says how to resume) and exit with
+    status 128 + signal number, the shell's convention for a signal.
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

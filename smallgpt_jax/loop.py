@@ -1,7 +1,9 @@
 """The training loop, top to bottom: data, model, steps, evaluation, logs.
 
     text -> tokenizer -> token ids -> (seed, step)-sampled batches
-         -> pmap-ed train step -> periodic evaluation, samples, TensorBoard
+         -> data-parallel train step (pmap or shard_map)
+         -> periodic evaluation, samples, TensorBoard
+         -> Orbax checkpoints (resume, SIGTERM/SIGINT, keep newest + best)
 """
 
 from __future__ import annotations
@@ -9,15 +11,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 
 import jax
 import numpy as np
 import ml_collections
 
-from smallgpt_jax import data, reporting, runtime, sampling, tokenizer as tokenizer_lib, train
+from smallgpt_jax import checkpoint, data, reporting, runtime, sampling, tokenizer as tokenizer_lib, train
+from smallgpt_jax.bpe import END_OF_TEXT
 from smallgpt_jax.config import validate
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
 
 log = logging.getLogger("smallgpt_jax")
@@ -26,16 +30,30 @@ log = logging.getLogger("smallgpt_jax")
 def prepare_data(config, workdir: str):
     """Loads the corpus, builds (or reloads) the tokenizer, encodes both splits."""
     documents, source = data.load_text(config.data)
-    text = "\n\n".join(documents)
+    # Documents are separated by a blank line, or by one special token.
+    separator = END_OF_TEXT if config.data.end_of_text else "\n\n"
+    text = separator.join(documents)
     train_text, val_text = data.split_text(text, config.data.train_fraction)
     tok_path = os.path.join(workdir, "tokenizer.json")
     if os.path.exists(tok_path):  # A resumed run keeps its vocabulary.
         tok = tokenizer_lib.load(tok_path)
+        if tok.kind != config.data.tokenizer or (
+                tok.kind == "bpe" and tok.vocab_size != config.data.vocab_size):
+            raise UserError(
+                f"{tok_path} holds a {tok.kind} vocabulary of {tok.vocab_size}, but the config "
+                f"asks for data.tokenizer={config.data.tokenizer!r}"
+                f"{f' of {config.data.vocab_size}' if config.data.tokenizer == 'bpe' else ''}; "
+                "use a fresh --workdir.")
     else:
-        tok = tokenizer_lib.build(config.data.tokenizer, train_text, config.data.vocab_size)
+        specials = (END_OF_TEXT,) if config.data.end_of_text else ()
+        tok = tokenizer_lib.build(config.data.tokenizer, train_text, config.data.vocab_size,
+                                  specials)
     splits = data.Splits(tok.encode(train_text), tok.encode(val_text))
     data.check_long_enough(splits, config.model.block_size)
-    tokens_per_char = len(splits.val) / max(len(val_text), 1)
+    val_chars = len(val_text)  # Tokens per character of the original text:
+    if config.data.end_of_text:  # the 13-character mark stands for one.
+        val_chars -= (len(END_OF_TEXT) - 1) * val_text.count(END_OF_TEXT)
+    tokens_per_char = len(splits.val) / max(val_chars, 1)
     return tok, splits, source, tokens_per_char
 
 
@@ -46,7 +64,8 @@ def process_rows(batch_NT1: np.ndarray) -> np.ndarray:
     return batch_NT1[i * n:(i + 1) * n]
 
 
-def evaluate(p_eval, rparams, splits: data.Splits, config) -> dict[str, float]:
+def evaluate(par: train.DataParallel, rparams, splits: data.Splits,
+             config) -> dict[str, float]:
     """Mean loss over the same `eval_steps` batches of each split every time."""
     t, m = config.train, config.model
     out = {}
@@ -54,8 +73,8 @@ def evaluate(p_eval, rparams, splits: data.Splits, config) -> dict[str, float]:
         losses = []
         for i in range(t.eval_steps):
             batch = data.sample_batch(tokens, config.seed, i, t.batch_size, m.block_size, stream)
-            losses.append(p_eval(rparams, train.shard_batch(process_rows(batch))))
-        out[name] = float(np.mean([np.asarray(l)[0] for l in losses]))
+            losses.append(par.eval_step(rparams, par.put_batch(process_rows(batch))))
+        out[name] = float(np.mean([par.unreplicate(l) for l in losses]))
     return out
 
 
@@ -70,13 +89,70 @@ def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
     return tok.decode(ids[0])
 
 
+class FiniteCheck:
+    """Stops training at the first step whose loss or gradient norm is NaN/inf.
+
+    Reading a number back from the device waits for the step that computes
+    it: checking step k's loss right after launching step k would make the
+    host wait for every step before preparing the next batch. So after
+    launching step k we check step k-1, which the device has (nearly always)
+    finished while step k is queued. `flush()` checks the newest step too; it
+    runs before every log, evaluation and checkpoint, so a broken state is
+    never evaluated or saved.
+    """
+
+    def __init__(self, newest_checkpoint, unreplicate):
+        self.pending = None  # (step, metrics) launched but not checked yet.
+        self.last_finite = None  # (step, loss) of the newest good step.
+        self.newest_checkpoint = newest_checkpoint
+        self.unreplicate = unreplicate  # Device values -> one host copy.
+
+    def after_step(self, step: int, metrics: dict) -> None:
+        previous, self.pending = self.pending, (step, metrics)
+        if previous is not None:
+            self._check(*previous)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self._check(*self.pending)
+            self.pending = None
+
+    def _check(self, step: int, metrics: dict) -> None:
+        loss = float(self.unreplicate(metrics["loss"]))
+        grad_norm = float(self.unreplicate(metrics["grad_norm"]))
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.last_finite = (step, loss)
+            return
+        before = (f"last finite loss {self.last_finite[1]:.4f} at step {self.last_finite[0]}"
+                  if self.last_finite else "no finite loss seen in this run")
+        newest = self.newest_checkpoint()
+        kept = (f"nothing was saved from it: the newest checkpoint is step {newest}"
+                if newest is not None else "nothing was saved from it")
+        raise UserError(
+            f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm} "
+            f"({before}); {kept}. Lower --config.train.learning_rate (or raise "
+            "warmup_steps) and run again to resume.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains `config` in `workdir`; returns the final metrics."""
+    """Trains `config` in `workdir`; returns the final metrics.
+
+    Re-running with the same workdir resumes from its newest complete
+    checkpoint. SIGTERM or SIGINT saves a checkpoint, then raises Interrupted.
+    """
     validate(config)
     runtime.setup(config)  # Allocator, RNG lowering, compilation cache (see runtime.py).
+    checkpoint.prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
+    with checkpoint.StopSignals() as stop, \
+            checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
+        return _train_and_evaluate(config, workdir, ckpt, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        ckpt: checkpoint.Checkpointer, stop: checkpoint.StopSignals) -> dict:
     t, m = config.train, config.model
     micro = train.per_device_batch(t.batch_size, t.grad_accum_steps)
-    os.makedirs(workdir, exist_ok=True)
+    resume = ckpt.resume_point(config)  # None: a fresh run.
     tok, splits, source, tokens_per_char = prepare_data(config, workdir)
     if jax.process_index() == 0:
         tokenizer_lib.save(tok, os.path.join(workdir, "tokenizer.json"))
@@ -84,55 +160,93 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     model_cfg = make_model_config(config, tok.vocab_size)
     tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
-    state = train.init_state(model_cfg, tx, config.seed)
-    p_train, p_eval = train.make_parallel_steps(model_cfg, tx, schedule, config.seed)
+    if resume:  # Only the shapes of a fresh state are needed: no real init.
+        shapes = jax.eval_shape(lambda: train.init_state(model_cfg, tx, config.seed))
+        state = ckpt.restore_state(resume, shapes)
+    else:
+        state = train.init_state(model_cfg, tx, config.seed)
+    par = train.data_parallel(config.parallel, model_cfg, tx, schedule, config.seed)
 
-    progress = reporting.ProgressBar(t.num_steps)
+    progress = reporting.ProgressBar(t.num_steps, int(state.step))
     progress.message(
         f"{source}: {len(splits.train):,} train / {len(splits.val):,} val tokens, "
         f"{tok.kind} vocabulary {tok.vocab_size}, {tokens_per_char:.3f} tokens/char")
     progress.message(
         f"model: {count_params(state.params) / 1e6:.2f}M parameters; "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s) "
+        f"in {jax.process_count()} process(es), {config.parallel}, "
         f"{micro} sequences per device per micro-batch; workdir {workdir}")
 
-    writer = reporting.Writer(workdir)
-    writer.text(0, "config", "\n" + str(config))
-    rstate = flax_replicate(state)
     start_step = int(state.step)
+    # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
+    writer = reporting.Writer(workdir, purge_step=start_step + 1)
+    writer.text(start_step, "config", "\n" + str(config))
+    if start_step >= t.num_steps:
+        progress.message(f"nothing to train: the checkpoint is at step {start_step} and "
+                         f"config.train.num_steps={t.num_steps}; raise it to train longer.")
+        writer.close()
+        return {"steps": start_step, "params": state.params, "model_config": model_cfg,
+                "tokenizer": tok}
+    rstate = par.put_state(state)
     tokens_per_step = t.batch_size * m.block_size
     t_start = t_log = time.time()
-    best_val, last = math.inf, {}
+    best_val, last = (resume.best_val_loss if resume else math.inf), {}
+    finite = FiniteCheck(ckpt.latest_step, par.unreplicate)
     for step in range(start_step, t.num_steps):
         batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
-        rstate, metrics = p_train(rstate, train.shard_batch(process_rows(batch), t.grad_accum_steps))
+        rstate, metrics = par.train_step(
+            rstate, par.put_batch(process_rows(batch), t.grad_accum_steps))
         done = step + 1
+        finite.after_step(done, metrics)  # Checks the previous step: no stall.
         if done % t.log_every == 0 or done == t.num_steps:
-            metrics = {k: float(np.asarray(v)[0]) for k, v in metrics.items()}
+            finite.flush()
+            ckpt.poll()  # A background save that failed is reported here.
+            metrics = {k: float(par.unreplicate(v)) for k, v in metrics.items()}
             now = time.time()
             steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
             metrics["tokens_per_sec"] = tokens_per_step * steps_since / (now - t_log)
             t_log = now
-            if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
-                raise UserError(f"training diverged at step {done}: loss {metrics['loss']}, "
-                                f"grad norm {metrics['grad_norm']}; lower the learning rate.")
             writer.scalars(done, {f"train/{k}": v for k, v in metrics.items()})
             progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
+        val_loss = None
         if done % t.eval_every == 0 or done == t.num_steps:
-            losses = evaluate(p_eval, rstate.params, splits, config)
+            finite.flush()
+            losses = evaluate(par, rstate.params, splits, config)
+            val_loss = losses["val"]
             best_val = min(best_val, losses["val"])
             last = {"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
                     "eval/val_perplexity": math.exp(losses["val"]),
                     "eval/val_bpc": train.bits_per_char(losses["val"], tokens_per_char),
                     "eval/best_val_loss": best_val}
             writer.scalars(done, last)
-            params = flax_unreplicate(rstate.params)
-            text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
-            writer.text(done, "sample", text)
+            if writer.enabled:  # Only process 0 writes, so only it samples and draws.
+                params = par.unreplicate(rstate.params)
+                text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
+                writer.text(done, "sample", text)
+                from smallgpt_jax import viz  # Imported here: matplotlib only when needed.
+                # Every layer's and head's attention on 16 validation tokens.
+                writer.image(done, "attention", viz.attention_image(
+                    params, model_cfg, tok, splits.val[:min(16, m.block_size)]))
             writer.flush()
             progress.message(
                 f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                 f"val ppl {last['eval/val_perplexity']:.2f}, val bpc {last['eval/val_bpc']:.3f}")
+        # Save every checkpoint_every steps, at the end, on a signal, and when the
+        # validation loss is a new best (so the best model is always on disk).
+        signum = stop.signum  # Read once: a signal may land at any moment.
+        if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
+                or (val_loss is not None and val_loss == best_val)):
+            finite.flush()
+            ckpt.save(done, par.unreplicate(rstate), config=config, tokenizer=tok,
+                      best_val_loss=best_val, val_loss=val_loss)
+            writer.flush()  # After a crash, the logs reach at least this checkpoint.
+        if signum and done < t.num_steps:
+            writer.close()
+            ckpt.wait()
+            raise Interrupted(
+                f"stopped by {signal.Signals(signum).name} at step {done}, after saving "
+                f"checkpoint {ckpt.directory}/{done}; run the same command again to resume.",
+                signum)
     wall = time.time() - t_start
     final = {**last, "steps": t.num_steps, "wall_time_s": wall}
     writer.hparams(reporting.flat_hparams(config),
@@ -140,16 +254,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "summary.json"), final)
-    final["params"] = flax_unreplicate(rstate.params)
+    final["params"] = par.unreplicate(rstate.params)
     final["model_config"], final["tokenizer"] = model_cfg, tok
     return final
-
-
-def flax_replicate(tree):
-    from flax.jax_utils import replicate
-    return replicate(tree)
-
-
-def flax_unreplicate(tree):
-    from flax.jax_utils import unreplicate
-    return unreplicate(tree)

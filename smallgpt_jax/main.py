@@ -29,9 +29,15 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or os.path.join(
         "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0])
     cli.setup_logging()
-    from smallgpt_jax import loop  # Imported after flags: keeps --help fast.
+    import jax
+    from smallgpt_jax import distributed, loop  # Imported after flags: keeps --help fast.
     with cli.user_errors():
+        # Joins a multi-host job when the environment describes one; before
+        # anything touches JAX devices.
+        distributed.maybe_initialize()
         result = loop.train_and_evaluate(config, workdir)
+        if jax.process_index() != 0:  # In a multi-host job only process 0 prints.
+            return
         print("\n--- sample from the final model ---")
         print(loop.sample_text(result["params"], result["model_config"], result["tokenizer"],
                                config.train.sample_tokens * 2, config.seed + 1))

@@ -122,9 +122,12 @@ class CausalSelfAttention(nn.Module):
         mask_TS = key_positions_S[None, :] <= positions_T[:, None]
 
         if c.attention == "fused":
-            # jax's kernel (cuDNN flash attention on GPU); no attention dropout.
+            # jax's kernel; no attention dropout. Without a cache the mask is
+            # plain causal: saying so (is_causal) lets a flash kernel skip the
+            # masked blocks instead of reading a [T, S] mask.
             y_BTHK = jax.nn.dot_product_attention(
-                q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None])
+                q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None] if self.decode else None,
+                is_causal=not self.decode)
         else:
             att_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK) / math.sqrt(K)
             att_BHTS = jnp.where(mask_TS, att_BHTS.astype(jnp.float32), -jnp.inf)
@@ -232,8 +235,11 @@ class GPT(nn.Module):
             table = self.param("pos_embed", _init, (c.block_size, c.embed_dim))
             x_BTD = x_BTD + table[positions_T].astype(dtype)
         elif c.pos_encoding == "sinusoidal":
+            # The fixed table's entries are of size ~1 and cannot shrink, while
+            # embeddings start at 0.02: scaled by sqrt(D), as in "Attention Is
+            # All You Need", tokens are not drowned out by positions at the start.
             table = jnp.asarray(sinusoidal_table(c.block_size, c.embed_dim))
-            x_BTD = x_BTD + table[positions_T].astype(dtype)
+            x_BTD = x_BTD * math.sqrt(c.embed_dim) + table[positions_T].astype(dtype)
         # 'rope' is applied inside attention; 'none' relies on the causal mask alone.
         x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=self.deterministic)
 

@@ -64,12 +64,14 @@ def _fmt(seconds: float) -> str:
 class Writer:
     """Writes TensorBoard scalars, text and hparams under the workdir."""
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, purge_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self._tb = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # Only process 0 needs it.
-            self._tb = SummaryWriter(logdir, flush_secs=10)
+            # purge_step: a resumed run tells TensorBoard to drop what an earlier
+            # (killed) process logged from that step on, so curves do not double.
+            self._tb = SummaryWriter(logdir, flush_secs=10, purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._tb:
@@ -90,11 +92,17 @@ class Writer:
 
         The hparams plugin reads each metric's value from this run's scalars
         with the same tag, so these are written into the run's own directory
-        (tensorboardX's add_hparams would start a separate sub-run).
+        (tensorboardX's add_hparams would start a separate sub-run). Only the
+        run's own record (session start and end) is written, not an
+        "experiment" summary: with several runs under one logdir TensorBoard
+        would use one arbitrary run's; without it, TensorBoard builds the
+        table from all runs and lists the hparams that differ first (a sweep
+        writes its own experiment summary naming its swept fields).
         """
         if self._tb:
             from tensorboardX.summary import hparams as hparams_summary
-            for summary in hparams_summary(hparams, metrics):
+            _, session_start, session_end = hparams_summary(hparams, metrics)
+            for summary in (session_start, session_end):
                 self._tb.file_writer.add_summary(summary, step)
 
     def flush(self) -> None:

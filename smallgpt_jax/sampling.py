@@ -1,19 +1,33 @@
 """Autoregressive generation: pick a next token, append it, repeat.
 
-Two ways to run the model, which give the same tokens:
+Two ways to run the model, which give the same logits (to float32 rounding):
 - `use_cache=False` (naive): re-run the whole context for every new token.
 - `use_cache=True`: one "prefill" pass over the prompt fills each layer's
   key/value cache; then each new token is one cheap step that attends to the
   cache instead of recomputing it.
 
-Past the context window (`block_size`) the model sees only the last
-`block_size` tokens. With absolute positions the cache cannot simply slide
-(every cached key was computed at the old position), so the exact default
-re-runs the prefill over the slid window for each token past the window.
+Both keep the context in a fixed-size window of `block_size` tokens,
+left-aligned and padded at the end. The causal mask already hides every
+position after the last real token, so the padding changes no logit, and one
+fixed shape means each step function compiles once per (batch, block_size),
+not once per prompt length or per token. (The price: a no-cache step and a
+prefill always run block_size positions, even for a short context.)
+
+Past the context window the model sees only the last `block_size` tokens.
+With absolute positions the cache cannot simply slide (every cached key was
+computed at its old position), so by default (`slide_step=1`, exact) each
+token past the window re-runs the whole slid window, as the naive path does.
+`slide_step=N` is a faster approximation: a full window drops its N oldest
+tokens at once, the cache is re-filled from the rest, and N-1 cheap cached
+steps follow until the window is full again. Each token then sees between
+block_size-N+1 and block_size tokens of context (instead of exactly
+block_size), for one window run per N tokens. The no-cache path follows the
+same rule for the same `slide_step`, so the two paths always agree.
 
 Choosing the token (`sample_logits`) is a pure function of the logits and an
-explicit PRNG key: temperature, then top-k, then top-p (nucleus); temperature
-0 is greedy decoding.
+explicit PRNG key: temperature, then top-k, then top-p (nucleus) on what
+top-k kept; temperature 0 is greedy decoding. The knobs are traced values,
+so changing them does not recompile anything.
 """
 
 from __future__ import annotations
@@ -25,33 +39,81 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT
 
 Array = jax.Array
 
 
-def sample_logits(logits_BV: Array, key: Array, temperature: float | Array = 1.0,
+# ---------------------------------------------------------------- choosing a token
+
+def filter_logits(logits_BV: Array, temperature: float | Array = 1.0,
                   top_k: int | Array = 0, top_p: float | Array = 1.0) -> Array:
-    """Draws one token id per row. top_k=0 and top_p=1 switch those filters off."""
+    """Logits divided by the temperature, with -inf for every token that
+    top-k or top-p removes (float32).
+
+    top-k keeps exactly the k most likely tokens (ties go to the lower id);
+    top-p then keeps the smallest set of most likely tokens whose probability,
+    renormalised over what top-k kept, reaches p. top_k=0 and top_p=1 switch
+    the filters off. The most likely token always survives.
+    """
     logits_BV = logits_BV.astype(jnp.float32)
     V = logits_BV.shape[-1]
-    greedy_B = jnp.argmax(logits_BV, axis=-1)
-    logits_BV = logits_BV / jnp.maximum(temperature, 1e-6)
-    # top-k: drop everything below the k-th largest logit.
-    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    # Temperature 0 means greedy (see sample_logits); avoid dividing by it.
+    logits_BV = logits_BV / jnp.where(temperature > 0, temperature, 1.0)
+    # Rank the tokens, most likely first. Filtering by rank rather than by
+    # comparing with the k-th value keeps exactly k tokens even when logits tie.
+    order_BV = jnp.argsort(-logits_BV, axis=-1, stable=True)  # rank -> token id
+    sorted_BV = jnp.take_along_axis(logits_BV, order_BV, axis=-1)
+    rank_V = jnp.arange(V)
     k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
-    kth_B1 = jnp.take_along_axis(sorted_BV, jnp.full((logits_BV.shape[0], 1), k - 1), -1)
-    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-    # top-p: keep the smallest set of most likely tokens whose mass reaches p.
-    sorted_BV = jnp.where(sorted_BV < kth_B1, -jnp.inf, sorted_BV)
-    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    keep_BV = rank_V[None, :] < k
+    # Nucleus: keep a token while the mass of the more likely ones is below p,
+    # so the last one kept is the one that makes the total reach p.
+    probs_BV = jax.nn.softmax(jnp.where(keep_BV, sorted_BV, -jnp.inf), axis=-1)
     mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-    keep_BV = mass_before_BV < top_p  # The first token is always kept.
-    cutoff_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
-    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
-    sampled_B = jax.random.categorical(key, logits_BV, axis=-1)
+    # (top_p >= 1 keeps all: float rounding could push a tail's mass_before to 1.)
+    keep_BV = keep_BV & ((mass_before_BV < top_p) | (rank_V[None, :] == 0) | (top_p >= 1))
+    # Back from rank order to token order: token `order[r]` has rank r.
+    rank_of_token_BV = jnp.argsort(order_BV, axis=-1)
+    keep_BV = jnp.take_along_axis(keep_BV, rank_of_token_BV, axis=-1)
+    return jnp.where(keep_BV, logits_BV, -jnp.inf)
+
+
+def sample_logits(logits_BV: Array, key: Array, temperature: float | Array = 1.0,
+                  top_k: int | Array = 0, top_p: float | Array = 1.0) -> Array:
+    """Draws one token id per row from `filter_logits(...)`; temperature 0
+    returns the most likely token (greedy). Int32 [B]."""
+    greedy_B = jnp.argmax(logits_BV, axis=-1)
+    filtered_BV = filter_logits(logits_BV, temperature, top_k, top_p)
+    sampled_B = jax.random.categorical(key, filtered_BV, axis=-1)
     return jnp.where(temperature == 0, greedy_B, sampled_B).astype(jnp.int32)
 
+
+def check_options(*, max_new_tokens: int = 0, num_samples: int = 1,
+                  temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float = 1.0, slide_step: int = 1,
+                  block_size: int | None = None) -> None:
+    """Raises UserError naming the first bad sampling option.
+
+    top_k=None means no top-k filter; an explicit top_k must be >= 1.
+    """
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens={max_new_tokens} must be 0 or more.")
+    if num_samples < 1:
+        raise UserError(f"num_samples={num_samples} must be at least 1.")
+    if not temperature >= 0:  # Also catches NaN.
+        raise UserError(f"temperature={temperature} must be >= 0 (0 means greedy).")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k={top_k} must be at least 1 (leave it out for no top-k filter).")
+    if not 0 < top_p <= 1:
+        raise UserError(f"top_p={top_p} must be in (0, 1] (1 means no nucleus filter).")
+    if slide_step < 1 or (block_size is not None and slide_step > block_size):
+        limit = f" and at most block_size={block_size}" if block_size is not None else ""
+        raise UserError(f"slide_step={slide_step} must be at least 1{limit} (1 is exact).")
+
+
+# ---------------------------------------------------------------- running the model
 
 def init_cache(model_config, batch_size: int):
     """An empty key/value cache for `batch_size` sequences (all zeros)."""
@@ -61,60 +123,184 @@ def init_cache(model_config, batch_size: int):
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def _last_logits(logits_BWV: Array, n: Array) -> Array:
+    """Logits at position n-1: the prediction after the window's last real token."""
+    return jax.lax.dynamic_index_in_dim(logits_BWV, n - 1, axis=1, keepdims=False)
+
+
+def _push(window_BW: Array, n: Array, drop: Array, token_B: Array) -> Array:
+    """Drops the `drop` oldest of the window's n tokens, then writes `token_B` after the rest."""
+    window_BW = jnp.roll(window_BW, -drop, axis=1)
+    return jax.lax.dynamic_update_slice(window_BW, token_B[:, None].astype(window_BW.dtype),
+                                        (0, n - drop))
+
+
+# Each step function below samples the token after the window's n tokens and
+# pushes it into the window (first dropping `drop` old tokens when full).
+
 @partial(jax.jit, static_argnums=(0,))
-def _prefill(model_config, params, tokens_BT, key, temperature, top_k, top_p):
-    """Fills a fresh cache with `tokens_BT`; samples the token after them."""
-    cache = init_cache(model_config, tokens_BT.shape[0])
-    logits_BTV, vars_ = GPT(model_config, decode=True).apply(
-        {"params": params, "cache": cache}, tokens_BT, mutable=["cache"])
-    next_B = sample_logits(logits_BTV[:, -1], key, temperature, top_k, top_p)
-    return next_B, vars_["cache"]
+def _full_step(model_config, params, window_BW, n, drop, key, i, temperature, top_k, top_p):
+    """The naive way: run the whole window, sample from its last real position."""
+    logits_BV = _last_logits(GPT(model_config).apply({"params": params}, window_BW), n)
+    next_B = sample_logits(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p)
+    return next_B, logits_BV, _push(window_BW, n, drop, next_B)
 
 
 @partial(jax.jit, static_argnums=(0,))
-def _decode_step(model_config, params, cache, tokens_B, key, temperature, top_k, top_p):
-    """One new position: attends to the cache, appends to it, samples the next token."""
+def _prefill(model_config, params, window_BW, n, drop, key, i, temperature, top_k, top_p):
+    """Fills a fresh cache from the window's n tokens, then samples as above.
+
+    The padding after the n real tokens is run too (one shape for every n):
+    its keys/values land in cache slots >= n, which no query attends to
+    before a real token overwrites them. The cache index is then set to n, so
+    the next decode step writes at position n.
+    """
+    cache = init_cache(model_config, window_BW.shape[0])
+    logits_BWV, vars_ = GPT(model_config, decode=True).apply(
+        {"params": params, "cache": cache}, window_BW, mutable=["cache"])
+    cache = {**vars_["cache"], "index": jnp.asarray(n, jnp.int32)}
+    logits_BV = _last_logits(logits_BWV, n)
+    next_B = sample_logits(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p)
+    return next_B, logits_BV, _push(window_BW, n, drop, next_B), cache
+
+
+@partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _decode_step(model_config, params, cache, window_BW, n, drop, key, i,
+                 temperature, top_k, top_p):
+    """One new position: the cache holds the first n-1 tokens of the window;
+    the n-th attends to them, is appended to the cache, and predicts the next.
+
+    The old cache is donated: its buffers are updated in place, not copied.
+    """
+    token_B = window_BW[:, n - 1]
     logits_B1V, vars_ = GPT(model_config, decode=True).apply(
-        {"params": params, "cache": cache}, tokens_B[:, None], mutable=["cache"])
-    return sample_logits(logits_B1V[:, 0], key, temperature, top_k, top_p), vars_["cache"]
-
-
-@partial(jax.jit, static_argnums=(0,))
-def _full_step(model_config, params, tokens_BT, key, temperature, top_k, top_p):
-    """The naive way: run the whole (cropped) context, sample from the last position."""
-    logits_BTV = GPT(model_config).apply({"params": params}, tokens_BT)
-    return sample_logits(logits_BTV[:, -1], key, temperature, top_k, top_p)
+        {"params": params, "cache": cache}, token_B[:, None], mutable=["cache"])
+    logits_BV = logits_B1V[:, 0]
+    next_B = sample_logits(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p)
+    return next_B, logits_BV, _push(window_BW, n, drop, next_B), vars_["cache"]
 
 
 def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
              key: Array, *, num_samples: int = 1, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, use_cache: bool = True,
-             on_token: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
-    """Continues `prompt_ids` (1-D, non-empty) in `num_samples` parallel rows.
+             top_k: int | None = None, top_p: float = 1.0, use_cache: bool = True,
+             slide_step: int = 1,
+             on_token: Callable[[np.ndarray], None] | None = None,
+             return_logits: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Continues `prompt_ids` (1-D, non-empty) in `num_samples` rows at once.
 
-    Returns the new tokens, shape [num_samples, max_new_tokens]. `on_token`,
-    if given, is called with each new column of ids as soon as it exists
-    (for streaming output). The same key gives the same tokens.
+    Returns the new tokens, int32 [num_samples, max_new_tokens] (and, with
+    `return_logits`, the float32 logits each one was drawn from,
+    [num_samples, max_new_tokens, vocab]). top_k None or 0: no top-k filter.
+    `on_token`, if given, gets each new column of ids as soon as it exists
+    (for streaming). The same key gives the same tokens. `slide_step`: see
+    the module docstring (1 is exact).
     """
-    window = model_config.block_size
-    tokens_BL = np.tile(np.asarray(prompt_ids, np.int32)[None], (num_samples, 1))
-    knobs = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
-    new_tokens, cache = [], None
+    W = model_config.block_size
+    check_options(max_new_tokens=max_new_tokens, num_samples=num_samples,
+                  temperature=temperature, top_k=top_k or None, top_p=top_p,
+                  slide_step=slide_step, block_size=W)
+    prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
+    if prompt.size == 0:
+        raise UserError("the prompt is empty; give at least one token.")
+    prompt = prompt[-W:]  # The model only ever sees the last W tokens.
+    n = prompt.size  # Real tokens in the window; the rest is padding.
+    window_BW = jnp.asarray(np.tile(np.pad(prompt, (0, W - n)), (num_samples, 1)))
+    # Typed scalars: the same compiled steps serve every value of the knobs.
+    knobs = (np.float32(temperature), np.int32(top_k or 0), np.float32(top_p))
+
+    cache = None  # None: (re)fill it from the window at the next step.
+    tokens, logits = [], []
     for i in range(max_new_tokens):
-        step_key = jax.random.fold_in(key, i)
-        length = tokens_BL.shape[1]
-        if not use_cache:
-            next_B = _full_step(model_config, params, tokens_BL[:, -window:], step_key, *knobs)
-        elif cache is None or length > window:
-            # First token, or the window slid: (re)fill the cache from scratch.
-            next_B, cache = _prefill(model_config, params, tokens_BL[:, -window:],
-                                     step_key, *knobs)
+        # A full window slides as the new token goes in; the cached keys then
+        # sit at the wrong positions, so the next step re-fills the cache.
+        drop = slide_step if n == W else 0
+        args = (window_BW, n, drop, key, i, *knobs)
+        if not use_cache or (cache is None and drop):
+            # (A cache filled now would be thrown away right after this step:
+            # running the window without keeping one is the same, and cheaper.)
+            next_B, logits_BV, window_BW = _full_step(model_config, params, *args)
+        elif cache is None:
+            next_B, logits_BV, window_BW, cache = _prefill(model_config, params, *args)
         else:
-            next_B, cache = _decode_step(model_config, params, cache, tokens_BL[:, -1],
-                                         step_key, *knobs)
-        next_B = np.asarray(next_B)
-        tokens_BL = np.concatenate([tokens_BL, next_B[:, None]], axis=1)
-        new_tokens.append(next_B)
+            next_B, logits_BV, window_BW, cache = _decode_step(model_config, params, cache,
+                                                               *args)
+        if drop:
+            cache = None
+        n = n - drop + 1
+        tokens.append(next_B)
+        if return_logits:
+            logits.append(logits_BV)
         if on_token is not None:
-            on_token(next_B)
-    return np.stack(new_tokens, axis=1) if new_tokens else np.zeros((num_samples, 0), np.int32)
+            on_token(np.asarray(next_B))  # Waits for the device: only when streaming.
+
+    if not tokens:
+        out = np.zeros((num_samples, 0), np.int32)
+        return (out, np.zeros((num_samples, 0, model_config.vocab_size), np.float32)
+                ) if return_logits else out
+    out = np.asarray(jnp.stack(tokens, axis=1))
+    return (out, np.asarray(jnp.stack(logits, axis=1))) if return_logits else out
+
+
+# ---------------------------------------------------------------- text in, text out
+
+def encode_prompt(tokenizer, text: str) -> np.ndarray:
+    """Token ids of a prompt. An empty prompt starts from a newline (token 0
+    if the vocabulary has no newline). Characters outside the vocabulary
+    raise one UserError that lists them."""
+    if text:
+        try:
+            return tokenizer.encode(text)
+        except UserError as e:
+            raise UserError(f"prompt: {e}") from None
+    try:
+        ids = tokenizer.encode("\n")
+    except UserError:
+        ids = np.zeros(0, np.int32)
+    return ids if len(ids) else np.zeros(1, np.int32)
+
+
+class TextStream:
+    """Turns token ids into text piece by piece, for printing as they arrive.
+
+    A token can end in the middle of a multi-byte UTF-8 character (byte
+    tokenizers, byte-level BPE); such a piece decodes to U+FFFD, so it is held
+    back until the next tokens complete it (at most a few).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def push(self, ids) -> str:
+        self.pending.extend(int(i) for i in np.asarray(ids).reshape(-1))
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < 4:
+            return ""
+        self.pending = []
+        return text
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending = []
+        return text
+
+
+def sample_texts(params, model_config, tokenizer, prompt: str, max_new_tokens: int,
+                 seed: int, *, stream: Callable[[str], None] | None = None,
+                 **options) -> list[str]:
+    """`num_samples` texts, each the prompt followed by its continuation.
+
+    `options` go to `generate` (num_samples, temperature, top_k, top_p,
+    use_cache, slide_step). With `stream`, the first sample's continuation is
+    passed to it piece by piece while it is generated.
+    """
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    on_token = None
+    if stream is not None:
+        text_stream = TextStream(tokenizer)
+        on_token = lambda ids_B: stream(text_stream.push(ids_B[:1]))
+    ids_BN = generate(params, model_config, prompt_ids, max_new_tokens,
+                      jax.random.key(seed), on_token=on_token, **options)
+    if stream is not None:
+        stream(text_stream.flush())
+    return [prompt + tokenizer.decode(ids_N) for ids_N in ids_BN]

@@ -7,6 +7,7 @@ its checkpoints) carry exactly the vocabulary the model was trained with.
 - `CharTokenizer`: one id per distinct character of the training text,
   sorted by code point. The vocabulary is tiny (65 for Tiny Shakespeare).
 - `ByteTokenizer`: the 256 possible UTF-8 bytes; any text encodes.
+- `BPETokenizer` (in bpe.py): byte-level BPE learned from the training text.
 """
 
 from __future__ import annotations
@@ -116,15 +117,17 @@ def from_dict(d: dict[str, Any]) -> Tokenizer:
     raise UserError(f"unknown tokenizer kind {kind!r} in a saved tokenizer.")
 
 
-def build(kind: str, train_text: str, vocab_size: int = 0) -> Tokenizer:
-    """Builds the tokenizer named by `config.data.tokenizer` from training text."""
+def build(kind: str, train_text: str, vocab_size: int = 0,
+          special_tokens: tuple[str, ...] = ()) -> Tokenizer:
+    """Builds the tokenizer named by `config.data.tokenizer` from training text.
+    `special_tokens` (BPE only) get ids of their own, e.g. an end-of-text mark."""
     if kind == "char":
         return CharTokenizer.from_text(train_text)
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":
         from smallgpt_jax import bpe
-        return bpe.BPETokenizer.train(train_text, vocab_size)
+        return bpe.BPETokenizer.train(train_text, vocab_size, special_tokens)
     raise UserError(f"config.data.tokenizer={kind!r} is not one of char, byte, bpe.")
 
 

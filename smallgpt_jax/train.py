@@ -2,9 +2,13 @@
 
 `train_step(state, batch)` is a pure function: it computes the loss and its
 gradients on this device's share of the batch, averages gradients across
-devices with `lax.pmean`, and applies one AdamW update. `make_parallel_steps`
-wraps it in `jax.pmap`, so every local device runs it on its own slice of
-the global batch while the parameters stay identical everywhere.
+devices with `lax.pmean`, and applies one AdamW update. Two ways run it on
+every device at once, each on its own slice of the global batch while the
+parameters stay identical everywhere:
+- `make_parallel_steps` wraps it in `jax.pmap` (config.parallel='pmap');
+- `make_sharded_steps` wraps it in `jax.shard_map` over a device `Mesh`
+  inside `jax.jit` (config.parallel='shard_map'), the path current JAX
+  recommends. Both compute the same losses.
 
 Shapes: a batch is [A, b, T+1] per device (A gradient-accumulation
 micro-batches of b sequences of T+1 tokens; inputs are the first T tokens,
@@ -13,6 +17,7 @@ targets the last T).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from typing import Any, Callable
@@ -26,7 +31,8 @@ import optax
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT
 
-AXIS = "batch"  # Name of the device axis that pmean averages over.
+AXIS = "batch"  # Name of the device axis that pmean averages over (pmap).
+DATA = "data"  # Name of the mesh axis the batch is split along (shard_map).
 
 
 @flax.struct.dataclass
@@ -69,14 +75,12 @@ def make_optimizer(t) -> optax.GradientTransformation:
 
 def init_state(model_config, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """Fresh parameters and optimizer state (on the default device)."""
-    dummy_BT = jnp.zeros((1, model_config.block_size), jnp.int32)
-
     def init(key):
+        dummy_BT = jnp.zeros((1, model_config.block_size), jnp.int32)
         params = GPT(model_config).init(key, dummy_BT)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params))
-    # One compiled program: op by op, the dozens of small initialisers each
-    # compiled on their own and took longer than compiling the train step.
+    # Compiled: one XLA program instead of hundreds of small eager ops.
     return jax.jit(init)(jax.random.key(seed))
 
 
@@ -143,6 +147,83 @@ def make_parallel_steps(model_config, tx, schedule, seed: int) -> tuple[Callable
     return p_train, p_eval
 
 
+def data_mesh() -> jax.sharding.Mesh:
+    """Every device of every process on one 'data' axis.
+
+    jax.devices() lists each process's devices together, in process order,
+    so device i of the mesh gets the same rows as replica i under pmap.
+    """
+    return jax.sharding.Mesh(np.array(jax.devices()), (DATA,))
+
+
+def make_sharded_steps(model_config, tx, schedule, seed: int,
+                       mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
+    """The same train and eval steps, as `jax.jit` of `jax.shard_map` over `mesh`.
+
+    The state is replicated (spec P(): every device holds all of it); the
+    batch [devices, A, b, T+1] is split along its first axis over 'data', so
+    each device sees [1, A, b, T+1]: the same rows pmap would give it. Inside,
+    each device runs `train_step` on its block, with pmean over 'data'.
+    """
+    P = jax.sharding.PartitionSpec
+
+    def train_body(state, batch_1ABT1):
+        return train_step(state, batch_1ABT1[0], model_config=model_config, tx=tx,
+                          schedule=schedule, seed=seed, axis_name=DATA)
+
+    def eval_body(params, batch_1BT1):
+        return eval_step(params, batch_1BT1[0], model_config=model_config, axis_name=DATA)
+
+    # out_specs=P(): after pmean, state and metrics are the same on every device.
+    s_train = jax.jit(jax.shard_map(train_body, mesh=mesh, in_specs=(P(), P(DATA)),
+                                    out_specs=P()), donate_argnums=(0,))
+    s_eval = jax.jit(jax.shard_map(eval_body, mesh=mesh, in_specs=(P(), P(DATA)),
+                                   out_specs=P()))
+    return s_train, s_eval
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """A data-parallel (train, eval) step pair and how values get on and off
+    its devices, which differs between the two paths:
+
+    - pmap works on this process's devices: the state is stacked once per
+      local device, a batch is [local devices, ...], outputs come back the same.
+    - shard_map works on global arrays spanning all processes: the state is
+      one replicated array, a batch is one array split over the whole mesh.
+    """
+
+    train_step: Callable  # (state on devices, batch on devices) -> (state, metrics)
+    eval_step: Callable  # (params on devices, batch on devices) -> mean loss
+    put_state: Callable  # a host (or one-device) pytree -> on all devices
+    put_batch: Callable  # (this process's rows [n, T+1], A or None) -> on devices
+    unreplicate: Callable  # a pytree on devices -> one copy, on this process
+
+
+def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParallel:
+    """The steps and data movement for config.parallel ('pmap' or 'shard_map')."""
+    if kind == "pmap":
+        from flax import jax_utils
+        p_train, p_eval = make_parallel_steps(model_config, tx, schedule, seed)
+        # Copies laid out exactly as pmap returns the new state (a mesh axis
+        # named AXIS), so the second step does not compile a second program.
+        put_state = partial(jax_utils.replicate, axis_name=AXIS)
+        return DataParallel(p_train, p_eval, put_state, shard_batch, jax_utils.unreplicate)
+    if kind != "shard_map":
+        raise UserError(f"config.parallel={kind!r} is not one of pmap, shard_map.")
+    mesh = data_mesh()
+    s_train, s_eval = make_sharded_steps(model_config, tx, schedule, seed, mesh)
+    replicated = jax.NamedSharding(mesh, jax.P())
+    return DataParallel(
+        s_train, s_eval,
+        # Via host memory: across processes, device_put takes host values
+        # (and checks that every process passed the same ones).
+        put_state=lambda tree: jax.device_put(jax.device_get(tree), replicated),
+        put_batch=partial(global_batch, mesh),
+        # Every device holds the whole (replicated) value: take a local one.
+        unreplicate=lambda tree: jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
+
+
 def per_device_batch(global_batch: int, grad_accum: int) -> int:
     """Sequences per device per micro-batch; a clear error if it does not divide."""
     devices = jax.device_count()
@@ -162,6 +243,17 @@ def shard_batch(batch_NT1: np.ndarray, grad_accum: int | None = None) -> jax.Arr
     shaped = batch_NT1.reshape(n, *micro, -1, batch_NT1.shape[-1])
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
     return jax.device_put(shaped, jax.NamedSharding(mesh, jax.P("d")))
+
+
+def global_batch(mesh: jax.sharding.Mesh, batch_NT1: np.ndarray,
+                 grad_accum: int | None = None) -> jax.Array:
+    """This process's [N, T+1] rows, laid out as in `shard_batch`, become its
+    part of one global [devices, (A,) b, T+1] array split over the mesh's 'data'
+    axis (each process passes only its own rows)."""
+    n = jax.local_device_count()
+    micro = () if grad_accum is None else (grad_accum,)
+    shaped = batch_NT1.reshape(n, *micro, -1, batch_NT1.shape[-1])
+    return jax.make_array_from_process_local_data(jax.NamedSharding(mesh, jax.P(DATA)), shaped)
 
 
 def bits_per_char(loss_nats: float, tokens_per_char: float) -> float:

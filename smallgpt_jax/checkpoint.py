@@ -1,0 +1,503 @@
+"""Orbax checkpoints: save the training state, resume after a crash, load weights.
+
+A run's checkpoints live in `<workdir>/checkpoints/<step>/`, one folder per
+saved step, each with two items:
+
+- `state`: the TrainState (step, params, optimizer state). One copy only:
+  under pmap every device holds the same values, so device 0's are saved.
+- `meta`: JSON with everything else needed to continue or to sample: the full
+  config, the tokenizer with its vocabulary, the seed and step (together they
+  are the whole RNG state, since batches and dropout keys are pure functions
+  of them), this step's validation loss if it was evaluated, and the best
+  validation loss so far.
+
+Crash safety comes from Orbax: a checkpoint is written into
+`<step>.orbax-checkpoint-tmp` and renamed to `<step>` only once every file is
+on disk, so a save cut off by a crash is never mistaken for a complete one.
+Saves run in a background thread, so training does not wait for the disk.
+
+Which checkpoints stay: the `keep_checkpoints` newest, plus the one with the
+lowest validation loss, which is never deleted while it is the best.
+
+`load_params(workdir)` reads the parameters alone (no optimizer), for
+sampling and evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from smallgpt_jax import tokenizer as tokenizer_lib
+from smallgpt_jax.errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+FORMAT = 1  # Version of the `meta` layout, for future readers.
+
+_STEP = re.compile(r"^\d+$")
+_INCOMPLETE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
+# Names a run writes at the top of its workdir: finding one means the
+# directory belongs to a smallgpt_jax run and may be resumed.
+_OUR_FILES = (CHECKPOINT_DIR, "config.json", "tokenizer.json")
+# Model fields that change neither the parameters' shapes nor their meaning;
+# every other model field does, and changing it on resume is refused.
+_FREE_MODEL_FIELDS = ("dropout", "attention", "dtype")
+
+
+def _say(text: str) -> None:
+    """A line for the user on stderr (from process 0 only)."""
+    if jax.process_index() == 0:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _reason(e: BaseException) -> str:
+    """A short, one-line description of an exception from Orbax/TensorStore."""
+    text = str(e).strip() or type(e).__name__
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if code:  # TensorStore puts errno at the end of a long message.
+        return os.strerror(int(code.group(1)))
+    line = re.sub(r"(\s*\[tensorstore_spec=|\. See full TensorStore details).*", "",
+                  text.splitlines()[0])
+    status = re.match(r"([A-Z_]{4,}): (.*)", line)
+    if status:  # "CODE: context: context: ...: what went wrong" -> the last two parts.
+        line = f"{status.group(1)}: {': '.join(status.group(2).split(': ')[-2:])}"
+    return line if len(line) <= 300 else line[:300] + "..."
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates `workdir`, or checks that an existing one is ours and writable.
+
+    Raises UserError before any training starts.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir} is a file, not a directory.")
+    if os.path.isdir(workdir):
+        entries = sorted(os.listdir(workdir))
+        if entries and not any(e in _OUR_FILES for e in entries):
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise UserError(
+                f"--workdir={workdir} already holds files that are not from a smallgpt_jax "
+                f"run ({shown}); choose a new or empty directory.")
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UserError(f"{directory} is a file, not a folder of checkpoints; "
+                        "choose another --workdir.")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        # Really write: os.access() misses read-only mounts and some permissions.
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to --workdir={workdir} ({e.strerror or e}); "
+                        "choose a directory you can write to.")
+    strange = [e for e in sorted(os.listdir(directory))
+               if not (_STEP.match(e) or _INCOMPLETE.match(e))]
+    if strange:
+        raise UserError(
+            f"{directory} holds {', '.join(strange[:5])}, which are not smallgpt_jax "
+            "checkpoints; move them away or choose another --workdir.")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _is_structural(field: str, new: dict[str, Any]) -> bool:
+    """Does changing `field` change the shapes (or the meaning) of the state?"""
+    if field.startswith("model."):
+        return field.split(".", 1)[1] not in _FREE_MODEL_FIELDS
+    if field == "data.tokenizer":
+        return True
+    if field == "data.vocab_size":  # Only BPE learns a vocabulary of this size.
+        return new.get("data.tokenizer") == "bpe"
+    return False
+
+
+def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """Differences between a checkpoint's config and a new one, as
+    'field: old -> new' lines: (refused, allowed).
+
+    Refused: anything that changes the model's or the tokenizer's shape.
+    Allowed: everything else (num_steps, eval cadence, schedule, logging...).
+    Fields the old config did not have (added to the code since) are skipped.
+    """
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    refused, allowed = [], []
+    for field in sorted(flat_new):
+        if field not in flat_old or field == "train.resume_step":
+            continue
+        before, after = flat_old[field], flat_new[field]
+        if before == after:
+            continue
+        line = f"{field}: {before!r} -> {after!r}"
+        (refused if _is_structural(field, flat_new) else allowed).append(line)
+    return refused, allowed
+
+
+def _val_loss(metrics: dict) -> float:
+    """Orbax ranks checkpoints by this; unevaluated ones rank last."""
+    value = (metrics or {}).get("val_loss")
+    return math.inf if value is None else float(value)
+
+
+def _param_shapes(tree: Any) -> dict[str, tuple]:
+    """{'block_0/attn/qkv/kernel': shape} for arrays or Orbax array metadata."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
+            tuple(leaf.shape) for path, leaf in leaves}
+
+
+@dataclasses.dataclass
+class Resume:
+    """Where a resumed run starts: a checkpoint's step and its meta JSON."""
+
+    step: int
+    meta: dict
+
+    @property
+    def best_val_loss(self) -> float:
+        value = self.meta.get("best_val_loss")
+        return math.inf if value is None else float(value)
+
+
+class Checkpointer:
+    """Saves and restores a run's checkpoints with an Orbax CheckpointManager.
+
+    Use as a context manager: leaving it waits for a save still being written
+    (so the newest checkpoint is complete before the process exits).
+    """
+
+    def __init__(self, workdir: str, keep: int):
+        self.workdir = workdir
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        for name in self.incomplete():
+            _say(f"warning: skipping incomplete checkpoint {os.path.join(self.directory, name)} "
+                 "(a save that never finished, e.g. cut off by a crash); removing it.")
+            if jax.process_index() == 0:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        # Keep the newest `keep`, and the best one by validation loss (BestN sorts
+        # worst first and keeps the last n; unevaluated checkpoints never count).
+        policy = checkpoint_managers.AnyPreservationPolicy([
+            checkpoint_managers.LatestN(n=keep),
+            checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
+                                      keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=_val_loss, best_mode="min",  # Makes Orbax store each step's metrics.
+            enable_async_checkpointing=True)
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(),
+                               "meta": ocp.JsonCheckpointHandler()})
+        except Exception as e:  # e.g. a step folder with unreadable metadata.
+            raise UserError(f"cannot read the checkpoints in {self.directory}: {_reason(e)}")
+        self._saving: int | None = None  # Step of the save in flight, if any.
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # Already failing: finish what can be finished, keep the first error.
+            self.close()
+        except Exception as e:
+            _say(f"warning: {e}")
+
+    def incomplete(self) -> list[str]:
+        """Folders of saves that never finished (left by a crash)."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(e for e in os.listdir(self.directory) if _INCOMPLETE.match(e))
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def _on_disk(self) -> list[int]:
+        """Complete checkpoints as the directory shows them right now."""
+        return sorted(int(e) for e in os.listdir(self.directory) if _STEP.match(e))
+
+    # -- resuming ---------------------------------------------------------
+
+    def resume_point(self, config: ml_collections.ConfigDict) -> Resume | None:
+        """Picks the checkpoint to resume from (None: start at step 0).
+
+        The newest one, or `config.train.resume_step`. Refuses a config that
+        changes the model's or tokenizer's shape; logs the allowed changes.
+        Puts the checkpoint's tokenizer back as the workdir's tokenizer.json,
+        so the run keeps the vocabulary it was trained with.
+        """
+        steps = self.steps()
+        wanted = config.train.resume_step
+        if wanted >= 0 and wanted not in steps:
+            raise UserError(
+                f"config.train.resume_step={wanted}: there is no checkpoint for that step in "
+                f"{self.directory} (complete ones: {', '.join(map(str, steps)) or 'none'}).")
+        if not steps:
+            return None
+        step = wanted if wanted >= 0 else steps[-1]
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise UserError(self._damaged(step, e))
+        if not isinstance(meta, dict) or "config" not in meta or "tokenizer" not in meta:
+            raise UserError(f"checkpoint {self.directory}/{step} has no smallgpt_jax metadata; "
+                            "is this workdir from another program?")
+        refused, allowed = config_changes(meta["config"], config.to_dict())
+        if refused:
+            raise UserError(
+                f"cannot resume from {self.directory}/{step}: the config changes the shape of "
+                f"the model or tokenizer ({'; '.join(refused)}). Use the old values, or a new "
+                "--workdir to start a new run.")
+        if allowed:
+            _say(f"resuming with changed settings: {'; '.join(allowed)}")
+        if meta.get("device_count") not in (None, jax.device_count()):
+            _say(f"note: the checkpoint was written with {meta['device_count']} device(s), this "
+                 f"run has {jax.device_count()}: training continues, but not bit for bit as "
+                 "an uninterrupted run would.")
+        if jax.process_index() == 0:
+            tokenizer_lib.save(tokenizer_lib.from_dict(meta["tokenizer"]),
+                               os.path.join(self.workdir, "tokenizer.json"))
+        return Resume(step, meta)
+
+    def restore_state(self, resume: Resume, target: Any) -> Any:
+        """Loads the saved TrainState, onto the first local device.
+
+        `target` is a fresh state of the config (arrays, or just their shapes
+        from `jax.eval_shape`): it says which structure and shapes to expect.
+        """
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
+        try:
+            saved = self._manager.item_metadata(resume.step)["state"].tree["params"]
+            theirs, ours = _param_shapes(saved), _param_shapes(target.params)
+        except Exception as e:
+            raise UserError(self._damaged(resume.step, e))
+        if theirs != ours:
+            diff = [f"{k}: {theirs.get(k, 'absent')} -> {ours.get(k, 'absent')}"
+                    for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+            raise UserError(
+                f"cannot resume from {self.directory}/{resume.step}: parameter shapes differ "
+                f"({'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}).")
+        try:
+            state = self._manager.restore(resume.step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract)))["state"]
+        except Exception as e:
+            raise UserError(self._damaged(resume.step, e))
+        newer = [s for s in self.steps() if s > resume.step]
+        if newer:  # resume_step went back in time: those futures are replaced.
+            _say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
+                 f"config.train.resume_step={resume.step}; leave resume_step out next time.")
+            for s in newer:
+                self._manager.delete(s)
+        _say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
+        return state
+
+    def _damaged(self, step: int, e: BaseException) -> str:
+        earlier = [s for s in self._on_disk() if s < step]
+        hint = (f"resume from an earlier one with --config.train.resume_step=N "
+                f"(N in {', '.join(map(str, earlier))})" if earlier
+                else "no earlier checkpoint exists, so start again in a new --workdir")
+        return (f"checkpoint {self.directory}/{step} could not be restored ({_reason(e)}); "
+                f"its files may be damaged or incomplete: {hint}.")
+
+    # -- saving -----------------------------------------------------------
+
+    def save(self, step: int, state: Any, *, config: ml_collections.ConfigDict,
+             tokenizer: tokenizer_lib.Tokenizer, best_val_loss: float,
+             val_loss: float | None = None) -> None:
+        """Starts writing a checkpoint of `state` (one, unreplicated copy).
+
+        Returns once Orbax has taken its copy of the arrays; the files are
+        written in the background. `state` must not be donated to a later
+        train step meanwhile: the loop passes an unreplicated copy (fresh
+        buffers), never the replicated state itself. Raises UserError if an
+        earlier background save failed (e.g. the disk is full).
+        """
+        self.wait()
+        state = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), state)
+        meta = {
+            "format": FORMAT,
+            "step": step,
+            "seed": config.seed,  # With `step`, the whole RNG state.
+            "device_count": jax.device_count(),
+            "val_loss": val_loss,
+            "best_val_loss": best_val_loss if math.isfinite(best_val_loss) else None,
+            "config": config.to_dict(),
+            "tokenizer": tokenizer.to_dict(),
+        }
+        metrics = {} if val_loss is None else {"val_loss": float(val_loss)}
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                metrics=metrics, force=True)
+        except Exception as e:
+            raise UserError(self._save_failed(step, e))
+        self._saving = step
+
+    def poll(self) -> None:
+        """Reports a failed background save without waiting for one in flight."""
+        if self._saving is not None and not self._manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self) -> None:
+        """Waits for the save in flight; UserError if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise UserError(self._save_failed(self._saving, e))
+        finally:
+            self._saving = None
+
+    def _save_failed(self, step: int | None, e: BaseException) -> str:
+        complete = self._on_disk()
+        kept = (f"the newest complete checkpoint is step {complete[-1]}" if complete
+                else "no complete checkpoint exists yet")
+        return (f"could not write checkpoint step {step} in {self.directory} ({_reason(e)}); "
+                f"{kept}. Fix the cause (e.g. free disk space), then run the same command "
+                "again to resume.")
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+
+class StopSignals:
+    """Turns the first SIGTERM or SIGINT into a request to save and stop.
+
+    The training loop looks at `signum` after every step: when set, it saves a
+    checkpoint and stops cleanly. A second signal acts as it normally would
+    (Ctrl-C twice quits at once, without saving). Handlers can only be
+    installed from the main thread; elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum  # No printing here: the loop says what happens.
+            return
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        self._restore()
+        if callable(previous):  # e.g. Python's SIGINT handler: KeyboardInterrupt.
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)
+
+
+def _resolve_step(manager: ocp.CheckpointManager, step: str | int, where: str) -> int:
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise UserError(f"no complete checkpoint in {where}; train first (python -m "
+                        "smallgpt_jax.main --config=... --workdir=...).")
+    if step == "latest":
+        return steps[-1]
+    if step == "best":
+        scored = [(_val_loss(manager.metrics(s)), s) for s in steps]
+        scored = [(v, s) for v, s in scored if math.isfinite(v)]
+        if not scored:
+            raise UserError(f"no checkpoint in {where} has a validation loss yet; "
+                            "use step='latest'.")
+        return min(scored)[1]
+    if isinstance(step, str) and not step.isdigit():
+        raise UserError(f"checkpoint step {step!r} is not 'latest', 'best' or a number.")
+    if int(step) not in steps:
+        raise UserError(f"no checkpoint for step {step} in {where} "
+                        f"(complete ones: {', '.join(map(str, steps))}).")
+    return int(step)
+
+
+def load_params(workdir: str, step: str | int = "latest"
+                ) -> tuple[Any, ml_collections.FrozenConfigDict, tokenizer_lib.Tokenizer]:
+    """(params, model config, tokenizer) from a checkpoint in `workdir`.
+
+    `step` is 'latest', 'best' (lowest validation loss) or a step number.
+    Reads the parameters alone: no optimizer is built and the optimizer
+    state is not read.
+    """
+    from smallgpt_jax.model import model_config  # Here to keep imports light.
+
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    if not os.path.isdir(directory):
+        raise UserError(f"no checkpoints in {workdir} (expected {directory}); "
+                        "is this the --workdir of a training run?")
+    try:
+        manager = ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(create=False),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
+    except Exception as e:
+        raise UserError(f"cannot read the checkpoints in {directory}: {_reason(e)}")
+    with manager:
+        chosen = _resolve_step(manager, step, directory)
+        try:
+            saved = manager.item_metadata(chosen)["state"].tree["params"]
+            # The saved shapes are the restore target: only `params` is read.
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved,
+                                  is_leaf=lambda x: hasattr(x, "shape"))
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+            restored = manager.restore(chosen, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item={"params": target},
+                                             restore_args={"params": as_numpy},
+                                             partial_restore=True),
+                meta=ocp.args.JsonRestore()))
+        except Exception as e:
+            others = [s for s in sorted(manager.all_steps()) if s != chosen]
+            raise UserError(f"checkpoint {directory}/{chosen} could not be read ({_reason(e)}); "
+                            "its files may be damaged: pick another step (complete ones: "
+                            f"{', '.join(map(str, others)) or 'none'}).")
+    meta = restored["meta"]
+    tok = tokenizer_lib.from_dict(meta["tokenizer"])
+    config = ml_collections.ConfigDict(meta["config"])
+    params = jax.device_put(restored["state"]["params"])
+    return params, model_config(config, tok.vocab_size), tok

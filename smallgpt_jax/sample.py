@@ -1,0 +1,116 @@
+"""Command line: generate text from a trained run.
+
+    python -m smallgpt_jax.sample --workdir=runs/char_cpu --prompt="ROMEO:" \
+        --max_new_tokens=500 --num_samples=3 --temperature=0.8 --top_k=200 \
+        --top_p=0.95 --seed=1
+
+The config, tokenizer and parameters all come from the workdir's checkpoint.
+The first sample streams to the terminal as it is generated (all samples are
+generated together, as one batch); `--output=FILE` writes them to a file
+instead. This file only parses and checks flags and calls library code
+(`checkpoint.load_params`, `sampling.sample_texts`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import flags
+
+from smallgpt_jax import cli
+from smallgpt_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
+_STEP = flags.DEFINE_string("step", "latest", "Checkpoint to load: 'latest', 'best' or a step.")
+_PROMPT = flags.DEFINE_string("prompt", "", "Text to continue; empty starts from a newline.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 500, "Tokens to generate per sample.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples, generated as one batch.")
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature", 0.8, "Divides the logits: <1 is more conservative, 0 is greedy decoding.")
+_TOP_K = flags.DEFINE_integer(
+    "top_k", None, "Sample only among the k most likely tokens (default: no top-k filter).")
+_TOP_P = flags.DEFINE_float(
+    "top_p", 1.0, "Nucleus sampling: the smallest set of tokens with probability >= p.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same text.")
+_USE_CACHE = flags.DEFINE_boolean(
+    "use_cache", True, "Key/value cache; false re-runs the whole context for each token.")
+_SLIDE_STEP = flags.DEFINE_integer(
+    "slide_step", 1, "Past the context window, slide it this many tokens at a time: 1 is "
+    "exact; N>1 re-fills the cache once per N tokens (faster; the context is then "
+    "between block_size-N+1 and block_size tokens).")
+_OUTPUT = flags.DEFINE_string("output", None, "Write the samples to this file instead.")
+
+
+def parse_step(value: str) -> str | int:
+    """'latest', 'best' or a non-negative integer."""
+    if value in ("latest", "best"):
+        return value
+    try:
+        step = int(value)
+    except ValueError:
+        step = -1
+    if step < 0:
+        raise UserError(f"--step={value!r} must be 'latest', 'best' or a step number.")
+    return step
+
+
+def check_prompt_early(workdir: str, prompt: str) -> None:
+    """Checks the prompt's characters against the run's saved tokenizer, if
+    there is one, before the (slower) checkpoint load."""
+    from smallgpt_jax import sampling, tokenizer as tokenizer_lib
+    path = os.path.join(workdir, "tokenizer.json")
+    if os.path.isfile(path):
+        sampling.encode_prompt(tokenizer_lib.load(path), prompt)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
+    cli.setup_logging()
+    from smallgpt_jax import sampling  # Imported after flags: keeps --help fast.
+    workdir, prompt, n = _WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value
+    knobs = dict(num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,
+                 top_k=_TOP_K.value, top_p=_TOP_P.value, slide_step=_SLIDE_STEP.value)
+    with cli.user_errors():
+        # Everything that can be checked without the checkpoint, first.
+        step = parse_step(_STEP.value)
+        sampling.check_options(max_new_tokens=n, **knobs)
+        if not os.path.isdir(workdir):
+            raise UserError(f"workdir {workdir} does not exist; pass a training run's --workdir.")
+        out_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
+        if _OUTPUT.value and not os.path.isdir(out_dir):
+            raise UserError(f"--output={_OUTPUT.value}: folder {out_dir} does not exist.")
+        check_prompt_early(workdir, prompt)
+
+        from smallgpt_jax.checkpoint import load_params  # Lazy: loads orbax.
+        params, model_config, tokenizer = load_params(workdir, step)
+        generate = lambda stream=None: sampling.sample_texts(
+            params, model_config, tokenizer, prompt, n, _SEED.value, stream=stream,
+            use_cache=_USE_CACHE.value, **knobs)
+        header = lambda i: f"--- sample {i + 1} of {knobs['num_samples']} ---\n"
+        start = time.time()
+        if _OUTPUT.value:
+            texts = generate()
+            with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+                f.writelines(header(i) + text + "\n" for i, text in enumerate(texts))
+        else:  # Sample 1 streams; the others are ready when it is (one batch).
+            write = lambda s: (sys.stdout.write(s), sys.stdout.flush())
+            write(header(0) + prompt)
+            texts = generate(stream=write)
+            write("\n" + "".join(header(i) + t + "\n" for i, t in enumerate(texts) if i))
+        seconds = time.time() - start
+        total = knobs["num_samples"] * n
+        print(f"{total} tokens in {seconds:.1f}s, compiling included ({total / seconds:.0f} "
+              f"tokens/s, {'KV cache' if _USE_CACHE.value else 'no cache'})"
+              + (f"; wrote {_OUTPUT.value}" if _OUTPUT.value else ""), file=sys.stderr)
+
+
+def run() -> None:
+    flags.mark_flag_as_required("workdir")
+    cli.run_app(main)
+
+
+if __name__ == "__main__":
+    run()

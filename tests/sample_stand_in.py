@@ -1,0 +1,53 @@
+"""The sampling CLI with a stand-in for `smallgpt_jax.checkpoint`.
+
+    PYTHONPATH=tests python -m sample_stand_in --workdir=... [sample.py flags]
+
+The real checkpoint format is developed separately; this stand-in lets
+test_sample_cli.py run the CLI end to end on a model the test saved with
+`save` (parameters as msgpack, the model config as JSON, the tokenizer).
+Its `load_params` has the real one's signature and writes the step it was
+asked for on stderr, so tests can check that --step gets through.
+"""
+
+import json
+import os
+import sys
+import types
+
+import flax.serialization
+import ml_collections
+
+from smallgpt_jax import tokenizer as tokenizer_lib
+from smallgpt_jax.errors import UserError
+
+PARAMS_FILE = "stand_in_params.msgpack"
+
+
+def save(workdir: str, params, model_config, tokenizer) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, PARAMS_FILE), "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(
+            flax.serialization.to_state_dict(params)))
+    with open(os.path.join(workdir, "stand_in_model_config.json"), "w") as f:
+        json.dump(model_config.to_dict(), f)
+    tokenizer_lib.save(tokenizer, os.path.join(workdir, "tokenizer.json"))
+
+
+def load_params(workdir: str, step: str | int = "latest"):
+    print(f"stand-in load_params(step={step!r})", file=sys.stderr)
+    path = os.path.join(workdir, PARAMS_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint in {workdir}")
+    with open(path, "rb") as f:
+        params = flax.serialization.msgpack_restore(f.read())
+    with open(os.path.join(workdir, "stand_in_model_config.json")) as f:
+        model_config = ml_collections.FrozenConfigDict(json.load(f))
+    return params, model_config, tokenizer_lib.load(os.path.join(workdir, "tokenizer.json"))
+
+
+if __name__ == "__main__":
+    stand_in = types.ModuleType("smallgpt_jax.checkpoint")
+    stand_in.load_params = load_params
+    sys.modules["smallgpt_jax.checkpoint"] = stand_in
+    from smallgpt_jax import sample
+    sample.run()

@@ -1,0 +1,394 @@
+"""Checkpoints: bit-exact save/restore, keep-N plus best, faults, bad input,
+and a real process killed with SIGKILL (during a save) and SIGTERM, whose
+resumed losses and final parameters equal an uninterrupted run's."""
+
+import errno
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_config
+from smallgpt_jax import checkpoint, loop, train
+from smallgpt_jax.errors import UserError
+from smallgpt_jax.model import model_config
+from smallgpt_jax.tokenizer import CharTokenizer
+
+TOK = CharTokenizer("\n .abcdefghijklmnopqrstuvwxyz")
+
+
+def write_corpus(path, n_words=3000):
+    """Deterministic word soup over TOK's characters, long enough for tiny runs."""
+    rng = np.random.default_rng(0)
+    words = ["the", "of", "and", "to", "in", "is", "was", "for", "with", "as", "his",
+             "on", "be", "at", "by", "this", "had", "not", "are", "but", "from", "or",
+             "have", "an", "they", "which", "one", "you", "were", "her", "all", "she"]
+    text = " ".join(words[i] + (".\n" if i % 7 == 0 else "")
+                    for i in rng.integers(0, len(words), n_words))
+    path.write_text(text)
+    return str(path)
+
+
+def perturbed_state(config):
+    """A TrainState whose every leaf (params, Adam moments, counters) holds
+    distinct non-trivial values, so a round trip has something to prove."""
+    tx = train.make_optimizer(config.train)
+    state = train.init_state(model_config(config, TOK.vocab_size), tx, config.seed)
+    rng = np.random.default_rng(1)
+    return jax.tree.map(
+        lambda x: x + rng.standard_normal(x.shape).astype(x.dtype)
+        if np.issubdtype(x.dtype, np.floating) else x + 7, state)
+
+
+def fresh_state(config):
+    tx = train.make_optimizer(config.train)
+    return train.init_state(model_config(config, TOK.vocab_size), tx, config.seed)
+
+
+def small_tree(step):
+    """A stand-in state for tests of which checkpoints are kept."""
+    return {"params": {"w": np.full(3, step, np.float32)}, "step": np.array(step, np.int32)}
+
+
+def on_disk(workdir):
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(e) for e in os.listdir(d) if e.isdigit())
+
+
+def save_steps(workdir, config, states, keep=2):
+    """Saves {step: (state, val_loss)} through a Checkpointer, as the loop does."""
+    checkpoint.prepare_workdir(workdir)
+    with checkpoint.Checkpointer(workdir, keep) as ckpt:
+        best = np.inf
+        for step, (state, val) in states.items():
+            best = min(best, val) if val is not None else best
+            ckpt.save(step, state, config=config, tokenizer=TOK, best_val_loss=best,
+                      val_loss=val)
+
+
+def assert_trees_identical(a, b):
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()
+
+
+def test_save_restore_round_trip_is_bit_exact(tmp_path):
+    config = tiny_config()
+    state = perturbed_state(config)
+    workdir = str(tmp_path / "run")
+    save_steps(workdir, config, {7: (state, 1.25)})
+    with checkpoint.Checkpointer(workdir, 2) as ckpt:
+        resume = ckpt.resume_point(config)
+        assert resume.step == 7 and resume.best_val_loss == 1.25
+        assert resume.meta["seed"] == config.seed and resume.meta["step"] == 7
+        assert resume.meta["config"] == config.to_dict()
+        restored = ckpt.restore_state(resume, fresh_state(config))
+    assert_trees_identical(restored, state)
+    assert int(restored.step) == int(state.step)
+    # Parameters alone, for sampling: same bits, same model config and vocabulary.
+    params, mc, tok = checkpoint.load_params(workdir)
+    assert_trees_identical(params, state.params)
+    assert mc == model_config(config, TOK.vocab_size)
+    assert tok.to_dict() == TOK.to_dict()
+
+
+def test_keeps_the_newest_n_plus_the_best(tmp_path):
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    vals = {1: 5.0, 2: 2.0, 3: 4.0, 4: None, 5: 3.0, 6: None}
+    save_steps(workdir, config, {s: (small_tree(s), v) for s, v in vals.items()})
+    assert on_disk(workdir) == [2, 5, 6]  # Newest two, plus the best (val loss 2.0).
+    params, _, _ = checkpoint.load_params(workdir, "best")
+    assert params["w"].tolist() == [2.0] * 3
+    assert checkpoint.load_params(workdir, 5)[0]["w"].tolist() == [5.0] * 3
+    # A later process (a resumed run) still knows which one is the best...
+    save_steps(workdir, config, {7: (small_tree(7), None)})
+    assert on_disk(workdir) == [2, 6, 7]
+    # ...until a better one arrives.
+    save_steps(workdir, config, {8: (small_tree(8), 1.0), 9: (small_tree(9), None)})
+    assert on_disk(workdir) == [8, 9]
+    with pytest.raises(UserError, match=r"no checkpoint for step 2 .*complete ones: 8, 9"):
+        checkpoint.load_params(workdir, 2)
+
+
+def test_config_changes_split_refused_from_allowed():
+    old = tiny_config().to_dict()
+    new = tiny_config(**{"model.num_layers": 3, "model.embed_dim": 64, "model.dropout": 0.1,
+                         "data.tokenizer": "byte", "train.num_steps": 99,
+                         "train.eval_every": 7, "train.resume_step": 5}).to_dict()
+    refused, allowed = checkpoint.config_changes(old, new)
+    assert refused == ["data.tokenizer: 'char' -> 'byte'", "model.embed_dim: 32 -> 64",
+                       "model.num_layers: 2 -> 3"]
+    assert allowed == ["model.dropout: 0.0 -> 0.1", "train.eval_every: 10 -> 7",
+                       "train.num_steps: 20 -> 99"]
+
+
+def test_resuming_with_a_different_model_shape_is_refused(tmp_path):
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {5: (fresh_state(config), None)})
+    changed = tiny_config(**{"model.num_heads": 4, "model.block_size": 32})
+    with pytest.raises(UserError) as e:
+        loop.train_and_evaluate(changed, workdir)
+    assert ("model.block_size: 16 -> 32; model.num_heads: 2 -> 4" in str(e.value)
+            and "checkpoints/5" in str(e.value)), str(e.value)
+
+
+def test_an_incomplete_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {1: (fresh_state(config), None), 2: (fresh_state(config), None)})
+    # What a crash mid-save leaves: a tmp folder with part of the files.
+    ckdir = os.path.join(workdir, "checkpoints")
+    tmp = os.path.join(ckdir, "3.orbax-checkpoint-tmp-1234")
+    os.makedirs(os.path.join(tmp, "state.orbax-checkpoint-tmp"))
+    with open(os.path.join(tmp, "state.orbax-checkpoint-tmp", "_METADATA"), "w") as f:
+        f.write('{"tree_metadata": {')  # Cut off mid-write.
+    capsys.readouterr()
+    with checkpoint.Checkpointer(workdir, 2) as ckpt:
+        assert ckpt.steps() == [1, 2]
+        assert ckpt.resume_point(config).step == 2
+    err = capsys.readouterr().err
+    assert f"skipping incomplete checkpoint {tmp}" in err, err
+    assert not os.path.exists(tmp)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_checkpoint_fails_clearly_and_an_earlier_one_can_be_chosen(
+        tmp_path, damage, capsys):
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    first, second = perturbed_state(config), fresh_state(config)
+    save_steps(workdir, config, {1: (first, None), 2: (second, None)})
+    for path in glob.glob(os.path.join(workdir, "checkpoints", "2", "state", "**", "d", "*"),
+                          recursive=True):
+        if damage == "delete":
+            os.remove(path)
+        else:
+            os.truncate(path, os.path.getsize(path) // 2)
+    with checkpoint.Checkpointer(workdir, 2) as ckpt:
+        resume = ckpt.resume_point(config)
+        with pytest.raises(UserError, match=r"checkpoints/2 could not be restored .*damaged"
+                                            r".*--config\.train\.resume_step=N \(N in 1\)"):
+            ckpt.restore_state(resume, fresh_state(config))
+    config.train.resume_step = 1
+    with checkpoint.Checkpointer(workdir, 2) as ckpt:
+        restored = ckpt.restore_state(ckpt.resume_point(config), fresh_state(config))
+    assert_trees_identical(restored, first)
+    assert on_disk(workdir) == [1]  # The damaged, newer one is gone.
+    assert "deleting checkpoints 2" in capsys.readouterr().err
+
+
+def test_resume_step_that_does_not_exist_lists_the_ones_that_do(tmp_path):
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {3: (small_tree(3), None), 6: (small_tree(6), None)})
+    config.train.resume_step = 4
+    with checkpoint.Checkpointer(workdir, 2) as ckpt:
+        with pytest.raises(UserError, match=r"resume_step=4: .*complete ones: 3, 6"):
+            ckpt.resume_point(config)
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda d: (os.makedirs(d), open(os.path.join(d, "notes.txt"), "w").close()),
+     "not from a smallgpt_jax run (notes.txt)"),
+    (lambda d: open(d, "w").close(), "is a file, not a directory"),
+    (lambda d: (os.makedirs(os.path.dirname(d), exist_ok=True),
+                open(os.path.join(os.path.dirname(d), "blocker"), "w").close()),
+     "cannot write to --workdir"),
+    (lambda d: (os.makedirs(os.path.join(d, "checkpoints", "backup")),),
+     "holds backup, which are not smallgpt_jax checkpoints"),
+])
+def test_a_foreign_or_unwritable_workdir_is_refused_before_training(tmp_path, setup, message):
+    workdir = str(tmp_path / "w")
+    setup(workdir)
+    if message.startswith("cannot write"):
+        workdir = str(tmp_path / "blocker" / "run")  # Its parent is a file.
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        loop.train_and_evaluate(tiny_config(), workdir)
+
+
+def train_config(corpus, **overrides):
+    """An even tinier model on the generated corpus, without text samples:
+    these tests are about the loop around the model, so compile it fast."""
+    return tiny_config(**{"data.path": corpus, "train.sample_tokens": 0,
+                          "model.num_layers": 1, "model.embed_dim": 16, "model.block_size": 8,
+                          "train.batch_size": 4, **overrides})
+
+
+def test_a_nan_stops_training_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+    # A learning rate this large blows the parameters up within a few steps.
+    config = train_config(corpus, **{
+        "train.learning_rate": 1e8, "train.warmup_steps": 0, "train.grad_clip": 0.0,
+        "train.checkpoint_every": 1, "train.log_every": 100, "train.eval_every": 100,
+        "train.num_steps": 30})
+    with pytest.raises(UserError, match=r"training diverged at step (\d+): ") as e:
+        loop.train_and_evaluate(config, workdir)
+    bad = int(e.value.args[0].split("step ")[1].split(":")[0])
+    message = str(e.value)
+    assert "last finite loss" in message and f"newest checkpoint is step {bad - 1}" in message
+    # A checkpoint every step, yet none from the broken state: the newest is the last good one.
+    assert on_disk(workdir)[-1] == bad - 1
+    params, _, _ = checkpoint.load_params(workdir)
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+
+
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+    config = train_config(corpus, **{"train.checkpoint_every": 2, "train.keep_checkpoints": 1,
+                                     "train.log_every": 1, "train.num_steps": 1000,
+                                     "train.eval_every": 1000})
+    real_write = ocp.JsonCheckpointHandler._save_fn
+
+    async def disk_full_from_step_4(self, item, directory):
+        if isinstance(item, dict) and item.get("step", 0) >= 4:  # Our `meta` item.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+        return await real_write(self, item, directory)
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", disk_full_from_step_4)
+    with pytest.raises(UserError, match=r"could not write checkpoint step 4 .*No space left on "
+                                        r"device.*newest complete checkpoint is step 2"):
+        loop.train_and_evaluate(config, workdir)
+    # keep_checkpoints=1, yet step 2 was not deleted for the save that failed.
+    assert on_disk(workdir) == [2]
+    params, _, _ = checkpoint.load_params(workdir)
+    assert jax.tree.leaves(params)
+
+
+def test_sigterm_saves_a_final_checkpoint_and_stops(tmp_path):
+    import threading
+    from smallgpt_jax.errors import Interrupted
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+    config = train_config(corpus, **{"train.checkpoint_every": 3, "train.log_every": 1,
+                                     "train.num_steps": 1000, "train.eval_every": 1000})
+
+    def send_sigterm_after_first_checkpoint():
+        while not (os.path.isdir(os.path.join(workdir, "checkpoints"))
+                   and on_disk(workdir)):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)  # A real signal, as a scheduler sends it.
+
+    threading.Thread(target=send_sigterm_after_first_checkpoint, daemon=True).start()
+    with pytest.raises(Interrupted) as e:
+        loop.train_and_evaluate(config, workdir)
+    stopped = int(str(e.value).split("at step ")[1].split(",")[0])
+    assert e.value.signum == signal.SIGTERM and "run the same command again" in str(e.value)
+    assert stopped in on_disk(workdir) and stopped > 3 - 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Handler put back.
+
+
+def test_cli_exits_with_128_plus_signal_after_an_interrupt(capsys):
+    from smallgpt_jax import cli
+    from smallgpt_jax.errors import Interrupted
+    with pytest.raises(SystemExit) as e:
+        with cli.user_errors():
+            raise Interrupted("stopped by SIGTERM at step 7, after saving checkpoint x/7; "
+                              "run the same command again to resume.", signal.SIGTERM)
+    assert e.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.startswith("stopped by SIGTERM at step 7")
+
+
+def read_losses(event_file):
+    """{step: train/loss} exactly as one process wrote them."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    out = {}
+    for raw in RawEventFileLoader(event_file).Load():
+        event = event_pb2.Event.FromString(raw)
+        for value in event.summary.value:
+            if value.tag == "train/loss":
+                out[event.step] = value.simple_value
+    return out
+
+
+def start_cli(args, log_path, devices=2, compile_cache=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if compile_cache:  # JAX's persistent cache: a later process skips compiling.
+        env.update(JAX_COMPILATION_CACHE_DIR=compile_cache,
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    log = open(log_path, "w")
+    return subprocess.Popen([sys.executable, "-m", "smallgpt_jax.main", *args], cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_sigkill_during_a_save_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """The bar: on CPU with the same device count, a run killed with SIGKILL
+    while a checkpoint is being written, then resumed, logs the same loss at
+    every step after the resume and ends with the same parameters, bit for bit."""
+    corpus = write_corpus(tmp_path / "text.txt")
+    steps = 24
+
+    def args(workdir):
+        # Dropout on, so the dropout keys derived from (seed, step) must match too;
+        # a checkpoint every step, so a save is almost always in flight.
+        return ["--config=configs/char_cpu.py", f"--workdir={workdir}",
+                f"--config.data.path={corpus}", "--config.model.num_layers=1",
+                "--config.model.num_heads=2", "--config.model.embed_dim=16",
+                "--config.model.block_size=8", "--config.model.dropout=0.1",
+                "--config.train.batch_size=4", f"--config.train.num_steps={steps}",
+                "--config.train.warmup_steps=3", "--config.train.log_every=1",
+                f"--config.train.eval_every={steps}", "--config.train.eval_steps=1",
+                "--config.train.sample_tokens=0", "--config.train.checkpoint_every=1"]
+
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    # The reference compiles on its own; the killed and resumed runs share a
+    # compile cache (saves time), so the comparison is between independent
+    # compilations too.
+    cache = str(tmp_path / "jax_cache")
+    reference = start_cli(args(whole), tmp_path / "whole.log")  # Runs alongside.
+    ckdir = os.path.join(killed, "checkpoints")
+    for attempt in range(3):  # The save can, rarely, finish between look and kill.
+        shutil.rmtree(killed, ignore_errors=True)
+        victim = start_cli(args(killed), tmp_path / "killed.log", compile_cache=cache)
+        deadline = time.time() + 240
+        while time.time() < deadline and victim.poll() is None:
+            names = os.listdir(ckdir) if os.path.isdir(ckdir) else []
+            done = [n for n in names if n.isdigit()]
+            saving = [n for n in names if ".orbax-checkpoint-tmp" in n]
+            if done and saving and max(map(int, done)) < steps - 5:
+                victim.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        assert victim.wait(timeout=60) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
+        cut_off = [n for n in os.listdir(ckdir) if ".orbax-checkpoint-tmp" in n]
+        if cut_off:
+            break
+    assert cut_off, "three kills in a row missed the save they aimed at"
+    events_before = set(glob.glob(os.path.join(killed, "events.out.tfevents.*")))
+
+    resumed = start_cli(args(killed), tmp_path / "resumed.log", compile_cache=cache)
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+    assert reference.wait(timeout=300) == 0, (tmp_path / "whole.log").read_text()
+    log = (tmp_path / "resumed.log").read_text()
+    assert f"skipping incomplete checkpoint {os.path.join(ckdir, cut_off[0])}" in log, log
+    start = int(log.split("resuming from checkpoint step ")[1].split()[0])
+    assert 1 <= start < steps
+
+    # The resumed process's own losses, step by step, against the uninterrupted run's.
+    (new_file,) = set(glob.glob(os.path.join(killed, "events.out.tfevents.*"))) - events_before
+    after = read_losses(new_file)
+    (whole_file,) = glob.glob(os.path.join(whole, "events.out.tfevents.*"))
+    reference_losses = read_losses(whole_file)
+    assert sorted(reference_losses) == list(range(1, steps + 1))
+    assert sorted(after) == list(range(start + 1, steps + 1))
+    assert after == {s: reference_losses[s] for s in after}
+    # TensorBoard's merged view drops what the killed process logged past the resume.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(killed, size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == sorted(
+        reference_losses.items())
+    # Final parameters, bit for bit.
+    (p_whole, _, _), (p_resumed, _, _) = (checkpoint.load_params(whole),
+                                         checkpoint.load_params(killed))
+    assert_trees_identical(p_resumed, p_whole)

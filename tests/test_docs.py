@@ -1,0 +1,352 @@
+"""The docs cannot silently rot: their code references, shapes and commands are checked.
+
+- Every `smallgpt_jax.module.name` in backticks must import and resolve, and
+  every repository path in backticks (`configs/char_cpu.py`) must exist.
+- Every named tensor with a shape (`x_BTD` [32, 64, 128]) must agree with the
+  letters' values for configs/char_cpu.py, and the generated shape table must
+  equal what `python -m smallgpt_jax.shapes` prints today.
+- Every ```bash block runs, top to bottom, as one `bash -e` script (see
+  docs/README.md, "How these pages are tested"): in its own scratch folder
+  that looks like the repository and holds a copy of one shared tiny trained
+  run in runs/char_cpu, with training commands shrunk to a tiny model and a
+  few steps. Blocks run two at a time. A block whose first line is
+  `# docs-test: skip (REASON)` is not run (e.g. it starts a server).
+  A `# expect: REGEX` line in a block must match the block's output.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import glob
+import importlib
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from conftest import ROOT, has_shakespeare
+
+DOCS = os.path.join(ROOT, "docs")
+PAGES = sorted(glob.glob(os.path.join(DOCS, "*.md")))
+
+# Training commands get these first (so a command's own values win) ...
+TINY = {"model.num_layers": 1, "model.num_heads": 2, "model.embed_dim": 32,
+        "model.block_size": 32, "train.batch_size": 8, "train.num_steps": 10,
+        "train.warmup_steps": 2, "train.eval_every": 10, "train.log_every": 5,
+        "train.checkpoint_every": 10, "train.eval_steps": 2, "train.sample_tokens": 20}
+# ... and then every step count a command gives is divided by this (rounded
+# up), so "train 200 steps, then continue to 400" keeps its meaning ...
+STEP_FIELDS = ("train.num_steps", "train.eval_every", "train.log_every",
+               "train.checkpoint_every", "train.warmup_steps")
+STEP_DIVISOR = 50
+# ... and these are capped.
+CAPS = {"train.eval_steps": 2, "train.sample_tokens": 20, "train.batch_size": 8}
+# Sweep trials get these, except fields the sweep file's get_sweep() names
+# (setting a swept field on the command line is an error; FIXED ones may be).
+SWEEP_EXTRA = {**TINY, "train.num_steps": 4, "train.eval_every": 4,
+               "train.checkpoint_every": 4, "train.warmup_steps": 1}
+SKIP = re.compile(r"^# docs-test: skip \((.+)\)$")
+EXPECT = re.compile(r"^# expect: (.+)$")
+REPO_ITEMS = ("configs", "smallgpt_jax", "tests", "experiments", "docs", "benchmarks",
+              "launch.sh", "pyproject.toml")
+
+
+def read(page: str) -> str:
+    with open(page, encoding="utf-8") as f:
+        return f.read()
+
+
+def bash_blocks(page: str) -> list[tuple[int, str]]:
+    """(line number, text) of every ```bash block of a page."""
+    text = read(page)
+    return [(text[:m.start()].count("\n") + 1, m.group(1))
+            for m in re.finditer(r"^```bash\n(.*?)^```", text, re.S | re.M)]
+
+
+def all_blocks():
+    out = []
+    for page in PAGES:
+        for line, block in bash_blocks(page):
+            out.append((f"{os.path.basename(page)}:{line}", block))
+    return out
+
+
+# ------------------------------------------------------------------ references
+
+def resolve(dotted: str):
+    """Imports the longest module prefix of `dotted` and getattr's the rest."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError as e:
+            if e.name and not ".".join(parts[:i]).startswith(e.name):
+                raise  # A module that exists failed to import one of its own imports.
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+def test_there_are_pages_in_reading_order_linked_from_the_index_and_readme():
+    names = [os.path.basename(p) for p in PAGES]
+    numbered = [n for n in names if re.match(r"\d\d-", n)]
+    assert len(numbered) >= 13, names
+    assert [int(n[:2]) for n in numbered] == list(range(1, len(numbered) + 1))
+    index = read(os.path.join(DOCS, "README.md"))
+    for n in numbered:
+        assert f"({n})" in index, f"docs/README.md does not link {n}"
+    assert "(docs/README.md)" in read(os.path.join(ROOT, "README.md"))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=os.path.basename)
+def test_code_references_resolve(page):
+    text = read(page)
+    refs = sorted(set(re.findall(r"`(smallgpt_jax(?:\.\w+)+)`", text)))
+    bad = []
+    for ref in refs:
+        try:
+            resolve(ref)
+        except (ImportError, AttributeError) as e:
+            bad.append(f"{ref} ({type(e).__name__}: {e})")
+    assert not bad, "unresolved references:\n" + "\n".join(bad)
+    folders = "|".join(item for item in REPO_ITEMS if "." not in item)
+    paths = set(re.findall(r"`((?:%s)/[\w./-]+|launch\.sh|pyproject\.toml)`" % folders, text))
+    missing = [p for p in sorted(paths) if not os.path.exists(os.path.join(ROOT, p.split("::")[0]))]
+    assert not missing, f"paths that do not exist: {missing}"
+    # Relative links between pages and to images.
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+        assert os.path.exists(os.path.join(DOCS, target)), f"broken link {target}"
+
+
+# ---------------------------------------------------------------------- shapes
+
+@functools.cache
+def letter_values() -> dict[str, int]:
+    """The shape letters' values for configs/char_cpu.py (V: Tiny Shakespeare's 65 characters)."""
+    from smallgpt_jax.config import base_config  # noqa: F401 (configs import it)
+    spec = importlib.util.spec_from_file_location("char_cpu", os.path.join(ROOT, "configs", "char_cpu.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    m = c.model
+    return {"B": c.train.batch_size, "T": m.block_size, "S": m.block_size, "D": m.embed_dim,
+            "H": m.num_heads, "K": m.embed_dim // m.num_heads, "V": 65,
+            "F": m.mlp_ratio * m.embed_dim, "L": m.num_layers, "A": c.train.grad_accum_steps}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=os.path.basename)
+def test_named_tensor_shapes_match_char_cpu(page):
+    values = letter_values()
+    wrong = []
+    for lineno, line in enumerate(read(page).splitlines(), 1):
+        for name, letters, dims in re.findall(
+                r"`(\w+?)_([A-Z]+)`[^`\[\n]{0,24}\[(\d+(?:, \d+)*)\]", line):
+            expected = [values[ch] for ch in letters]
+            if [int(d) for d in dims.split(", ")] != expected:
+                wrong.append(f"line {lineno}: {name}_{letters} [{dims}] should be {expected}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_generated_shape_tables_are_current():
+    from smallgpt_jax.config import base_config  # noqa: F401
+    checked = 0
+    for page in PAGES:
+        text = read(page)
+        for m in re.finditer(r"<!-- shapes: python -m smallgpt_jax\.shapes (.*?) -->\n(.*?)"
+                             r"<!-- /shapes -->", text, re.S):
+            proc = subprocess.run([sys.executable, "-m", "smallgpt_jax.shapes",
+                                   *m.group(1).split()], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=180)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert m.group(2).strip() == proc.stdout.strip(), (
+                f"{os.path.basename(page)}: the shape table is out of date; paste the output "
+                f"of `python -m smallgpt_jax.shapes {m.group(1)}` between the markers.")
+            checked += 1
+    assert checked >= 1
+
+
+# -------------------------------------------------------------------- commands
+
+def logical_lines(block: str) -> list[str]:
+    """The block's lines with backslash continuations joined."""
+    return block.replace("\\\n", " ").splitlines()
+
+
+def _flag_value(arg: str):
+    key, _, value = arg[len("--config."):].partition("=")
+    return key, value
+
+
+def shrink(line: str) -> str:
+    """A docs command as the test runs it: tiny model, few steps."""
+    trains = re.search(r"(python -m smallgpt_jax\.main|\./launch\.sh configs/)", line)
+    sweeps = re.search(r"(python -m smallgpt_jax\.sweep|\./launch\.sh experiments/)", line)
+    if not (trains or sweeps):
+        return line
+    words = line.split(" ")
+    out = []
+    for w in words:
+        if w.startswith("--config.") and "=" in w:
+            key, value = _flag_value(w)
+            if key in STEP_FIELDS and value.isdigit():
+                w = f"--config.{key}={max(1, math.ceil(int(value) / STEP_DIVISOR))}"
+            elif key in CAPS and value.isdigit():
+                w = f"--config.{key}={min(int(value), CAPS[key])}"
+        out.append(w)
+    given = {_flag_value(w)[0] for w in out if w.startswith("--config.")}
+    if sweeps:
+        sweep_file = next(w for w in out if w.startswith("experiments/"))
+        with open(os.path.join(ROOT, sweep_file), encoding="utf-8") as f:
+            text = f.read()
+        named = text[text.find("def get_sweep"):]
+        extra = [f"--config.{k}={v}" for k, v in SWEEP_EXTRA.items()
+                 if k not in given and f'"{k}"' not in named]
+        return " ".join(out + extra)
+    # Insert the tiny defaults right after the config file (the command's own flags win).
+    i = 1 + next(j for j, w in enumerate(out)
+                 if w.startswith("--config=") or w.startswith("configs/"))
+    tiny = [f"--config.{k}={v}" for k, v in TINY.items()]
+    return " ".join(out[:i] + tiny + out[i:])
+
+
+def runnable(block: str) -> tuple[str, list[str]] | None:
+    """(script, expected regexes), or None for a block marked as not run."""
+    lines = block.splitlines()
+    if lines and SKIP.match(lines[0]):
+        return None
+    expects = [m.group(1) for line in lines if (m := EXPECT.match(line.strip()))]
+    script = "\n".join(shrink(line) for line in logical_lines(block))
+    return script, expects
+
+
+def make_sandbox(path: str, shared_run: str | None) -> str:
+    """A folder that looks like the repository (links), with its own runs/."""
+    os.makedirs(os.path.join(path, "runs"))
+    for item in REPO_ITEMS:
+        if os.path.exists(os.path.join(ROOT, item)):
+            os.symlink(os.path.join(ROOT, item), os.path.join(path, item))
+    if shared_run:
+        shutil.copytree(shared_run, os.path.join(path, "runs", "char_cpu"), symlinks=True)
+    return path
+
+
+def run_script(script: str, cwd: str, timeout: int = 600) -> tuple[int, str, float]:
+    """(exit status, output, CPU seconds) of `bash -e` running `script` in `cwd`.
+
+    CPU seconds (of bash and everything it ran) rather than wall time: on a
+    shared machine they say how long the block takes on a quiet one."""
+    bin_dir = os.path.join(os.path.dirname(cwd), "bin")
+    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ["PATH"],
+               PYTHONUNBUFFERED="1", PYTHONPATH=cwd,
+               # One compilation cache for all blocks: a program compiled once
+               # (the same tiny model's train step, say) is reused by later
+               # commands, which cuts the test's time by more than half.
+               JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(cwd), "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+               # Tiny programs: compiling them fast matters, running them fast
+               # does not (this halves the compile time on a CPU).
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                          " --xla_backend_optimization_level=0").strip())
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(["bash", "-e", "-o", "pipefail", "-c", script], cwd=cwd,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.time() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                log.write(f"\ntimed out after {timeout}s")
+                break
+            time.sleep(0.2)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        return proc.returncode, log.read(), usage.ru_utime + usage.ru_stime
+
+
+BLOCKS = all_blocks()
+CANONICAL_RUN = "python -m smallgpt_jax.main --config=configs/char_cpu.py --workdir=runs/char_cpu"
+
+
+@pytest.fixture(scope="session")
+def block_results(request, tmp_path_factory):
+    """Runs every selected block once, two at a time: {block id: (rc, output, CPU seconds)}.
+
+    Selected: the blocks whose test pytest is about to run (so `-k 04-attention`
+    runs only that page's blocks)."""
+    selected = {item.callspec.params["block_id"] for item in request.session.items
+                if "block_id" in getattr(getattr(item, "callspec", None), "params", {})}
+    if not has_shakespeare():
+        pytest.skip("the docs commands train on Tiny Shakespeare; set SMALLGPT_DATA_DIR")
+    base = str(tmp_path_factory.mktemp("docs"))
+    os.makedirs(os.path.join(base, "bin"))
+    # `python` in the commands is this interpreter (a wrapper, not a link, so a
+    # virtual environment's python still finds its packages).
+    wrapper = os.path.join(base, "bin", "python")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    os.chmod(wrapper, 0o755)
+    shared = make_sandbox(os.path.join(base, "shared"), None)
+    rc, out, _ = run_script(shrink(CANONICAL_RUN), shared)
+    assert rc == 0, f"training the shared tiny run failed:\n{out[-3000:]}"
+    jobs = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for i, (block_id, block) in enumerate(BLOCKS):
+            spec = runnable(block)
+            if spec is None or block_id not in selected:
+                continue
+            box = make_sandbox(os.path.join(base, f"block{i:02d}"),
+                               os.path.join(shared, "runs", "char_cpu"))
+            jobs[block_id] = pool.submit(run_script, spec[0], box)
+        results = {block_id: job.result() for block_id, job in jobs.items()}
+    print("\ndocs blocks, CPU seconds: " + ", ".join(
+        f"{block_id} {cpu:.0f}" for block_id, (_, _, cpu) in results.items())
+        + f"; total {sum(r[2] for r in results.values()):.0f}")
+    return results
+
+
+def test_skipped_blocks_say_why():
+    for block_id, block in BLOCKS:
+        first = block.splitlines()[0] if block.strip() else ""
+        if first.startswith("# docs-test"):
+            assert SKIP.match(first), f"{block_id}: write '# docs-test: skip (REASON)'"
+
+
+@pytest.mark.parametrize("block_id,block", [b for b in BLOCKS if runnable(b[1])],
+                         ids=[b[0] for b in BLOCKS if runnable(b[1])])
+def test_docs_commands_run(block_results, block_id, block):
+    rc, out, cpu = block_results[block_id]
+    script, expects = runnable(block)
+    assert rc == 0, f"{block_id} failed (exit {rc}, {cpu:.0f} CPU s):\n{script}\n--- output ---\n{out[-4000:]}"
+    for pattern in expects:
+        assert re.search(pattern, out), f"{block_id}: output does not match {pattern!r}:\n{out[-3000:]}"
+
+
+def test_shrink_keeps_commands_meaning():
+    line = ("python -m smallgpt_jax.main --config=configs/char_cpu.py --workdir=runs/x "
+            "--config.train.num_steps=400 --config.model.pos_encoding=rope "
+            "--config.train.eval_steps=50 --config.model.num_layers=3")
+    out = shrink(line).split()
+    assert out[:3] == ["python", "-m", "smallgpt_jax.main"]
+    # The command's own values come after the tiny defaults, so they win.
+    assert out.index("--config.model.num_layers=3") > out.index("--config.model.num_layers=1")
+    assert "--config.train.num_steps=8" in out and "--config.train.eval_steps=2" in out
+    assert "--config.model.pos_encoding=rope" in out
+    assert shrink("python -m pytest -q tests/test_model.py") == "python -m pytest -q tests/test_model.py"
+    if os.path.exists(os.path.join(ROOT, "experiments", "depth_sweep.py")):
+        sweep = shrink("python -m smallgpt_jax.sweep experiments/depth_sweep.py --parallel=2")
+        # FIXED sets num_steps=500 in the file; the command line may override it.
+        assert "--config.train.num_steps=4" in sweep and "--config.model.embed_dim=32" in sweep
+        assert "model.num_layers" not in sweep  # The sweep varies it.

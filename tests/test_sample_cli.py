@@ -1,0 +1,135 @@
+"""The sampling command line (`python -m smallgpt_jax.sample`), run as a
+subprocess: one-line errors for bad flags, and samples that match the library."""
+
+import os
+
+import jax
+import pytest
+
+from conftest import ROOT, run_cli
+from smallgpt_jax import sampling
+from smallgpt_jax.tokenizer import CharTokenizer, save as save_tokenizer
+from test_sampling import random_model
+
+CHARS = "\n :EMORabcd"  # 11 characters: the random model's vocabulary.
+TESTS = os.path.join(ROOT, "tests")
+
+
+def run_sample(args):
+    return run_cli(args, module="smallgpt_jax.sample")
+
+
+def run_with_stand_in(args):
+    """The CLI with tests/sample_stand_in.py in place of smallgpt_jax.checkpoint."""
+    return run_cli(args, module="sample_stand_in", env_extra={"PYTHONPATH": TESTS})
+
+
+def assert_one_clear_line(proc, message):
+    err = proc.stderr.strip()
+    assert proc.returncode != 0
+    assert "Traceback" not in err, err[-2000:]
+    assert message in err, err[-2000:]
+    assert len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--top_k=0"], "top_k=0 must be at least 1"),
+    (["--top_k=-5"], "top_k=-5 must be at least 1"),
+    (["--top_p=0"], "top_p=0.0 must be in (0, 1]"),
+    (["--top_p=1.5"], "top_p=1.5 must be in (0, 1]"),
+    (["--temperature=-1"], "temperature=-1.0 must be >= 0"),
+    (["--max_new_tokens=-1"], "max_new_tokens=-1 must be 0 or more"),
+    (["--num_samples=0"], "num_samples=0 must be at least 1"),
+    (["--slide_step=0"], "slide_step=0 must be at least 1"),
+    (["--step=last"], "--step='last' must be 'latest', 'best' or a step number"),
+    (["--top_k=many"], "top_k"),
+    (["extra"], "unexpected arguments 'extra'"),
+])
+def test_bad_flags_give_one_clear_line(flags, message, tmp_path):
+    # The workdir does not even exist: flags are checked before anything else.
+    assert_one_clear_line(run_sample([f"--workdir={tmp_path / 'none'}", *flags]), message)
+
+
+def test_missing_workdir_and_output_folder(tmp_path):
+    assert_one_clear_line(run_sample([]), "--workdir")
+    assert_one_clear_line(run_sample([f"--workdir={tmp_path / 'none'}"]),
+                          f"workdir {tmp_path / 'none'} does not exist")
+    assert_one_clear_line(run_sample([f"--workdir={tmp_path}", "--output=/no/such/dir/x.txt"]),
+                          "folder /no/such/dir does not exist")
+
+
+def test_prompt_characters_are_checked_before_loading(tmp_path):
+    # Only a tokenizer, no checkpoint: the prompt must fail before any loading.
+    save_tokenizer(CharTokenizer(CHARS), str(tmp_path / "tokenizer.json"))
+    proc = run_sample([f"--workdir={tmp_path}", "--prompt=JULIET: hi"])
+    assert_one_clear_line(proc, "prompt: 7 character(s) not in the vocabulary: "
+                                "'I', 'J', 'L', 'T', 'U', 'h', 'i'")
+    assert "e.g. ' :EMORabcd'" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    import sample_stand_in  # noqa: E402 (tests/ is on sys.path under pytest)
+    cfg, params = random_model()
+    workdir = str(tmp_path_factory.mktemp("run"))
+    sample_stand_in.save(workdir, params, cfg, CharTokenizer(CHARS))
+    return workdir, params, cfg, CharTokenizer(CHARS)
+
+
+def expected_output(texts):
+    return "".join(f"--- sample {i + 1} of {len(texts)} ---\n{t}\n" for i, t in enumerate(texts))
+
+
+def test_streamed_samples_match_the_library(saved_model):
+    workdir, params, cfg, tok = saved_model
+    proc = run_with_stand_in([f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=40",
+                              "--num_samples=2", "--temperature=0.8", "--top_k=5",
+                              "--top_p=0.95", "--seed=3", "--step=best"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    texts = sampling.sample_texts(params, cfg, tok, "ROMEO:", 40, 3, num_samples=2,
+                                  temperature=0.8, top_k=5, top_p=0.95)
+    assert proc.stdout == expected_output(texts)
+    assert texts[0] != texts[1] and len(texts[0]) == len("ROMEO:") + 40  # 40 > block_size.
+    assert "stand-in load_params(step='best')" in proc.stderr
+    assert "80 tokens in" in proc.stderr and "KV cache" in proc.stderr
+
+
+def test_uncached_greedy_to_a_file_matches_the_library(saved_model, tmp_path):
+    workdir, params, cfg, tok = saved_model
+    out = tmp_path / "samples.txt"
+    proc = run_with_stand_in([f"--workdir={workdir}", "--prompt=", "--max_new_tokens=30",
+                              "--temperature=0", "--use_cache=false", "--slide_step=4",
+                              "--step=7", f"--output={out}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == ""
+    texts = sampling.sample_texts(params, cfg, tok, "", 30, 0, temperature=0.0,
+                                  slide_step=4)
+    assert out.read_text(encoding="utf-8") == expected_output(texts)
+    assert "stand-in load_params(step=7)" in proc.stderr and "no cache" in proc.stderr
+
+
+def test_a_real_checkpoint_end_to_end(tmp_path):
+    """Train a tiny run with the training CLI, then sample it (needs the real
+    smallgpt_jax.checkpoint, which lives on its own branch until merged)."""
+    pytest.importorskip("smallgpt_jax.checkpoint")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ROMEO: What light through yonder window breaks?\n" * 40)
+    workdir = tmp_path / "run"
+    proc = run_cli(["--config=configs/char_cpu.py", f"--workdir={workdir}",
+                    f"--config.data.path={corpus}", "--config.model.num_layers=1",
+                    "--config.model.block_size=16", "--config.train.batch_size=8",
+                    "--config.train.num_steps=20", "--config.train.eval_every=10",
+                    "--config.train.eval_steps=1", "--config.train.checkpoint_every=10",
+                    "--config.train.sample_tokens=10"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_sample([f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=20",
+                       "--num_samples=2", "--temperature=0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "--- sample 1 of 2 ---" and "--- sample 2 of 2 ---" in lines
+    assert lines[1].startswith("ROMEO:")
+
+
+def test_a_workdir_without_checkpoint_is_one_line(tmp_path):
+    pytest.importorskip("smallgpt_jax.checkpoint")
+    assert_one_clear_line(run_sample([f"--workdir={tmp_path}"]), str(tmp_path))

@@ -1,0 +1,225 @@
+"""Sweeps: the helpers, the checks before any trial runs, and a tiny sweep
+run end to end (results table, TensorBoard hparams, relaunch)."""
+
+import csv
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli
+from smallgpt_jax import sweep
+from smallgpt_jax.errors import UserError
+
+
+def test_values_product_and_zip():
+    lr = sweep.values("train.learning_rate", [1e-3, 3e-3])
+    assert lr == [{"train.learning_rate": 1e-3}, {"train.learning_rate": 3e-3}]
+    grid = sweep.product(lr, sweep.values("model.dropout", [0.0, 0.1, 0.2]))
+    assert len(grid) == 6
+    assert {(g["train.learning_rate"], g["model.dropout"]) for g in grid} == {
+        (a, b) for a in (1e-3, 3e-3) for b in (0.0, 0.1, 0.2)}
+    paired = sweep.zip(sweep.values("model.num_layers", [2, 4]),
+                       sweep.values("model.embed_dim", [64, 128]))
+    assert paired == [{"model.num_layers": 2, "model.embed_dim": 64},
+                      {"model.num_layers": 4, "model.embed_dim": 128}]
+    with pytest.raises(UserError, match="train.learning_rate is set by two"):
+        sweep.product(lr, lr)
+    with pytest.raises(UserError, match="one length"):
+        sweep.zip(lr, sweep.values("model.dropout", [0.0]))
+
+
+def test_trial_names_come_from_the_overrides():
+    keys = ["train.learning_rate", "model.dropout"]
+    assert sweep.trial_name({"train.learning_rate": 3e-4, "model.dropout": 0.1}, keys) == \
+        "learning_rate=0.0003,dropout=0.1"
+    assert sweep.trial_name({}, keys) == "base"
+    # Two swept fields with the same last name keep their full names.
+    assert sweep.trial_name({"model.dropout": 0.1, "train.dropout": 0.2},
+                            ["model.dropout", "train.dropout"]) == \
+        "model.dropout=0.1,train.dropout=0.2"
+    assert sweep.trial_name({"data.path": "/a b/c.txt"}, ["data.path"]) == "path=-a-b-c.txt"
+
+
+def write_sweep(tmp_path, body, name="exp"):
+    path = tmp_path / f"{name}.py"
+    path.write_text("from smallgpt_jax import sweep\nCONFIG = 'configs/char_cpu.py'\n" + body)
+    return str(path)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("", "has no get_sweep() function"),
+    ("def get_sweep():\n    return sweep.values('train.learnig_rate', [1e-3])\n",
+     "no field train.learnig_rate (did you mean train.learning_rate?)"),
+    ("def get_sweep():\n    return [{'model.num_layers': 2.5}]\n",
+     "model.num_layers=2.5 has type float, but the field's type is int"),
+    ("def get_sweep():\n    return [{'model.num_heads': 3}]\n",
+     "trial 1 (num_heads=3): config.model.embed_dim=128 is not divisible"),
+    ("def get_sweep():\n    return [{'model.dropout': 0.1}, {'model.dropout': 0.1}]\n",
+     "trials 1 and 2 have the same overrides"),
+    ("FIXED = {'model.dropout': 0.2}\ndef get_sweep():\n    return [{'model.dropout': 0.1}]\n",
+     "model.dropout is both swept and fixed"),
+    ("FIXED = {'train.num_step': 5}\ndef get_sweep():\n    return [{}]\n",
+     "FIXED: the config has no field train.num_step (did you mean train.num_steps?)"),
+    ("def get_sweep():\n    return []\n", "must return a non-empty list of dicts"),
+    ("def get_sweep():\n    return 1 / 0\n", "get_sweep() failed: ZeroDivisionError"),
+    ("CONFIG = 'configs/missing.py'\ndef get_sweep():\n    return [{}]\n",
+     "CONFIG = 'configs/missing.py' does not exist"),
+])
+def test_experiment_is_checked_before_any_trial(tmp_path, body, message):
+    with pytest.raises(UserError) as e:
+        sweep.load_experiment(write_sweep(tmp_path, body), str(tmp_path / "runs"))
+    assert message in str(e.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_sweep_file_and_bad_command_line_values(tmp_path):
+    with pytest.raises(UserError, match="sweep file .*nope.py does not exist"):
+        sweep.load_experiment(str(tmp_path / "nope.py"))
+    path = write_sweep(tmp_path, "def get_sweep():\n    return [{'model.dropout': 0.1}]\n")
+    with pytest.raises(UserError, match="no field model.num_layer "):
+        sweep.load_experiment(path, cli_overrides=["model.num_layer=2"])
+    with pytest.raises(UserError, match="'x' is not a valid int"):
+        sweep.load_experiment(path, cli_overrides=["model.num_layers=x"])
+    exp = sweep.load_experiment(path, cli_overrides=["model.num_layers=2",
+                                                     "model.use_bias=false"])
+    assert "--config.model.num_layers=2" in exp.trials[0].command
+    assert "--config.model.use_bias=False" in exp.trials[0].command
+
+
+def test_shipped_experiments_are_valid(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    lr = sweep.load_experiment("experiments/lr_sweep.py", "runs")
+    assert [t.overrides["train.learning_rate"] for t in lr.trials] == [3e-4, 1e-3, 3e-3, 1e-2]
+    assert lr.trials[0].workdir == os.path.join("runs", "lr_sweep", "learning_rate=0.0003")
+    assert all(t.num_steps == 500 for t in lr.trials)
+    depth = sweep.load_experiment("experiments/depth_sweep.py", "runs")
+    assert len(depth.trials) == 6 and depth.keys == ["model.num_layers", "model.pos_encoding"]
+    assert "num_layers=4,pos_encoding=rope" in [t.name for t in depth.trials]
+
+
+def test_a_trial_is_finished_when_its_summary_has_all_steps(tmp_path):
+    path = write_sweep(tmp_path, "def get_sweep():\n    return [{'train.num_steps': 4}]\n")
+    trial = sweep.load_experiment(path, str(tmp_path / "runs")).trials[0]
+    assert not sweep.is_finished(trial)
+    os.makedirs(trial.workdir)
+    summary = os.path.join(trial.workdir, "summary.json")
+    with open(summary, "w") as f:
+        json.dump({"steps": 2}, f)  # e.g. the same trial once run with fewer steps.
+    assert not sweep.is_finished(trial)
+    with open(summary, "w") as f:
+        json.dump({"steps": 4}, f)
+    assert sweep.is_finished(trial)
+
+
+def test_bad_sweep_on_the_command_line_is_one_line(tmp_path):
+    path = write_sweep(tmp_path, "def get_sweep():\n    return sweep.values('model.layers', [1])\n")
+    proc = run_cli([path, f"--runs_dir={tmp_path / 'runs'}"], module="smallgpt_jax.sweep")
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert "no field model.layers" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def hparams_records(directory):
+    """The hparams plugin's records in a run's event files: {tag: content}."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    records = {}
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for raw in RawEventFileLoader(path).Load():
+            for value in event_pb2.Event.FromString(raw).summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    records[value.tag] = value.metadata.plugin_data.content
+    return records
+
+
+def test_tiny_sweep_end_to_end(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+    words = ["to", "be", "or", "not", "that", "is", "the", "question"]
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(500)) + "\n")
+    fixed = {"data.path": str(corpus), "model.num_layers": 1, "model.embed_dim": 32,
+             "model.num_heads": 2, "model.block_size": 16, "train.batch_size": 8,
+             "train.num_steps": 4, "train.warmup_steps": 2, "train.log_every": 2,
+             "train.eval_every": 2, "train.eval_steps": 2, "train.sample_tokens": 8}
+    path = write_sweep(tmp_path, f"FIXED = {fixed!r}\n" + (
+        "def get_sweep():\n"
+        "    # The last trial fails: its validation text is shorter than the context.\n"
+        "    return sweep.values('train.learning_rate', [1e-3, 1e-2]) + "
+        "[{'data.train_fraction': 0.9999}]\n"), name="tiny")
+    runs = tmp_path / "runs"
+    args = [path, f"--runs_dir={runs}", "--parallel=2"]
+    # Trials inherit the environment; less LLVM optimization compiles faster.
+    env = {"XLA_FLAGS": "--xla_backend_optimization_level=0 "
+                        "--xla_llvm_disable_expensive_passes=true"}
+    proc = run_cli(args, env_extra=env, module="smallgpt_jax.sweep", timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 of 3 trial(s) failed: train_fraction=0.9999" in proc.stderr
+    assert "fewer than block_size+1" in proc.stdout  # The failed trial's reason.
+
+    sweep_dir = runs / "tiny"
+    with open(sweep_dir / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["trial"] for r in rows[2:]] == ["train_fraction=0.9999"]
+    assert rows[2]["status"] == "failed (exit 2)" and rows[2]["best_val_loss"] == ""
+    assert {r["trial"] for r in rows[:2]} == {"learning_rate=0.001", "learning_rate=0.01"}
+    best = [float(r["best_val_loss"]) for r in rows[:2]]
+    assert best == sorted(best) and all(0 < b < 10 for b in best)  # Best first.
+    for row in rows[:2]:
+        assert row["status"] == "done" and row["steps"] == "4"
+        summary = json.loads((sweep_dir / row["trial"] / "summary.json").read_text())
+        assert summary["eval/best_val_loss"] == pytest.approx(float(row["best_val_loss"]),
+                                                              abs=1e-4)
+    assert "| trial" in (sweep_dir / "summary.md").read_text()
+
+    # TensorBoard: the sweep names its varied fields; each trial records its values.
+    exp = metadata.parse_experiment_plugin_data(
+        hparams_records(str(sweep_dir))["_hparams_/experiment"])
+    assert [h.name for h in exp.hparam_infos] == ["train.learning_rate", "data.train_fraction"]
+    assert "eval/best_val_loss" in [m.name.tag for m in exp.metric_infos]
+    start = metadata.parse_session_start_info_plugin_data(
+        hparams_records(str(sweep_dir / "learning_rate=0.01"))["_hparams_/session_start_info"])
+    assert start.hparams["train.learning_rate"].number_value == pytest.approx(1e-2)
+    assert start.hparams["model.num_layers"].number_value == 1
+
+    # Launching again runs only what is not finished.
+    finished = sweep_dir / "learning_rate=0.001" / "summary.json"
+    mtime = finished.stat().st_mtime
+    dry = run_cli(args + ["--dry-run"], module="smallgpt_jax.sweep")
+    assert dry.returncode == 0 and "(2 already finished)" in dry.stdout
+    assert dry.stdout.count("# finished: ") == 2
+    again = run_cli(args, env_extra=env, module="smallgpt_jax.sweep", timeout=600)
+    assert again.returncode == 1
+    assert "[1/1] started train_fraction=0.9999" in again.stdout
+    assert finished.stat().st_mtime == mtime
+    log = (sweep_dir / "train_fraction=0.9999" / "train.log").read_text()
+    assert log.count("\n=== ") == 2  # Both attempts, appended.
+
+
+def test_launch_script_dispatches(tmp_path):
+    import subprocess
+    import sys
+
+    def launch(*args):
+        env = dict(os.environ, PYTHON=sys.executable)
+        return subprocess.run(["bash", os.path.join(ROOT, "launch.sh"), *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+    help_ = launch("--help")
+    assert help_.returncode == 0
+    for text in ("experiments/NAME.py", "--parallel=N", "tensorboard", "--coordinator=HOST:PORT",
+                 "--multihost"):
+        assert text in help_.stdout
+    dry = launch("experiments/depth_sweep.py", "--dry-run", f"--runs_dir={tmp_path}")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("-m smallgpt_jax.main --config=configs/char_cpu.py") == 6
+    for args, message in [(["configs/nope.py"], "config file configs/nope.py does not exist"),
+                          (["--multihost", "experiments/lr_sweep.py"], "a sweep runs its trials"),
+                          (["nonsense"], "don't know what to do with 'nonsense'")]:
+        proc = launch(*args)
+        assert proc.returncode == 2 and proc.stderr.strip() == proc.stderr.strip().splitlines()[0]
+        assert message in proc.stderr

@@ -1,0 +1,209 @@
+"""Pictures: attention maps (right numbers, one panel per layer and head),
+loss curves read back from event files, and the embedding PCA."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_cli, tiny_config
+from smallgpt_jax import reporting, viz
+from smallgpt_jax.errors import UserError
+from smallgpt_jax.model import GPT, model_config
+from smallgpt_jax.tokenizer import CharTokenizer
+
+TEXT = "to be or not to be\nthat is the question"
+
+
+def make(overrides=None, layers=2, heads=2):
+    tok = CharTokenizer.from_text(TEXT)
+    c = tiny_config(**{"model.num_layers": layers, "model.num_heads": heads,
+                       **(overrides or {})})
+    cfg = model_config(c, tok.vocab_size)
+    params = GPT(cfg).init(jax.random.key(3), jnp.zeros((1, cfg.block_size), jnp.int32))
+    return cfg, params["params"], tok
+
+
+def first_layer_attention_by_hand(params_block0, params, cfg, ids):
+    """Layer 0's attention recomputed from the weights with numpy (pre-norm,
+    learned positions, LayerNorm): softmax(q k^T / sqrt(K)) under the mask."""
+    p = jax.tree_util.tree_map(np.asarray, params_block0)
+    x = np.asarray(params["token_embed"]["embedding"])[ids] + np.asarray(
+        params["pos_embed"])[:len(ids)]
+    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    x = x * p["norm1"]["scale"] + p["norm1"]["bias"]
+    qkv = np.einsum("td,dchk->tchk", x, p["attn"]["qkv"]["kernel"]) + p["attn"]["qkv"]["bias"]
+    q, k = qkv[:, 0], qkv[:, 1]  # [T, H, K]
+    scores = np.einsum("thk,shk->hts", q, k) / math.sqrt(q.shape[-1])
+    T = len(ids)
+    scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"model.scan_layers": True},
+                                       {"model.attention": "fused"}])
+def test_attention_maps_are_causal_distributions_and_match_the_maths(overrides):
+    cfg, params, tok = make(overrides, layers=3, heads=2)
+    ids = tok.encode("to be or not")
+    att = viz.attention_maps(params, cfg, ids)
+    T = len(ids)
+    assert att.shape == (3, 2, T, T)
+    np.testing.assert_allclose(att.sum(-1), 1.0, atol=1e-5)  # Each row is a distribution.
+    above = np.triu(np.ones((T, T), bool), k=1)
+    assert np.all(att[..., above] == 0.0)  # Nothing attends to the future.
+    assert np.all(att[..., ~above] > 0.0)  # ... and everything to its whole past.
+    block0 = (jax.tree_util.tree_map(lambda p: p[0], params["blocks"]["block"])
+              if cfg.scan_layers else params["block_0"])
+    np.testing.assert_allclose(att[0], first_layer_attention_by_hand(block0, params, cfg, ids),
+                               rtol=1e-4, atol=1e-6)
+    # Layers differ (the stacked scan params were split per layer, not repeated).
+    assert not np.allclose(att[0], att[1])
+
+
+def test_attention_uses_only_the_last_block_size_tokens():
+    cfg, params, tok = make()
+    ids = tok.encode(TEXT)
+    assert len(ids) > cfg.block_size
+    att = viz.attention_maps(params, cfg, ids)
+    assert att.shape[-1] == cfg.block_size
+    np.testing.assert_allclose(att, viz.attention_maps(params, cfg, ids[-cfg.block_size:]))
+
+
+def test_attention_grid_has_one_panel_per_layer_and_head_showing_the_weights():
+    cfg, params, tok = make(layers=3, heads=2)
+    fig, att = viz.plot_attention(params, cfg, tok, "not to be")
+    assert len(fig.axes) == 3 * 2
+    titles = sorted(ax.get_title() for ax in fig.axes)
+    assert titles == sorted(f"layer {l} head {h}" for l in range(3) for h in range(2))
+    for ax in fig.axes:
+        l, h = (int(w) for w in ax.get_title().split()[1::2])
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), att[l, h])
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == ["n", "o", "t", "␣", "t", "o", "␣", "b", "e"]
+
+
+def test_figure_to_array_is_an_rgb_image_of_the_figure_size():
+    cfg, params, tok = make()
+    fig, _ = viz.plot_attention(params, cfg, tok, "that is")
+    img = viz.figure_to_array(fig)
+    w, h = fig.get_size_inches() * fig.dpi
+    assert img.dtype == np.uint8 and img.shape == (round(h), round(w), 3)
+    assert img.min() < 100 and img.max() == 255  # Dark panels on a white page.
+
+
+def test_prompt_with_unknown_characters_is_a_user_error():
+    cfg, params, tok = make()
+    with pytest.raises(UserError, match="not in the vocabulary"):
+        viz.plot_attention(params, cfg, tok, "XYZ")
+
+
+def test_curves_read_back_the_scalars_and_the_resumed_value_wins(tmp_path):
+    w = reporting.Writer(str(tmp_path))
+    for step in (10, 20, 30):
+        w.scalars(step, {"train/loss": 4.0 - step / 10, "eval/val_loss": 5.0 - step / 10})
+    w.close()
+    # A resumed run writes step 30 again, into a second event file (named
+    # apart: tensorboardX names files by the second they were opened in).
+    from tensorboardX import SummaryWriter
+    w = SummaryWriter(str(tmp_path), filename_suffix=".resumed")
+    for step, loss in ((30, 0.5), (40, 0.25)):
+        w.add_scalar("train/loss", loss, step)
+        w.add_scalar("eval/val_loss", loss + 1.0, step)
+    w.close()
+    scalars = viz.read_scalars(str(tmp_path))
+    steps, values = scalars["train/loss"]
+    assert steps.tolist() == [10, 20, 30, 40]
+    np.testing.assert_allclose(values, [3.0, 2.0, 0.5, 0.25])
+    fig = viz.plot_curves(str(tmp_path))
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert set(lines) == {"train loss (per step)", "val loss (eval)"}
+    np.testing.assert_allclose(lines["val loss (eval)"].get_ydata(), [4.0, 3.0, 1.5, 1.25])
+
+
+def test_curves_without_event_files_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no TensorBoard event files"):
+        viz.read_scalars(str(tmp_path))
+
+
+def test_embedding_pca_recovers_a_planar_table_and_labels_every_character():
+    cfg, params, tok = make()
+    V, D = params["token_embed"]["embedding"].shape
+    # Points on a 2-D plane inside D dimensions: PCA keeps all their variance
+    # and all their pairwise distances.
+    rng = np.random.default_rng(0)
+    plane_2D = np.linalg.qr(rng.normal(size=(D, 2)))[0].T
+    xy_V2 = rng.normal(size=(V, 2)) * [3.0, 1.0]
+    table = xy_V2 @ plane_2D + rng.normal(size=D)
+    coords, ratio = viz.embedding_pca({"token_embed": {"embedding": table}})
+    np.testing.assert_allclose(ratio.sum(), 1.0, atol=1e-9)
+    assert ratio[0] > ratio[1]
+    dist = lambda a: np.linalg.norm(a[:, None] - a[None], axis=-1)
+    np.testing.assert_allclose(dist(coords), dist(xy_V2), atol=1e-9)
+
+    fig = viz.plot_embeddings(params, tok)
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == sorted(viz.token_labels(tok, np.arange(V)))
+    assert "\\n" in texts and "␣" in texts
+
+
+def test_save_figure_writes_a_small_png(tmp_path):
+    cfg, params, tok = make()
+    path = viz.save_figure(viz.plot_embeddings(params, tok), str(tmp_path / "a" / "e.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_visualize_cli_needs_a_workdir(tmp_path):
+    proc = run_cli([f"--workdir={tmp_path / 'nope'}", "--what=curves"],
+                   module="smallgpt_jax.visualize", timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --workdir=")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 10-step run on a small text, trained in this process: its workdir."""
+    from smallgpt_jax import loop
+    root = tmp_path_factory.mktemp("viz_run")
+    corpus = root / "corpus.txt"
+    corpus.write_text((TEXT + "\n") * 60)
+    config = tiny_config(**{"data.path": str(corpus), "train.num_steps": 10,
+                            "train.eval_every": 5, "train.log_every": 5})
+    loop.train_and_evaluate(config, str(root / "run"))
+    return str(root / "run")
+
+
+def test_training_logs_the_attention_grid_at_each_eval(tiny_run):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    acc = ea.EventAccumulator(tiny_run, size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    assert "attention" in acc.Tags()["images"]
+    images = acc.Images("attention")
+    assert [im.step for im in images] == [5, 10]
+    # tiny_config has 2 layers x 2 heads: a 2x2 grid, a little taller than wide.
+    im = images[-1]
+    assert 100 < im.width < 400 and im.width <= im.height < 1.5 * im.width
+    assert im.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_visualize_curves_cli_plots_the_run(tiny_run, tmp_path):
+    out = tmp_path / "curves.png"
+    proc = run_cli([f"--workdir={tiny_run}", "--what=curves", f"--output={out}"],
+                   module="smallgpt_jax.visualize", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in proc.stdout
+
+
+@pytest.mark.parametrize("what", ["attention", "embeddings"])
+def test_visualize_cli_draws_from_the_checkpoint(tiny_run, tmp_path, what):
+    """Needs smallgpt_jax.checkpoint (the checkpoints branch) to load params."""
+    out = tmp_path / f"{what}.png"
+    proc = run_cli([f"--workdir={tiny_run}", f"--what={what}", "--prompt=to be",
+                    f"--output={out}"], module="smallgpt_jax.visualize", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 5_000 < out.stat().st_size < 150_000
