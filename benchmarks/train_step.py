@@ -21,6 +21,8 @@ for the model's dtype looked up by device kind.
 
 from __future__ import annotations
 
+import smallgpt_jax  # noqa: F401  First: it tunes the allocator before NumPy starts threads.
+
 import json
 import os
 import resource
@@ -30,12 +32,15 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/char_cpu.py.", lock_config=True)
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling, per framework.")
+_WARMUP = flags.DEFINE_integer(
+    "warmup", 5, "Untimed steps after compiling, per framework (the first steps also "
+    "settle the heap: see runtime.py).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed steps per framework (median reported).")
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 4, "The timed steps are split into this many alternating JAX/torch rounds.")
@@ -131,7 +136,6 @@ class JaxStep:
 
     def __init__(self, config, vocab_size: int):
         import jax
-        import numpy as np
         from flax.jax_utils import replicate
         from smallgpt_jax import data, train
         from smallgpt_jax.model import model_config
@@ -141,19 +145,26 @@ class JaxStep:
         tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
         state = train.init_state(self.model_cfg, tx, config.seed)
         self.num_params = matmul_params(state.params, self.model_cfg)
-        p_train, _ = train.make_parallel_steps(self.model_cfg, tx, schedule, config.seed)
+        if hasattr(train, "data_parallel"):  # The step loop.py runs (config.parallel).
+            par = train.data_parallel(config.parallel, self.model_cfg, tx, schedule,
+                                      config.seed)
+            p_train, put_state, put_batch = par.train_step, par.put_state, par.put_batch
+        else:  # Older code: pmap only.
+            p_train, _ = train.make_parallel_steps(self.model_cfg, tx, schedule, config.seed)
+            put_state, put_batch = replicate, train.shard_batch
         train.per_device_batch(t.batch_size, t.grad_accum_steps)  # Clear error if uneven.
         tokens = np.random.default_rng(0).integers(0, vocab_size, 100_000).astype(np.int32)
 
         def host_batch(step: int):  # What the loop does on the host for each step.
             rows = data.sample_batch(tokens, config.seed, step, t.batch_size,
                                      self.model_cfg.block_size)
-            return train.shard_batch(rows, t.grad_accum_steps)
+            return put_batch(rows, t.grad_accum_steps)
 
         self.host_batch = host_batch
         self.cpu_times: list[float] = []  # Process CPU seconds per step (all threads).
+        self.faults, self.timed_steps = 0, 0
         self.batch = host_batch(0)
-        self.state = replicate(state)
+        self.state = put_state(state)
         t0 = time.perf_counter()
         self.compiled = p_train.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - t0
@@ -162,22 +173,20 @@ class JaxStep:
     def step(self) -> float:
         """One step; fetching the loss waits until it has finished."""
         self.state, metrics = self.compiled(self.state, self.batch)
-        return float(metrics["loss"][0])
+        return float(np.asarray(metrics["loss"]).reshape(-1)[0])  # pmap: [devices].
 
-    def run(self, n: int) -> list[float]:
+    def run(self, n: int, timed: bool = True) -> list[float]:
         times = []
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(n):
             t0, c0 = time.perf_counter(), time.process_time()
             self.step()
             times.append(time.perf_counter() - t0)
             self.cpu_times.append(time.process_time() - c0)
+        if timed:  # Minor page faults: a sign of buffers being mapped afresh.
+            self.faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+            self.timed_steps += n
         return times
-
-    def faults_per_step(self, n: int = 5) -> float:
-        """Minor page faults per step (a sign of buffers being re-mapped)."""
-        r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        self.run(n)
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / n
 
     def host_batch_ms(self, n: int = 20) -> float:
         times = []
@@ -312,7 +321,7 @@ def benchmark(config) -> dict[str, Any]:
             torch_note = "not run: " + torch_note
 
     warmup, repeats, rounds = _WARMUP.value, _REPEATS.value, max(1, min(_ROUNDS.value, _REPEATS.value))
-    jstep.run(warmup)
+    jstep.run(warmup, timed=False)
     if worker:
         worker.warm(warmup)
     jax_times, torch_times = [], []
@@ -326,6 +335,7 @@ def benchmark(config) -> dict[str, Any]:
         "config_name": config.name, "model": dict(jstep.model_cfg),
         "batch_size": t.batch_size, "grad_accum_steps": t.grad_accum_steps,
         "device": f"{device.platform} {device.device_kind} x{jax.device_count()}",
+        "parallel": config.parallel,
         "jax_version": jax.__version__, "peak_flops": peak, "peak_source": peak_source,
         "num_params": jstep.num_params, "flops_per_token": fpt, "tokens_per_step": tokens_per_step,
         "warmup": warmup, "repeats": repeats, "rounds": rounds,
@@ -338,7 +348,7 @@ def benchmark(config) -> dict[str, Any]:
         # CPU seconds per step over all threads: less sensitive to other
         # processes than wall time on a shared machine.
         "cpu_s_per_step": statistics.median(jstep.cpu_times[-len(jax_times):]),
-        "host_batch_ms": jstep.host_batch_ms(), "page_faults_per_step": jstep.faults_per_step(),
+        "host_batch_ms": jstep.host_batch_ms(), "page_faults_per_step": jstep.faults / max(jstep.timed_steps, 1),
         "peak_host_bytes": peak_memory_bytes(), "step_buffer_bytes": jstep.buffer_bytes(),
         "device_peak_bytes": None if device.platform == "cpu" else device_memory(device),
     }
