@@ -26,6 +26,33 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def _varying_axes(a) -> frozenset:
+    """The shard_map mesh axes `a` varies over (empty outside shard_map)."""
+    if a is None:
+        return frozenset()
+    aval = jax.typeof(a)
+    mat = getattr(aval, "mat", None)  # jax 0.10: aval.mat.varying; earlier: aval.vma.
+    return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
+def _vary_like(*arrays):
+    """Under shard_map, casts the operands to vary over the same mesh axes.
+
+    Inside shard_map, a replicated parameter meeting per-device data is made
+    'varying' implicitly by JAX's own ops (and its gradient summed back). A
+    custom_vjp must return gradients of the same type as its inputs, so the
+    cast has to happen before the call, explicitly; outside shard_map it is
+    a no-op. None entries (no bias) pass through.
+    """
+    vmas = [_varying_axes(a) for a in arrays]
+    union = frozenset().union(*vmas)
+    if not union:
+        return arrays
+    return tuple(a if a is None or v == union
+                 else jax.lax.pcast(a, tuple(sorted(union - v)), to="varying")
+                 for a, v in zip(arrays, vmas))
+
+
 @jax.custom_vjp
 def _matmul_2d(x_MK: Array, w_KN: Array) -> Array:
     return jnp.dot(x_MK, w_KN)
@@ -60,7 +87,7 @@ def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
     k = math.prod(lhs.shape[lhs.ndim - n:])
     out_shape = lhs.shape[:lhs.ndim - n] + rhs.shape[n:]
     # Flax casts both operands to the compute dtype before calling us.
-    y = _matmul_2d(lhs.reshape(-1, k), rhs.reshape(k, -1))
+    y = _matmul_2d(*_vary_like(lhs.reshape(-1, k), rhs.reshape(k, -1)))
     if preferred_element_type is not None:
         y = y.astype(preferred_element_type)
     return y.reshape(out_shape)
@@ -76,9 +103,13 @@ def _layer_norm_parts(x, scale, bias, eps):
     return y, mean, rstd
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: Array, scale: Array, bias: Array | None, eps: float) -> Array:
     """(x - mean) / sqrt(var + eps) * scale + bias over the last axis (float32)."""
+    return _layer_norm(*_vary_like(x, scale, bias), eps)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, eps):
     return _layer_norm_parts(x, scale, bias, eps)[0]
 
 
@@ -99,4 +130,4 @@ def _layer_norm_bwd(eps, residuals, g):
     return dx, d_scale, d_bias
 
 
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
