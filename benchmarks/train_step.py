@@ -50,9 +50,6 @@ _JSON_OUT = flags.DEFINE_string("json_out", "", "Also write the JSON record to t
 _CACHE = flags.DEFINE_boolean(
     "compilation_cache", False, "Allow JAX's persistent compilation cache (off: the "
     "compile time reported is a cold compile).")
-_TWEAKS = flags.DEFINE_boolean(
-    "runtime_tweaks", True, "Apply smallgpt_jax.runtime's allocator and RNG settings, "
-    "as training does (--noruntime_tweaks to measure without them).")
 
 
 def vocab_size_for(config) -> int:
@@ -154,6 +151,7 @@ class JaxStep:
             return train.shard_batch(rows, t.grad_accum_steps)
 
         self.host_batch = host_batch
+        self.cpu_times: list[float] = []  # Process CPU seconds per step (all threads).
         self.batch = host_batch(0)
         self.state = replicate(state)
         t0 = time.perf_counter()
@@ -169,9 +167,10 @@ class JaxStep:
     def run(self, n: int) -> list[float]:
         times = []
         for _ in range(n):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             self.step()
             times.append(time.perf_counter() - t0)
+            self.cpu_times.append(time.process_time() - c0)
         return times
 
     def faults_per_step(self, n: int = 5) -> float:
@@ -234,6 +233,7 @@ def render(record: dict[str, Any]) -> str:
         ("step buffers (MiB)", mib(j["step_buffer_bytes"]), "-", ""),
         ("device memory peak (MiB)", mib(j["device_peak_bytes"]), "-", ""),
         ("host batch build (ms)", f"{j['host_batch_ms']:.2f}", "-", ""),
+        ("CPU time / step (ms)", f"{1e3 * j['cpu_s_per_step']:.1f}", "-", ""),
         ("page faults / step", f"{j['page_faults_per_step']:,.0f}",
          tr and f"{tr['page_faults_per_step']:,.0f}", ""),
     ]
@@ -268,8 +268,10 @@ def benchmark(config) -> dict[str, Any]:
         from smallgpt_jax import runtime
     except ImportError:  # Older code (to measure "before" figures): no tweaks.
         runtime = None
+    # The allocator is tuned when smallgpt_jax is first imported (by the
+    # config file); SMALLGPT_RUNTIME_TWEAKS=0 measures without any of it.
     tweaks = {}
-    if _TWEAKS.value and runtime:
+    if runtime and runtime.tweaks_enabled():
         tweaks = {"host_allocator": runtime.tune_host_allocator(),
                   "unrolled_threefry": runtime.use_unrolled_threefry(True)}
     if _CACHE.value and runtime:
@@ -333,6 +335,9 @@ def benchmark(config) -> dict[str, Any]:
     record["jax"] = {
         **summarize(jax_times, tokens_per_step, flops_step, peak),
         "compile_s": jstep.compile_s, "first_loss": jstep.first_loss,
+        # CPU seconds per step over all threads: less sensitive to other
+        # processes than wall time on a shared machine.
+        "cpu_s_per_step": statistics.median(jstep.cpu_times[-len(jax_times):]),
         "host_batch_ms": jstep.host_batch_ms(), "page_faults_per_step": jstep.faults_per_step(),
         "peak_host_bytes": peak_memory_bytes(), "step_buffer_bytes": jstep.buffer_bytes(),
         "device_peak_bytes": None if device.platform == "cpu" else device_memory(device),

@@ -4,11 +4,15 @@
 piece is measured in benchmarks/README.md:
 
 * `tune_host_allocator`: XLA:CPU allocates each step's temporary buffers (tens
-  to hundreds of MB) in one block; glibc hands blocks that large out with
-  mmap and returns them on free, so every step page-faulted its whole working
-  set again (~12k faults and a third of the step's CPU time as kernel time for
-  the 4-layer model at batch 12). Keeping freed memory in the heap makes the
-  next step reuse it. The cost: the process keeps its peak heap size.
+  of MB to GB) in one block, from one of its worker threads; glibc hands
+  blocks that large out with mmap and unmaps them on free, so every step
+  page-faulted its whole working set again (~13k faults and a quarter of the
+  step's CPU time spent in the kernel for the 4-layer model at batch 12, 120k
+  faults for the 12-layer one). One heap for all threads, no mmap and no
+  trimming make the next step reuse the same memory. The cost: the process
+  keeps its peak heap size. It must run before NumPy or JAX start threads
+  (a thread that already has an arena of its own keeps it), so importing
+  `smallgpt_jax` does it.
 * `use_unrolled_threefry`: on CPU, JAX lowers the Threefry hash behind
   `jax.random` (and so dropout) as a 5-iteration loop, one pass over the whole
   random array per iteration; the unrolled form JAX uses on GPU computes the
@@ -17,8 +21,8 @@ piece is measured in benchmarks/README.md:
   restarted run (resume, another seed, evaluation) loads its compiled train
   step from disk instead of compiling it again.
 
-Set SMALLGPT_RUNTIME_TWEAKS=0 to leave the allocator and the Threefry lowering
-as they are (for comparisons).
+Set SMALLGPT_RUNTIME_TWEAKS=0 (before starting Python) to leave the allocator
+and the Threefry lowering as they are, e.g. to measure what they bring.
 """
 
 from __future__ import annotations
@@ -33,24 +37,35 @@ log = logging.getLogger("smallgpt_jax")
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 
 
-def _tweaks_enabled() -> bool:
+def tweaks_enabled() -> bool:
     return os.environ.get("SMALLGPT_RUNTIME_TWEAKS", "1") != "0"
+
+
+_allocator_tuned = False
 
 
 def tune_host_allocator() -> bool:
     """Serve large allocations from the heap and keep freed memory (glibc only).
 
-    Returns True if the setting was applied.
+    Returns True if the setting is in effect.
     """
-    if not sys.platform.startswith("linux") or not _tweaks_enabled():
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if not sys.platform.startswith("linux") or not tweaks_enabled():
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1  # No mmap: big blocks come from the heap.
-        ok &= libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1  # Never give the top back.
-        return bool(ok)
+        # A thread's own arena maps big blocks whatever M_MMAP_MAX says, so
+        # all threads share the main heap; it then never maps and never trims.
+        ok = libc.mallopt(_M_ARENA_MAX, 1) == 1
+        ok &= libc.mallopt(_M_MMAP_MAX, 0) == 1
+        ok &= libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        _allocator_tuned = bool(ok)
+        return _allocator_tuned
     except (OSError, AttributeError):  # Not glibc (e.g. musl): nothing to do.
         return False
 
@@ -93,8 +108,8 @@ def enable_compilation_cache(path: str, max_bytes: int = 2**30) -> str | None:
 def setup(config=None) -> dict:
     """Applies the settings above; `config.compilation_cache` picks the cache
     directory ('auto': the user cache, '': off). Returns what was applied."""
-    applied = {"host_allocator": tune_host_allocator()}
-    if _tweaks_enabled():
+    applied = {"host_allocator": tune_host_allocator()}  # Done at import already.
+    if tweaks_enabled():
         applied["unrolled_threefry"] = use_unrolled_threefry(True)
     cache = getattr(config, "compilation_cache", "") if config is not None else ""
     if cache == "auto":
