@@ -204,9 +204,11 @@ def shrink(line: str) -> str:
         out.append(w)
     given = {_flag_value(w)[0] for w in out if w.startswith("--config.")}
     if sweeps:
-        sweep_file = next(w for w in out if w.startswith("experiments/"))
-        with open(os.path.join(ROOT, sweep_file), encoding="utf-8") as f:
-            text = f.read()
+        sweep_file = os.path.join(ROOT, next(w for w in out if w.startswith("experiments/")))
+        text = ""  # A missing file fails when the command runs, with its own message.
+        if os.path.isfile(sweep_file):
+            with open(sweep_file, encoding="utf-8") as f:
+                text = f.read()
         named = text[text.find("def get_sweep"):]
         extra = [f"--config.{k}={v}" for k, v in SWEEP_EXTRA.items()
                  if k not in given and f'"{k}"' not in named]
