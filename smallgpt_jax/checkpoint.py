@@ -51,8 +51,9 @@ FORMAT = 1  # Version of the `meta` layout, for future readers.
 _STEP = re.compile(r"^\d+$")
 _INCOMPLETE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 # Names a run writes at the top of its workdir: finding one means the
-# directory belongs to a smallgpt_jax run and may be resumed.
-_OUR_FILES = (CHECKPOINT_DIR, "config.json", "tokenizer.json")
+# directory belongs to a smallgpt_jax run and may be resumed (train.log is
+# what the sweep runner writes there before the run starts).
+_OUR_FILES = (CHECKPOINT_DIR, "config.json", "tokenizer.json", "train.log")
 # Model fields that change neither the parameters' shapes nor their meaning;
 # every other model field does, and changing it on resume is refused.
 _FREE_MODEL_FIELDS = ("dropout", "attention", "dtype")
@@ -345,7 +346,12 @@ class Checkpointer:
         earlier background save failed (e.g. the disk is full).
         """
         self.wait()
-        state = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), state)
+        # One process: jax arrays, copied off the device in the background.
+        # Several: host copies, which Orbax treats as replicated and process 0
+        # writes (it cannot save an array that lives on one process's device).
+        keep_jax = jax.process_count() == 1
+        state = jax.tree.map(
+            lambda x: x if keep_jax and isinstance(x, jax.Array) else np.asarray(x), state)
         meta = {
             "format": FORMAT,
             "step": step,

@@ -1,7 +1,10 @@
 """Test setup: find Tiny Shakespeare without downloading, keep JAX quiet."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -11,6 +14,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _shared = os.path.join(os.path.dirname(ROOT), "shared", "data")
 if "SMALLGPT_DATA_DIR" not in os.environ and os.path.isdir(_shared):
     os.environ["SMALLGPT_DATA_DIR"] = _shared
+
+
+# Test programs are tiny: compiling them fast matters, running them fast does
+# not. Less LLVM optimization cuts XLA's CPU compile time by half or more and
+# leaves the numbers alone (the loss-regression fixture still matches). Set
+# before JAX starts, so in-process tests and the subprocesses they start
+# (which inherit os.environ) both get it.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+# Caches live in one folder per test session, not in the user's ~/.cache:
+# every session starts cold, as on a fresh machine, and leaves nothing behind.
+# The pytest-xdist workers inherit the folder from the process that made it.
+if "SMALLGPT_TEST_CACHE" not in os.environ:
+    os.environ["SMALLGPT_TEST_CACHE"] = tempfile.mkdtemp(prefix="smallgpt_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["SMALLGPT_TEST_CACHE"], ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = os.environ["SMALLGPT_TEST_CACHE"]
+# One JAX compilation cache for every test and every process tests start
+# (the folder `compilation_cache='auto'` picks): many tests compile the same
+# tiny programs, and a hit skips XLA. Every entry is kept, however small.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+    os.environ["SMALLGPT_TEST_CACHE"], "smallgpt_jax", "jax_compilation_cache")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
 def has_shakespeare() -> bool:

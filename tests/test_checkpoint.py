@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import FAST_COMPILE, ROOT, tiny_config
 from smallgpt_jax import checkpoint, loop, train
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import model_config
@@ -311,7 +311,7 @@ def read_losses(event_file):
 
 def start_cli(args, log_path, devices=2, compile_cache=None):
     env = dict(os.environ, PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
     if compile_cache:  # JAX's persistent cache: a later process skips compiling.
         env.update(JAX_COMPILATION_CACHE_DIR=compile_cache,
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import FAST_COMPILE, ROOT
 from smallgpt_jax import distributed
 from smallgpt_jax.errors import UserError
 from test_cli import read_events
@@ -52,7 +52,6 @@ def run_together(commands, timeout=420):
 
 # Less LLVM optimization: these tiny programs compile several times faster,
 # and every side of each comparison is compiled the same way.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def cpu_env(devices: int, **extra) -> dict:
@@ -193,6 +192,18 @@ def test_main_as_a_two_process_job_matches_one_process(tmp_path):
         steps_two, values_two = zip(*scalars_two[tag])
         assert steps_one == steps_two
         np.testing.assert_allclose(values_two, values_one, rtol=1e-5, err_msg=tag)
+
+    # Process 0 wrote the checkpoints; both processes resume from them.
+    assert sorted(os.listdir(two / "checkpoints")) == ["2", "4"]
+    job = dict(job, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}")
+    more = [a.replace("num_steps=4", "num_steps=6") for a in args]
+    results = run_together([
+        ([sys.executable, *more, f"--workdir={two}", "--config.parallel=shard_map"],
+         cpu_env(2, JAX_PROCESS_ID=str(i), **job)) for i in (0, 1)])
+    for status, out, err in results:
+        assert status == 0, err[-3000:]
+    assert "resuming from checkpoint step 4" in results[0][2]
+    assert json.loads((two / "summary.json").read_text())["steps"] == 6
 
 
 @pytest.mark.parametrize("kind", ["pmap", "shard_map"])

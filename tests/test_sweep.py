@@ -154,10 +154,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
         "[{'data.train_fraction': 0.9999}]\n"), name="tiny")
     runs = tmp_path / "runs"
     args = [path, f"--runs_dir={runs}", "--parallel=2"]
-    # Trials inherit the environment; less LLVM optimization compiles faster.
-    env = {"XLA_FLAGS": "--xla_backend_optimization_level=0 "
-                        "--xla_llvm_disable_expensive_passes=true"}
-    proc = run_cli(args, env_extra=env, module="smallgpt_jax.sweep", timeout=600)
+    proc = run_cli(args, module="smallgpt_jax.sweep", timeout=600)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "1 of 3 trial(s) failed: train_fraction=0.9999" in proc.stderr
     assert "fewer than block_size+1" in proc.stdout  # The failed trial's reason.
@@ -193,7 +190,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
     dry = run_cli(args + ["--dry-run"], module="smallgpt_jax.sweep")
     assert dry.returncode == 0 and "(2 already finished)" in dry.stdout
     assert dry.stdout.count("# finished: ") == 2
-    again = run_cli(args, env_extra=env, module="smallgpt_jax.sweep", timeout=600)
+    again = run_cli(args, module="smallgpt_jax.sweep", timeout=600)
     assert again.returncode == 1
     assert "[1/1] started train_fraction=0.9999" in again.stdout
     assert finished.stat().st_mtime == mtime

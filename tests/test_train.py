@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import FAST_COMPILE, ROOT, tiny_config
 from smallgpt_jax import data, train
 from smallgpt_jax.model import model_config
 
@@ -109,7 +109,7 @@ PMAP_SCRIPT = textwrap.dedent("""
 
 
 def test_pmap_on_four_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4 " + FAST_COMPILE,
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", PMAP_SCRIPT], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
