@@ -1,8 +1,10 @@
 """The README's default: a character GPT trained on a laptop CPU in ~3 minutes.
 
-0.8M parameters (4 layers, 4 heads, 128 wide, context 64), batch 32, 2,000
-steps: about 4M tokens, four passes over Tiny Shakespeare's training split.
-At this size more steps beat a bigger model in a fixed time budget.
+0.8M parameters (4 layers, 4 heads, 128 wide, context 64), batch 16, 2,200
+steps: about 2.3M tokens, 2.2 passes over Tiny Shakespeare's training split.
+At this size more steps beat a bigger model in a fixed time budget, and, for
+the same tokens, more steps of a smaller batch beat fewer of a larger one;
+the higher peak learning rate (2e-3) makes up for the short schedule.
 """
 
 from smallgpt_jax.config import base_config
@@ -16,11 +18,11 @@ def get_config():
     config.model.embed_dim = 128
     config.model.block_size = 64
     config.model.dropout = 0.0  # Too small and too briefly trained to overfit much.
-    config.train.batch_size = 32
-    config.train.num_steps = 2000
-    config.train.learning_rate = 1e-3
+    config.train.batch_size = 16
+    config.train.num_steps = 2200
+    config.train.learning_rate = 2e-3
     config.train.min_learning_rate = 1e-4
     config.train.warmup_steps = 100
-    config.train.eval_every = 500
+    config.train.eval_every = 550
     config.train.eval_steps = 20
     return config
