@@ -40,5 +40,5 @@ def test_shapes_cli_prints_the_tables():
     proc = run_cli(["--config=configs/char_cpu.py", "--config.model.num_layers=2",
                     "--vocab_size=50"], module="smallgpt_jax.shapes", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| `GPT (logits)` | BTV | [32, 64, 50] |" in proc.stdout
+    assert "| `GPT (logits)` | BTV | [16, 64, 50] |" in proc.stdout
     assert "| `block_1` | | same as `block_0` |" in proc.stdout
