@@ -11,7 +11,7 @@ Run one trial by hand, e.g.
     python -m smallgpt_jax.main --config=configs/char_cpu.py \
         --workdir=runs/variants/rope --config.model.pos_encoding=rope
 
-The README's "Model variants" section lists the results and the step count.
+The README's "Model variants" section lists the results and the command (600 steps).
 """
 
 CONFIG = "configs/char_cpu.py"
