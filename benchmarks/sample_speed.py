@@ -17,7 +17,6 @@ Compilation is done once up front (and reported); each timing is the best of
 
 from __future__ import annotations
 
-import sys
 import time
 
 from absl import flags

@@ -135,7 +135,6 @@ class JaxStep:
     """The loop's data-parallel train step, compiled ahead of time."""
 
     def __init__(self, config, vocab_size: int):
-        import jax
         from flax.jax_utils import replicate
         from smallgpt_jax import data, train
         from smallgpt_jax.model import model_config

@@ -1,8 +1,10 @@
 """Matmul and LayerNorm with hand-written backward passes, for speed.
 
-They compute exactly the same functions as `x @ W` and the LayerNorm written
-out in `model.Norm`; only the way XLA is handed the gradient changes (results
-agree to float32 rounding). Why they exist (measured on XLA:CPU, jax 0.10;
+They compute exactly the same functions as `x @ W` and the textbook
+LayerNorm (`model.Norm` calls `layer_norm`); only the way XLA is handed the
+gradient changes (results agree to float32 rounding). Under shard_map their
+operands are first cast to the same varying mesh axes (`_vary_like`), so the
+train step keeps shard_map's replication checks on. Why they exist (measured on XLA:CPU, jax 0.10;
 see benchmarks/README.md):
 
 * `dense_dot_general`: left to autodiff, the weight gradient of a dense layer
@@ -97,7 +99,7 @@ def _layer_norm_parts(x, scale, bias, eps):
     mean = x.mean(-1, keepdims=True)
     centered = x - mean
     rstd = jax.lax.rsqrt((centered * centered).mean(-1, keepdims=True) + eps)
-    y = centered * rstd * scale  # Same operation order as model.Norm.
+    y = centered * rstd * scale
     if bias is not None:
         y = y + bias
     return y, mean, rstd

@@ -80,13 +80,8 @@ def evaluate(par: train.DataParallel, rparams, splits: data.Splits,
 
 def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
     """A short sample from the model, starting from a newline (or token 0)."""
-    try:
-        prompt = tok.encode("\n")
-    except UserError:
-        prompt = np.zeros(1, np.int32)
-    ids = sampling.generate(params, model_cfg, prompt, n_tokens, jax.random.key(seed),
-                            temperature=0.8, top_k=0, top_p=1.0)
-    return tok.decode(ids[0])
+    return sampling.sample_texts(params, model_cfg, tok, "", n_tokens, seed,
+                                 temperature=0.8)[0]
 
 
 class FiniteCheck:

@@ -9,9 +9,8 @@ This file only parses flags and calls library code (`loop.train_and_evaluate`).
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from smallgpt_jax import cli

@@ -175,13 +175,10 @@ def make_sharded_steps(model_config, tx, schedule, seed: int,
         return eval_step(params, batch_1BT1[0], model_config=model_config, axis_name=DATA)
 
     # out_specs=P(): after pmean, state and metrics are the same on every device.
-    # check_vma=False: the hand-written backward passes in kernels.py (custom
-    # VJPs) cannot say that their parameter cotangents vary per device until
-    # pmean; replication is guaranteed by the explicit pmean in train_step.
     s_train = jax.jit(jax.shard_map(train_body, mesh=mesh, in_specs=(P(), P(DATA)),
-                                    out_specs=P(), check_vma=False), donate_argnums=(0,))
+                                    out_specs=P()), donate_argnums=(0,))
     s_eval = jax.jit(jax.shard_map(eval_body, mesh=mesh, in_specs=(P(), P(DATA)),
-                                   out_specs=P(), check_vma=False))
+                                   out_specs=P()))
     return s_train, s_eval
 
 

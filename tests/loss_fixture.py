@@ -79,7 +79,6 @@ def small_config(**overrides):
 
 def step_losses(overrides: dict) -> list[float]:
     """Per-step training losses of a NUM_STEPS-step run (train API only)."""
-    import jax
     from flax.jax_utils import replicate
     from smallgpt_jax import data, train
     from smallgpt_jax.model import model_config

@@ -14,7 +14,6 @@ if _ROOT not in sys.path:  # benchmarks/ is a top-level folder, not part of the 
     sys.path.insert(0, _ROOT)
 
 from benchmarks import train_step  # noqa: E402
-from smallgpt_jax import train  # noqa: E402
 from smallgpt_jax.model import GPT, count_params, model_config  # noqa: E402
 
 V = 65

@@ -3,7 +3,6 @@ subprocess: one-line errors for bad flags, and samples that match the library.""
 
 import os
 
-import jax
 import pytest
 
 from conftest import ROOT, run_cli
