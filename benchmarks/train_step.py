@@ -296,7 +296,7 @@ def benchmark(config) -> dict[str, Any]:
         peak, peak_source = _PEAK.value, "given by --peak_flops"
     else:
         peak = device_peak_flops(device, m.dtype)
-        peak_source = ("measured float32 matmul" if device.platform == "cpu"
+        peak_source = (f"fastest measured {m.dtype} matmul" if device.platform == "cpu"
                        else f"published {m.dtype} peak")
 
     jstep = JaxStep(config, vocab)

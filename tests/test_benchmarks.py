@@ -89,3 +89,25 @@ def test_bad_config_value_is_one_line():
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith("error: config.model.norm")
     assert "Traceback" not in proc.stderr
+
+
+def test_device_peaks_come_from_the_device_kind():
+    from types import SimpleNamespace as Dev
+    from benchmarks.peak import device_peak_flops
+    h100 = Dev(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+    assert device_peak_flops(h100, "bfloat16") == 989.5e12
+    assert device_peak_flops(h100, "float32") == 494.5e12  # TF32 tensor cores
+    assert device_peak_flops(h100, "float32", fast_f32_matmul=False) == 67e12
+    assert device_peak_flops(Dev(platform="gpu", device_kind="Unknown GPU"), "float32") is None
+    tpu = Dev(platform="tpu", device_kind="TPU v5 lite")
+    assert device_peak_flops(tpu, "bfloat16") == 197e12
+    assert device_peak_flops(tpu, "float32", fast_f32_matmul=False) is None
+
+
+def test_cpu_peak_is_the_fastest_call(monkeypatch):
+    # Every timed call of the second library takes 1 s and of the first 2 s:
+    # the peak is 2 n^3 FLOPs over the fastest call.
+    from benchmarks import peak
+    clock = iter(x for i in range(100) for x in (10.0 * i, 10.0 * i + (2.0 if i < 3 else 1.0)))
+    monkeypatch.setattr(peak.time, "perf_counter", lambda: next(clock))
+    assert peak.measure_cpu_matmul_peak(n=8, repeats=3) == 2 * 8 ** 3 / 1.0
