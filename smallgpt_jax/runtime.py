@@ -63,7 +63,9 @@ def tune_host_allocator() -> bool:
         # all threads share the main heap; it then never maps and never trims.
         ok = libc.mallopt(_M_ARENA_MAX, 1) == 1
         ok &= libc.mallopt(_M_MMAP_MAX, 0) == 1
-        ok &= libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        # -1 turns trimming off altogether (a threshold, even 2 GiB, is
+        # crossed when a step of a big model frees more than that).
+        ok &= libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
         _allocator_tuned = bool(ok)
         return _allocator_tuned
     except (OSError, AttributeError):  # Not glibc (e.g. musl): nothing to do.
