@@ -58,9 +58,16 @@ def filter_logits(logits_BV: Array, temperature: float | Array = 1.0,
     the filters off. The most likely token always survives.
     """
     logits_BV = logits_BV.astype(jnp.float32)
-    V = logits_BV.shape[-1]
     # Temperature 0 means greedy (see sample_logits); avoid dividing by it.
     logits_BV = logits_BV / jnp.where(temperature > 0, temperature, 1.0)
+    # Ranking sorts the vocabulary: skip it when no filter is on.
+    return jax.lax.cond((top_k > 0) | (top_p < 1), _filter_by_rank, lambda l, k, p: l,
+                        logits_BV, top_k, top_p)
+
+
+def _filter_by_rank(logits_BV: Array, top_k: int | Array, top_p: float | Array) -> Array:
+    """filter_logits' top-k and top-p, on logits already divided by the temperature."""
+    B, V = logits_BV.shape
     # Rank the tokens, most likely first. Filtering by rank rather than by
     # comparing with the k-th value keeps exactly k tokens even when logits tie.
     order_BV = jnp.argsort(-logits_BV, axis=-1, stable=True)  # rank -> token id
@@ -75,8 +82,7 @@ def filter_logits(logits_BV: Array, temperature: float | Array = 1.0,
     # (top_p >= 1 keeps all: float rounding could push a tail's mass_before to 1.)
     keep_BV = keep_BV & ((mass_before_BV < top_p) | (rank_V[None, :] == 0) | (top_p >= 1))
     # Back from rank order to token order: token `order[r]` has rank r.
-    rank_of_token_BV = jnp.argsort(order_BV, axis=-1)
-    keep_BV = jnp.take_along_axis(keep_BV, rank_of_token_BV, axis=-1)
+    keep_BV = jnp.zeros_like(keep_BV).at[jnp.arange(B)[:, None], order_BV].set(keep_BV)
     return jnp.where(keep_BV, logits_BV, -jnp.inf)
 
 
@@ -138,12 +144,17 @@ def _push(window_BW: Array, n: Array, drop: Array, token_B: Array) -> Array:
 # Each step function below samples the token after the window's n tokens and
 # pushes it into the window (first dropping `drop` old tokens when full).
 
+def _choose_and_push(logits_BV, window_BW, n, drop, key, i, temperature, top_k, top_p):
+    """(next token, its logits, the window with it pushed in)."""
+    next_B = sample_logits(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p)
+    return next_B, logits_BV, _push(window_BW, n, drop, next_B)
+
+
 @partial(jax.jit, static_argnums=(0,))
 def _full_step(model_config, params, window_BW, n, drop, key, i, temperature, top_k, top_p):
     """The naive way: run the whole window, sample from its last real position."""
     logits_BV = _last_logits(GPT(model_config).apply({"params": params}, window_BW), n)
-    next_B = sample_logits(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p)
-    return next_B, logits_BV, _push(window_BW, n, drop, next_B)
+    return _choose_and_push(logits_BV, window_BW, n, drop, key, i, temperature, top_k, top_p)
 
 
 @partial(jax.jit, static_argnums=(0,))
@@ -159,9 +170,9 @@ def _prefill(model_config, params, window_BW, n, drop, key, i, temperature, top_
     logits_BWV, vars_ = GPT(model_config, decode=True).apply(
         {"params": params, "cache": cache}, window_BW, mutable=["cache"])
     cache = {**vars_["cache"], "index": jnp.asarray(n, jnp.int32)}
-    logits_BV = _last_logits(logits_BWV, n)
-    next_B = sample_logits(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p)
-    return next_B, logits_BV, _push(window_BW, n, drop, next_B), cache
+    step = _choose_and_push(_last_logits(logits_BWV, n), window_BW, n, drop, key, i,
+                            temperature, top_k, top_p)
+    return *step, cache
 
 
 @partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
@@ -175,9 +186,9 @@ def _decode_step(model_config, params, cache, window_BW, n, drop, key, i,
     token_B = window_BW[:, n - 1]
     logits_B1V, vars_ = GPT(model_config, decode=True).apply(
         {"params": params, "cache": cache}, token_B[:, None], mutable=["cache"])
-    logits_BV = logits_B1V[:, 0]
-    next_B = sample_logits(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p)
-    return next_B, logits_BV, _push(window_BW, n, drop, next_B), vars_["cache"]
+    step = _choose_and_push(logits_B1V[:, 0], window_BW, n, drop, key, i,
+                            temperature, top_k, top_p)
+    return *step, vars_["cache"]
 
 
 def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
@@ -206,7 +217,10 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
     n = prompt.size  # Real tokens in the window; the rest is padding.
     window_BW = jnp.asarray(np.tile(np.pad(prompt, (0, W - n)), (num_samples, 1)))
     # Typed scalars: the same compiled steps serve every value of the knobs.
-    knobs = (np.float32(temperature), np.int32(top_k or 0), np.float32(top_p))
+    # Put on the device once, like the parameters, instead of with every token.
+    knobs = tuple(jax.device_put(x) for x in (
+        np.float32(temperature), np.int32(top_k or 0), np.float32(top_p)))
+    params = jax.device_put(params)
 
     cache = None  # None: (re)fill it from the window at the next step.
     tokens, logits = [], []

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable
 
 import flax
@@ -235,14 +235,23 @@ def per_device_batch(global_batch: int, grad_accum: int) -> int:
     return global_batch // (devices * grad_accum)
 
 
-def shard_batch(batch_NT1: np.ndarray, grad_accum: int | None = None) -> jax.Array:
-    """Splits this process's [N, T+1] rows over its devices: [devices, N/devices, T+1],
-    or [devices, A, N/(devices*A), T+1] with A = grad_accum micro-batches."""
-    n = jax.local_device_count()
+def _per_device(batch_NT1: np.ndarray, grad_accum: int | None) -> np.ndarray:
+    """[N, T+1] -> [local devices, N/devices, T+1], or with A = grad_accum
+    micro-batches [local devices, A, N/(devices*A), T+1]."""
     micro = () if grad_accum is None else (grad_accum,)
-    shaped = batch_NT1.reshape(n, *micro, -1, batch_NT1.shape[-1])
+    return batch_NT1.reshape(jax.local_device_count(), *micro, -1, batch_NT1.shape[-1])
+
+
+@lru_cache(maxsize=None)
+def _local_devices_sharding() -> jax.sharding.NamedSharding:
+    """Split along the first axis over this process's devices (built once, not per batch)."""
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
-    return jax.device_put(shaped, jax.NamedSharding(mesh, jax.P("d")))
+    return jax.NamedSharding(mesh, jax.P("d"))
+
+
+def shard_batch(batch_NT1: np.ndarray, grad_accum: int | None = None) -> jax.Array:
+    """Splits this process's [N, T+1] rows over its devices (see `_per_device`)."""
+    return jax.device_put(_per_device(batch_NT1, grad_accum), _local_devices_sharding())
 
 
 def global_batch(mesh: jax.sharding.Mesh, batch_NT1: np.ndarray,
@@ -250,10 +259,8 @@ def global_batch(mesh: jax.sharding.Mesh, batch_NT1: np.ndarray,
     """This process's [N, T+1] rows, laid out as in `shard_batch`, become its
     part of one global [devices, (A,) b, T+1] array split over the mesh's 'data'
     axis (each process passes only its own rows)."""
-    n = jax.local_device_count()
-    micro = () if grad_accum is None else (grad_accum,)
-    shaped = batch_NT1.reshape(n, *micro, -1, batch_NT1.shape[-1])
-    return jax.make_array_from_process_local_data(jax.NamedSharding(mesh, jax.P(DATA)), shaped)
+    return jax.make_array_from_process_local_data(
+        jax.NamedSharding(mesh, jax.P(DATA)), _per_device(batch_NT1, grad_accum))
 
 
 def bits_per_char(loss_nats: float, tokens_per_char: float) -> float:
