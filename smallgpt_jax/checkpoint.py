@@ -43,6 +43,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax import tokenizer as tokenizer_lib
+from smallgpt_jax.config import flatten
 from smallgpt_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -113,21 +114,11 @@ def prepare_workdir(workdir: str) -> None:
             "checkpoints; move them away or choose another --workdir.")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def _is_structural(field: str, new: dict[str, Any]) -> bool:
     """Does changing `field` change the shapes (or the meaning) of the state?"""
     if field.startswith("model."):
         return field.split(".", 1)[1] not in _FREE_MODEL_FIELDS
-    if field == "data.tokenizer":
+    if field in ("data.tokenizer", "data.end_of_text"):  # The vocabulary changes.
         return True
     if field == "data.vocab_size":  # Only BPE learns a vocabulary of this size.
         return new.get("data.tokenizer") == "bpe"
@@ -142,7 +133,7 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     Allowed: everything else (num_steps, eval cadence, schedule, logging...).
     Fields the old config did not have (added to the code since) are skipped.
     """
-    flat_old, flat_new = _flatten(old), _flatten(new)
+    flat_old, flat_new = flatten(old), flatten(new)
     refused, allowed = [], []
     for field in sorted(flat_new):
         if field not in flat_old or field == "train.resume_step":
@@ -339,14 +330,14 @@ class Checkpointer:
              val_loss: float | None = None) -> None:
         """Starts writing a checkpoint of `state` (one, unreplicated copy).
 
-        Returns once Orbax has taken its copy of the arrays; the files are
-        written in the background. `state` must not be donated to a later
-        train step meanwhile: the loop passes an unreplicated copy (fresh
-        buffers), never the replicated state itself. Raises UserError if an
-        earlier background save failed (e.g. the disk is full).
+        Returns once the arrays are copied to host memory (Orbax copies jax
+        arrays before its save() returns); the files are written in the
+        background, so the next train step may reuse (donate) the buffers.
+        Raises UserError if an earlier background save failed (e.g. the disk
+        is full).
         """
         self.wait()
-        # One process: jax arrays, copied off the device in the background.
+        # One process: jax arrays, which Orbax copies to the host itself.
         # Several: host copies, which Orbax treats as replicated and process 0
         # writes (it cannot save an array that lives on one process's device).
         keep_jax = jax.process_count() == 1

@@ -37,9 +37,12 @@ class _ShortOrbaxErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
-            record.msg = record.getMessage().splitlines()[0][:200]
+            record.msg = (record.getMessage().splitlines() or [""])[0][:200]
             record.args, record.exc_info, record.exc_text = (), None, None
         return True
+
+
+_SHORT_ORBAX_ERRORS = _ShortOrbaxErrors()  # One instance: adding it again is a no-op.
 
 
 def setup_logging() -> None:
@@ -49,7 +52,7 @@ def setup_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("jax", "absl", "orbax", "tensorboardX", "etils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("absl").addFilter(_ShortOrbaxErrors())
+    logging.getLogger("absl").addFilter(_SHORT_ORBAX_ERRORS)
     logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
 
 

@@ -14,6 +14,8 @@ Fields are overridden on the command line with `--config.model.num_layers=4`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from smallgpt_jax.errors import UserError
@@ -99,6 +101,18 @@ _NON_NEGATIVE = (
     "train.learning_rate", "train.min_learning_rate", "train.warmup_steps",
     "train.weight_decay", "train.grad_clip", "train.sample_tokens",
 )
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict (e.g. `config.to_dict()`) as {'model.num_layers': 4, ...}:
+    dotted key -> leaf value, in the dict's order."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import signal
@@ -23,8 +22,6 @@ from smallgpt_jax.bpe import END_OF_TEXT
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
-
-log = logging.getLogger("smallgpt_jax")
 
 
 def prepare_data(config, workdir: str):
@@ -162,7 +159,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state = train.init_state(model_cfg, tx, config.seed)
     par = train.data_parallel(config.parallel, model_cfg, tx, schedule, config.seed)
 
-    progress = reporting.ProgressBar(t.num_steps, int(state.step))
+    start_step = int(state.step)
+    progress = reporting.ProgressBar(t.num_steps)
     progress.message(
         f"{source}: {len(splits.train):,} train / {len(splits.val):,} val tokens, "
         f"{tok.kind} vocabulary {tok.vocab_size}, {tokens_per_char:.3f} tokens/char")
@@ -172,81 +170,81 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"in {jax.process_count()} process(es), {config.parallel}, "
         f"{micro} sequences per device per micro-batch; workdir {workdir}")
 
-    start_step = int(state.step)
-    # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
-    writer = reporting.Writer(workdir, purge_step=start_step + 1)
-    writer.text(start_step, "config", "\n" + str(config))
     if start_step >= t.num_steps:
         progress.message(f"nothing to train: the checkpoint is at step {start_step} and "
                          f"config.train.num_steps={t.num_steps}; raise it to train longer.")
-        writer.close()
         return {"steps": start_step, "params": state.params, "model_config": model_cfg,
                 "tokenizer": tok}
+    # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
+    writer = reporting.Writer(workdir, purge_step=start_step + 1)
+    writer.text(start_step, "config", "\n" + str(config))
     rstate = par.put_state(state)
     tokens_per_step = t.batch_size * m.block_size
     t_start = t_log = time.time()
     best_val, last = (resume.best_val_loss if resume else math.inf), {}
     finite = FiniteCheck(ckpt.latest_step, par.unreplicate)
-    for step in range(start_step, t.num_steps):
-        batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
-        rstate, metrics = par.train_step(
-            rstate, par.put_batch(process_rows(batch), t.grad_accum_steps))
-        done = step + 1
-        finite.after_step(done, metrics)  # Checks the previous step: no stall.
-        if done % t.log_every == 0 or done == t.num_steps:
-            finite.flush()
-            ckpt.poll()  # A background save that failed is reported here.
-            metrics = {k: float(par.unreplicate(v)) for k, v in metrics.items()}
-            now = time.time()
-            steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
-            metrics["tokens_per_sec"] = tokens_per_step * steps_since / (now - t_log)
-            t_log = now
-            writer.scalars(done, {f"train/{k}": v for k, v in metrics.items()})
-            progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
-        val_loss = None
-        if done % t.eval_every == 0 or done == t.num_steps:
-            finite.flush()
-            losses = evaluate(par, rstate.params, splits, config)
-            val_loss = losses["val"]
-            best_val = min(best_val, losses["val"])
-            last = {"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
-                    "eval/val_perplexity": math.exp(losses["val"]),
-                    "eval/val_bpc": train.bits_per_char(losses["val"], tokens_per_char),
-                    "eval/best_val_loss": best_val}
-            writer.scalars(done, last)
-            if writer.enabled:  # Only process 0 writes, so only it samples and draws.
-                params = par.unreplicate(rstate.params)
-                text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
-                writer.text(done, "sample", text)
-                from smallgpt_jax import viz  # Imported here: matplotlib only when needed.
-                # Every layer's and head's attention on 16 validation tokens.
-                writer.image(done, "attention", viz.attention_image(
-                    params, model_cfg, tok, splits.val[:min(16, m.block_size)]))
-            writer.flush()
-            progress.message(
-                f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                f"val ppl {last['eval/val_perplexity']:.2f}, val bpc {last['eval/val_bpc']:.3f}")
-        # Save every checkpoint_every steps, at the end, on a signal, and when the
-        # validation loss is a new best (so the best model is always on disk).
-        signum = stop.signum  # Read once: a signal may land at any moment.
-        if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
-                or (val_loss is not None and val_loss == best_val)):
-            finite.flush()
-            ckpt.save(done, par.unreplicate(rstate), config=config, tokenizer=tok,
-                      best_val_loss=best_val, val_loss=val_loss)
-            writer.flush()  # After a crash, the logs reach at least this checkpoint.
-        if signum and done < t.num_steps:
-            writer.close()
-            ckpt.wait()
-            raise Interrupted(
-                f"stopped by {signal.Signals(signum).name} at step {done}, after saving "
-                f"checkpoint {ckpt.directory}/{done}; run the same command again to resume.",
-                signum)
-    wall = time.time() - t_start
-    final = {**last, "steps": t.num_steps, "wall_time_s": wall}
-    writer.hparams(reporting.flat_hparams(config),
-                   {k: v for k, v in final.items() if k.startswith("eval/")}, t.num_steps)
-    writer.close()
+    try:  # Closed on every way out (an error, a signal): what was logged reaches disk.
+        for step in range(start_step, t.num_steps):
+            batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
+            rstate, metrics = par.train_step(
+                rstate, par.put_batch(process_rows(batch), t.grad_accum_steps))
+            done = step + 1
+            finite.after_step(done, metrics)  # Checks the previous step: no stall.
+            if done % t.log_every == 0 or done == t.num_steps:
+                finite.flush()
+                ckpt.poll()  # A background save that failed is reported here.
+                metrics = {k: float(par.unreplicate(v)) for k, v in metrics.items()}
+                now = time.time()
+                steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
+                metrics["tokens_per_sec"] = tokens_per_step * steps_since / (now - t_log)
+                t_log = now
+                writer.scalars(done, {f"train/{k}": v for k, v in metrics.items()})
+                progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
+            val_loss = None
+            if done % t.eval_every == 0 or done == t.num_steps:
+                finite.flush()
+                losses = evaluate(par, rstate.params, splits, config)
+                val_loss = losses["val"]
+                best_val = min(best_val, losses["val"])
+                last = {"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
+                        "eval/val_perplexity": math.exp(losses["val"]),
+                        "eval/val_bpc": train.bits_per_char(losses["val"], tokens_per_char),
+                        "eval/best_val_loss": best_val}
+                writer.scalars(done, last)
+                if writer.enabled:  # Only process 0 writes, so only it samples and draws.
+                    params = par.unreplicate(rstate.params)
+                    text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
+                    writer.text(done, "sample", text)
+                    from smallgpt_jax import viz  # Imported here: matplotlib only when needed.
+                    # Every layer's and head's attention on 16 validation tokens.
+                    writer.image(done, "attention", viz.attention_image(
+                        params, model_cfg, tok, splits.val[:min(16, m.block_size)]))
+                writer.flush()
+                progress.message(
+                    f"step {done}: train loss {losses['train']:.4f}, "
+                    f"val loss {losses['val']:.4f}, val ppl {last['eval/val_perplexity']:.2f}, "
+                    f"val bpc {last['eval/val_bpc']:.3f}")
+            # Save every checkpoint_every steps, at the end, on a signal, and when the
+            # validation loss is a new best (so the best model is always on disk).
+            signum = stop.signum  # Read once: a signal may land at any moment.
+            if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
+                    or (val_loss is not None and val_loss == best_val)):
+                finite.flush()
+                ckpt.save(done, par.unreplicate(rstate), config=config, tokenizer=tok,
+                          best_val_loss=best_val, val_loss=val_loss)
+                writer.flush()  # After a crash, the logs reach at least this checkpoint.
+            if signum and done < t.num_steps:
+                ckpt.wait()
+                raise Interrupted(
+                    f"stopped by {signal.Signals(signum).name} at step {done}, after saving "
+                    f"checkpoint {ckpt.directory}/{done}; run the same command again to resume.",
+                    signum)
+        wall = time.time() - t_start
+        final = {**last, "steps": t.num_steps, "wall_time_s": wall}
+        writer.hparams(reporting.flat_hparams(config),
+                       {k: v for k, v in final.items() if k.startswith("eval/")}, t.num_steps)
+    finally:
+        writer.close()
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "summary.json"), final)
     final["params"] = par.unreplicate(rstate.params)

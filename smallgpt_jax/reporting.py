@@ -12,17 +12,18 @@ import time
 
 import jax
 
+from smallgpt_jax.config import flatten
+
 
 class ProgressBar:
     """step, loss, tokens/s and ETA on one line (redrawn in a terminal; in a
     log file, printed as a new line about every 10% of the run)."""
 
-    def __init__(self, total_steps: int, start_step: int = 0, stream=sys.stderr):
-        self.total, self.start = total_steps, start_step
+    def __init__(self, total_steps: int, stream=sys.stderr):
+        self.total = total_steps
         self.stream = stream
         self.tty = stream.isatty()
-        self.t0 = None  # Timing starts after the first (compiling) step.
-        self.step0 = start_step
+        self.t0 = self.step0 = None  # Timing starts after the first (compiling) step.
         self.last_print = -1
 
     def update(self, step: int, loss: float, tokens_per_sec: float) -> None:
@@ -116,16 +117,8 @@ class Writer:
 
 def flat_hparams(config) -> dict:
     """The config flattened to {'model.num_layers': 4, ...} for TensorBoard."""
-    out = {}
-
-    def walk(prefix, d):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(f"{prefix}{k}.", v)
-            else:
-                out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    walk("", config.to_dict())
-    return out
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in flatten(config.to_dict()).items()}
 
 
 def write_json(path: str, obj) -> None:
