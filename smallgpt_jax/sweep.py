@@ -140,17 +140,6 @@ def _find_config(config_path: str, sweep_path: str) -> str:
     raise UserError(f"{sweep_path}: CONFIG = {config_path!r} does not exist.")
 
 
-def _flat_keys(config, prefix: str = "") -> list[str]:
-    import ml_collections
-    keys = []
-    for k, v in config.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            keys += _flat_keys(v, f"{prefix}{k}.")
-        else:
-            keys.append(prefix + k)
-    return keys
-
-
 def _parent(config, key: Any, where: str):
     """The ConfigDict holding dotted `key` and the key's last part; a
     UserError (with the closest real field name) if there is no such field."""
@@ -164,7 +153,8 @@ def _parent(config, key: Any, where: str):
     leaf = parts[-1]
     if (not isinstance(node, ml_collections.ConfigDict) or leaf not in node
             or isinstance(node[leaf], ml_collections.ConfigDict)):
-        close = difflib.get_close_matches(key, _flat_keys(config), n=1)
+        from smallgpt_jax.config import flatten
+        close = difflib.get_close_matches(key, list(flatten(config.to_dict())), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise UserError(f"{where}: the config has no field {key}{hint}.")
     return node, leaf
@@ -203,10 +193,6 @@ def _parse_like(text: str, current: Any, key: str) -> Any:
                         f"{type(current).__name__}.")
 
 
-def _format_value(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def trial_name(overrides: Overrides, all_keys: Sequence[str]) -> str:
     """'learning_rate=0.001,dropout=0.1': each field's last name (the full
     dotted name where two swept fields share a last name) = its value."""
@@ -215,7 +201,7 @@ def trial_name(overrides: Overrides, all_keys: Sequence[str]) -> str:
     for key, value in overrides.items():
         short = key.rsplit(".", 1)[-1]
         label = short if last.count(short) == 1 else key
-        parts.append(f"{label}={_format_value(value)}")
+        parts.append(f"{label}={value!s}")
     name = ",".join(parts) or "base"
     return re.sub(r"[^A-Za-z0-9._=,+-]", "-", name)  # Safe as a folder name.
 
@@ -279,7 +265,7 @@ def load_experiment(path: str, runs_dir: str = "runs",
         workdir = os.path.join(sweep_dir, tname)
         command = [sys.executable, "-m", "smallgpt_jax.main", f"--config={config_path}",
                    f"--workdir={workdir}"]
-        command += [f"--config.{k}={_format_value(v)}" for k, v in settings.items()]
+        command += [f"--config.{k}={v!s}" for k, v in settings.items()]
         trials.append(Trial(tname, overrides, workdir, config.train.num_steps, command))
     return Experiment(name, path, config_path, sweep_dir, keys, trials)
 
@@ -308,9 +294,13 @@ def read_summary(workdir: str) -> dict | None:
         return None
 
 
-def is_finished(trial: Trial) -> bool:
-    summary = read_summary(trial.workdir)
+def _reached_end(summary: dict | None, trial: Trial) -> bool:
+    """Does this (already read) summary.json record all of the trial's steps?"""
     return summary is not None and summary.get("steps") == trial.num_steps
+
+
+def is_finished(trial: Trial) -> bool:
+    return _reached_end(read_summary(trial.workdir), trial)
 
 
 def _trial_env() -> dict[str, str]:
@@ -418,28 +408,29 @@ def write_tensorboard_experiment(experiment: Experiment) -> None:
 
 def results_table(experiment: Experiment, statuses: dict[str, int]) -> list[dict]:
     """One row per trial (finished ones by best val loss, then the rest)."""
-    rows = []
+    keyed = []  # (sort key, row)
     for trial in experiment.trials:
-        summary = read_summary(trial.workdir) or {}
-        if is_finished(trial):
+        summary = read_summary(trial.workdir)
+        done = _reached_end(summary, trial)
+        if done:
             status = "done"
         elif statuses.get(trial.name, 0) != 0:
             status = f"failed (exit {statuses[trial.name]})"
         else:
             status = "not finished"
+        final = summary if done else {}  # Metrics are shown for finished trials only.
+        best, bpc, wall = (final.get(k) for k in ("eval/best_val_loss", "eval/val_bpc",
+                                                  "wall_time_s"))
         row = {"trial": trial.name}
         row.update({key: trial.overrides.get(key, "") for key in experiment.keys})
-        best = summary.get("eval/best_val_loss") if status == "done" else None
         row["best_val_loss"] = "" if best is None else f"{best:.4f}"
-        bpc = summary.get("eval/val_bpc") if status == "done" else None
         row["val_bpc"] = "" if bpc is None else f"{bpc:.4f}"
-        row["steps"] = summary.get("steps", "") if status == "done" else ""
-        wall = summary.get("wall_time_s") if status == "done" else None
+        row["steps"] = final.get("steps", "")
         row["wall_time"] = "" if wall is None else _clock(wall)
         row["status"] = status
-        rows.append(row)
-    rows.sort(key=lambda r: (r["best_val_loss"] == "", float(r["best_val_loss"] or 0)))
-    return rows
+        keyed.append(((best is None, 0 if best is None else best), row))
+    keyed.sort(key=lambda entry: entry[0])
+    return [row for _, row in keyed]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -501,12 +492,10 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs a sweep from the command line; returns the exit status."""
-    from smallgpt_jax.cli import fail
+    from smallgpt_jax.cli import user_errors
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    with user_errors():
         experiment = load_experiment(args.sweep_file, args.runs_dir, overrides)
-    except UserError as e:
-        fail(str(e))
     todo = [t for t in experiment.trials if not is_finished(t)]
     done = len(experiment.trials) - len(todo)
     print(f"sweep {experiment.name}: {len(experiment.trials)} trials on "
