@@ -2,9 +2,9 @@
 
     PYTHONPATH=tests python -m sample_stand_in --workdir=... [sample.py flags]
 
-The real checkpoint format is developed separately; this stand-in lets
-test_sample_cli.py run the CLI end to end on a model the test saved with
-`save` (parameters as msgpack, the model config as JSON, the tokenizer).
+A real checkpoint needs a training run; this stand-in lets
+test_sample_cli.py run the CLI end to end on a model the test built and saved
+with `save` (parameters as msgpack, the model config as JSON, the tokenizer).
 Its `load_params` has the real one's signature and writes the step it was
 asked for on stderr, so tests can check that --step gets through.
 """

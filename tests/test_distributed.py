@@ -50,10 +50,6 @@ def run_together(commands, timeout=420):
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
 
 
-# Less LLVM optimization: these tiny programs compile several times faster,
-# and every side of each comparison is compiled the same way.
-
-
 def cpu_env(devices: int, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",

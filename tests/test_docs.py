@@ -33,6 +33,8 @@ import time
 import pytest
 
 from conftest import ROOT, has_shakespeare
+from smallgpt_jax.errors import UserError
+from smallgpt_jax.sweep import load_experiment
 
 DOCS = os.path.join(ROOT, "docs")
 PAGES = sorted(glob.glob(os.path.join(DOCS, "*.md")))
@@ -210,13 +212,12 @@ def shrink(line: str) -> str:
     given = {_flag_value(w)[0] for w in out if w.startswith("--config.")}
     if sweeps:
         sweep_file = os.path.join(ROOT, next(w for w in out if w.startswith("experiments/")))
-        text = ""  # A missing file fails when the command runs, with its own message.
-        if os.path.isfile(sweep_file):
-            with open(sweep_file, encoding="utf-8") as f:
-                text = f.read()
-        named = text[text.find("def get_sweep"):]
+        try:
+            swept = set(load_experiment(sweep_file).keys)
+        except UserError:  # A bad file fails when the command runs, with its own message.
+            swept = set()
         extra = [f"--config.{k}={v}" for k, v in SWEEP_EXTRA.items()
-                 if k not in given and f'"{k}"' not in named]
+                 if k not in given and k not in swept]
         return " ".join(out + extra)
     # Insert the tiny defaults right after the config file (the command's own flags win).
     i = 1 + next(j for j, w in enumerate(out)

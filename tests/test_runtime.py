@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 
+from conftest import ROOT
+
 # In a fresh interpreter (the allocator must be tuned before NumPy starts):
 # fill a block, free it, fill a block of the same size again, and count the
 # minor page faults of the second fill. A block kept by the heap is refilled
@@ -27,7 +29,7 @@ _REFILL = textwrap.dedent("""
 def _refill_faults(nbytes: int, tweaks: bool) -> tuple[int, int]:
     env = {"SMALLGPT_RUNTIME_TWEAKS": "1" if tweaks else "0", "PATH": ""}
     out = subprocess.run([sys.executable, "-c", _REFILL, str(nbytes)], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     return int(out[0]), int(out[1])
 
 

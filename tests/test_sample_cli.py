@@ -108,9 +108,8 @@ def test_uncached_greedy_to_a_file_matches_the_library(saved_model, tmp_path):
 
 
 def test_a_real_checkpoint_end_to_end(tmp_path):
-    """Train a tiny run with the training CLI, then sample it (needs the real
-    smallgpt_jax.checkpoint, which lives on its own branch until merged)."""
-    pytest.importorskip("smallgpt_jax.checkpoint")
+    """Train a tiny run with the training CLI, then sample it (through the real
+    smallgpt_jax.checkpoint)."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("ROMEO: What light through yonder window breaks?\n" * 40)
     workdir = tmp_path / "run"
@@ -130,5 +129,4 @@ def test_a_real_checkpoint_end_to_end(tmp_path):
 
 
 def test_a_workdir_without_checkpoint_is_one_line(tmp_path):
-    pytest.importorskip("smallgpt_jax.checkpoint")
     assert_one_clear_line(run_sample([f"--workdir={tmp_path}"]), str(tmp_path))
