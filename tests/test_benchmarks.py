@@ -112,3 +112,28 @@ def test_cpu_peak_is_the_fastest_call(monkeypatch):
     clock = iter(x for i in range(100) for x in (10.0 * i, 10.0 * i + (2.0 if i < 3 else 1.0)))
     monkeypatch.setattr(peak.time, "perf_counter", lambda: next(clock))
     assert peak.measure_cpu_matmul_peak(n=8, repeats=3) == 2 * 8 ** 3 / 1.0
+
+
+def test_profile_categories_come_from_the_source_of_each_operation():
+    from benchmarks import profile_step
+    hlo = "\n".join([
+        '  %fusion.1 = f32[8,512]{1,0} fusion(%a, %b), kind=kCustom, '
+        'metadata={op_name="jit(_fun)/jvp(GPT)/block_0/mlp/fc/dot_general"}',
+        '  %dot.2 = f32[2,4,8,8]{3,2,1,0} dot(%q, %k), '
+        'metadata={op_name="jit(_fun)/jvp(GPT)/block_0/attn/bthk,bshk->bhts/dot_general"}',
+        '  %fusion.3 = f32[2,4,8,8]{3,2,1,0} fusion(%s), kind=kLoop, '
+        'metadata={op_name="jit(_fun)/jvp(GPT)/block_0/attn/exp"}',
+        '  %fusion.4 = f32[2,8,32]{2,1,0} fusion(%x), kind=kLoop, '
+        'metadata={op_name="jit(_fun)/jvp(GPT)/block_0/attn/Dropout_0/select_n"}',
+        '  %copy.5 = f32[32,8]{1,0} copy(%p)',
+        '  %fusion.6 = f32[32]{0} fusion(%m, %v), kind=kLoop, '
+        'metadata={op_name="jit(_fun)/add"}',
+    ])
+    sources = profile_step.op_sources(hlo)
+    got = {name: profile_step.category(name, sources) for name in sources}
+    assert got == {"fusion.1": "dense-layer matmuls", "dot.2": "attention matmuls",
+                   "fusion.3": "attention softmax and mask",
+                   "fusion.4": "dropout (random bits, masks)",
+                   "copy.5": "LayerNorm, MLP element-wise, layout copies",
+                   "fusion.6": "optimizer and clipping"}
+    assert set(got.values()) <= set(profile_step.CATEGORIES)
