@@ -20,7 +20,7 @@ import time
 from absl import flags
 
 from smallgpt_jax import cli
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.errors import UserError, writing
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
 _STEP = flags.DEFINE_string("step", "latest", "Checkpoint to load: 'latest', 'best' or a step.")
@@ -65,6 +65,23 @@ def check_prompt_early(workdir: str, prompt: str) -> None:
         sampling.encode_prompt(tokenizer_lib.load(path), prompt)
 
 
+def check_output(path: str) -> None:
+    """Fails now, not after generating, if --output cannot be written (an
+    existing file is left as it is until the samples are ready)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"--output={path}: folder {folder} does not exist.")
+    if os.path.isdir(path):
+        raise UserError(f"--output={path} is a folder; name a file.")
+    existed = os.path.exists(path)
+    try:
+        open(path, "a", encoding="utf-8").close()
+    except OSError as e:
+        raise UserError(f"--output={path}: cannot write it ({e.strerror or e}).")
+    if not existed:
+        os.remove(path)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
@@ -77,15 +94,18 @@ def main(argv: list[str]) -> None:
         # Everything that can be checked without the checkpoint, first.
         step = parse_step(_STEP.value)
         sampling.check_options(max_new_tokens=n, **knobs)
-        if not os.path.isdir(workdir):
+        if not os.path.exists(workdir):
             raise UserError(f"workdir {workdir} does not exist; pass a training run's --workdir.")
-        out_dir = os.path.dirname(os.path.abspath(_OUTPUT.value or "."))
-        if _OUTPUT.value and not os.path.isdir(out_dir):
-            raise UserError(f"--output={_OUTPUT.value}: folder {out_dir} does not exist.")
+        if not os.path.isdir(workdir):
+            raise UserError(f"workdir {workdir} is a file; pass a training run's --workdir.")
+        if _OUTPUT.value:
+            check_output(_OUTPUT.value)
         check_prompt_early(workdir, prompt)
 
         from smallgpt_jax.checkpoint import load_params  # Lazy: loads orbax.
         params, model_config, tokenizer = load_params(workdir, step)
+        # The checks that need the model (slide_step <= block_size), before any output.
+        sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
         generate = lambda stream=None: sampling.sample_texts(
             params, model_config, tokenizer, prompt, n, _SEED.value, stream=stream,
             use_cache=_USE_CACHE.value, **knobs)
@@ -93,7 +113,7 @@ def main(argv: list[str]) -> None:
         start = time.time()
         if _OUTPUT.value:
             texts = generate()
-            with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+            with writing(_OUTPUT.value), open(_OUTPUT.value, "w", encoding="utf-8") as f:
                 f.writelines(header(i) + text + "\n" for i, text in enumerate(texts))
         else:  # Sample 1 streams; the others are ready when it is (one batch).
             write = lambda s: (sys.stdout.write(s), sys.stdout.flush())

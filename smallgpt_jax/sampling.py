@@ -32,6 +32,7 @@ so changing them does not recompile anything.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable
 
@@ -108,8 +109,8 @@ def check_options(*, max_new_tokens: int = 0, num_samples: int = 1,
         raise UserError(f"max_new_tokens={max_new_tokens} must be 0 or more.")
     if num_samples < 1:
         raise UserError(f"num_samples={num_samples} must be at least 1.")
-    if not temperature >= 0:  # Also catches NaN.
-        raise UserError(f"temperature={temperature} must be >= 0 (0 means greedy).")
+    if not 0 <= temperature < math.inf:  # Also catches NaN.
+        raise UserError(f"temperature={temperature} must be >= 0 and finite (0 means greedy).")
     if top_k is not None and top_k < 1:
         raise UserError(f"top_k={top_k} must be at least 1 (leave it out for no top-k filter).")
     if not 0 < top_p <= 1:

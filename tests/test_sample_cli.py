@@ -55,6 +55,21 @@ def test_missing_workdir_and_output_folder(tmp_path):
                           f"workdir {tmp_path / 'none'} does not exist")
     assert_one_clear_line(run_sample([f"--workdir={tmp_path}", "--output=/no/such/dir/x.txt"]),
                           "folder /no/such/dir does not exist")
+    # Found before the (slow) load and generation, not after.
+    assert_one_clear_line(run_sample([f"--workdir={tmp_path}", f"--output={tmp_path}"]),
+                          f"--output={tmp_path} is a folder; name a file")
+    (tmp_path / "afile").write_text("")
+    assert_one_clear_line(run_sample([f"--workdir={tmp_path / 'afile'}"]),
+                          f"workdir {tmp_path / 'afile'} is a file")
+
+
+def test_a_slide_step_longer_than_the_window_fails_before_any_output(saved_model):
+    workdir, _, cfg, _ = saved_model
+    proc = run_with_stand_in([f"--workdir={workdir}", f"--slide_step={cfg.block_size + 1}"])
+    assert proc.stdout == ""
+    err = proc.stderr.replace("stand-in load_params(step='latest')\n", "")
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"at most block_size={cfg.block_size}" in err
 
 
 def test_prompt_characters_are_checked_before_loading(tmp_path):

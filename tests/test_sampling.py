@@ -100,6 +100,7 @@ def test_temperature_zero_is_greedy_whatever_the_key():
     ({"top_p": 0.0}, "top_p=0.0 must be in (0, 1]"),
     ({"top_p": 1.5}, "top_p=1.5 must be in (0, 1]"),
     ({"temperature": -0.1}, "temperature=-0.1 must be >= 0"),
+    ({"temperature": float("inf")}, "temperature=inf must be >= 0 and finite"),
     ({"max_new_tokens": -1}, "max_new_tokens=-1 must be 0 or more"),
     ({"num_samples": 0}, "num_samples=0 must be at least 1"),
     ({"slide_step": 17, "block_size": 16}, "slide_step=17 must be at least 1 and at most"),
