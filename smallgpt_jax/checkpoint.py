@@ -26,6 +26,7 @@ sampling and evaluation.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -44,7 +45,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax import tokenizer as tokenizer_lib
 from smallgpt_jax.config import flatten
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.errors import UserError, writing
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = 1  # Version of the `meta` layout, for future readers.
@@ -54,7 +55,7 @@ _INCOMPLETE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 # Names a run writes at the top of its workdir: finding one means the
 # directory belongs to a smallgpt_jax run and may be resumed (train.log is
 # what the sweep runner writes there before the run starts).
-_OUR_FILES = (CHECKPOINT_DIR, "config.json", "tokenizer.json", "train.log")
+_OUR_FILES = (CHECKPOINT_DIR, "config.json", "tokenizer.json", "summary.json", "train.log")
 # Model fields that change neither the parameters' shapes nor their meaning;
 # every other model field does, and changing it on resume is refused.
 _FREE_MODEL_FIELDS = ("dropout", "attention", "dtype")
@@ -89,7 +90,14 @@ def prepare_workdir(workdir: str) -> None:
         raise UserError(f"--workdir={workdir} is a file, not a directory.")
     if os.path.isdir(workdir):
         entries = sorted(os.listdir(workdir))
-        if entries and not any(e in _OUR_FILES for e in entries):
+        foreign = [e for e in ("config.json", "tokenizer.json")
+                   if e in entries and not _is_ours(os.path.join(workdir, e))]
+        if foreign:  # Common names: another program's would be overwritten.
+            raise UserError(
+                f"--workdir={workdir} holds a {' and a '.join(foreign)} that smallgpt_jax did "
+                "not write; choose a new or empty directory.")
+        if entries and not any(e in _OUR_FILES or e.startswith("events.out.tfevents.")
+                               for e in entries):
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             raise UserError(
                 f"--workdir={workdir} already holds files that are not from a smallgpt_jax "
@@ -112,6 +120,101 @@ def prepare_workdir(workdir: str) -> None:
         raise UserError(
             f"{directory} holds {', '.join(strange[:5])}, which are not smallgpt_jax "
             "checkpoints; move them away or choose another --workdir.")
+
+
+def _is_ours(path: str) -> bool:
+    """Is this config.json or tokenizer.json one that a run of ours wrote?"""
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(content, dict):
+        return False
+    if os.path.basename(path) == "config.json":
+        return {"model", "train", "data"} <= content.keys()
+    return content.get("kind") in ("char", "byte", "bpe")
+
+
+def _json_problem(path: str) -> str | None:
+    """Why the JSON file at `path` cannot be read, or None if it can."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, ValueError):
+        return "is damaged"
+    return None
+
+
+def _manager_file_problems(folder: str) -> list[str]:
+    """The files Orbax's CheckpointManager reads for every step when it opens."""
+    problems = []
+    names = ["_CHECKPOINT_METADATA"]
+    if os.path.isdir(os.path.join(folder, "metrics")):
+        names.append("metrics/metrics")
+    for name in names:
+        why = _json_problem(os.path.join(folder, name))
+        if why:
+            problems.append(f"{name} {why}")
+    return problems
+
+
+def damaged_files(folder: str) -> list[str]:
+    """Problems with the files of the complete checkpoint `folder`, found cheaply.
+
+    Orbax reads arrays asynchronously, and when files are missing the reads
+    still in flight print tracebacks after the error; checking first gives one
+    clear message. (Damaged array data is still caught by the restore itself.)
+    """
+    problems = _manager_file_problems(folder)
+    for name in ("meta/metadata", "state/_METADATA"):
+        why = _json_problem(os.path.join(folder, name))
+        if why:
+            problems.append(f"{name} {why}")
+    state = os.path.join(folder, "state")
+    try:
+        with open(os.path.join(state, "_METADATA"), encoding="utf-8") as f:
+            ocdbt = json.load(f).get("use_ocdbt", False)
+    except (OSError, ValueError, AttributeError):
+        ocdbt = False  # Already reported above.
+    if ocdbt:  # One database: a manifest for the tree, one per writing process.
+        parts = [e for e in os.listdir(state) if e.startswith("ocdbt.process_")]
+        if not parts:
+            problems.append("state/ocdbt.process_* is missing")
+        for manifest in ["manifest.ocdbt"] + [f"{p}/manifest.ocdbt" for p in parts]:
+            path = os.path.join(state, manifest)
+            if not os.path.isfile(path) or os.path.getsize(path) == 0:
+                problems.append(f"state/{manifest} is missing or empty")
+        for data_dir in ["d"] + [f"{p}/d" for p in parts]:
+            path = os.path.join(state, data_dir)
+            empty = [e for e in (os.listdir(path) if os.path.isdir(path) else [])
+                     if os.path.getsize(os.path.join(path, e)) == 0]
+            if empty:
+                problems.append(f"state/{data_dir}/{empty[0]} is empty")
+    return problems
+
+
+def _check_step_folders(directory: str) -> None:
+    """Refuses to go on when a complete checkpoint's small JSON files are
+    damaged: Orbax reads them all when it opens the directory, so one bad file
+    would otherwise block every resume, whichever step is asked for."""
+    if not os.path.isdir(directory):
+        return
+    for name in sorted((e for e in os.listdir(directory) if _STEP.match(e)), key=int):
+        folder = os.path.join(directory, name)
+        problems = _manager_file_problems(folder)
+        if problems:
+            raise UserError(_move_away(folder, problems))
+
+
+def _move_away(folder: str, problems: list[str]) -> str:
+    workdir = os.path.dirname(os.path.dirname(folder))
+    step = os.path.basename(folder)
+    return (f"checkpoint {folder} is damaged ({'; '.join(problems[:3])}); move it out of "
+            f"the way (mv {folder} {os.path.join(workdir, f'damaged-{step}')}) and run the same "
+            "command again to resume from the one before it.")
 
 
 def _is_structural(field: str, new: dict[str, Any]) -> bool:
@@ -172,6 +275,11 @@ class Resume:
         value = self.meta.get("best_val_loss")
         return math.inf if value is None else float(value)
 
+    @property
+    def train_time_s(self) -> float:
+        """Seconds spent training up to this checkpoint (earlier runs included)."""
+        return float(self.meta.get("train_time_s") or 0.0)
+
 
 class Checkpointer:
     """Saves and restores a run's checkpoints with an Orbax CheckpointManager.
@@ -188,6 +296,7 @@ class Checkpointer:
                  "(a save that never finished, e.g. cut off by a crash); removing it.")
             if jax.process_index() == 0:
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        _check_step_folders(self.directory)
         # Keep the newest `keep`, and the best one by validation loss (BestN sorts
         # worst first and keeps the last n; unevaluated checkpoints never count).
         policy = checkpoint_managers.AnyPreservationPolicy([
@@ -256,6 +365,9 @@ class Checkpointer:
         if not steps:
             return None
         step = wanted if wanted >= 0 else steps[-1]
+        problems = damaged_files(os.path.join(self.directory, str(step)))
+        if problems:
+            raise UserError(self._damaged(step, problems))
         try:
             meta = self._manager.restore(step, args=ocp.args.Composite(
                 meta=ocp.args.JsonRestore()))["meta"]
@@ -277,8 +389,9 @@ class Checkpointer:
                  f"run has {jax.device_count()}: training continues, but not bit for bit as "
                  "an uninterrupted run would.")
         if jax.process_index() == 0:
-            tokenizer_lib.save(tokenizer_lib.from_dict(meta["tokenizer"]),
-                               os.path.join(self.workdir, "tokenizer.json"))
+            path = os.path.join(self.workdir, "tokenizer.json")
+            with writing(path):
+                tokenizer_lib.save(tokenizer_lib.from_dict(meta["tokenizer"]), path)
         return Resume(step, meta)
 
     def restore_state(self, resume: Resume, target: Any) -> Any:
@@ -315,19 +428,20 @@ class Checkpointer:
         _say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
         return state
 
-    def _damaged(self, step: int, e: BaseException) -> str:
+    def _damaged(self, step: int, e: BaseException | list[str]) -> str:
         earlier = [s for s in self._on_disk() if s < step]
         hint = (f"resume from an earlier one with --config.train.resume_step=N "
                 f"(N in {', '.join(map(str, earlier))})" if earlier
                 else "no earlier checkpoint exists, so start again in a new --workdir")
-        return (f"checkpoint {self.directory}/{step} could not be restored ({_reason(e)}); "
+        why = "; ".join(e[:3]) if isinstance(e, list) else _reason(e)
+        return (f"checkpoint {self.directory}/{step} could not be restored ({why}); "
                 f"its files may be damaged or incomplete: {hint}.")
 
     # -- saving -----------------------------------------------------------
 
     def save(self, step: int, state: Any, *, config: ml_collections.ConfigDict,
              tokenizer: tokenizer_lib.Tokenizer, best_val_loss: float,
-             val_loss: float | None = None) -> None:
+             val_loss: float | None = None, train_time_s: float | None = None) -> None:
         """Starts writing a checkpoint of `state` (one, unreplicated copy).
 
         Returns once the arrays are copied to host memory (Orbax copies jax
@@ -350,6 +464,7 @@ class Checkpointer:
             "device_count": jax.device_count(),
             "val_loss": val_loss,
             "best_val_loss": best_val_loss if math.isfinite(best_val_loss) else None,
+            "train_time_s": train_time_s,  # Wall time of training so far, over resumes.
             "config": config.to_dict(),
             "tokenizer": tokenizer.to_dict(),
         }
@@ -444,7 +559,7 @@ def _resolve_step(manager: ocp.CheckpointManager, step: str | int, where: str) -
         scored = [(v, s) for v, s in scored if math.isfinite(v)]
         if not scored:
             raise UserError(f"no checkpoint in {where} has a validation loss yet; "
-                            "use step='latest'.")
+                            "ask for the latest one instead.")
         return min(scored)[1]
     if isinstance(step, str) and not step.isdigit():
         raise UserError(f"checkpoint step {step!r} is not 'latest', 'best' or a number.")
@@ -468,6 +583,7 @@ def load_params(workdir: str, step: str | int = "latest"
     if not os.path.isdir(directory):
         raise UserError(f"no checkpoints in {workdir} (expected {directory}); "
                         "is this the --workdir of a training run?")
+    _check_step_folders(directory)
     try:
         manager = ocp.CheckpointManager(
             directory, options=ocp.CheckpointManagerOptions(create=False),
@@ -477,6 +593,13 @@ def load_params(workdir: str, step: str | int = "latest"
         raise UserError(f"cannot read the checkpoints in {directory}: {_reason(e)}")
     with manager:
         chosen = _resolve_step(manager, step, directory)
+        others = [s for s in sorted(manager.all_steps()) if s != chosen]
+        pick = ("pick another step (complete ones: "
+                f"{', '.join(map(str, others)) or 'none'})")
+        problems = damaged_files(os.path.join(directory, str(chosen)))
+        if problems:
+            raise UserError(f"checkpoint {directory}/{chosen} could not be read "
+                            f"({'; '.join(problems[:3])}); its files are damaged: {pick}.")
         try:
             saved = manager.item_metadata(chosen)["state"].tree["params"]
             # The saved shapes are the restore target: only `params` is read.
@@ -489,10 +612,8 @@ def load_params(workdir: str, step: str | int = "latest"
                                              partial_restore=True),
                 meta=ocp.args.JsonRestore()))
         except Exception as e:
-            others = [s for s in sorted(manager.all_steps()) if s != chosen]
             raise UserError(f"checkpoint {directory}/{chosen} could not be read ({_reason(e)}); "
-                            "its files may be damaged: pick another step (complete ones: "
-                            f"{', '.join(map(str, others)) or 'none'}).")
+                            f"its files may be damaged: {pick}.")
     meta = restored["meta"]
     tok = tokenizer_lib.from_dict(meta["tokenizer"])
     config = ml_collections.ConfigDict(meta["config"])

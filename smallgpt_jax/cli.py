@@ -30,19 +30,29 @@ def user_errors():
         fail("interrupted", 130)
 
 
-class _ShortOrbaxErrors(logging.Filter):
-    """Orbax logs a long traceback from each thread of a save that failed (a
-    full disk, say); our own error line says what failed and what to do, so
-    keep one short line of each."""
+class _QuietOrbaxErrors(logging.Filter):
+    """Orbax logs an error (often with a traceback) from each thread of a save
+    that failed (a full disk, say). Every such failure also reaches our code
+    as an exception, and our own error line says what failed and what to do,
+    so these records are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
-            record.msg = (record.getMessage().splitlines() or [""])[0][:200]
-            record.args, record.exc_info, record.exc_text = (), None, None
-        return True
+        return not (record.levelno >= logging.ERROR
+                    and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
-_SHORT_ORBAX_ERRORS = _ShortOrbaxErrors()  # One instance: adding it again is a no-op.
+_QUIET_ORBAX_ERRORS = _QuietOrbaxErrors()  # One instance: adding it again is a no-op.
+
+
+def _ignore_closed_event_loop(unraisable) -> None:
+    """After a restore fails (damaged files), TensorStore finishes the reads
+    still in flight and reports them to Orbax's asyncio loop, closed by then;
+    Python would print a traceback for each. Our error line already says what
+    failed, so those are dropped; anything else is printed as usual."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def setup_logging() -> None:
@@ -52,8 +62,22 @@ def setup_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in ("jax", "absl", "orbax", "tensorboardX", "etils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("absl").addFilter(_SHORT_ORBAX_ERRORS)
+    logging.getLogger("absl").addFilter(_QUIET_ORBAX_ERRORS)
+    # After a failed restore, Orbax leaves reads in flight whose errors asyncio
+    # would log as "Future exception was never retrieved"; ours is reported.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    sys.unraisablehook = _ignore_closed_event_loop
     logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
+
+
+def _config_path(argv: list[str], flag: str) -> str | None:
+    """The file that --config (or `--flag`) names, without a ':arg' suffix."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{flag}="):
+            return arg.split("=", 1)[1].split(":", 1)[0]  # config_flags allows file.py:arg.
+        if arg == f"--{flag}" and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+    return None
 
 
 def check_config_file(argv: list[str], flag: str = "config") -> None:
@@ -61,16 +85,32 @@ def check_config_file(argv: list[str], flag: str = "config") -> None:
 
     (ml-collections would otherwise print a traceback and fail later.)
     """
-    for i, arg in enumerate(argv):
-        path = None
-        if arg.startswith(f"--{flag}="):
-            path = arg.split("=", 1)[1]
-        elif arg == f"--{flag}" and i + 1 < len(argv):
-            path = argv[i + 1]
-        if path is not None:
-            path = path.split(":", 1)[0]  # config_flags allows file.py:arg.
-            if not os.path.isfile(path):
-                fail(f"config file {path} does not exist; pass --{flag}=configs/NAME.py.")
+    path = _config_path(argv, flag)
+    if path is not None and not os.path.isfile(path):
+        fail(f"config file {path} does not exist; pass --{flag}=configs/NAME.py.")
+
+
+def unknown_config_field(argv: list[str], flag: str = "config") -> str | None:
+    """The message for the first --config.KEY override that names no field of
+    the config (ml-collections' own error is a bare KeyError), or None."""
+    import importlib.util
+    path = _config_path(argv, flag)
+    try:
+        spec = importlib.util.spec_from_file_location("_smallgpt_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    except Exception:  # Not loadable: the caller reports the original error.
+        return None
+    from smallgpt_jax.config import did_you_mean, flatten
+    fields = flatten(config.to_dict())
+    for arg in argv:
+        if arg.startswith(f"--{flag}."):
+            key = arg[len(flag) + 3:].split("=", 1)[0]
+            if key not in fields:
+                return (f"--{flag}.{key}: the config has no field {key}"
+                        f"{did_you_mean(config, key)}; smallgpt_jax/config.py lists them all.")
+    return None
 
 
 def run_app(main: Callable[[list[str]], None]) -> None:
@@ -80,7 +120,7 @@ def run_app(main: Callable[[list[str]], None]) -> None:
     try:
         argv = flags.FLAGS(sys.argv)
     except flags.Error as e:
-        fail(f"{e}. Try --help.")
-    except Exception as e:  # e.g. a config file that does not exist or fails to load.
-        fail(f"{e}")
+        fail(unknown_config_field(sys.argv) or f"{str(e).rstrip('.')}. Try --help.")
+    except Exception as e:  # e.g. a config file that fails to load, an unknown field.
+        fail(unknown_config_field(sys.argv) or f"{e}")
     app.run(lambda _: main(argv), argv=[sys.argv[0]])

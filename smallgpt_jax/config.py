@@ -14,6 +14,7 @@ Fields are overridden on the command line with `--config.model.num_layers=4`.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import ml_collections
@@ -115,6 +116,12 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def did_you_mean(config: ml_collections.ConfigDict, key: str) -> str:
+    """' (did you mean train.learning_rate?)' for a dotted key the config lacks."""
+    close = difflib.get_close_matches(key, list(flatten(config.to_dict())), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _get(config: ml_collections.ConfigDict, dotted: str):
     value = config
     for part in dotted.split("."):
@@ -139,6 +146,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if value < 0:
             raise UserError(f"config.{field}={value!r} must not be negative.")
     m, t = config.model, config.train
+    if t.resume_step < -1:
+        raise UserError(f"config.train.resume_step={t.resume_step} must be -1 (the newest "
+                        "checkpoint) or a step number.")
     if m.embed_dim % m.num_heads:
         raise UserError(
             f"config.model.embed_dim={m.embed_dim} is not divisible by "

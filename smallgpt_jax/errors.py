@@ -1,5 +1,8 @@
 """One error type for user mistakes: the CLI prints its message on one line."""
 
+import contextlib
+from typing import Iterator
+
 
 class UserError(Exception):
     """A problem with the user's input (config, data, workdir, flags).
@@ -19,3 +22,13 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turns a failed write of `path` (a full disk, no permission) into a UserError."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e}); free disk space or fix "
+                        "the directory, then run the same command again.") from e

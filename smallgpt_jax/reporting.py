@@ -5,6 +5,7 @@ Only process 0 of a multi-host job writes; the others get silent stand-ins.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ import time
 import jax
 
 from smallgpt_jax.config import flatten
+from smallgpt_jax.errors import UserError
 
 
 class ProgressBar:
@@ -63,30 +65,81 @@ def _fmt(seconds: float) -> str:
 
 
 class Writer:
-    """Writes TensorBoard scalars, text and hparams under the workdir."""
+    """Writes TensorBoard scalars, text, images and hparams under the workdir.
+
+    Events go to the file from the calling thread (tensorboardX's
+    `SummaryWriter` hands them to a background thread instead: when a write
+    fails there, e.g. on a full disk, that thread dies and the training loop
+    then blocks forever on its full queue). Here a failed write raises a
+    UserError at once. The writes are small and buffered, so this costs
+    nothing measurable. Use as a context manager, or call `close()`.
+    """
+
+    FLUSH_SECS = 10  # A live TensorBoard sees new points at least this often.
 
     def __init__(self, logdir: str, purge_step: int | None = None):
-        self.enabled = jax.process_index() == 0
-        self._tb = None
-        if self.enabled:
-            from tensorboardX import SummaryWriter  # Only process 0 needs it.
-            # purge_step: a resumed run tells TensorBoard to drop what an earlier
-            # (killed) process logged from that step on, so curves do not double.
-            self._tb = SummaryWriter(logdir, flush_secs=10, purge_step=purge_step)
+        self.enabled = jax.process_index() == 0  # Only process 0 writes.
+        self.logdir = logdir
+        self._events = None
+        self._failed = False
+        self._last_flush = time.time()
+        if not self.enabled:
+            return
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        with self._guard():
+            self._events = EventsWriter(os.path.join(logdir, "events"))
+            if purge_step is not None:
+                # A resumed run tells TensorBoard to drop what an earlier (killed)
+                # process logged from that step on, so curves do not double.
+                self._events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
+                self._events.write_event(Event(
+                    step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # Already failing: close what can be closed, keep the first error.
+            self._failed = True
+            self.close()
+
+    @contextlib.contextmanager
+    def _guard(self):
+        try:
+            yield
+        except OSError as e:
+            self._failed = True
+            raise UserError(
+                f"cannot write TensorBoard logs in {self.logdir} ({e.strerror or e}); free "
+                "disk space (or fix the directory), then run the same command again to "
+                "resume from the newest checkpoint.") from e
+
+    def _add(self, summary, step: int) -> None:
+        if self._events is None or self._failed:
+            return
+        from tensorboardX.proto.event_pb2 import Event
+        with self._guard():
+            self._events.write_event(Event(summary=summary, step=step, wall_time=time.time()))
+            if time.time() - self._last_flush > self.FLUSH_SECS:
+                self.flush()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self._tb:
-            for name, value in values.items():
-                self._tb.add_scalar(name, value, step)
+        from tensorboardX.summary import scalar
+        for name, value in values.items():
+            self._add(scalar(name, float(value)), step)
 
     def text(self, step: int, tag: str, text: str) -> None:
-        if self._tb:
-            # Markdown: indent by 4 spaces so TensorBoard keeps line breaks.
-            self._tb.add_text(tag, "    " + text.replace("\n", "\n    "), step)
+        from tensorboardX.summary import text as text_summary
+        # Markdown: indent by 4 spaces so TensorBoard keeps line breaks.
+        self._add(text_summary(tag, "    " + text.replace("\n", "\n    ")), step)
 
     def image(self, step: int, tag: str, image_HWC) -> None:
-        if self._tb:
-            self._tb.add_image(tag, image_HWC, step, dataformats="HWC")
+        if self.enabled:  # Encoding a PNG is work; the other processes skip it.
+            from tensorboardX.summary import image
+            self._add(image(tag, image_HWC, dataformats="HWC"), step)
 
     def hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:
         """Records the run's hyperparameters for TensorBoard's HPARAMS tab.
@@ -100,19 +153,29 @@ class Writer:
         table from all runs and lists the hparams that differ first (a sweep
         writes its own experiment summary naming its swept fields).
         """
-        if self._tb:
-            from tensorboardX.summary import hparams as hparams_summary
-            _, session_start, session_end = hparams_summary(hparams, metrics)
-            for summary in (session_start, session_end):
-                self._tb.file_writer.add_summary(summary, step)
+        from tensorboardX.summary import hparams as hparams_summary
+        _, session_start, session_end = hparams_summary(hparams, metrics)
+        for summary in (session_start, session_end):
+            self._add(summary, step)
 
     def flush(self) -> None:
-        if self._tb:
-            self._tb.flush()
+        if self._events is not None and not self._failed:
+            with self._guard():
+                self._events.flush()
+            self._last_flush = time.time()
 
     def close(self) -> None:
-        if self._tb:
-            self._tb.close()
+        if self._events is None:
+            return
+        events, self._events = self._events, None
+        if self._failed:  # The error is already on its way; do not raise another.
+            try:
+                events.close()
+            except OSError:
+                pass
+            return
+        with self._guard():
+            events.close()
 
 
 def flat_hparams(config) -> dict:

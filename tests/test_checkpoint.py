@@ -194,6 +194,46 @@ def test_a_damaged_checkpoint_fails_clearly_and_an_earlier_one_can_be_chosen(
     assert "deleting checkpoints 2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("remove,named", [
+    ("state/manifest.ocdbt", "state/manifest.ocdbt is missing"),
+    ("state/ocdbt.process_0", "state/ocdbt.process_* is missing"),
+    ("state/_METADATA", "state/_METADATA is missing"),
+    ("meta/metadata", "meta/metadata is missing"),
+])
+def test_missing_checkpoint_files_are_named_before_orbax_reads_them(tmp_path, remove, named):
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {1: (fresh_state(config), None), 2: (fresh_state(config), None)})
+    path = os.path.join(workdir, "checkpoints", "2", remove)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    named = named.replace("*", r"\*")
+    with checkpoint.Checkpointer(workdir, 2) as ckpt:
+        with pytest.raises(UserError, match=rf"checkpoints/2 could not be restored \({named}.*"
+                                            r"resume_step=N \(N in 1\)"):
+            ckpt.resume_point(config)
+    with pytest.raises(UserError, match=rf"checkpoints/2 could not be read \({named}.*"
+                                        r"complete ones: 1\)"):
+        checkpoint.load_params(workdir, step=2)
+
+
+def test_a_damaged_metrics_file_names_its_checkpoint_and_moving_it_away_resumes(tmp_path):
+    # Orbax reads every step's metrics when it opens the directory: one bad
+    # file would block every resume, whichever step is asked for.
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {1: (fresh_state(config), 2.0), 2: (fresh_state(config), 1.5)})
+    step_2 = os.path.join(workdir, "checkpoints", "2")
+    os.truncate(os.path.join(step_2, "metrics", "metrics"), 5)
+    message = (r"checkpoints/2 is damaged \(metrics/metrics is damaged\); move it out of the "
+               rf"way \(mv {step_2} {os.path.join(workdir, 'damaged-2')}\)")
+    with pytest.raises(UserError, match=message):
+        checkpoint.Checkpointer(workdir, 2)
+    with pytest.raises(UserError, match=message):
+        checkpoint.load_params(workdir, step=1)
+    shutil.move(step_2, os.path.join(workdir, "damaged-2"))  # What the message says to do.
+    checkpoint.prepare_workdir(workdir)  # The moved folder does not make the workdir foreign.
+    with checkpoint.Checkpointer(workdir, 2) as ckpt:
+        assert ckpt.resume_point(config).step == 1
+
+
 def test_resume_step_that_does_not_exist_lists_the_ones_that_do(tmp_path):
     config, workdir = tiny_config(), str(tmp_path / "run")
     save_steps(workdir, config, {3: (small_tree(3), None), 6: (small_tree(6), None)})
@@ -212,6 +252,11 @@ def test_resume_step_that_does_not_exist_lists_the_ones_that_do(tmp_path):
      "cannot write to --workdir"),
     (lambda d: (os.makedirs(os.path.join(d, "checkpoints", "backup")),),
      "holds backup, which are not smallgpt_jax checkpoints"),
+    # Names we also write, but another program's files (a Hugging Face model folder).
+    (lambda d: (os.makedirs(d), open(os.path.join(d, "config.json"), "w").write(
+        '{"model_type": "gpt2"}')), "holds a config.json that smallgpt_jax did not write"),
+    (lambda d: (os.makedirs(d), open(os.path.join(d, "tokenizer.json"), "w").write(
+        '{"version": "1.0", "model": {}}')), "holds a tokenizer.json that smallgpt_jax did"),
 ])
 def test_a_foreign_or_unwritable_workdir_is_refused_before_training(tmp_path, setup, message):
     workdir = str(tmp_path / "w")
@@ -269,6 +314,42 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
     assert on_disk(workdir) == [2]
     params, _, _ = checkpoint.load_params(workdir)
     assert jax.tree.leaves(params)
+
+
+def test_a_full_disk_under_the_tensorboard_logs_stops_the_run_with_one_error(
+        tmp_path, monkeypatch):
+    # tensorboardX's own writer thread died on such an error, and the loop
+    # then blocked forever on its full queue.
+    from tensorboardX import record_writer
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+    config = train_config(corpus, **{"train.checkpoint_every": 2, "train.log_every": 1,
+                                     "train.num_steps": 1000, "train.eval_every": 1000})
+    real_write, writes = record_writer.RecordWriter.write, []
+
+    def disk_full_after_30_writes(self, data):
+        writes.append(len(data))
+        if len(writes) > 30:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", disk_full_after_30_writes)
+    with pytest.raises(UserError, match=r"cannot write TensorBoard logs in .*\(No space left on "
+                                        r"device\); free disk space"):
+        loop.train_and_evaluate(config, workdir)
+    assert on_disk(workdir) and on_disk(workdir)[-1] < 1000  # It stopped early, saved before.
+    params, _, _ = checkpoint.load_params(workdir)
+    assert jax.tree.leaves(params)
+
+
+def test_a_full_disk_at_start_up_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(loop.tokenizer_lib, "save", disk_full)
+    with pytest.raises(UserError, match=r"cannot write .*run/tokenizer.json \(No space left"):
+        loop.train_and_evaluate(train_config(corpus), workdir)
 
 
 def test_sigterm_saves_a_final_checkpoint_and_stops(tmp_path):

@@ -29,6 +29,7 @@ def test_default_and_shipped_configs_are_valid():
     ("train.learning_rate", -1.0, "config.train.learning_rate=-1.0 must not be negative"),
     ("data.train_fraction", 1.0, "config.data.train_fraction=1.0 must be strictly between"),
     ("train.grad_accum_steps", 3, "batch_size=8 is not divisible by config.train.grad_accum_steps=3"),
+    ("train.resume_step", -5, "config.train.resume_step=-5 must be -1"),
 ])
 def test_bad_values_name_the_field(field, value, message):
     with pytest.raises(UserError) as e:
