@@ -16,12 +16,12 @@ usage: ./launch.sh WHAT [ARGS...]
       checkpoints go to runs/NAME/ unless --workdir says otherwise.
       e.g. ./launch.sh configs/char_cpu.py --config.train.num_steps=500
 
-  ./launch.sh experiments/NAME.py [--parallel=N] [--dry-run] [--config.KEY=VALUE ...]
+  ./launch.sh experiments/NAME.py [--parallel=N] [--dry-run] [--runs_dir=DIR] [--config.KEY=VALUE ...]
       Run every trial of a sweep (python -m smallgpt_jax.sweep), N at a time,
-      each in runs/NAME/<trial>/. Launching it again skips finished trials and
-      resumes unfinished ones. --dry-run prints the commands. At the end the
-      results table is printed and written to runs/NAME/summary.csv and .md.
-      --config.KEY=VALUE is set in every trial.
+      each in runs/NAME/<trial>/ (DIR/NAME/<trial>/ with --runs_dir). Launching
+      it again skips finished trials and resumes unfinished ones. --dry-run
+      prints the commands. At the end the results table is printed and written
+      to runs/NAME/summary.csv and .md. --config.KEY=VALUE is set in every trial.
 
   ./launch.sh tensorboard [LOGDIR] [TENSORBOARD FLAGS ...]
       Open TensorBoard on LOGDIR (default runs/): loss curves, samples, and
@@ -69,7 +69,16 @@ case "$what" in
     exec "$PYTHON" -m tensorboard.main --logdir "$logdir" "$@" ;;
   *.py)
     # A sweep file defines get_sweep(); a config file defines get_config().
-    if [[ "$what" == experiments/* ]] || { [[ -f "$what" ]] && grep -q "^def get_sweep" "$what"; }; then
+    kind=config
+    if [[ -f "$what" ]]; then
+      if grep -q "^def get_sweep" "$what"; then kind=sweep
+      elif ! grep -q "^def get_config" "$what"; then
+        die "$what defines neither get_config() (a config) nor get_sweep() (a sweep)."
+      fi
+    elif [[ "$what" == *experiments/* ]]; then
+      kind=sweep  # Missing: the sweep runner says so.
+    fi
+    if [[ $kind == sweep ]]; then
       [[ $multihost -eq 0 ]] || die "a sweep runs its trials on this machine; multi-host flags apply to one config."
       exec "$PYTHON" -m smallgpt_jax.sweep "$what" "$@"
     fi

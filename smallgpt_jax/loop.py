@@ -20,7 +20,7 @@ import ml_collections
 from smallgpt_jax import checkpoint, data, reporting, runtime, sampling, tokenizer as tokenizer_lib, train
 from smallgpt_jax.bpe import END_OF_TEXT
 from smallgpt_jax.config import validate
-from smallgpt_jax.errors import Interrupted, UserError
+from smallgpt_jax.errors import Interrupted, UserError, writing
 from smallgpt_jax.model import count_params, model_config as make_model_config
 
 
@@ -126,6 +126,25 @@ class FiniteCheck:
             "warmup_steps) and run again to resume.")
 
 
+def agreed_stop(stop: checkpoint.StopSignals, step: int, every: int) -> int | None:
+    """The signal to stop on after `step`, the same in every process (or None).
+
+    One process acts on its own signal at once. In a multi-host job a signal
+    reaches the processes at slightly different moments (a cluster's
+    scheduler, a preemption); one process saving (a collective) while the
+    others run the next step (another collective) would wait for each other
+    forever. So every `every` steps, all processes share their flags and stop
+    together if any was signalled.
+    """
+    if jax.process_count() == 1:
+        return stop.signum  # Read once: a signal may land at any moment.
+    if step % every:
+        return None
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.int32(stop.signum or 0))
+    return int(np.max(flags)) or None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir`; returns the final metrics.
 
@@ -147,8 +166,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     resume = ckpt.resume_point(config)  # None: a fresh run.
     tok, splits, source, tokens_per_char = prepare_data(config, workdir)
     if jax.process_index() == 0:
-        tokenizer_lib.save(tok, os.path.join(workdir, "tokenizer.json"))
-        reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        with writing(os.path.join(workdir, "tokenizer.json")):
+            tokenizer_lib.save(tok, os.path.join(workdir, "tokenizer.json"))
+        with writing(os.path.join(workdir, "config.json")):
+            reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
     model_cfg = make_model_config(config, tok.vocab_size)
     tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
@@ -176,14 +197,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         return {"steps": start_step, "params": state.params, "model_config": model_cfg,
                 "tokenizer": tok}
     # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
-    writer = reporting.Writer(workdir, purge_step=start_step + 1)
-    writer.text(start_step, "config", "\n" + str(config))
-    rstate = par.put_state(state)
-    tokens_per_step = t.batch_size * m.block_size
-    t_start = t_log = time.time()
-    best_val, last = (resume.best_val_loss if resume else math.inf), {}
-    finite = FiniteCheck(ckpt.latest_step, par.unreplicate)
-    try:  # Closed on every way out (an error, a signal): what was logged reaches disk.
+    # The writer is closed on every way out (an error, a signal): what was logged
+    # reaches disk.
+    with reporting.Writer(workdir, purge_step=start_step + 1) as writer:
+        writer.text(start_step, "config", "\n" + str(config))
+        rstate = par.put_state(state)
+        tokens_per_step = t.batch_size * m.block_size
+        t_start = t_log = time.time()
+        time_before = resume.train_time_s if resume else 0.0  # Earlier runs of this workdir.
+        best_val, last = (resume.best_val_loss if resume else math.inf), {}
+        finite = FiniteCheck(ckpt.latest_step, par.unreplicate)
         for step in range(start_step, t.num_steps):
             batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
             rstate, metrics = par.train_step(
@@ -226,12 +249,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     f"val bpc {last['eval/val_bpc']:.3f}")
             # Save every checkpoint_every steps, at the end, on a signal, and when the
             # validation loss is a new best (so the best model is always on disk).
-            signum = stop.signum  # Read once: a signal may land at any moment.
+            signum = agreed_stop(stop, done, t.log_every)
             if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
                     or (val_loss is not None and val_loss == best_val)):
                 finite.flush()
                 ckpt.save(done, par.unreplicate(rstate), config=config, tokenizer=tok,
-                          best_val_loss=best_val, val_loss=val_loss)
+                          best_val_loss=best_val, val_loss=val_loss,
+                          train_time_s=time_before + time.time() - t_start)
                 writer.flush()  # After a crash, the logs reach at least this checkpoint.
             if signum and done < t.num_steps:
                 ckpt.wait()
@@ -239,14 +263,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     f"stopped by {signal.Signals(signum).name} at step {done}, after saving "
                     f"checkpoint {ckpt.directory}/{done}; run the same command again to resume.",
                     signum)
-        wall = time.time() - t_start
+        # Wall time of all the runs that made this model (a killed run's steps
+        # after its last checkpoint were redone, and are not counted twice).
+        wall = time_before + time.time() - t_start
         final = {**last, "steps": t.num_steps, "wall_time_s": wall}
         writer.hparams(reporting.flat_hparams(config),
                        {k: v for k, v in final.items() if k.startswith("eval/")}, t.num_steps)
-    finally:
-        writer.close()
     if jax.process_index() == 0:
-        reporting.write_json(os.path.join(workdir, "summary.json"), final)
+        with writing(os.path.join(workdir, "summary.json")):
+            reporting.write_json(os.path.join(workdir, "summary.json"), final)
     final["params"] = par.unreplicate(rstate.params)
     final["model_config"], final["tokenizer"] = model_cfg, tok
     return final

@@ -38,7 +38,6 @@ import ast
 import builtins
 import csv
 import dataclasses
-import difflib
 import glob
 import importlib.util
 import itertools
@@ -153,10 +152,8 @@ def _parent(config, key: Any, where: str):
     leaf = parts[-1]
     if (not isinstance(node, ml_collections.ConfigDict) or leaf not in node
             or isinstance(node[leaf], ml_collections.ConfigDict)):
-        from smallgpt_jax.config import flatten
-        close = difflib.get_close_matches(key, list(flatten(config.to_dict())), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UserError(f"{where}: the config has no field {key}{hint}.")
+        from smallgpt_jax.config import did_you_mean
+        raise UserError(f"{where}: the config has no field {key}{did_you_mean(config, key)}.")
     return node, leaf
 
 
@@ -295,18 +292,26 @@ def read_summary(workdir: str) -> dict | None:
 
 
 def _reached_end(summary: dict | None, trial: Trial) -> bool:
-    """Does this (already read) summary.json record all of the trial's steps?"""
-    return summary is not None and summary.get("steps") == trial.num_steps
+    """Does this (already read) summary.json record all of the trial's steps?
+    (A run trained further than the sweep now asks counts: it cannot go back.)"""
+    return summary is not None and summary.get("steps", -1) >= trial.num_steps
 
 
 def is_finished(trial: Trial) -> bool:
     return _reached_end(read_summary(trial.workdir), trial)
 
 
-def _trial_env() -> dict[str, str]:
-    """The trials' environment: ours, with this package importable."""
+def _trial_env(parallel: int = 1) -> dict[str, str]:
+    """The trials' environment: ours, with this package importable.
+
+    Trials running side by side share the machine's accelerators: JAX would
+    otherwise give the first one 75% of every GPU's memory up front and the
+    next would run out, so with parallel > 1 each allocates what it uses.
+    """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_repo_root(), env.get("PYTHONPATH")) if p)
+    if parallel > 1:
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     return env
 
 
@@ -352,7 +357,7 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
                 log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(trial.command)}\n")
                 log.flush()
                 proc = subprocess.Popen(trial.command, stdout=log, stderr=subprocess.STDOUT,
-                                        env=_trial_env())
+                                        env=_trial_env(parallel))
                 running[trial.name] = (trial, proc, log, time.time(), started)
                 say(f"[{started}/{total}] started {trial.name}  (log: {log_path})")
             for name, (trial, proc, log, t0, index) in list(running.items()):
@@ -368,7 +373,10 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
                     best = summary.get("eval/best_val_loss", float("nan"))
                     say(f"[{index}/{total}] done    {name} in {took}: best val loss {best:.4f}")
                 else:
-                    reason = _last_error(os.path.join(trial.workdir, "train.log"))
+                    if status < 0:  # Killed by a signal: its log's last line is not why.
+                        reason = f"killed by {signal.Signals(-status).name}"
+                    else:
+                        reason = _last_error(os.path.join(trial.workdir, "train.log"))
                     say(f"[{index}/{total}] FAILED  {name} (exit {status}) after {took}: {reason}")
             time.sleep(0.2)
     except KeyboardInterrupt:

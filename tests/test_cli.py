@@ -47,7 +47,10 @@ def test_short_run_on_tiny_shakespeare_writes_event_files(tmp_path):
      "config.model.embed_dim=128 is not divisible by config.model.num_heads=3"),
     (["--config=configs/char_cpu.py", "--config.model.dropout=1.5"],
      "config.model.dropout=1.5 must be in [0, 1)"),
-    (["--config=configs/char_cpu.py", "--config.model.no_such_field=1"], "no_such_field"),
+    (["--config=configs/char_cpu.py", "--config.model.no_such_field=1"],
+     "--config.model.no_such_field: the config has no field model.no_such_field"),
+    (["--config=configs/char_cpu.py", "--config.train.learnig_rate=1"],
+     "no field train.learnig_rate (did you mean train.learning_rate?)"),
     (["--config=configs/char_cpu.py", "--config.data.path=/nonexistent/corpus.txt"],
      "no such file, directory or glob match: /nonexistent/corpus.txt"),
 ])

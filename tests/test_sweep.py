@@ -209,14 +209,17 @@ def test_launch_script_dispatches(tmp_path):
     help_ = launch("--help")
     assert help_.returncode == 0
     for text in ("experiments/NAME.py", "--parallel=N", "tensorboard", "--coordinator=HOST:PORT",
-                 "--multihost"):
+                 "--multihost", "--runs_dir=DIR"):
         assert text in help_.stdout
     dry = launch("experiments/depth_sweep.py", "--dry-run", f"--runs_dir={tmp_path}")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("-m smallgpt_jax.main --config=configs/char_cpu.py") == 6
     for args, message in [(["configs/nope.py"], "config file configs/nope.py does not exist"),
                           (["--multihost", "experiments/lr_sweep.py"], "a sweep runs its trials"),
-                          (["nonsense"], "don't know what to do with 'nonsense'")]:
+                          (["nonsense"], "don't know what to do with 'nonsense'"),
+                          ([os.path.join(ROOT, "smallgpt_jax", "errors.py")],
+                           "defines neither get_config() (a config) nor get_sweep()"),
+                          (["./experiments/missing.py"], "experiments/missing.py")]:
         proc = launch(*args)
         assert proc.returncode == 2 and proc.stderr.strip() == proc.stderr.strip().splitlines()[0]
         assert message in proc.stderr
