@@ -116,6 +116,11 @@ def unknown_config_field(argv: list[str], flag: str = "config") -> str | None:
 def run_app(main: Callable[[list[str]], None]) -> None:
     """absl's app.run, with flag-parsing errors reduced to one line."""
     from absl import app, flags
+    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in sys.argv[1:]):
+        import __main__  # The command's docstring says how to use it; then its flags.
+        print((__main__.__doc__ or "").strip() + "\n\nflags:")
+        print(flags.FLAGS.main_module_help())
+        sys.exit(0)
     check_config_file(sys.argv)
     try:
         argv = flags.FLAGS(sys.argv)

@@ -1,4 +1,4 @@
-"""Command line: train a config.
+r"""Command line: train a config.
 
     python -m smallgpt_jax.main --config=configs/char_cpu.py \
         [--workdir=runs/char_cpu] [--config.train.num_steps=500 ...]

@@ -1,4 +1,4 @@
-"""Command line: generate text from a trained run.
+r"""Command line: generate text from a trained run.
 
     python -m smallgpt_jax.sample --workdir=runs/char_cpu --prompt="ROMEO:" \
         --max_new_tokens=500 --num_samples=3 --temperature=0.8 --top_k=200 \

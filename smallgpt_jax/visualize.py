@@ -1,4 +1,4 @@
-"""Command line: draw a picture of a trained run as a PNG.
+r"""Command line: draw a picture of a trained run as a PNG.
 
     python -m smallgpt_jax.visualize --workdir=runs/char_cpu --what=attention \
         --prompt="ROMEO: " --output=attention.png

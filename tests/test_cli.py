@@ -63,6 +63,16 @@ def test_bad_input_gives_one_clear_line(args, message, tmp_path):
     assert len(err.splitlines()) <= 2, err
 
 
+@pytest.mark.parametrize("module,flag", [("smallgpt_jax.main", "--workdir"),
+                                         ("smallgpt_jax.sample", "--top_p"),
+                                         ("smallgpt_jax.visualize", "--what")])
+def test_help_shows_the_usage_and_the_flags(module, flag):
+    # Every error line says "Try --help": it must work.
+    proc = run_cli(["--help"], module=module)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"python -m {module} " in proc.stdout and f"  {flag}:" in proc.stdout
+
+
 def test_too_short_corpus_is_refused(tmp_path):
     corpus = tmp_path / "short.txt"
     corpus.write_text("tiny text, far shorter than the context window\n" * 2)
