@@ -9,7 +9,7 @@
   docs/README.md, "How these pages are tested"): in its own scratch folder
   that looks like the repository and holds a copy of one shared tiny trained
   run in runs/char_cpu, with training commands shrunk to a tiny model and a
-  few steps; a `python -m pytest ...` command only collects the tests it
+  few steps (and no text samples unless asked for); a `python -m pytest ...` command only collects the tests it
   names (the suite runs them anyway). Blocks run two at a time. A block whose first line is
   `# docs-test: skip (REASON)` is not run (e.g. it starts a server).
   A `# expect: REGEX` line in a block must match the block's output.
@@ -40,10 +40,12 @@ DOCS = os.path.join(ROOT, "docs")
 PAGES = sorted(glob.glob(os.path.join(DOCS, "*.md")))
 
 # Training commands get these first (so a command's own values win) ...
+# No text samples at evaluations unless a command asks for them: compiling the
+# sampler is a third of a tiny run's cost, and tests/test_cli.py checks them.
 TINY = {"model.num_layers": 1, "model.num_heads": 2, "model.embed_dim": 32,
         "model.block_size": 32, "train.batch_size": 8, "train.num_steps": 10,
         "train.warmup_steps": 2, "train.eval_every": 10, "train.log_every": 5,
-        "train.checkpoint_every": 10, "train.eval_steps": 2, "train.sample_tokens": 20}
+        "train.checkpoint_every": 10, "train.eval_steps": 2, "train.sample_tokens": 0}
 # ... and then every step count a command gives is divided by this (rounded
 # up), so "train 200 steps, then continue to 400" keeps its meaning ...
 STEP_FIELDS = ("train.num_steps", "train.eval_every", "train.log_every",

@@ -367,7 +367,11 @@ def test_every_combination_trains_and_samples_with_the_cache(combo):
 
     # The sampler (cache prefilled with a 3-token prompt, then one token per
     # step) runs past the context window, and its greedy tokens are the argmax
-    # of the full pass over the last T tokens.
+    # of the full pass over the last T tokens. Sliding the window is where
+    # the positional encoding matters, so this runs once per encoding (the
+    # logits check above already covers every combination's cache).
+    if combo != next(c for c in COMBINATIONS if c[0] == combo[0]):
+        return
     n = T + 6
     new = sampling.generate(params, cfg, ids[:3], n, jax.random.key(0), temperature=0.0)
     assert new.shape == (1, n) and 0 <= new.min() and new.max() < cfg.vocab_size
