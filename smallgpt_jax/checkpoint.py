@@ -45,7 +45,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax import tokenizer as tokenizer_lib
 from smallgpt_jax.config import flatten
-from smallgpt_jax.errors import UserError, writing
+from smallgpt_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = 1  # Version of the `meta` layout, for future readers.
@@ -122,13 +122,20 @@ def prepare_workdir(workdir: str) -> None:
             "checkpoints; move them away or choose another --workdir.")
 
 
-def _is_ours(path: str) -> bool:
-    """Is this config.json or tokenizer.json one that a run of ours wrote?"""
+def _read_json(path: str) -> tuple[Any, str | None]:
+    """(content, None), or (None, why the file cannot be read)."""
     try:
         with open(path, encoding="utf-8") as f:
-            content = json.load(f)
+            return json.load(f), None
+    except FileNotFoundError:
+        return None, "is missing"
     except (OSError, ValueError):
-        return False
+        return None, "is damaged"
+
+
+def _is_ours(path: str) -> bool:
+    """Is this config.json or tokenizer.json one that a run of ours wrote?"""
+    content, _ = _read_json(path)
     if not isinstance(content, dict):
         return False
     if os.path.basename(path) == "config.json":
@@ -136,50 +143,38 @@ def _is_ours(path: str) -> bool:
     return content.get("kind") in ("char", "byte", "bpe")
 
 
-def _json_problem(path: str) -> str | None:
-    """Why the JSON file at `path` cannot be read, or None if it can."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            json.load(f)
-    except FileNotFoundError:
-        return "is missing"
-    except (OSError, ValueError):
-        return "is damaged"
-    return None
+def _summary(problems: list[str]) -> str:
+    return "; ".join(problems[:3])
 
 
 def _manager_file_problems(folder: str) -> list[str]:
     """The files Orbax's CheckpointManager reads for every step when it opens."""
-    problems = []
     names = ["_CHECKPOINT_METADATA"]
     if os.path.isdir(os.path.join(folder, "metrics")):
         names.append("metrics/metrics")
-    for name in names:
-        why = _json_problem(os.path.join(folder, name))
-        if why:
-            problems.append(f"{name} {why}")
-    return problems
+    return [f"{name} {why}" for name in names
+            if (why := _read_json(os.path.join(folder, name))[1])]
 
 
 def damaged_files(folder: str) -> list[str]:
-    """Problems with the files of the complete checkpoint `folder`, found cheaply.
+    """Problems with the files a restore of the complete checkpoint `folder`
+    reads, found cheaply. (The CheckpointManager's own files were checked
+    when it opened the directory: `_check_step_folders`.)
 
     Orbax reads arrays asynchronously, and when files are missing the reads
     still in flight print tracebacks after the error; checking first gives one
     clear message. (Damaged array data is still caught by the restore itself.)
     """
-    problems = _manager_file_problems(folder)
-    for name in ("meta/metadata", "state/_METADATA"):
-        why = _json_problem(os.path.join(folder, name))
-        if why:
-            problems.append(f"{name} {why}")
+    problems = []
+    meta = os.path.join(folder, "meta", "metadata")
+    if not os.path.isfile(meta) or os.path.getsize(meta) == 0:
+        problems.append("meta/metadata is missing or empty")
     state = os.path.join(folder, "state")
-    try:
-        with open(os.path.join(state, "_METADATA"), encoding="utf-8") as f:
-            ocdbt = json.load(f).get("use_ocdbt", False)
-    except (OSError, ValueError, AttributeError):
-        ocdbt = False  # Already reported above.
-    if ocdbt:  # One database: a manifest for the tree, one per writing process.
+    content, why = _read_json(os.path.join(state, "_METADATA"))
+    if why:
+        problems.append(f"state/_METADATA {why}")
+    if isinstance(content, dict) and content.get("use_ocdbt"):
+        # One database: a manifest for the tree, one per writing process.
         parts = [e for e in os.listdir(state) if e.startswith("ocdbt.process_")]
         if not parts:
             problems.append("state/ocdbt.process_* is missing")
@@ -212,9 +207,9 @@ def _check_step_folders(directory: str) -> None:
 def _move_away(folder: str, problems: list[str]) -> str:
     workdir = os.path.dirname(os.path.dirname(folder))
     step = os.path.basename(folder)
-    return (f"checkpoint {folder} is damaged ({'; '.join(problems[:3])}); move it out of "
-            f"the way (mv {folder} {os.path.join(workdir, f'damaged-{step}')}) and run the same "
-            "command again to resume from the one before it.")
+    return (f"checkpoint {folder} is damaged ({_summary(problems)}); move it out of "
+            f"the way (mv {folder} {os.path.join(workdir, f'damaged-{step}')}), then run the "
+            "same command again.")
 
 
 def _is_structural(field: str, new: dict[str, Any]) -> bool:
@@ -367,12 +362,12 @@ class Checkpointer:
         step = wanted if wanted >= 0 else steps[-1]
         problems = damaged_files(os.path.join(self.directory, str(step)))
         if problems:
-            raise UserError(self._damaged(step, problems))
+            raise UserError(self._damaged(step, _summary(problems)))
         try:
             meta = self._manager.restore(step, args=ocp.args.Composite(
                 meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:
-            raise UserError(self._damaged(step, e))
+            raise UserError(self._damaged(step, _reason(e)))
         if not isinstance(meta, dict) or "config" not in meta or "tokenizer" not in meta:
             raise UserError(f"checkpoint {self.directory}/{step} has no smallgpt_jax metadata; "
                             "is this workdir from another program?")
@@ -389,9 +384,8 @@ class Checkpointer:
                  f"run has {jax.device_count()}: training continues, but not bit for bit as "
                  "an uninterrupted run would.")
         if jax.process_index() == 0:
-            path = os.path.join(self.workdir, "tokenizer.json")
-            with writing(path):
-                tokenizer_lib.save(tokenizer_lib.from_dict(meta["tokenizer"]), path)
+            tokenizer_lib.save(tokenizer_lib.from_dict(meta["tokenizer"]),
+                               os.path.join(self.workdir, "tokenizer.json"))
         return Resume(step, meta)
 
     def restore_state(self, resume: Resume, target: Any) -> Any:
@@ -407,7 +401,7 @@ class Checkpointer:
             saved = self._manager.item_metadata(resume.step)["state"].tree["params"]
             theirs, ours = _param_shapes(saved), _param_shapes(target.params)
         except Exception as e:
-            raise UserError(self._damaged(resume.step, e))
+            raise UserError(self._damaged(resume.step, _reason(e)))
         if theirs != ours:
             diff = [f"{k}: {theirs.get(k, 'absent')} -> {ours.get(k, 'absent')}"
                     for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
@@ -418,7 +412,7 @@ class Checkpointer:
             state = self._manager.restore(resume.step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract)))["state"]
         except Exception as e:
-            raise UserError(self._damaged(resume.step, e))
+            raise UserError(self._damaged(resume.step, _reason(e)))
         newer = [s for s in self.steps() if s > resume.step]
         if newer:  # resume_step went back in time: those futures are replaced.
             _say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
@@ -428,12 +422,11 @@ class Checkpointer:
         _say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
         return state
 
-    def _damaged(self, step: int, e: BaseException | list[str]) -> str:
+    def _damaged(self, step: int, why: str) -> str:
         earlier = [s for s in self._on_disk() if s < step]
         hint = (f"resume from an earlier one with --config.train.resume_step=N "
                 f"(N in {', '.join(map(str, earlier))})" if earlier
                 else "no earlier checkpoint exists, so start again in a new --workdir")
-        why = "; ".join(e[:3]) if isinstance(e, list) else _reason(e)
         return (f"checkpoint {self.directory}/{step} could not be restored ({why}); "
                 f"its files may be damaged or incomplete: {hint}.")
 
@@ -599,7 +592,7 @@ def load_params(workdir: str, step: str | int = "latest"
         problems = damaged_files(os.path.join(directory, str(chosen)))
         if problems:
             raise UserError(f"checkpoint {directory}/{chosen} could not be read "
-                            f"({'; '.join(problems[:3])}); its files are damaged: {pick}.")
+                            f"({_summary(problems)}); its files are damaged: {pick}.")
         try:
             saved = manager.item_metadata(chosen)["state"].tree["params"]
             # The saved shapes are the restore target: only `params` is read.

@@ -95,6 +95,8 @@ def unknown_config_field(argv: list[str], flag: str = "config") -> str | None:
     the config (ml-collections' own error is a bare KeyError), or None."""
     import importlib.util
     path = _config_path(argv, flag)
+    if path is None:
+        return None
     try:
         spec = importlib.util.spec_from_file_location("_smallgpt_config", path)
         module = importlib.util.module_from_spec(spec)

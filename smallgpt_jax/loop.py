@@ -20,7 +20,7 @@ import ml_collections
 from smallgpt_jax import checkpoint, data, reporting, runtime, sampling, tokenizer as tokenizer_lib, train
 from smallgpt_jax.bpe import END_OF_TEXT
 from smallgpt_jax.config import validate
-from smallgpt_jax.errors import Interrupted, UserError, writing
+from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
 
 
@@ -45,6 +45,8 @@ def prepare_data(config, workdir: str):
         specials = (END_OF_TEXT,) if config.data.end_of_text else ()
         tok = tokenizer_lib.build(config.data.tokenizer, train_text, config.data.vocab_size,
                                   specials)
+        if jax.process_index() == 0:  # Kept with the run: a resume reloads it.
+            tokenizer_lib.save(tok, tok_path)
     splits = data.Splits(tok.encode(train_text), tok.encode(val_text))
     data.check_long_enough(splits, config.model.block_size)
     val_chars = len(val_text)  # Tokens per character of the original text:
@@ -166,10 +168,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     resume = ckpt.resume_point(config)  # None: a fresh run.
     tok, splits, source, tokens_per_char = prepare_data(config, workdir)
     if jax.process_index() == 0:
-        with writing(os.path.join(workdir, "tokenizer.json")):
-            tokenizer_lib.save(tok, os.path.join(workdir, "tokenizer.json"))
-        with writing(os.path.join(workdir, "config.json")):
-            reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
     model_cfg = make_model_config(config, tok.vocab_size)
     tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
@@ -270,8 +269,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.hparams(reporting.flat_hparams(config),
                        {k: v for k, v in final.items() if k.startswith("eval/")}, t.num_steps)
     if jax.process_index() == 0:
-        with writing(os.path.join(workdir, "summary.json")):
-            reporting.write_json(os.path.join(workdir, "summary.json"), final)
+        reporting.write_json(os.path.join(workdir, "summary.json"), final)
     final["params"] = par.unreplicate(rstate.params)
     final["model_config"], final["tokenizer"] = model_cfg, tok
     return final

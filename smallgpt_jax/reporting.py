@@ -14,7 +14,7 @@ import time
 import jax
 
 from smallgpt_jax.config import flatten
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.errors import UserError, writing
 
 
 class ProgressBar:
@@ -87,6 +87,7 @@ class Writer:
             return
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event, SessionLog
+        self._event = Event  # Only process 0 imports tensorboardX.
         with self._guard():
             self._events = EventsWriter(os.path.join(logdir, "events"))
             if purge_step is not None:
@@ -100,11 +101,9 @@ class Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:  # Already failing: close what can be closed, keep the first error.
+        if exc_type is not None:  # Already failing: close quietly, keep the first error.
             self._failed = True
-            self.close()
+        self.close()
 
     @contextlib.contextmanager
     def _guard(self):
@@ -120,9 +119,9 @@ class Writer:
     def _add(self, summary, step: int) -> None:
         if self._events is None or self._failed:
             return
-        from tensorboardX.proto.event_pb2 import Event
         with self._guard():
-            self._events.write_event(Event(summary=summary, step=step, wall_time=time.time()))
+            self._events.write_event(
+                self._event(summary=summary, step=step, wall_time=time.time()))
             if time.time() - self._last_flush > self.FLUSH_SECS:
                 self.flush()
 
@@ -185,8 +184,10 @@ def flat_hparams(config) -> dict:
 
 
 def write_json(path: str, obj) -> None:
-    """Atomic JSON write (temporary file, then rename)."""
+    """Atomic JSON write (temporary file, then rename); a failed write (a full
+    disk) is a UserError."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
+    with writing(path):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+        os.replace(tmp, path)

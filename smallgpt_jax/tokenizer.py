@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.errors import UserError, writing
 
 
 class Tokenizer:
@@ -132,11 +132,13 @@ def build(kind: str, train_text: str, vocab_size: int = 0,
 
 
 def save(tokenizer: Tokenizer, path: str) -> None:
-    """Writes the tokenizer as JSON (atomically, so a crash leaves no half file)."""
+    """Writes the tokenizer as JSON (atomically, so a crash leaves no half
+    file); a failed write (a full disk) is a UserError."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(tokenizer.to_dict(), f, ensure_ascii=False)
-    os.replace(tmp, path)
+    with writing(path):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(tokenizer.to_dict(), f, ensure_ascii=False)
+        os.replace(tmp, path)
 
 
 def load(path: str) -> Tokenizer:

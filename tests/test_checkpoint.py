@@ -202,7 +202,7 @@ def test_a_damaged_checkpoint_fails_clearly_and_an_earlier_one_can_be_chosen(
 ])
 def test_missing_checkpoint_files_are_named_before_orbax_reads_them(tmp_path, remove, named):
     config, workdir = tiny_config(), str(tmp_path / "run")
-    save_steps(workdir, config, {1: (fresh_state(config), None), 2: (fresh_state(config), None)})
+    save_steps(workdir, config, {1: (small_tree(1), None), 2: (small_tree(2), None)})
     path = os.path.join(workdir, "checkpoints", "2", remove)
     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     named = named.replace("*", r"\*")
@@ -219,7 +219,7 @@ def test_a_damaged_metrics_file_names_its_checkpoint_and_moving_it_away_resumes(
     # Orbax reads every step's metrics when it opens the directory: one bad
     # file would block every resume, whichever step is asked for.
     config, workdir = tiny_config(), str(tmp_path / "run")
-    save_steps(workdir, config, {1: (fresh_state(config), 2.0), 2: (fresh_state(config), 1.5)})
+    save_steps(workdir, config, {1: (small_tree(1), 2.0), 2: (small_tree(2), 1.5)})
     step_2 = os.path.join(workdir, "checkpoints", "2")
     os.truncate(os.path.join(step_2, "metrics", "metrics"), 5)
     message = (r"checkpoints/2 is damaged \(metrics/metrics is damaged\); move it out of the "
@@ -344,10 +344,14 @@ def test_a_full_disk_under_the_tensorboard_logs_stops_the_run_with_one_error(
 def test_a_full_disk_at_start_up_is_one_error_naming_the_file(tmp_path, monkeypatch):
     corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
 
-    def disk_full(*args):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_open = open
 
-    monkeypatch.setattr(loop.tokenizer_lib, "save", disk_full)
+    def disk_full_for_the_tokenizer(path, *args, **kwargs):
+        if str(path).startswith(os.path.join(workdir, "tokenizer.json")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", disk_full_for_the_tokenizer)
     with pytest.raises(UserError, match=r"cannot write .*run/tokenizer.json \(No space left"):
         loop.train_and_evaluate(train_config(corpus), workdir)
 
