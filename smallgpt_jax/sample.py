@@ -74,10 +74,8 @@ def check_output(path: str) -> None:
     if os.path.isdir(path):
         raise UserError(f"--output={path} is a folder; name a file.")
     existed = os.path.exists(path)
-    try:
+    with writing(path):
         open(path, "a", encoding="utf-8").close()
-    except OSError as e:
-        raise UserError(f"--output={path}: cannot write it ({e.strerror or e}).")
     if not existed:
         os.remove(path)
 

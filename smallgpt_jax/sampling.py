@@ -68,7 +68,7 @@ def filter_logits(logits_BV: Array, temperature: float | Array = 1.0,
 
 def _filter_by_rank(logits_BV: Array, top_k: int | Array, top_p: float | Array) -> Array:
     """filter_logits' top-k and top-p, on logits already divided by the temperature."""
-    B, V = logits_BV.shape
+    V = logits_BV.shape[-1]
     # Rank the tokens, most likely first. Filtering by rank rather than by
     # comparing with the k-th value keeps exactly k tokens even when logits tie.
     order_BV = jnp.argsort(-logits_BV, axis=-1, stable=True)  # rank -> token id
@@ -83,7 +83,8 @@ def _filter_by_rank(logits_BV: Array, top_k: int | Array, top_p: float | Array) 
     # (top_p >= 1 keeps all: float rounding could push a tail's mass_before to 1.)
     keep_BV = keep_BV & ((mass_before_BV < top_p) | (rank_V[None, :] == 0) | (top_p >= 1))
     # Back from rank order to token order: token `order[r]` has rank r.
-    keep_BV = jnp.zeros_like(keep_BV).at[jnp.arange(B)[:, None], order_BV].set(keep_BV)
+    keep_BV = jnp.put_along_axis(jnp.zeros_like(keep_BV), order_BV, keep_BV, axis=-1,
+                                 inplace=False)
     return jnp.where(keep_BV, logits_BV, -jnp.inf)
 
 

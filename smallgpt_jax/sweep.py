@@ -20,7 +20,7 @@ workdir `runs/<sweep>/<trial>` (the trial name is built from its overrides;
 its console output goes to `train.log` there). Everything is checked before
 the first trial starts: the file, its config, every overridden field name,
 type and value. A trial is finished when its `summary.json` (written by the
-training loop at the end) records the trial's `num_steps`; launching the
+training loop at the end) records at least the trial's `num_steps`; launching the
 same sweep again skips finished trials and re-runs the others in the same
 workdir, which resumes them from their checkpoints. A failing trial does not
 stop the others; the exit status is 1 if any failed.
@@ -374,7 +374,7 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
                     say(f"[{index}/{total}] done    {name} in {took}: best val loss {best:.4f}")
                 else:
                     if status < 0:  # Killed by a signal: its log's last line is not why.
-                        reason = f"killed by {signal.Signals(-status).name}"
+                        reason = f"killed by signal {-status} ({signal.strsignal(-status)})"
                     else:
                         reason = _last_error(os.path.join(trial.workdir, "train.log"))
                     say(f"[{index}/{total}] FAILED  {name} (exit {status}) after {took}: {reason}")
