@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import train_step
 
@@ -42,7 +42,8 @@ def op_sources(hlo_text: str) -> dict[str, tuple[bool, str]]:
     """{instruction name: (is a matmul, op_name)} from a compiled program's text."""
     sources = {}
     for line in hlo_text.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(", line)
+        # The result type is one shape, or a tuple of them: "(f32[4]{0}, f32[2]{0})".
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) ([\w\-]+)\(", line)
         if m:
             op_name = re.search(r'op_name="([^"]+)"', line)
             op_name = op_name.group(1) if op_name else ""
@@ -124,5 +125,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from smallgpt_jax import cli
     flags.mark_flag_as_required("config")
-    app.run(main)
+    cli.run_app(main)
