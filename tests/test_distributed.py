@@ -37,14 +37,17 @@ def write_corpus(path) -> str:
     return str(path)
 
 
-def run_together(commands, timeout=420):
+def run_together(commands, timeout=420, while_running=None):
     """Starts [(argv, env), ...] at once; returns their (status, stdout, stderr).
 
-    Processes of one job wait for each other, so all are killed if the
-    time runs out (instead of one hanging on a peer that died)."""
+    `while_running(procs)`, if given, runs once they have started (to signal
+    one, say). Processes of one job wait for each other, so all are killed if
+    the time runs out (instead of one hanging on a peer that died)."""
     procs = [subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for argv, env in commands]
     try:
+        if while_running is not None:
+            while_running(procs)
         outs = [p.communicate(timeout=timeout) for p in procs]
     finally:
         for p in procs:
@@ -199,26 +202,24 @@ def test_main_as_a_two_process_job_matches_one_process(tmp_path):
     job = dict(job, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}")
     more = [a.replace("num_steps=4", "num_steps=100000") for a in args]
     more.append("--config.train.checkpoint_every=2")
-    procs = [subprocess.Popen(
-        [sys.executable, *more, f"--workdir={two}", "--config.parallel=shard_map"], cwd=ROOT,
-        env=cpu_env(2, JAX_PROCESS_ID=str(i), **job), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     steps = lambda: [int(e) for e in os.listdir(two / "checkpoints") if e.isdigit()]
-    try:
+
+    def term_process_1_once_training(procs):
         deadline = time.time() + 300
         while max(steps()) < 8:  # Resumed, and training.
             assert time.time() < deadline and all(p.poll() is None for p in procs)
             time.sleep(0.1)
         procs[1].send_signal(signal.SIGTERM)
-        outs = [p.communicate(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert "resuming from checkpoint step 4" in outs[0][1]
-    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", outs[0][1]).group(1))
+
+    results = run_together([
+        ([sys.executable, *more, f"--workdir={two}", "--config.parallel=shard_map"],
+         cpu_env(2, JAX_PROCESS_ID=str(i), **job)) for i in (0, 1)],
+        timeout=180, while_running=term_process_1_once_training)
+    for status, _, err in results:
+        assert status == 128 + signal.SIGTERM, err[-3000:]
+    err_p0 = results[0][2]
+    assert "resuming from checkpoint step 4" in err_p0
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", err_p0).group(1))
     assert stopped == max(steps()) and stopped >= 8
 
 

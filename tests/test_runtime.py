@@ -13,9 +13,8 @@ from conftest import ROOT
 # minor page faults of the second fill. A block kept by the heap is refilled
 # without faults; one given back to the kernel faults in every page again.
 _REFILL = textwrap.dedent("""
-    import ctypes, os, resource, sys
-    if os.environ.get("SMALLGPT_RUNTIME_TWEAKS") != "0":
-        import smallgpt_jax  # noqa: F401
+    import ctypes, resource, sys
+    import smallgpt_jax  # noqa: F401 (SMALLGPT_RUNTIME_TWEAKS=0 leaves the allocator alone)
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]

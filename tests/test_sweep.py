@@ -219,7 +219,7 @@ def test_launch_script_dispatches(tmp_path):
                           (["nonsense"], "don't know what to do with 'nonsense'"),
                           ([os.path.join(ROOT, "smallgpt_jax", "errors.py")],
                            "defines neither get_config() (a config) nor get_sweep()"),
-                          (["./experiments/missing.py"], "experiments/missing.py")]:
+                          (["./experiments/missing.py"], "sweep file ./experiments/missing.py does not exist")]:
         proc = launch(*args)
         assert proc.returncode == 2 and proc.stderr.strip() == proc.stderr.strip().splitlines()[0]
         assert message in proc.stderr

@@ -442,11 +442,10 @@ def test_gpt1_starts_and_trains_on_cpu_with_overrides(tmp_path, shakespeare):
     assert tok.kind == "bpe" and tok.decode(tok.encode("ROMEO: hi")) == "ROMEO: hi"
 
 
-def test_variants_sweep_trials_are_valid_configs(tmp_path):
+def test_variants_sweep_trials_are_valid_configs():
     """Every trial of experiments/variants_sweep.py names real fields and validates
     (load_experiment raises UserError otherwise)."""
     from smallgpt_jax import sweep
-    exp = sweep.load_experiment(os.path.join(ROOT, "experiments", "variants_sweep.py"),
-                                str(tmp_path / "runs"))
+    exp = sweep.load_experiment(os.path.join(ROOT, "experiments", "variants_sweep.py"))
     assert os.path.abspath(exp.config_path) == os.path.join(ROOT, "configs", "char_cpu.py")
     assert {} in [trial.overrides for trial in exp.trials]
