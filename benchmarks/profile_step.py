@@ -38,13 +38,17 @@ CATEGORIES = [DENSE, ATTENTION, "attention softmax and mask", "dropout (random b
               "everything else"]
 
 
+# Control flow: the operations of their bodies are timed on their own.
+_WRAPPERS = ("while", "call", "conditional")
+
+
 def op_sources(hlo_text: str) -> dict[str, tuple[bool, str]]:
     """{instruction name: (is a matmul, op_name)} from a compiled program's text."""
     sources = {}
     for line in hlo_text.splitlines():
         # The result type is one shape, or a tuple of them: "(f32[4]{0}, f32[2]{0})".
         m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) ([\w\-]+)\(", line)
-        if m:
+        if m and m.group(2) not in _WRAPPERS:
             op_name = re.search(r'op_name="([^"]+)"', line)
             op_name = op_name.group(1) if op_name else ""
             # Library calls (YNNPACK) wrap dots in fusions: the source names the dot.

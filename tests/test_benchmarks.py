@@ -142,7 +142,9 @@ def test_profile_categories_come_from_the_source_of_each_operation():
 def test_profile_reads_operations_with_tuple_results():
     # A multi-output fusion's type is a tuple; its time must not be dropped.
     from benchmarks import profile_step
-    line = ('  %fusion.7 = (f32[4,128]{1,0}, f32[128]{0}) fusion(%a), kind=kLoop, '
-            'metadata={op_name="jit(_fun)/jvp(GPT)/block_0/norm1/reduce_sum"}')
-    assert profile_step.op_sources(line) == {
+    lines = ('  %fusion.7 = (f32[4,128]{1,0}, f32[128]{0}) fusion(%a), kind=kLoop, '
+             'metadata={op_name="jit(_fun)/jvp(GPT)/block_0/norm1/reduce_sum"}\n'
+             # A loop's body operations are timed on their own: not the loop too.
+             '  %while.8 = (s32[], u32[4]{0}) while(%tuple.1), condition=%c, body=%b')
+    assert profile_step.op_sources(lines) == {
         "fusion.7": (False, "jit(_fun)/jvp(GPT)/block_0/norm1/reduce_sum")}
