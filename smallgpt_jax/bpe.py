@@ -16,7 +16,7 @@ is enough to encode and decode again.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -47,9 +47,11 @@ class BPETokenizer(Tokenizer):
         self._tok = hf_tokenizer  # A tokenizers.Tokenizer.
 
     @classmethod
-    def train(cls, text: str, vocab_size: int,
+    def train(cls, text: str | Iterable[str], vocab_size: int,
               special_tokens: Sequence[str] = ()) -> "BPETokenizer":
-        """Learns a vocabulary of exactly `vocab_size` tokens from `text`.
+        """Learns a vocabulary of exactly `vocab_size` tokens from `text`, a
+        string or a stream of pieces (cut where the pre-tokenizer splits
+        anyway, the pieces give the vocabulary the whole text gives).
 
         The vocabulary is the 256 bytes, then the special tokens, then the
         learned merges. Raises UserError if `vocab_size` cannot even hold the
@@ -74,7 +76,13 @@ class BPETokenizer(Tokenizer):
             vocab_size=vocab_size, min_frequency=MIN_PAIR_COUNT, show_progress=False,
             special_tokens=special_tokens,
             initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator([text], trainer=trainer)
+        seen = [0]  # Characters, for the message below.
+
+        def pieces():
+            for piece in [text] if isinstance(text, str) else text:
+                seen[0] += len(piece)
+                yield piece
+        tok.train_from_iterator(pieces(), trainer=trainer)
         learned = tok.get_vocab_size()
         if learned < vocab_size:
             # Merging stops when no pair occurs MIN_PAIR_COUNT times any more:
@@ -82,7 +90,7 @@ class BPETokenizer(Tokenizer):
             raise UserError(
                 f"config.data.vocab_size={vocab_size} is larger than this training text "
                 f"supports: BPE ran out of pairs that occur at least {MIN_PAIR_COUNT} times "
-                f"at {learned} tokens ({len(text):,} characters of text). Use "
+                f"at {learned} tokens ({seen[0]:,} characters of text). Use "
                 f"--config.data.vocab_size={learned} or less, or train on more text.")
         return cls(tok)
 
@@ -97,6 +105,11 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text).ids, np.int32)
+
+    def encode_many(self, texts: list[str]) -> np.ndarray:
+        # The library encodes the pieces in parallel (all cores).
+        out = [np.asarray(e.ids, np.int32) for e in self._tok.encode_batch(texts)]
+        return np.concatenate(out or [np.zeros(0, np.int32)])
 
     def decode(self, ids) -> str:
         # Special tokens stay visible in the text, so document ends show.

@@ -218,8 +218,8 @@ def _is_structural(field: str, new: dict[str, Any]) -> bool:
         return field.split(".", 1)[1] not in _FREE_MODEL_FIELDS
     if field in ("data.tokenizer", "data.end_of_text"):  # The vocabulary changes.
         return True
-    if field == "data.vocab_size":  # Only BPE learns a vocabulary of this size.
-        return new.get("data.tokenizer") == "bpe"
+    if field == "data.vocab_size":  # Only BPE and word learn a vocabulary of this size.
+        return new.get("data.tokenizer") in ("bpe", "word")
     return False
 
 
@@ -434,7 +434,8 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, *, config: ml_collections.ConfigDict,
              tokenizer: tokenizer_lib.Tokenizer, best_val_loss: float,
-             val_loss: float | None = None, train_time_s: float | None = None) -> None:
+             val_loss: float | None = None, train_time_s: float | None = None,
+             data_fingerprint: str = "") -> None:
         """Starts writing a checkpoint of `state` (one, unreplicated copy).
 
         Returns once the arrays are copied to host memory (Orbax copies jax
@@ -460,6 +461,7 @@ class Checkpointer:
             "train_time_s": train_time_s,  # Wall time of training so far, over resumes.
             "config": config.to_dict(),
             "tokenizer": tokenizer.to_dict(),
+            "data_fingerprint": data_fingerprint,  # Corpus and split (store.py manifest).
         }
         metrics = {} if val_loss is None else {"val_loss": float(val_loss)}
         try:

@@ -37,12 +37,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "tinyshakespeare"  # Named corpus, used when `path` is empty.
     c.data.path = ""  # A UTF-8 .txt file, a directory of them, or a glob.
-    c.data.tokenizer = "char"  # 'char', 'byte' or 'bpe'.
-    c.data.vocab_size = 512  # Only for 'bpe': size of the learned vocabulary.
+    c.data.tokenizer = "char"  # 'char', 'byte', 'bpe' or 'word'.
+    c.data.vocab_size = 512  # Only for 'bpe' and 'word': size of the learned vocabulary.
     # Only for 'bpe': join documents (the files of `path`) with one special
     # <|endoftext|> token instead of a blank line.
     c.data.end_of_text = False
     c.data.train_fraction = 0.9  # First 90% trains, the last 10% validates.
+    # Where prepared token stores go (see store.py); '' is the user cache,
+    # $XDG_CACHE_HOME or ~/.cache, under smallgpt_jax/stores.
+    c.data.cache_dir = ""
+    # Only for 'bpe' and 'word': learn the vocabulary from at most this many
+    # characters of the training split (evenly spaced pieces of it, the same
+    # every time); 0 = all of it. Bounds preparation time on huge corpora.
+    c.data.fit_max_chars = 200_000_000
 
     c.model = ml_collections.ConfigDict()
     c.model.num_layers = 4  # Transformer blocks.
@@ -79,12 +86,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500  # Save a checkpoint every N steps.
     c.train.keep_checkpoints = 2  # Newest checkpoints kept (plus the best).
     c.train.resume_step = -1  # -1: resume from the newest; N: from step N (newer deleted).
+    # Resume even though the corpus or its split changed since the checkpoint
+    # (refused otherwise); the best validation loss so far is then forgotten.
+    c.train.allow_data_change = False
     return c
 
 
 _CHOICES = {
     "parallel": ("pmap", "shard_map"),
-    "data.tokenizer": ("char", "byte", "bpe"),
+    "data.tokenizer": ("char", "byte", "bpe", "word"),
     "model.pos_encoding": ("learned", "sinusoidal", "rope", "none"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.norm_position": ("pre", "post"),
@@ -100,7 +110,7 @@ _POSITIVE = (
 )
 _NON_NEGATIVE = (
     "train.learning_rate", "train.min_learning_rate", "train.warmup_steps",
-    "train.weight_decay", "train.grad_clip", "train.sample_tokens",
+    "train.weight_decay", "train.grad_clip", "train.sample_tokens", "data.fit_max_chars",
 )
 
 

@@ -1,6 +1,7 @@
 """Text corpora and batches.
 
-Where the text comes from (`config.data`):
+Where the text comes from (`config.data`; store.py tokenizes it once into a
+memory-mapped token store):
 - `path`: a UTF-8 .txt file, a directory of .txt files, or a glob;
 - otherwise the named `dataset`, found in `$SMALLGPT_DATA_DIR/<name>/`, then
   in the user cache (`~/.cache/smallgpt_jax`), then downloaded (with a
@@ -109,14 +110,22 @@ def find_dataset(name: str) -> str:
 
 
 def resolve_paths(path: str) -> list[str]:
-    """Expands a file, a directory of .txt files, or a glob into file paths."""
+    """Expands a file, a directory of .txt files, or a glob into file paths.
+
+    Only regular files count: a FIFO or device named *.txt would block or
+    never end when read.
+    """
     if os.path.isdir(path):
-        paths = sorted(glob.glob(os.path.join(path, "**", "*.txt"), recursive=True))
+        paths = sorted(p for p in glob.glob(os.path.join(path, "**", "*.txt"), recursive=True)
+                       if os.path.isfile(p))
         if not paths:
-            raise UserError(f"directory {path} holds no .txt files.")
+            raise UserError(f"directory {path} holds no .txt files (regular files).")
         return paths
     if os.path.isfile(path):
         return [path]
+    if os.path.exists(path):
+        raise UserError(f"{path} is not a regular file (a FIFO, socket or device?); point "
+                        "--config.data.path at a .txt file, a directory or a glob.")
     paths = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
     if not paths:
         raise UserError(f"no such file, directory or glob match: {path}")
@@ -137,27 +146,21 @@ def read_text(path: str) -> str:
     return text
 
 
-def load_text(data_config) -> tuple[list[str], str]:
-    """Returns (the documents, a description of where they came from)."""
-    if data_config.path:
-        paths = resolve_paths(data_config.path)
-    else:
-        paths = [find_dataset(data_config.dataset)]
-    return [read_text(p) for p in paths], ", ".join(paths)
-
-
 def split_text(text: str, train_fraction: float) -> tuple[str, str]:
-    """Splits contiguously: the first part trains, the rest validates."""
+    """Splits contiguously: the first part trains, the rest validates.
+    (The token store cuts its stream by the same rule: corpus.split_at.)"""
     n = int(len(text) * train_fraction)
     return text[:n], text[n:]
 
 
 @dataclass
 class Splits:
-    """Token ids of the training and validation splits."""
+    """Token ids of the training and validation splits (memory-mapped when
+    they come from the token store, store.py)."""
 
     train: np.ndarray
     val: np.ndarray
+    fingerprint: str = ""  # What the text and split were (store manifest); "" unknown.
 
 
 def check_long_enough(splits: Splits, block_size: int) -> None:
@@ -179,4 +182,5 @@ def sample_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int,
     """
     rng = np.random.default_rng([seed, stream, step])
     starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
-    return tokens[starts[:, None] + np.arange(block_size + 1)]
+    # int32 whatever the store's type (uint8/16/32): the same batches as ever.
+    return tokens[starts[:, None] + np.arange(block_size + 1)].astype(np.int32, copy=False)

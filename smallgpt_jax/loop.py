@@ -17,43 +17,10 @@ import jax
 import numpy as np
 import ml_collections
 
-from smallgpt_jax import checkpoint, data, reporting, runtime, sampling, tokenizer as tokenizer_lib, train
-from smallgpt_jax.bpe import END_OF_TEXT
+from smallgpt_jax import checkpoint, data, reporting, runtime, sampling, store, train
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
-
-
-def prepare_data(config, workdir: str):
-    """Loads the corpus, builds (or reloads) the tokenizer, encodes both splits."""
-    documents, source = data.load_text(config.data)
-    # Documents are separated by a blank line, or by one special token.
-    separator = END_OF_TEXT if config.data.end_of_text else "\n\n"
-    text = separator.join(documents)
-    train_text, val_text = data.split_text(text, config.data.train_fraction)
-    tok_path = os.path.join(workdir, "tokenizer.json")
-    if os.path.exists(tok_path):  # A resumed run keeps its vocabulary.
-        tok = tokenizer_lib.load(tok_path)
-        if tok.kind != config.data.tokenizer or (
-                tok.kind == "bpe" and tok.vocab_size != config.data.vocab_size):
-            raise UserError(
-                f"{tok_path} holds a {tok.kind} vocabulary of {tok.vocab_size}, but the config "
-                f"asks for data.tokenizer={config.data.tokenizer!r}"
-                f"{f' of {config.data.vocab_size}' if config.data.tokenizer == 'bpe' else ''}; "
-                "use a fresh --workdir.")
-    else:
-        specials = (END_OF_TEXT,) if config.data.end_of_text else ()
-        tok = tokenizer_lib.build(config.data.tokenizer, train_text, config.data.vocab_size,
-                                  specials)
-        if jax.process_index() == 0:  # Kept with the run: a resume reloads it.
-            tokenizer_lib.save(tok, tok_path)
-    splits = data.Splits(tok.encode(train_text), tok.encode(val_text))
-    data.check_long_enough(splits, config.model.block_size)
-    val_chars = len(val_text)  # Tokens per character of the original text:
-    if config.data.end_of_text:  # the 13-character mark stands for one.
-        val_chars -= (len(END_OF_TEXT) - 1) * val_text.count(END_OF_TEXT)
-    tokens_per_char = len(splits.val) / max(val_chars, 1)
-    return tok, splits, source, tokens_per_char
 
 
 def process_rows(batch_NT1: np.ndarray) -> np.ndarray:
@@ -166,7 +133,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     t, m = config.train, config.model
     micro = train.per_device_batch(t.batch_size, t.grad_accum_steps)
     resume = ckpt.resume_point(config)  # None: a fresh run.
-    tok, splits, source, tokens_per_char = prepare_data(config, workdir)
+    tok, splits, source, tokens_per_char = store.load_splits(config, workdir, stop)
+    data_changed = resume is not None and store.data_changed(resume.meta, splits, config)
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
@@ -204,7 +172,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         tokens_per_step = t.batch_size * m.block_size
         t_start = t_log = time.time()
         time_before = resume.train_time_s if resume else 0.0  # Earlier runs of this workdir.
-        best_val, last = (resume.best_val_loss if resume else math.inf), {}
+        best_val = resume.best_val_loss if resume and not data_changed else math.inf
+        last = {}
         finite = FiniteCheck(ckpt.latest_step, par.unreplicate)
         for step in range(start_step, t.num_steps):
             batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
@@ -254,7 +223,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 finite.flush()
                 ckpt.save(done, par.unreplicate(rstate), config=config, tokenizer=tok,
                           best_val_loss=best_val, val_loss=val_loss,
-                          train_time_s=time_before + time.time() - t_start)
+                          train_time_s=time_before + time.time() - t_start,
+                          data_fingerprint=splits.fingerprint)
                 writer.flush()  # After a crash, the logs reach at least this checkpoint.
             if signum and done < t.num_steps:
                 ckpt.wait()

@@ -14,6 +14,7 @@ import time
 import jax
 
 from smallgpt_jax.config import flatten
+from smallgpt_jax.corpus import clock
 from smallgpt_jax.errors import UserError, writing
 
 
@@ -39,7 +40,7 @@ class ProgressBar:
         frac = step / max(self.total, 1)
         bar = "#" * int(20 * frac)
         line = (f"step {step:>6}/{self.total} [{bar:<20}] loss {loss:.4f} "
-                f"{tokens_per_sec:,.0f} tok/s ETA {_fmt(eta)}")
+                f"{tokens_per_sec:,.0f} tok/s ETA {clock(eta)}")
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
             self.stream.flush()
@@ -54,14 +55,6 @@ class ProgressBar:
         if self.tty:
             self.stream.write("\r\x1b[K")
         print(text, file=self.stream, flush=True)
-
-
-def _fmt(seconds: float) -> str:
-    if seconds != seconds:  # NaN: not known yet.
-        return "--:--"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 class Writer:

@@ -8,13 +8,19 @@ its checkpoints) carry exactly the vocabulary the model was trained with.
   sorted by code point. The vocabulary is tiny (65 for Tiny Shakespeare).
 - `ByteTokenizer`: the 256 possible UTF-8 bytes; any text encodes.
 - `BPETokenizer` (in bpe.py): byte-level BPE learned from the training text.
+- `WordTokenizer` (in words.py): the most frequent words of the training
+  text, every space and punctuation character, and one unknown-word token.
+
+The token store (store.py) fits them on a corpus streamed in pieces (`fit`):
+the char alphabet comes from the whole corpus, the BPE and word vocabularies
+from the training split.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -38,13 +44,17 @@ class Tokenizer:
         """Returns the text of a sequence of token ids."""
         raise NotImplementedError
 
+    def encode_many(self, texts: list[str]) -> np.ndarray:
+        """The ids of the texts one after another (each encoded on its own)."""
+        return np.concatenate([self.encode(t) for t in texts] or [np.zeros(0, np.int32)])
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description from which `from_dict` rebuilds it."""
         raise NotImplementedError
 
 
 class CharTokenizer(Tokenizer):
-    """One token per character; the vocabulary comes from the training text."""
+    """One token per character; the vocabulary comes from the corpus."""
 
     kind = "char"
 
@@ -114,6 +124,9 @@ def from_dict(d: dict[str, Any]) -> Tokenizer:
     if kind == "bpe":
         from smallgpt_jax import bpe  # Imported lazily: needs `tokenizers`.
         return bpe.BPETokenizer.from_dict(d)
+    if kind == "word":
+        from smallgpt_jax import words
+        return words.WordTokenizer.from_dict(d)
     raise UserError(f"unknown tokenizer kind {kind!r} in a saved tokenizer.")
 
 
@@ -121,14 +134,26 @@ def build(kind: str, train_text: str, vocab_size: int = 0,
           special_tokens: tuple[str, ...] = ()) -> Tokenizer:
     """Builds the tokenizer named by `config.data.tokenizer` from training text.
     `special_tokens` (BPE only) get ids of their own, e.g. an end-of-text mark."""
+    return fit(kind, [train_text], vocab_size, special_tokens)
+
+
+def fit(kind: str, texts: Iterable[str], vocab_size: int = 0,
+        special_tokens: tuple[str, ...] = ()) -> Tokenizer:
+    """`build` from a stream of text pieces (read once, never held whole)."""
     if kind == "char":
-        return CharTokenizer.from_text(train_text)
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text)
+        return CharTokenizer("".join(sorted(chars)))
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":
         from smallgpt_jax import bpe
-        return bpe.BPETokenizer.train(train_text, vocab_size, special_tokens)
-    raise UserError(f"config.data.tokenizer={kind!r} is not one of char, byte, bpe.")
+        return bpe.BPETokenizer.train(texts, vocab_size, special_tokens)
+    if kind == "word":
+        from smallgpt_jax import words
+        return words.WordTokenizer.train(texts, vocab_size)
+    raise UserError(f"config.data.tokenizer={kind!r} is not one of char, byte, bpe, word.")
 
 
 def save(tokenizer: Tokenizer, path: str) -> None:

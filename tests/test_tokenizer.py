@@ -48,3 +48,26 @@ def test_byte_tokenizer_round_trips_any_text():
     assert tok.vocab_size == 256 and ids.max() < 256
     assert len(ids) == len(text.encode("utf-8"))
     assert tok.decode(ids) == text
+
+
+def test_word_tokenizer_keeps_spacing_and_punctuation(tmp_path):
+    text = "To be, or not to be: that is the question.\n\tWhether 'tis nobler...  to be!"
+    cut = text.index(" is")  # Pieces are cut before a space, as the store cuts them.
+    tok = tok_lib.fit("word", [text[:cut], text[cut:]], vocab_size=21)
+    assert tok.vocab_size == 21 and tok.pieces[0] == "<unk>"
+    # Spaces and punctuation come first, then words by frequency ("be", "to" twice).
+    assert {" ", ",", ".", "\n", "\t", "'", ":", "!"} <= set(tok.pieces[1:10])
+    assert tok.pieces.index("be") < tok.pieces.index("question")
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text  # Every word is known: exact round trip.
+    # An unknown word is one token, and only it changes.
+    assert tok.decode(tok.encode("to be, Hamlet!")) == "to be, <unk>!"
+    path = str(tmp_path / "tokenizer.json")
+    tok_lib.save(tok, path)
+    np.testing.assert_array_equal(tok_lib.load(path).encode(text), ids)
+    # The most frequent words win when the vocabulary is small.
+    small = tok_lib.fit("word", [text], vocab_size=16)
+    assert "be" in small.pieces and "question" not in small.pieces
+    with pytest.raises(UserError, match="vocab_size=500 is larger than this training text "
+                                        "supports: it has 20 distinct"):
+        tok_lib.fit("word", [text], vocab_size=500)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
-from smallgpt_jax import bpe, loop, sampling, tokenizer as tok_lib, train
+from smallgpt_jax import bpe, sampling, store, tokenizer as tok_lib, train
 from smallgpt_jax import model as model_lib
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import UserError
@@ -252,7 +252,7 @@ def test_end_of_text_is_one_token_between_documents(tmp_path):
     validate(config)
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
-    tok, splits, _, _ = loop.prepare_data(config, workdir)
+    tok, splits, _, _ = store.load_splits(config, workdir)
     eot = tok.encode(bpe.END_OF_TEXT)
     assert len(eot) == 1 and tok.special_tokens == [bpe.END_OF_TEXT]
     assert list(splits.train).count(int(eot[0])) == 1  # The one boundary, in train.
@@ -270,11 +270,11 @@ def test_cached_tokenizer_must_match_the_config(tmp_path):
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     char_cfg = tiny_config(**{"data.path": str(tmp_path / "a.txt")})
-    tok, *_ = loop.prepare_data(char_cfg, workdir)
+    tok, *_ = store.load_splits(char_cfg, workdir)
     tok_lib.save(tok, os.path.join(workdir, "tokenizer.json"))
     bpe_cfg = tiny_config(**{"data.path": str(tmp_path / "a.txt"), "data.tokenizer": "bpe"})
     with pytest.raises(UserError, match="holds a char vocabulary"):
-        loop.prepare_data(bpe_cfg, workdir)
+        store.load_splits(bpe_cfg, workdir)
 
 
 def test_bits_per_char_uses_tokens_per_character(tmp_path):
@@ -283,7 +283,7 @@ def test_bits_per_char_uses_tokens_per_character(tmp_path):
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     cfg = tiny_config(**{"data.path": str(tmp_path / "a.txt"), "data.tokenizer": "byte"})
-    _, splits, _, tokens_per_char = loop.prepare_data(cfg, workdir)
+    _, splits, _, tokens_per_char = store.load_splits(cfg, workdir)
     assert tokens_per_char == 2.0
     assert train.bits_per_char(math.log(2), tokens_per_char) == pytest.approx(2.0)
 

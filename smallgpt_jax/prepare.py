@@ -1,0 +1,46 @@
+r"""Command line: tokenize a corpus into the token store, without training.
+
+    python -m smallgpt_jax.prepare --config=configs/char_cpu.py \
+        [--config.data.path=BIG_DIR_OR_GLOB] [--config.data.tokenizer=bpe ...]
+
+Training does the same automatically on first use; preparing alone suits a
+cluster (prepare once, then train many runs or a sweep from the same store).
+Prints the store's folder and what it holds. A second call with the same
+corpus and settings finds it prepared and returns at once.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+
+from smallgpt_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file, e.g. configs/char_cpu.py.", lock_config=True)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
+    cli.setup_logging()
+    from smallgpt_jax import store  # After the flags: keeps --help fast.
+    from smallgpt_jax.config import validate
+    config = _CONFIG.value
+    with cli.user_errors():
+        validate(config)
+        prepared = store.open_store(config.data)
+        m = prepared.manifest
+        print(f"{prepared.directory}: {m['train_tokens']:,} train / {m['val_tokens']:,} val "
+              f"tokens ({m['dtype']}), {m['tokenizer']['kind']} vocabulary "
+              f"{m['tokenizer']['vocab_size']}, from {len(m['sources'])} file(s), "
+              f"{sum(s['size'] for s in m['sources']) / 1e6:,.1f} MB")
+
+
+def run() -> None:
+    flags.mark_flag_as_required("config")
+    cli.run_app(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,322 @@
+"""The token store: a corpus tokenized once, then memory-mapped by every run.
+
+A store is a folder in the cache (`data.cache_dir`, by default
+`~/.cache/smallgpt_jax/stores`, or under $XDG_CACHE_HOME), one per corpus
+(`data.path`, or the named dataset) and tokenizer settings:
+
+    manifest.json    what was prepared from what: each source file's size,
+                     modification time and sha256, the settings, the split
+                     rule, token and character counts, the format version
+    tokenizer.json   the tokenizer fitted on the corpus
+    train.bin        the training split's token ids, flat, little-endian, of
+    val.bin          the manifest's dtype (uint8, uint16 or uint32)
+
+The first run prepares it (passes.py) into a temporary folder, renamed into
+place only when complete: a preparation killed at any moment, or stopped by a
+full disk, leaves nothing that is ever used. One process prepares at a time
+(a file lock); the others wait, then reuse its result. The next run checks
+the sources against the manifest: a changed file (size or time), another
+format version, or a damaged store is prepared again, with a line saying why.
+Training memory-maps the two files: memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from smallgpt_jax import corpus, data, passes, tokenizer as tokenizer_lib
+from smallgpt_jax.errors import Interrupted, UserError
+
+FORMAT = 1  # Version of the store layout; another version is rebuilt, never misread.
+SPLIT_RULE = ("files joined by the separator, then cut by characters: the first "
+              "int(characters * train_fraction) train, the rest validate")
+
+
+def root(data_config) -> str:
+    """The folder holding the stores."""
+    return data_config.cache_dir or os.path.join(data.cache_dir(), "stores")
+
+
+def corpus_files(data_config) -> tuple[str, list[str]]:
+    """(the name of the corpus, its files): `data.path` or the named dataset."""
+    if data_config.path:
+        return os.path.abspath(data_config.path), data.resolve_paths(data_config.path)
+    path = data.find_dataset(data_config.dataset)
+    return os.path.abspath(path), [path]
+
+
+def settings(data_config, name: str, tokenizer: tokenizer_lib.Tokenizer | None) -> dict:
+    """Everything the tokens depend on besides the files' contents."""
+    kind = tokenizer.kind if tokenizer else data_config.tokenizer
+    s: dict[str, Any] = {"corpus": name, "tokenizer": kind,
+                         "end_of_text": bool(data_config.end_of_text),
+                         "train_fraction": float(data_config.train_fraction)}
+    if tokenizer is not None:  # A resumed run's own vocabulary.
+        s["tokenizer_sha256"] = _digest(tokenizer.to_dict())
+    elif kind in ("bpe", "word"):
+        s["vocab_size"], s["fit_max_chars"] = data_config.vocab_size, data_config.fit_max_chars
+    return s
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def folder_for(data_config, name: str, s: dict) -> str:
+    """<root>/<corpus file name>-<tokenizer>-<hash of the settings>."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(name))[0])[:40]
+    return os.path.join(root(data_config), f"{slug or 'corpus'}-{s['tokenizer']}-{_digest(s)[:16]}")
+
+
+class Store:
+    """A prepared store: its manifest, its tokenizer, its splits mapped."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        self.tokenizer = tokenizer_lib.load(os.path.join(directory, "tokenizer.json"))
+
+    def splits(self) -> data.Splits:
+        """Train and validation ids, memory-mapped read-only."""
+        dtype, m = np.dtype(self.manifest["dtype"]), self.manifest
+        def mapped(name: str, count: int) -> np.ndarray:
+            if not count:  # numpy cannot map an empty file.
+                return np.zeros(0, dtype)
+            return np.memmap(os.path.join(self.directory, name), dtype, "r", shape=(count,))
+        return data.Splits(mapped("train.bin", m["train_tokens"]), mapped("val.bin", m["val_tokens"]),
+                           m["fingerprint"])
+
+    @property
+    def tokens_per_char(self) -> float:
+        """Validation tokens per character of validation text (for bits per character)."""
+        return self.manifest["val_tokens"] / max(self.manifest["val_chars_for_bpc"], 1)
+
+
+def why_stale(directory: str, sources: list[corpus.Source]) -> str | None:
+    """Why the store in `directory` cannot be used (None: it can)."""
+    try:
+        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
+            m = json.load(f)
+    except FileNotFoundError:
+        return "not prepared yet"
+    except (OSError, ValueError):
+        return "its manifest is damaged"
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        return (f"it was written in store format {m.get('format') if isinstance(m, dict) else '?'}"
+                f", this version uses format {FORMAT}")
+    old = [corpus.Source(s["path"], s["size"], s["mtime_ns"]) for s in m["sources"]]
+    if [s.path for s in old] != [s.path for s in sources]:
+        return (f"the corpus now has {len(sources)} file(s), {len(old)} when prepared "
+                "(files were added, removed or renamed)")
+    for before, now in zip(old, sources):
+        if change := before.change(now):
+            return change
+    itemsize = np.dtype(m["dtype"]).itemsize
+    for name, count in (("train.bin", m["train_tokens"]), ("val.bin", m["val_tokens"])):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path) or os.path.getsize(path) != count * itemsize:
+            return f"its {name} is missing or has the wrong size (damaged)"
+    return None
+
+
+@contextlib.contextmanager
+def _locked(directory: str, say: Callable[[str], None], stop=None):
+    """Holds `<directory>.lock` exclusively (released when the process ends,
+    however it ends: no stale lock). Says who it waits for."""
+    fd = os.open(directory + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+                    say(f"waiting for another process ({holder}) preparing {directory}")
+                    waited = True
+                _check_stop(stop)
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_stop(stop) -> None:
+    if stop is not None and stop.signum:
+        raise Interrupted("stopped while preparing the corpus; nothing of the unfinished "
+                          "store is kept: run the same command again to start over.", stop.signum)
+
+
+def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
+               verbose: bool = True, stop=None) -> Store:
+    """The prepared store for `data_config` (prepared now if needed).
+
+    With `tokenizer` (a resumed run's), the store is encoded with it: the one
+    built for the settings when that holds the same vocabulary, else its own.
+    `stop` (a checkpoint.StopSignals) ends a preparation at the next piece.
+    """
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if verbose else (lambda _: None)
+    name, paths = corpus_files(data_config)
+    try:
+        os.makedirs(root(data_config), exist_ok=True)
+        if tokenizer is not None:  # Usually the store built from the settings has it.
+            usual = folder_for(data_config, name, settings(data_config, name, None))
+            with _locked(usual, say, stop):
+                if (why_stale(usual, [corpus.Source.of(p) for p in paths]) is None
+                        and Store(usual).tokenizer.to_dict() == tokenizer.to_dict()):
+                    return Store(usual)
+        s = settings(data_config, name, tokenizer)
+        directory = folder_for(data_config, name, s)
+        with _locked(directory, say, stop):
+            return _open_or_prepare(directory, paths, s, data_config, tokenizer, verbose, say,
+                                    lambda: _check_stop(stop))
+    except OSError as e:
+        raise UserError(f"cannot write the token store in {root(data_config)} "
+                        f"({e.strerror or e}); free disk space, or set "
+                        "--config.data.cache_dir to a folder with room.") from e
+
+
+def _open_or_prepare(directory, paths, s, data_config, tokenizer, verbose, say,
+                     check_stop) -> Store:
+    left = sorted(e for e in os.listdir(os.path.dirname(directory))
+                  if e.startswith(os.path.basename(directory) + ".tmp-"))
+    if left:  # We hold the lock: nobody is still writing these.
+        say(f"a preparation of this store was cut off earlier (kill, crash or full disk); "
+            f"starting it over: {directory}")
+        for e in left:
+            shutil.rmtree(os.path.join(os.path.dirname(directory), e), ignore_errors=True)
+    sources = [corpus.Source.of(p) for p in paths]
+    why = why_stale(directory, sources)
+    if why is None:
+        return Store(directory)
+    say(f"preparing the token store {directory}" + ("" if why == "not prepared yet"
+                                                     else f" again: {why}"))
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-",
+                           dir=os.path.dirname(directory))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # As a plain mkdir would (mkdtemp makes it private).
+        result = passes.run(paths, data_config, tokenizer, tmp, verbose, check_stop)
+        after = [corpus.Source.of(p) for p in paths]
+        if changed := next((c for b, a in zip(sources, after) if (c := b.change(a))), None):
+            raise UserError(f"{changed} while it was being prepared; run again when it is "
+                            "complete.")
+        tokenizer_lib.save(result.tokenizer, os.path.join(tmp, "tokenizer.json"))
+        _write_manifest(tmp, _manifest(s, sources, result, data_config))
+        _publish(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Store(directory)
+
+
+def _manifest(s: dict, sources: list[corpus.Source], r: passes.Result, data_config) -> dict:
+    separator = "<|endoftext|>" if data_config.end_of_text else "\n\n"
+    return {
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": s,
+        "sources": [{"path": src.path, "size": src.size, "mtime_ns": src.mtime_ns,
+                     "sha256": h} for src, h in zip(sources, r.sha256)],
+        "separator": separator,
+        "split": {"rule": SPLIT_RULE, "train_fraction": float(data_config.train_fraction),
+                  "train_chars": r.chars[0], "val_chars": r.chars[1]},
+        "tokenizer": {"kind": r.tokenizer.kind, "vocab_size": r.tokenizer.vocab_size},
+        "dtype": r.dtype,
+        "train_tokens": r.tokens[0],
+        "val_tokens": r.tokens[1],
+        "val_chars_for_bpc": r.val_chars_for_bpc,
+        # What the text was, whatever its path: a resume on other data is refused.
+        "fingerprint": _digest([r.sha256, separator, float(data_config.train_fraction)]),
+    }
+
+
+def _write_manifest(folder: str, manifest: dict) -> None:
+    path = os.path.join(folder, "manifest.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _publish(tmp: str, directory: str) -> None:
+    """Moves the finished folder into place (readers hold the lock meanwhile)."""
+    old = None
+    if os.path.exists(directory):
+        old = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-old-",
+                               dir=os.path.dirname(directory))
+        os.replace(directory, os.path.join(old, "store"))
+    os.replace(tmp, directory)
+    fd = os.open(os.path.dirname(directory), os.O_RDONLY)
+    try:  # The rename itself reaches the disk.
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_splits(config, workdir: str, stop=None
+                ) -> tuple[tokenizer_lib.Tokenizer, data.Splits, str, float]:
+    """What a training run needs from its data: (the tokenizer, the splits
+    memory-mapped from the store, where the text came from, validation
+    tokens per character). A resumed run keeps its workdir's tokenizer."""
+    import jax  # Here, not at the top: `python -m smallgpt_jax.prepare` needs no JAX.
+    tok_path = os.path.join(workdir, "tokenizer.json")
+    saved = None
+    if os.path.exists(tok_path):  # A resumed run keeps its vocabulary.
+        saved = tokenizer_lib.load(tok_path)
+        if saved.kind != config.data.tokenizer or (
+                saved.kind in ("bpe", "word") and saved.vocab_size != config.data.vocab_size):
+            sized = config.data.tokenizer in ("bpe", "word")
+            raise UserError(
+                f"{tok_path} holds a {saved.kind} vocabulary of {saved.vocab_size}, but the "
+                f"config asks for data.tokenizer={config.data.tokenizer!r}"
+                f"{f' of {config.data.vocab_size}' if sized else ''}; use a fresh --workdir.")
+    store = open_store(config.data, saved, verbose=jax.process_index() == 0, stop=stop)
+    tok = saved or store.tokenizer
+    if saved is None and jax.process_index() == 0:  # Kept with the run: a resume reloads it.
+        tokenizer_lib.save(tok, tok_path)
+    splits = store.splits()
+    data.check_long_enough(splits, config.model.block_size)
+    source = ", ".join(s["path"] for s in store.manifest["sources"])
+    return tok, splits, source, store.tokens_per_char
+
+
+def data_changed(resume_meta: dict | None, splits: data.Splits, config) -> bool:
+    """Whether a resumed run now trains on other text than its checkpoint was.
+
+    Refused (one line) unless `config.train.allow_data_change`; then logged,
+    and True: the best validation loss so far was on other validation text,
+    so its history restarts. A checkpoint that recorded no data says nothing.
+    """
+    before = (resume_meta or {}).get("data_fingerprint")
+    if not before or before == splits.fingerprint:
+        return False
+    if not config.train.allow_data_change:
+        raise UserError(
+            "cannot resume: the corpus or its train/validation split differs from what the "
+            "checkpoint was trained on (other file contents, files, or train_fraction). Train "
+            "on the old data, use a new --workdir, or pass "
+            "--config.train.allow_data_change=True to go on with the new data.")
+    print("resuming on different data (config.train.allow_data_change=True): the best "
+          "validation loss so far is forgotten, since it was measured on other text.",
+          file=sys.stderr, flush=True)
+    return True
