@@ -118,15 +118,19 @@ def why_stale(directory: str, sources: list[corpus.Source]) -> str | None:
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         return (f"it was written in store format {m.get('format') if isinstance(m, dict) else '?'}"
                 f", this version uses format {FORMAT}")
-    old = [corpus.Source(s["path"], s["size"], s["mtime_ns"]) for s in m["sources"]]
+    try:
+        old = [corpus.Source(s["path"], s["size"], s["mtime_ns"]) for s in m["sources"]]
+        itemsize = np.dtype(m["dtype"]).itemsize
+        counts = {"train.bin": int(m["train_tokens"]), "val.bin": int(m["val_tokens"])}
+    except (KeyError, TypeError, ValueError):
+        return "its manifest is damaged"
     if [s.path for s in old] != [s.path for s in sources]:
         return (f"the corpus now has {len(sources)} file(s), {len(old)} when prepared "
                 "(files were added, removed or renamed)")
     for before, now in zip(old, sources):
         if change := before.change(now):
             return change
-    itemsize = np.dtype(m["dtype"]).itemsize
-    for name, count in (("train.bin", m["train_tokens"]), ("val.bin", m["val_tokens"])):
+    for name, count in counts.items():
         path = os.path.join(directory, name)
         if not os.path.isfile(path) or os.path.getsize(path) != count * itemsize:
             return f"its {name} is missing or has the wrong size (damaged)"

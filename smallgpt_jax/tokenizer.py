@@ -75,7 +75,7 @@ class CharTokenizer(Tokenizer):
         return len(self.chars)
 
     def encode(self, text: str) -> np.ndarray:
-        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.int64)
+        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
         ids = np.where(codes < len(self._table),
                        self._table[np.minimum(codes, len(self._table) - 1)], -1)
         if (ids < 0).any():

@@ -296,3 +296,27 @@ def test_resume_on_other_data_is_refused_unless_allowed(tmp_path, capfd, monkeyp
         meta = json.load(f)
     fingerprint = store.open_store(config.data, verbose=False).manifest["fingerprint"]
     assert meta["data_fingerprint"] == fingerprint != ""
+
+
+def test_a_resumed_runs_own_tokenizer_and_a_stop_signal(tmp_path):
+    from smallgpt_jax.errors import Interrupted
+    (tmp_path / "a.txt").write_text("abc " * 300)
+    config = tiny_config(**{"data.path": str(tmp_path / "a.txt"),
+                            "data.cache_dir": str(tmp_path / "s")})
+    own = tok_lib.CharTokenizer(" abcz")  # e.g. saved by an older run: another alphabet.
+    s = store.open_store(config.data, own, verbose=False)
+    assert s.tokenizer.to_dict() == own.to_dict()
+    tok, _, val_ids, _ = in_memory(config)
+    np.testing.assert_array_equal(s.splits().val, own.encode(tok.decode(val_ids)))
+    usual = store.open_store(config.data, verbose=False)
+    assert usual.directory != s.directory and usual.tokenizer.chars == " abc"
+    assert store.open_store(config.data, usual.tokenizer, verbose=False).directory == \
+        usual.directory  # Same vocabulary: the usual store serves the resumed run.
+
+    class Stop:
+        signum = signal.SIGTERM
+    (tmp_path / "a.txt").write_text("abcd " * 300)
+    with pytest.raises(Interrupted, match="stopped while preparing the corpus"):
+        store.open_store(config.data, verbose=False, stop=Stop())
+    assert store.why_stale(usual.directory, [corpus.Source.of(str(tmp_path / "a.txt"))])
+    assert not any(".tmp-" in e for e in os.listdir(tmp_path / "s"))

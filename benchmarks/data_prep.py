@@ -1,0 +1,172 @@
+r"""The token store on a large corpus: preparation time and memory, training
+start-up on a prepared store, and the cost of drawing a batch.
+
+    # A corpus of ~N MB: Tiny Shakespeare's paragraphs, each copy in another
+    # seeded order (never commit it).
+    python -m benchmarks.data_prep make --mb 300 --out /tmp/corpus300
+
+    # Preparation (python -m smallgpt_jax.prepare in a fresh process, a cold
+    # store): wall and CPU seconds, peak resident memory.
+    python -m benchmarks.data_prep prepare --corpus /tmp/corpus300 --tokenizer char \
+        --cache /tmp/stores
+
+    # Start-up on the prepared store: process start to the first step's batch
+    # (a real train_and_evaluate; it stops there), with the peak memory by then.
+    # Run it twice: the first fills the JAX compilation cache (in --cache).
+    python -m benchmarks.data_prep startup --corpus /tmp/corpus300 --cache /tmp/stores
+
+    # Drawing batches (64 x 257 tokens) from the memory-mapped store.
+    python -m benchmarks.data_prep draw --corpus /tmp/corpus300 --cache /tmp/stores
+
+Each prints one JSON line. Figures depend on the machine and its load:
+report them with the conditions they were taken in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Run in a child process: stops at the first batch of the first step and
+# reports when (seconds since the parent started it) and the peak memory.
+STARTUP = r"""
+import os, resource, sys, time
+t_parent = float(sys.argv[1])
+t_imported = time.time()
+from smallgpt_jax import data, loop, store
+from smallgpt_jax.config import base_config
+t_imported = time.time() - t_parent
+load_splits, t_data = store.load_splits, []
+def timed_load_splits(*args, **kwargs):
+    t0 = time.time()
+    out = load_splits(*args, **kwargs)
+    t_data.append(time.time() - t0)
+    return out
+def first_batch(*args, **kwargs):
+    print(f"{time.time() - t_parent} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} "
+          f"{t_imported} {t_data[0]}", flush=True)
+    os._exit(0)
+store.load_splits, data.sample_batch = timed_load_splits, first_batch
+c = base_config()
+c.data.path, c.data.cache_dir, c.data.tokenizer = sys.argv[2], sys.argv[3], sys.argv[4]
+c.data.vocab_size, c.train.batch_size, c.model.block_size = int(sys.argv[5]), 64, 256
+c.compilation_cache = sys.argv[7]  # A warm cache is the usual case: not the first run.
+loop.train_and_evaluate(c, sys.argv[6])
+"""
+
+
+def make_corpus(out: str, mb: float, seed: int = 0) -> dict:
+    """Writes copies of Tiny Shakespeare, paragraphs reordered per copy, to
+    `out`/corpus.txt until it holds `mb` megabytes."""
+    from smallgpt_jax import data
+    paragraphs = data.read_text(data.find_dataset("tinyshakespeare")).split("\n\n")
+    rng = np.random.default_rng(seed)
+    os.makedirs(out, exist_ok=True)
+    path, written = os.path.join(out, "corpus.txt"), 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < mb * 1e6:
+            chunk = "\n\n".join(paragraphs[i] for i in rng.permutation(len(paragraphs))) + "\n\n"
+            f.write(chunk)
+            written += len(chunk.encode("utf-8"))
+    return {"corpus": path, "bytes": os.path.getsize(path)}
+
+
+def _child_cpu_and_peak() -> tuple[float, int]:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime, r.ru_maxrss * 1024
+
+
+def prepare(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
+    """Times a cold preparation in a fresh process (its store is removed first)."""
+    from smallgpt_jax import store
+    from smallgpt_jax.config import base_config
+    c = base_config()
+    c.data.path, c.data.cache_dir, c.data.tokenizer, c.data.vocab_size = (
+        corpus, cache, tokenizer, vocab)
+    name, _ = store.corpus_files(c.data)
+    folder = store.folder_for(c.data, name, store.settings(c.data, name, None))
+    subprocess.run(["rm", "-rf", folder], check=True)
+    args = [sys.executable, "-m", "smallgpt_jax.prepare", "--config=configs/char_cpu.py",
+            f"--config.data.path={corpus}", f"--config.data.cache_dir={cache}",
+            f"--config.data.tokenizer={tokenizer}", f"--config.data.vocab_size={vocab}"]
+    t0 = time.time()
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    cpu, peak = _child_cpu_and_peak()
+    with open(os.path.join(folder, "manifest.json")) as f:
+        m = json.load(f)
+    return {"what": "prepare", "tokenizer": tokenizer, "vocab": m["tokenizer"]["vocab_size"],
+            "corpus_mb": sum(s["size"] for s in m["sources"]) / 1e6,
+            "tokens": m["train_tokens"] + m["val_tokens"], "wall_s": wall, "cpu_s": cpu,
+            "peak_rss_mb": peak / 1e6, "summary": proc.stdout.strip()}
+
+
+def startup(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-c", STARTUP, str(t0), corpus, cache, tokenizer,
+                               str(vocab), os.path.join(workdir, "run"),
+                               os.path.join(cache, "jax_compilation_cache")],
+                              cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode or not proc.stdout.strip():
+        raise SystemExit(proc.stderr)
+    seconds, rss_kib, imports, load = proc.stdout.split()
+    prepared = "preparing" in proc.stderr
+    return {"what": "startup", "tokenizer": tokenizer, "corpus": corpus,
+            "seconds_to_first_batch": float(seconds), "cpu_s": _child_cpu_and_peak()[0],
+            "of_which_imports_s": float(imports),
+            "of_which_load_splits_s": float(load), "peak_rss_mb": int(rss_kib) * 1024 / 1e6,
+            "store_was_prepared_now": prepared}
+
+
+def draw(corpus: str, tokenizer: str, vocab: int, cache: str, steps: int = 2000) -> dict:
+    from smallgpt_jax import data, store
+    from smallgpt_jax.config import base_config
+    c = base_config()
+    c.data.path, c.data.cache_dir, c.data.tokenizer, c.data.vocab_size = (
+        corpus, cache, tokenizer, vocab)
+    splits = store.open_store(c.data, verbose=False).splits()
+    times = []
+    for step in range(steps):
+        t0 = time.perf_counter()
+        data.sample_batch(splits.train, 0, step, 64, 256)
+        times.append(time.perf_counter() - t0)
+    ms = np.array(times) * 1e3
+    return {"what": "draw", "batch": [64, 257], "train_tokens": len(splits.train),
+            "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
+            "first_ms": float(ms[0])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=["make", "prepare", "startup", "draw"])
+    p.add_argument("--mb", type=float, default=300, help="make: corpus size in MB")
+    p.add_argument("--out", default="/tmp/smallgpt_corpus", help="make: output folder")
+    p.add_argument("--corpus", help="the corpus file or folder")
+    p.add_argument("--tokenizer", default="char")
+    p.add_argument("--vocab", type=int, default=8192, help="bpe/word vocabulary size")
+    p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "smallgpt_stores"),
+                   help="the store folder (data.cache_dir)")
+    a = p.parse_args()
+    if a.command == "make":
+        out = make_corpus(a.out, a.mb)
+    else:
+        out = {"prepare": prepare, "startup": startup, "draw": draw}[a.command](
+            a.corpus, a.tokenizer, a.vocab, a.cache)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
