@@ -331,7 +331,7 @@ def benchmark(config) -> dict[str, Any]:
             torch_times += worker.run(n)
 
     record: dict[str, Any] = {
-        "config_name": config.name, "model": dict(jstep.model_cfg),
+        "config_name": config.name, "model": jstep.model_cfg.to_dict(),
         "batch_size": t.batch_size, "grad_accum_steps": t.grad_accum_steps,
         "device": f"{device.platform} {device.device_kind} x{jax.device_count()}",
         "parallel": config.parallel,

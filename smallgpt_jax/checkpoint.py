@@ -58,7 +58,7 @@ _INCOMPLETE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 _OUR_FILES = (CHECKPOINT_DIR, "config.json", "tokenizer.json", "summary.json", "train.log")
 # Model fields that change neither the parameters' shapes nor their meaning;
 # every other model field does, and changing it on resume is refused.
-_FREE_MODEL_FIELDS = ("dropout", "attention", "dtype")
+_FREE_MODEL_FIELDS = ("dropout", "attention", "dtype", "fast_backward")
 
 
 def _say(text: str) -> None:

@@ -67,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attention = "explicit"  # 'explicit' (written out) or 'fused'.
     c.model.dtype = "float32"  # Compute dtype; params stay float32.
     c.model.scan_layers = False  # nn.scan over blocks: compile once, not L times.
+    # Hand-written backward passes for dense layers and LayerNorm (kernels.py;
+    # same results): 'auto' uses them on CPU, where they measure faster, and
+    # lets jax.grad differentiate the plain formulas on GPU/TPU; 'on', 'off'.
+    c.model.fast_backward = "auto"
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32  # Global batch (sequences per step, all devices).
@@ -101,6 +105,7 @@ _CHOICES = {
     "model.activation": ("gelu", "relu", "swiglu"),
     "model.attention": ("explicit", "fused"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.fast_backward": ("auto", "on", "off"),
 }
 _POSITIVE = (
     "model.num_layers", "model.num_heads", "model.embed_dim", "model.mlp_ratio",

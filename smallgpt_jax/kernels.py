@@ -1,8 +1,11 @@
 """Matmul and LayerNorm with hand-written backward passes, for speed.
 
 They compute exactly the same functions as `x @ W` and the textbook
-LayerNorm (`model.Norm` calls `layer_norm`); only the way XLA is handed the
-gradient changes (results agree to float32 rounding). Under shard_map their
+LayerNorm (`model.layer_norm`); only the way XLA is handed the gradient
+changes (results agree to float32 rounding; tests/test_kernels.py compares
+them with `jax.grad` of the plain formulas). The model uses them only where
+`config.model.fast_backward` says so: `model.fast_ops` is the one place
+that switch acts ('auto': on CPU only, where they measure faster). Under shard_map their
 operands are first cast to the same varying mesh axes (`_vary_like`), so the
 train step keeps shard_map's replication checks on. Why they exist (measured on XLA:CPU, jax 0.10;
 see benchmarks/README.md):

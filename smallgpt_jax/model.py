@@ -13,12 +13,19 @@ positional encoding (learned, sinusoidal, rope, none), LayerNorm or RMSNorm,
 pre- or post-norm, GELU/ReLU/SwiGLU, biases, weight tying, and an explicit
 or fused attention kernel. With `decode=True` the attention layers keep a
 key/value cache so generation costs one position per step (see sampling.py).
+
+What you read here is what runs: `jax.grad` differentiates these formulas,
+except where `config.model.fast_backward` is on (by default on CPU only,
+where it measures faster). Then `fast_ops` swaps in the dense matmul and
+LayerNorm of kernels.py, which compute the same functions with hand-written
+backward passes; tests/test_kernels.py checks they match `jax.grad`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -28,8 +35,66 @@ import numpy as np
 
 from smallgpt_jax import kernels
 
+from smallgpt_jax.errors import UserError
+
 Array = jax.Array
 _init = nn.initializers.normal(stddev=0.02)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model's settings: `config.model` (see config.py for each field's
+    meaning) plus the vocabulary size. Frozen, so hashable: it can be a
+    static argument of jitted functions. Made by `model_config`."""
+
+    num_layers: int  # L: transformer blocks.
+    num_heads: int  # H: attention heads per block.
+    embed_dim: int  # D: width of the residual stream.
+    mlp_ratio: int  # F = mlp_ratio * D.
+    block_size: int  # T: the longest sequence the model takes.
+    dropout: float  # On embeddings, attention weights and residual branches.
+    pos_encoding: str  # 'learned', 'sinusoidal', 'rope' or 'none'.
+    norm: str  # 'layernorm' or 'rmsnorm'.
+    norm_position: str  # 'pre' or 'post'.
+    activation: str  # 'gelu', 'relu' or 'swiglu'.
+    use_bias: bool  # Biases in dense layers and norms.
+    tie_embeddings: bool  # The output head reuses the token embedding.
+    attention: str  # 'explicit' or 'fused'.
+    dtype: str  # Compute dtype ('float32', 'bfloat16', 'float16').
+    scan_layers: bool  # nn.scan over the blocks.
+    vocab_size: int  # V.
+    # 'auto' (on where measured faster: CPU), 'on' or 'off': see `fast_ops`.
+    # Has a default so checkpoints written before the field existed load.
+    fast_backward: str = "auto"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def fast_ops(c: ModelConfig) -> tuple[Callable | None, Callable]:
+    """(dot_general for dense layers, layer_norm): the one place the switch
+    `config.model.fast_backward` acts.
+
+    Off: flax's default matmul and the LayerNorm formula below, both
+    differentiated by `jax.grad`. On: kernels.py's versions, the same
+    functions with hand-written backward passes that XLA:CPU runs faster
+    (benchmarks/README.md); on GPU and TPU they gain nothing, so 'auto'
+    turns them on for CPU only.
+    """
+    on = c.fast_backward == "on" or (c.fast_backward == "auto"
+                                     and jax.default_backend() == "cpu")
+    return (kernels.dense_dot_general, kernels.layer_norm) if on else (None, layer_norm)
+
+
+def layer_norm(x: Array, scale: Array, bias: Array | None, eps: float) -> Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias, over the last axis."""
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + eps) * scale
+    return y if bias is None else y + bias
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
@@ -68,6 +133,7 @@ class Norm(nn.Module):
     kind: str = "layernorm"
     use_bias: bool = True
     eps: float = 1e-5
+    layer_norm_fn: Callable = layer_norm  # Or kernels.layer_norm (see fast_ops).
 
     @nn.compact
     def __call__(self, x_BTD: Array) -> Array:
@@ -75,10 +141,9 @@ class Norm(nn.Module):
         x = x_BTD.astype(jnp.float32)  # Statistics in float32 for stability.
         scale = self.param("scale", nn.initializers.ones, (D,))
         if self.kind == "layernorm":
-            # (x - mean) / sqrt(var + eps) * scale + bias, written out in
-            # kernels.layer_norm with a hand-written backward (fewer passes).
+            # (x - mean) / sqrt(var + eps) * scale + bias: `layer_norm` above.
             bias = self.param("bias", nn.initializers.zeros, (D,)) if self.use_bias else None
-            return kernels.layer_norm(x, scale, bias, self.eps).astype(x_BTD.dtype)
+            return self.layer_norm_fn(x, scale, bias, self.eps).astype(x_BTD.dtype)
         # RMSNorm: x / sqrt(mean(x^2) + eps) * scale.
         x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
         return (x * scale).astype(x_BTD.dtype)
@@ -87,7 +152,7 @@ class Norm(nn.Module):
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where each position sees only itself and the past."""
 
-    config: Any
+    config: ModelConfig
     deterministic: bool = True
     decode: bool = False
 
@@ -96,10 +161,11 @@ class CausalSelfAttention(nn.Module):
         c = self.config
         H, K = c.num_heads, c.embed_dim // c.num_heads
         dtype = jnp.dtype(c.dtype)
+        dot_general = fast_ops(c)[0]
         # One matmul makes queries, keys and values for all heads: [B, T, 3, H, K].
         qkv = nn.DenseGeneral((3, H, K), use_bias=c.use_bias, dtype=dtype,
                               kernel_init=_init, name="qkv",
-                              dot_general=kernels.dense_dot_general)(x_BTD)
+                              dot_general=dot_general)(x_BTD)
         q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if c.pos_encoding == "rope":
             q_BTHK, k_BTHK = apply_rope(q_BTHK, positions_T), apply_rope(k_BTHK, positions_T)
@@ -139,22 +205,23 @@ class CausalSelfAttention(nn.Module):
         out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.num_layers))
         return nn.DenseGeneral(c.embed_dim, axis=(-2, -1), use_bias=c.use_bias,
                                dtype=dtype, kernel_init=out_init, name="proj",
-                               dot_general=kernels.dense_dot_general)(y_BTHK)
+                               dot_general=dot_general)(y_BTHK)
 
 
 class MLP(nn.Module):
     """Position-wise feed-forward network: widen, nonlinearity, project back."""
 
-    config: Any
+    config: ModelConfig
 
     @nn.compact
     def __call__(self, x_BTD: Array) -> Array:
         c = self.config
         dtype = jnp.dtype(c.dtype)
         F = c.mlp_ratio * c.embed_dim
+        dot_general = fast_ops(c)[0]
         dense = lambda n, name, init=_init: nn.Dense(
             n, use_bias=c.use_bias, dtype=dtype, kernel_init=init, name=name,
-            dot_general=kernels.dense_dot_general)
+            dot_general=dot_general)
         if c.activation == "swiglu":
             # Gated unit with 3 matrices; 2/3 of F keeps the parameter count ~equal.
             F = int(2 * F / 3)
@@ -174,14 +241,14 @@ class Block(nn.Module):
     post-norm (GPT-1):  x = Norm(x + Attn(x));   x = Norm(x + MLP(x))
     """
 
-    config: Any
+    config: ModelConfig
     deterministic: bool = True
     decode: bool = False
 
     @nn.compact
     def __call__(self, x_BTD: Array, positions_T: Array) -> Array:
         c = self.config
-        norm = lambda name: Norm(c.norm, c.use_bias, name=name)
+        norm = lambda name: Norm(c.norm, c.use_bias, layer_norm_fn=fast_ops(c)[1], name=name)
         attn = CausalSelfAttention(c, self.deterministic, self.decode, name="attn")
         mlp = MLP(c, name="mlp")
         drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
@@ -197,7 +264,7 @@ class Block(nn.Module):
 class _ScanBlock(nn.Module):
     """Adapts Block to nn.scan's (carry, x) -> (carry, y) signature."""
 
-    config: Any
+    config: ModelConfig
     deterministic: bool = True
     decode: bool = False
 
@@ -210,7 +277,7 @@ class _ScanBlock(nn.Module):
 class GPT(nn.Module):
     """Token ids [B, T] -> next-token logits [B, T, V] (float32)."""
 
-    config: Any  # config.model, plus vocab_size.
+    config: ModelConfig
     deterministic: bool = True  # False turns dropout on (training).
     decode: bool = False  # True: autoregressive decoding with a KV cache.
 
@@ -219,6 +286,14 @@ class GPT(nn.Module):
         c = self.config
         dtype = jnp.dtype(c.dtype)
         T = tokens_BT.shape[1]
+        if T > c.block_size:
+            # Position tables have block_size rows and JAX's gather clamps
+            # out-of-range rows: without this check, positions past the end
+            # would silently reuse the last row.
+            raise UserError(
+                f"a sequence of {T} tokens is longer than the model's context "
+                f"(config.model.block_size={c.block_size}); give at most "
+                f"{c.block_size} tokens (keep the last {c.block_size}).")
         if self.decode:
             # Where this call's tokens sit in the sequence being generated.
             index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
@@ -255,7 +330,8 @@ class GPT(nn.Module):
                     x_BTD, positions_T)
 
         if c.norm_position == "pre":  # Post-norm blocks already end in a norm.
-            x_BTD = Norm(c.norm, c.use_bias, name="norm_f")(x_BTD)
+            x_BTD = Norm(c.norm, c.use_bias, layer_norm_fn=fast_ops(c)[1],
+                         name="norm_f")(x_BTD)
         if c.tie_embeddings:
             logits_BTV = embed.attend(x_BTD)
         else:
@@ -264,13 +340,16 @@ class GPT(nn.Module):
         return logits_BTV.astype(jnp.float32)
 
 
-def model_config(config, vocab_size: int) -> ml_collections.FrozenConfigDict:
-    """config.model with the vocabulary size filled in, frozen (hashable, so it
-    can be a static argument of jitted functions)."""
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+    """config.model with the vocabulary size filled in, as a ModelConfig."""
     m = config.model.to_dict()
-    m["vocab_size"] = vocab_size
-    return ml_collections.FrozenConfigDict(m)
+    unknown = set(m) - {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown:
+        raise UserError(f"config.model has fields the model does not know: "
+                        f"{', '.join(sorted(unknown))}.")
+    return ModelConfig(**m, vocab_size=vocab_size)
 
 
 def count_params(params) -> int:
+    """The number of parameters (every entry of every array)."""
     return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))

@@ -3,7 +3,9 @@
 - Every `smallgpt_jax.module.name` in backticks must import and resolve, and
   every repository path in backticks (`configs/char_cpu.py`) must exist.
 - Every named tensor with a shape (`x_BTD` [32, 64, 128]) must agree with the
-  letters' values for configs/char_cpu.py, and the generated shape table must
+  letters' values for configs/char_cpu.py, every shape written in letters next
+  to its numbers (`[A, B/A, T+1] = [2, 8, 65]`, with `A = 2` said earlier in the
+  section) must evaluate to them, and the generated shape table must
   equal what `python -m smallgpt_jax.shapes` prints today.
 - Every ```bash block runs, top to bottom, as one `bash -e` script (see
   docs/README.md, "How these pages are tested"): in its own scratch folder
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from fractions import Fraction
 
 import pytest
 
@@ -107,7 +110,7 @@ def test_there_are_pages_in_reading_order_linked_from_the_index_and_readme():
     assert len(numbered) >= 13, names
     assert [int(n[:2]) for n in numbered] == list(range(1, len(numbered) + 1))
     index = read(os.path.join(DOCS, "README.md"))
-    for n in numbered:
+    for n in numbered + ["jax-and-flax.md", "build_a_gpt.ipynb"]:
         assert f"({n})" in index, f"docs/README.md does not link {n}"
     assert "(docs/README.md)" in read(os.path.join(ROOT, "README.md"))
 
@@ -130,6 +133,28 @@ def test_code_references_resolve(page):
     # Relative links between pages and to images.
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert os.path.exists(os.path.join(DOCS, target)), f"broken link {target}"
+
+
+PYTHON_RUNS = "<!-- docs-test: python blocks run -->"
+
+
+def python_blocks(page: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", read(page), re.S | re.M)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if PYTHON_RUNS in read(p)],
+                         ids=os.path.basename)
+def test_python_examples_run(page):
+    """A page marked PYTHON_RUNS: its ```python blocks run in order, in one
+    process (their asserts are the checks), and each stays a short example."""
+    blocks = python_blocks(page)
+    assert blocks
+    for block in blocks:
+        assert len(block.strip().splitlines()) <= 10, f"an example longer than 10 lines:\n{block}"
+    script = "\n".join(f"print('--- example {i + 1}')\n{b}" for i, b in enumerate(blocks))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
 
 
 # ---------------------------------------------------------------------- shapes
@@ -159,6 +184,65 @@ def test_named_tensor_shapes_match_char_cpu(page):
             if [int(d) for d in dims.split(", ")] != expected:
                 wrong.append(f"line {lineno}: {name}_{letters} [{dims}] should be {expected}")
     assert not wrong, "\n".join(wrong)
+
+
+def paragraphs(page: str):
+    """(first line number, text) of each blank-line-separated paragraph."""
+    lineno = 1
+    for para in read(page).split("\n\n"):
+        yield lineno, para
+        lineno += para.count("\n") + 2
+
+
+def eval_shape_expr(expr: str, values: dict) -> Fraction:
+    """A shape written in letters ('B/A', 'T+1', 'B/(n·A)') evaluated exactly."""
+    code = expr.replace("·", "*").replace("×", "*").replace("−", "-")
+    names = set(re.findall(r"[A-Za-z_]\w*", code))
+    missing = names - set(values)
+    if missing:
+        raise KeyError(f"{', '.join(sorted(missing))} (neither a shape letter nor "
+                       "bound in the paragraph, as in 'n = 8')")
+    if not re.fullmatch(r"[\w\s+\-*/()]+", code):
+        raise ValueError(f"not a shape expression: {expr!r}")
+    return eval(re.sub(r"\b(\d+)\b", r"Fraction(\1)", code),
+                {"Fraction": Fraction, "__builtins__": {}},
+                {k: Fraction(v) for k, v in values.items()})
+
+
+@pytest.mark.parametrize("page", PAGES, ids=os.path.basename)
+def test_shapes_written_in_letters_equal_their_numbers(page):
+    """`[A, B/A, T+1] = [2, 8, 65]` (or a table row `| [D, F] | [128, 512] |`):
+    the letters, with char_cpu's values and any `X = 2` stated earlier in the
+    section, must give the numbers."""
+    wrong, bound = [], {}
+    for lineno, para in paragraphs(page):
+        text = para.replace("\n", " ")
+        if text.startswith("#"):  # A new section: forget its bindings.
+            bound = {}
+        bound.update((k, int(v)) for k, v in
+                     re.findall(r"\b([A-Za-z])\s?=\s?(\d+)\b(?!\])", text))
+        for letters, numbers in re.findall(
+                r"\[([^\[\]]*[A-Za-z][^\[\]]*)\]\s*[=|]\s*\[(\d+(?:, \d+)*)\]", text):
+            exprs = [e.strip() for e in letters.split(",")]
+            try:
+                got = [eval_shape_expr(e, {**letter_values(), **bound}) for e in exprs]
+            except (KeyError, ValueError) as e:
+                wrong.append(f"paragraph at line {lineno}: [{letters}]: {e}")
+                continue
+            if got != [int(n) for n in numbers.split(", ")]:
+                wrong.append(f"paragraph at line {lineno}: [{letters}] = [{numbers}], "
+                             f"but the letters give {[str(g) for g in got]} (with {bound})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_shape_expressions_are_checked():
+    values = {"B": 16, "T": 64, "A": 2, "n": 8}
+    assert eval_shape_expr("B/A", values) == 8 and eval_shape_expr("T+1", values) == 65
+    assert eval_shape_expr("B/(n·A)", values) == 1
+    with pytest.raises(KeyError):
+        eval_shape_expr("B/q", values)
+    with pytest.raises(ValueError):
+        eval_shape_expr("B; A", values)
 
 
 def test_generated_shape_tables_are_current():

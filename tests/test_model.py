@@ -150,3 +150,22 @@ def test_bfloat16_compute_keeps_float32_params():
     ref_cfg = model_config(tiny_config(), V)
     ref = GPT(ref_cfg).apply({"params": params}, tokens)
     np.testing.assert_allclose(logits, ref, atol=0.1)
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
+def test_longer_than_block_size_is_a_clear_error(pos):
+    """Position tables have block_size rows; JAX's gather would clamp silently."""
+    from smallgpt_jax.errors import UserError
+    cfg, params, _ = make({"model.pos_encoding": pos}, batch=1)
+    too_long = jnp.zeros((1, cfg.block_size + 1), jnp.int32)
+    with pytest.raises(UserError, match=f"longer than the model's context.*block_size={cfg.block_size}"):
+        jax.eval_shape(lambda t: GPT(cfg).apply({"params": params}, t), too_long)
+
+
+def test_model_config_is_typed_and_auto_is_fast_on_cpu():
+    cfg = model_config(tiny_config(), V)
+    assert isinstance(cfg, model_lib.ModelConfig) and cfg.vocab_size == V
+    hash(cfg)  # A static argument of jitted functions.
+    assert cfg.fast_backward == "auto"
+    on_cpu = jax.default_backend() == "cpu"
+    assert (model_lib.fast_ops(cfg)[0] is not None) == on_cpu
