@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Callable, NoReturn
 
+from smallgpt_jax.errors import UserError, writing
+
 
 def fail(message: str, status: int = 2) -> NoReturn:
     """Prints `error: message` on stderr and exits non-zero."""
@@ -18,7 +20,7 @@ def fail(message: str, status: int = 2) -> NoReturn:
 @contextlib.contextmanager
 def user_errors():
     """Turns UserError (and a config file that cannot load) into one line."""
-    from smallgpt_jax.errors import Interrupted, UserError
+    from smallgpt_jax.errors import Interrupted
     try:
         yield
     except UserError as e:
@@ -113,6 +115,34 @@ def unknown_config_field(argv: list[str], flag: str = "config") -> str | None:
                 return (f"--{flag}.{key}: the config has no field {key}"
                         f"{did_you_mean(config, key)}; smallgpt_jax/config.py lists them all.")
     return None
+
+
+def parse_step(value: str) -> str | int:
+    """'latest', 'best' or a non-negative integer."""
+    if value in ("latest", "best"):
+        return value
+    try:
+        step = int(value)
+    except ValueError:
+        step = -1
+    if step < 0:
+        raise UserError(f"--step={value!r} must be 'latest', 'best' or a step number.")
+    return step
+
+
+def check_output(path: str) -> None:
+    """Fails now, not after the work, if --output cannot be written (an
+    existing file is left as it is until the results are ready)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"--output={path}: folder {folder} does not exist.")
+    if os.path.isdir(path):
+        raise UserError(f"--output={path} is a folder; name a file.")
+    existed = os.path.exists(path)
+    with writing(path):
+        open(path, "a", encoding="utf-8").close()
+    if not existed:
+        os.remove(path)
 
 
 def run_app(main: Callable[[list[str]], None]) -> None:

@@ -20,6 +20,7 @@ import time
 from absl import flags
 
 from smallgpt_jax import cli
+from smallgpt_jax.cli import check_output, parse_step
 from smallgpt_jax.errors import UserError, writing
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
@@ -43,19 +44,6 @@ _SLIDE_STEP = flags.DEFINE_integer(
 _OUTPUT = flags.DEFINE_string("output", None, "Write the samples to this file instead.")
 
 
-def parse_step(value: str) -> str | int:
-    """'latest', 'best' or a non-negative integer."""
-    if value in ("latest", "best"):
-        return value
-    try:
-        step = int(value)
-    except ValueError:
-        step = -1
-    if step < 0:
-        raise UserError(f"--step={value!r} must be 'latest', 'best' or a step number.")
-    return step
-
-
 def check_prompt_early(workdir: str, prompt: str) -> None:
     """Checks the prompt's characters against the run's saved tokenizer, if
     there is one, before the (slower) checkpoint load."""
@@ -63,21 +51,6 @@ def check_prompt_early(workdir: str, prompt: str) -> None:
     path = os.path.join(workdir, "tokenizer.json")
     if os.path.isfile(path):
         sampling.encode_prompt(tokenizer_lib.load(path), prompt)
-
-
-def check_output(path: str) -> None:
-    """Fails now, not after generating, if --output cannot be written (an
-    existing file is left as it is until the samples are ready)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"--output={path}: folder {folder} does not exist.")
-    if os.path.isdir(path):
-        raise UserError(f"--output={path} is a folder; name a file.")
-    existed = os.path.exists(path)
-    with writing(path):
-        open(path, "a", encoding="utf-8").close()
-    if not existed:
-        os.remove(path)
 
 
 def main(argv: list[str]) -> None:

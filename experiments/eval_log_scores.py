@@ -1,0 +1,83 @@
+r"""How well do per-line surprise scores find the injected log anomalies?
+
+    python experiments/eval_log_scores.py --scores=runs/logs/test_scores.csv \
+        --labels=runs/logs/test_labels.csv
+
+--scores is the CSV of `python -m smallgpt_jax.score --per=line --output=...`,
+--labels the one experiments/make_logs.py wrote. For each score column
+(bits_per_char, max_bits, bits) prints the ROC AUC (the chance that a random
+anomalous line scores above a random normal one; 0.5 is guessing) and the
+precision and recall among the k highest-scoring lines (k = the number of
+anomalous lines unless --top says otherwise), then the AUC of each anomaly
+kind against the normal lines.
+"""
+
+import argparse
+import csv
+
+import numpy as np
+
+COLUMNS = ("bits_per_char", "max_bits", "bits")
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mann-Whitney U / (positives * negatives), ties counted half."""
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # Average rank within each group of tied scores.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for start, n in zip(first, counts):
+        ranks[order[start:start + n]] = start + (n + 1) / 2
+    pos, neg = labels.sum(), (~labels).sum()
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def precision_recall_at(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float]:
+    top = np.argsort(-scores, kind="mergesort")[:k]
+    hits = labels[top].sum()
+    return float(hits / k), float(hits / labels.sum())
+
+
+def read(scores_path: str, labels_path: str):
+    with open(scores_path, encoding="utf-8", newline="") as f:
+        rows = {int(r["line_number"]): r for r in csv.DictReader(f)}
+    with open(labels_path, encoding="utf-8", newline="") as f:
+        labels = list(csv.DictReader(f))
+    missing = [r["line_number"] for r in labels if int(r["line_number"]) not in rows]
+    if missing:
+        raise SystemExit(f"error: {scores_path} has no score for line(s) {', '.join(missing[:5])}: "
+                         "score the log the labels describe, with --per=line.")
+    n = [int(r["line_number"]) for r in labels]
+    table = {c: np.array([float(rows[i][c] or "nan") for i in n]) for c in COLUMNS}
+    return table, np.array([r["label"] == "1" for r in labels]), np.array([r["kind"] for r in labels])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scores", required=True, help="per-line CSV from smallgpt_jax.score")
+    p.add_argument("--labels", required=True, help="test_labels.csv from make_logs.py")
+    p.add_argument("--top", type=int, default=0, help="k for precision/recall (0: #anomalies)")
+    a = p.parse_args()
+    table, labels, kinds = read(a.scores, a.labels)
+    k = a.top or int(labels.sum())
+    print(f"{len(labels)} lines, {labels.sum()} anomalous; precision and recall in the top {k}")
+    print(f"| score | ROC AUC | precision@{k} | recall@{k} |\n|---|---|---|---|")
+    for column, scores in table.items():
+        scores = np.nan_to_num(scores, nan=-np.inf)
+        precision, recall = precision_recall_at(scores, labels, k)
+        print(f"| {column} | {roc_auc(scores, labels):.3f} | {precision:.2f} | {recall:.2f} |")
+    print("\nROC AUC of each kind against the normal lines:")
+    names = sorted(set(kinds[labels]))
+    print("| score | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for column, scores in table.items():
+        scores = np.nan_to_num(scores, nan=-np.inf)
+        aucs = []
+        for name in names:
+            keep = (kinds == name) | ~labels
+            aucs.append(roc_auc(scores[keep], labels[keep]))
+        print(f"| {column} | " + " | ".join(f"{x:.3f}" for x in aucs) + " |")
+
+
+if __name__ == "__main__":
+    main()
