@@ -86,14 +86,17 @@ def _surprise(model_config, params, tokens_BT: jax.Array):
     return -logp_BT / LN2, jnp.argmax(logp_BTV, axis=-1).astype(jnp.int32)
 
 
-def token_byte_lengths(tokenizer, ids) -> np.ndarray:
-    """How many UTF-8 bytes of the text each token stands for."""
+def token_byte_lengths(tokenizer, ids, text: str) -> np.ndarray:
+    """How many UTF-8 bytes of `text` (which `ids` encode) each token stands for."""
     ids = np.asarray(ids, np.int64)
     if tokenizer.kind == "byte":
         return np.ones(len(ids), np.int64)
     if tokenizer.kind == "char":
         sizes = np.array([len(c.encode("utf-8")) for c in tokenizer.chars], np.int64)
         return sizes[ids]
+    if tokenizer.kind == "word":  # One token per piece, an unknown word included.
+        from smallgpt_jax.words import PIECE
+        return np.array([len(p.encode("utf-8")) for p in PIECE.findall(text)], np.int64)
     # Byte-level BPE: every symbol of a token's string is one byte.
     return np.array([len(tokenizer.decode([i]).encode("utf-8")) if i in _specials(tokenizer)
                      else len(tokenizer._tok.id_to_token(int(i))) for i in ids], np.int64)
@@ -105,7 +108,7 @@ def _specials(tokenizer) -> set[int]:
 
 def _bytes(tokenizer, ids, text: str) -> tuple[np.ndarray, np.ndarray]:
     """(UTF-8 bytes of each token [n], character index of each byte of `text`)."""
-    nbytes = token_byte_lengths(tokenizer, ids)
+    nbytes = token_byte_lengths(tokenizer, ids, text)
     char_of_byte = np.repeat(np.arange(len(text)), [len(c.encode("utf-8")) for c in text])
     if nbytes.sum() != len(char_of_byte):
         raise RuntimeError("the tokens' bytes do not add up to the text's: a tokenizer mismatch")

@@ -82,6 +82,25 @@ def test_aggregates_add_up_with_multibyte_characters():
     assert total["perplexity"] == pytest.approx(2 ** np.mean(s.token_bits), rel=1e-5)
 
 
+def test_tokens_map_to_their_characters_for_every_tokenizer():
+    from smallgpt_jax import bpe, words
+    corpus = "the cat sat on the mat; the dog sat on the log.\n" * 20
+    text = "the cat sat on a log: déjà vu ☃\nthe end"
+    for tok in (CharTokenizer("".join(sorted(set(text)))), ByteTokenizer(),
+                bpe.BPETokenizer.train(corpus, 270), words.WordTokenizer.train(corpus, 12)):
+        ids = tok.encode(text)
+        starts = scoring.token_starts(tok, ids, text)
+        assert len(starts) == len(ids) and starts[0] == 0 and (np.diff(starts) >= 0).all()
+        if tok.kind != "word":  # Words outside the vocabulary decode as <unk>.
+            pieces = [tok.decode(ids[i:j]) for i, j in zip(
+                [0, *np.flatnonzero(np.diff(starts)) + 1], [*np.flatnonzero(np.diff(starts)) + 1, len(ids)])]
+            bounds = [*starts[np.r_[0, np.flatnonzero(np.diff(starts)) + 1]], len(text)]
+            assert pieces == [text[a:b] for a, b in zip(bounds, bounds[1:])], tok.kind
+        else:
+            assert [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)])] == (
+                words.PIECE.findall(text))
+
+
 def test_unknown_characters_are_an_error_or_skipped_and_reported():
     cfg, params = random_model()
     tok = CharTokenizer(CHARS)
