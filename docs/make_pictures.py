@@ -1,10 +1,19 @@
-"""Regenerates the pictures in docs/images/ from a real configs/char_cpu.py run.
+"""Regenerates the pictures in docs/images/.
 
-    python docs/make_pictures.py [--workdir=runs/char_cpu_pictures] [--config.x.y=v ...]
+    python docs/make_pictures.py [--what=all|ideas|run] [--workdir=runs/char_cpu_pictures]
+        [--config.x.y=v ...]
 
-Trains configs/char_cpu.py in --workdir (about three minutes on a laptop CPU;
-any --config.* override is passed on, e.g. fewer steps on a slow machine),
-then draws, with `smallgpt_jax.viz`:
+`--what=ideas` draws the pictures of the ideas, from their definitions (no
+training, seconds):
+
+- docs/images/causal_mask.png: the mask and the softmax weights it leaves;
+- docs/images/heads.png: splitting the width D into H heads;
+- docs/images/residual_stream.png: the residual stream through a block;
+- docs/images/kv_cache.png: the KV cache filling and sliding during generation.
+
+`--what=run` trains configs/char_cpu.py in --workdir (about three minutes on
+a laptop CPU; any --config.* override is passed on, e.g. fewer steps on a
+slow machine), then draws, with `smallgpt_jax.viz`:
 
 - docs/images/curves.png: the run's train/val loss curves;
 - docs/images/attention.png: every layer's and head's attention on a prompt;
@@ -19,7 +28,10 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 from absl import flags
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,38 +39,204 @@ sys.path.insert(0, ROOT)  # Works without `pip install -e .`.
 
 from smallgpt_jax import cli  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(ROOT, "configs", "char_cpu.py"), "The run's config.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/char_cpu_pictures", "Where the run goes.")
-_IMAGES = flags.DEFINE_string("images", os.path.join(ROOT, "docs", "images"),
-                              "Folder the PNGs are written to.")
 PROMPT = "ROMEO:\nO, she doth teach"  # Short enough for readable axis labels.
+
+
+# ------------------------------------------------------- pictures of the ideas
+# Drawn from the definitions (no training): each is a few matplotlib calls.
+
+def causal_mask_figure(T: int = 8) -> Figure:
+    """The mask M[t, s] and the softmax weights it leaves, for random scores."""
+    scores_TT = np.random.default_rng(0).normal(size=(T, T))
+    allowed_TT = np.tril(np.ones((T, T), bool))  # s <= t
+    masked_TT = np.where(allowed_TT, scores_TT, -np.inf)
+    weights_TT = np.exp(masked_TT - masked_TT.max(-1, keepdims=True))
+    weights_TT /= weights_TT.sum(-1, keepdims=True)
+    fig = Figure(figsize=(7.4, 3.3), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.imshow(allowed_TT, cmap="Greys_r", vmin=-0.3, vmax=1.0)
+    for t in range(T):
+        for s in range(T):
+            left.text(s, t, "0" if allowed_TT[t, s] else "−∞", ha="center", va="center",
+                      fontsize=7, color="black" if allowed_TT[t, s] else "white")
+    left.set_title("mask M[t, s]: 0 if s ≤ t, −∞ if s > t", fontsize=9)
+    image = right.imshow(weights_TT, cmap="viridis", vmin=0, vmax=1)
+    right.set_title("softmax(scores + M): each row sums to 1", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlabel("key position s (looked at)")
+        ax.set_ylabel("query position t")
+        ax.set_xticks(range(T))
+        ax.set_yticks(range(T))
+    fig.colorbar(image, ax=right, shrink=0.8, label="attention weight")
+    return fig
+
+
+def _box(ax, x, y, w, h, text, color, fontsize=8):
+    ax.add_patch(Rectangle((x, y), w, h, facecolor=color, edgecolor="black", lw=0.6))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize)
+
+
+def _arrow(ax, start, end, **kw):
+    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=0.8, **kw))
+
+
+def heads_figure(D: int = 128, H: int = 4) -> Figure:
+    """One position's q (width D) cut into H heads of K = D/H features."""
+    K = D // H
+    colors = plt_colors(H)
+    fig = Figure(figsize=(7.4, 2.8), layout="constrained")
+    ax = fig.subplots()
+    cell = 0.5  # One drawn cell per 8 features.
+    per = K // 8
+    for j in range(D // 8):
+        _box(ax, j * cell, 3.0, cell, 0.6, "", colors[j // per])
+    ax.text(-0.2, 3.3, f"q_t, D = {D}", ha="right", va="center", fontsize=9)
+    for h in range(H):
+        x0 = h * (per * cell + 0.9)
+        for j in range(per):
+            _box(ax, x0 + j * cell, 0.8, cell, 0.6, "", colors[h])
+        ax.text(x0 + per * cell / 2, 0.35, f"head {h}: K = {K}", ha="center", fontsize=8)
+        _arrow(ax, ((h * per + per / 2) * cell, 3.0), (x0 + per * cell / 2, 1.45))
+    ax.text(D // 16 * cell + 0.6, -0.35, "reshape [T, D] → [T, H, K]: no copy, no parameters; "
+            "each head attends with its own K features (one cell = 8 features)",
+            ha="center", fontsize=8)
+    ax.set_xlim(-3.2, D // 8 * cell + 3.2)
+    ax.set_ylim(-0.6, 4)
+    ax.axis("off")
+    ax.set_title("splitting the width D into H heads (char_cpu: D = 128, H = 4, K = 32)",
+                 fontsize=9)
+    return fig
+
+
+def plt_colors(n: int) -> list:
+    import matplotlib
+    return [matplotlib.colormaps["tab10"](i) for i in range(n)]
+
+
+def residual_stream_figure() -> Figure:
+    """A pre-norm block: each sublayer reads a normalised copy and adds back."""
+    fig = Figure(figsize=(7.4, 2.7), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0.3, 9.7], [1, 1], color="tab:gray", lw=6, alpha=0.5, solid_capstyle="butt")
+    ax.text(0.3, 0.55, "x (from the block below)", fontsize=8)
+    ax.text(9.7, 0.55, "x (to the next block)", fontsize=8, ha="right")
+    for x0, name in ((1.5, "attention\n(mixes positions)"), (5.5, "MLP\n(each position)")):
+        _box(ax, x0, 2.0, 1.2, 0.7, "LayerNorm", "#dde8f5")
+        _box(ax, x0 + 1.6, 2.0, 1.5, 0.7, name, "#f7e1c6")
+        _arrow(ax, (x0 - 0.3, 1.1), (x0 + 0.2, 2.0))
+        _arrow(ax, (x0 + 1.2, 2.35), (x0 + 1.6, 2.35))
+        _arrow(ax, (x0 + 3.1, 2.2), (x0 + 3.5, 1.15))
+        ax.text(x0 + 3.55, 1.0, "+", fontsize=16, ha="center", va="center")
+    ax.text(5.0, 3.1, "x ← x + Attn(Norm(x));   x ← x + MLP(Norm(x))", ha="center", fontsize=9)
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0.3, 3.4)
+    ax.axis("off")
+    ax.set_title("the residual stream through one (pre-norm) block: sublayers read it and add to it",
+                 fontsize=9)
+    return fig
+
+
+def kv_cache_steps(W: int, prompt: int, new: int, slide_step: int) -> list[tuple]:
+    """(kind, window token numbers, positions computed) per generated token,
+    following the rule of sampling.generate."""
+    window, cached, rows = list(range(prompt)), False, []
+    for i in range(new):
+        n = len(window)
+        drop = slide_step if n == W else 0
+        if not cached and drop:
+            kind, computed = f"window full: run it all, then slide by {drop}", range(n)
+        elif not cached:
+            kind, computed, cached = "prefill: fill the cache", range(n), True
+        else:
+            kind, computed = "cached step: one new position", [n - 1]
+        if drop and cached:
+            kind += f"; then the window slides by {drop} (cache dropped)"
+        rows.append((kind, list(window), list(computed)))
+        if drop:
+            cached = False
+        window = window[drop:] + [prompt + i]
+    return rows
+
+
+def kv_cache_figure(W: int = 8, prompt: int = 3, new: int = 12, slide_step: int = 4) -> Figure:
+    """Which window slots each generation step computes, reads from the cache, or leaves empty."""
+    rows = kv_cache_steps(W, prompt, new, slide_step)
+    fig = Figure(figsize=(7.4, 0.32 * len(rows) + 1.1), layout="constrained")
+    ax = fig.subplots()
+    colors = {"computed": "#f4a261", "cached": "#8ecae6", "empty": "white"}
+    for r, (kind, window, computed) in enumerate(rows):
+        y = len(rows) - 1 - r
+        for slot in range(W):
+            state = ("empty" if slot >= len(window) else
+                     "computed" if slot in computed else "cached")
+            _box(ax, slot, y, 1, 0.9, "" if state == "empty" else str(window[slot]),
+                 colors[state], fontsize=7)
+        ax.text(W + 0.3, y + 0.45, f"→ token {prompt + r}: {kind}", va="center", fontsize=7)
+    ax.legend(handles=[Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black", label=k)
+                       for k, c in (("run this step", colors["computed"]),
+                                    ("keys/values read from the cache", colors["cached"]),
+                                    ("empty slot (masked)", colors["empty"]))],
+              loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=7)
+    ax.set_xlim(0, W + 7.5)
+    ax.set_ylim(0, len(rows))
+    ax.axis("off")
+    ax.set_title(f"the KV cache filling and sliding (sampling.generate): window of {W} slots,\n"
+                 f"prompt of {prompt} tokens, slide_step={slide_step}; numbers are token "
+                 "positions in the text", fontsize=8)
+    return fig
+
+
+CONCEPTS = {"causal_mask": causal_mask_figure, "heads": heads_figure,
+            "residual_stream": residual_stream_figure, "kv_cache": kv_cache_figure}
+
+
+def save(figures: dict, folder: str) -> None:
+    from smallgpt_jax import viz
+    for name, fig in figures.items():
+        path = viz.save_figure(fig, os.path.join(folder, f"{name}.png"), dpi=100)
+        print(f"wrote {path} ({os.path.getsize(path) // 1024} KB)")
+
+
+def _define_flags() -> None:
+    """Only when run as a script: importing this file (tests do) defines no flags."""
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(ROOT, "configs", "char_cpu.py"), "The run's config.")
+    flags.DEFINE_string("workdir", "runs/char_cpu_pictures", "Where the run goes.")
+    flags.DEFINE_string("images", os.path.join(ROOT, "docs", "images"),
+                        "Folder the PNGs are written to.")
+    flags.DEFINE_enum("what", "all", ["all", "ideas", "run"],
+                      "ideas: the pictures drawn from definitions; run: those of a trained run.")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}")
+    FLAGS = flags.FLAGS
+    if FLAGS.what in ("all", "ideas"):
+        with cli.user_errors():
+            save({name: draw() for name, draw in CONCEPTS.items()}, FLAGS.images)
+    if FLAGS.what == "ideas":
+        return
     cli.setup_logging()
     from smallgpt_jax import loop, viz
-    config = _CONFIG.value
+    config = FLAGS.config
     with cli.user_errors():
-        result = loop.train_and_evaluate(config, _WORKDIR.value)
+        result = loop.train_and_evaluate(config, FLAGS.workdir)
         params, model_config, tok = result["params"], result["model_config"], result["tokenizer"]
         steps = config.train.num_steps
         val = result.get("eval/val_loss", float("nan"))
         figures = {
             "curves": viz.plot_curves(
-                _WORKDIR.value, title=f"configs/char_cpu.py, {steps} steps "
+                FLAGS.workdir, title=f"configs/char_cpu.py, {steps} steps "
                 f"(final val loss {val:.3f})"),
             "attention": viz.plot_attention(params, model_config, tok, PROMPT,
                                             panel_inches=2.2)[0],
             "embeddings": viz.plot_embeddings(
                 params, tok, title=f"char_cpu after {steps} steps: character embeddings, PCA"),
         }
-        for name, fig in figures.items():
-            path = viz.save_figure(fig, os.path.join(_IMAGES.value, f"{name}.png"), dpi=100)
-            print(f"wrote {path} ({os.path.getsize(path) // 1024} KB)")
+        save(figures, FLAGS.images)
 
 
 if __name__ == "__main__":
+    _define_flags()
     cli.run_app(main)

@@ -27,6 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from smallgpt_jax.errors import UserError  # noqa: E402
 from smallgpt_jax.model import GPT  # noqa: E402
@@ -85,23 +86,26 @@ def token_labels(tokenizer, ids) -> list[str]:
 
 
 def attention_figure(att_LHTT: np.ndarray, labels: list[str] | None = None,
-                     title: str = "", panel_inches: float = 1.6) -> Figure:
+                     title: str = "", panel_inches: float = 1.6, legend: bool = True) -> Figure:
     """One panel per (layer, head): rows are layers, columns are heads.
 
     In each panel the row is the query position (the token being predicted
     from) and the column the key position it looks at. Token labels are drawn
-    on the axes when the sequence is short enough to read them.
+    on the axes when the sequence is short enough to read them. `legend`:
+    axis titles and a colour bar (off for the small TensorBoard image).
     """
     L, H, T, _ = att_LHTT.shape
-    fig = Figure(figsize=(panel_inches * H + 0.4, panel_inches * L + 0.5))
+    extra = (1.2, 0.8) if legend else (0.4, 0.5)
+    fig = Figure(figsize=(panel_inches * H + extra[0], panel_inches * L + extra[1]),
+                 layout="constrained")
     axes = fig.subplots(L, H, squeeze=False)
     show_labels = labels is not None and T <= 24
     label_points = min(8.0, 0.8 * panel_inches * 72 / T)  # Fit one label per row.
     for l in range(L):
         for h in range(H):
             ax = axes[l][h]
-            ax.imshow(att_LHTT[l, h], cmap="viridis", vmin=0.0, vmax=1.0,
-                      interpolation="nearest")
+            image = ax.imshow(att_LHTT[l, h], cmap="viridis", vmin=0.0, vmax=1.0,
+                              interpolation="nearest")
             ax.set_title(f"layer {l} head {h}", fontsize=7)
             if show_labels:
                 ax.set_xticks(range(T), labels, fontsize=label_points, rotation=90)
@@ -110,9 +114,12 @@ def attention_figure(att_LHTT: np.ndarray, labels: list[str] | None = None,
                 ax.set_xticks([])
                 ax.set_yticks([])
             ax.tick_params(length=0, pad=1)
+    if legend:
+        fig.supxlabel("key position s (the token looked at)", fontsize=8)
+        fig.supylabel("query position t (predicting from)", fontsize=8)
+        fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
     return fig
 
 
@@ -134,7 +141,7 @@ def attention_image(params, model_config, tokenizer, ids_T: np.ndarray,
     title, not on the axes (drawing tick labels costs most of the time)."""
     ids_T = np.asarray(ids_T).reshape(-1)[-model_config.block_size:]
     att_LHTT = attention_maps(params, model_config, ids_T)
-    fig = attention_figure(att_LHTT, None, panel_inches=panel_inches,
+    fig = attention_figure(att_LHTT, None, panel_inches=panel_inches, legend=False,
                            title="".join(token_labels(tokenizer, ids_T)))
     return figure_to_array(fig)
 
@@ -216,12 +223,16 @@ def plot_embeddings(params, tokenizer, title: str = "", max_labels: int = 300) -
     fig = Figure(figsize=(5.0, 5.0))
     ax = fig.subplots()
     ax.scatter(coords_V2[:, 0], coords_V2[:, 1], s=4, alpha=0.3 if V <= max_labels else 0.6)
+    kinds = {"upper-case": "tab:red", "lower-case": "tab:blue", "digit": "tab:green",
+             "other (space, punctuation, ...)": "black"}
     for v in range(min(V, max_labels)):  # Thousands of labels would be unreadable.
         ch = tokenizer.decode([v])
-        color = ("tab:red" if ch.isupper() else "tab:blue" if ch.islower()
-                 else "tab:green" if ch.isdigit() else "black")
+        color = (kinds["upper-case"] if ch.isupper() else kinds["lower-case"] if ch.islower()
+                 else kinds["digit"] if ch.isdigit() else kinds["other (space, punctuation, ...)"])
         ax.annotate(labels[v], coords_V2[v], fontsize=7, ha="center", va="center",
                     color=color)
+    ax.legend(handles=[Line2D([], [], ls="", marker="s", color=c, label=k)
+                       for k, c in kinds.items()], fontsize=7, loc="best")
     ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.0f}% of variance)")
     ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.0f}% of variance)")
     ax.set_title(title or f"token embeddings ({V} tokens), PCA", fontsize=9)

@@ -75,10 +75,12 @@ def test_attention_uses_only_the_last_block_size_tokens():
 def test_attention_grid_has_one_panel_per_layer_and_head_showing_the_weights():
     cfg, params, tok = make(layers=3, heads=2)
     fig, att = viz.plot_attention(params, cfg, tok, "not to be")
-    assert len(fig.axes) == 3 * 2
-    titles = sorted(ax.get_title() for ax in fig.axes)
+    *panels, colorbar = fig.axes
+    assert len(panels) == 3 * 2 and colorbar.get_ylabel() == "attention weight"
+    titles = sorted(ax.get_title() for ax in panels)
     assert titles == sorted(f"layer {l} head {h}" for l in range(3) for h in range(2))
-    for ax in fig.axes:
+    assert "query position" in fig.get_supylabel() and "key position" in fig.get_supxlabel()
+    for ax in panels:
         l, h = (int(w) for w in ax.get_title().split()[1::2])
         np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), att[l, h])
         labels = [t.get_text() for t in ax.get_xticklabels()]
