@@ -19,5 +19,8 @@ def get_config():
     config.train.batch_size = 16
     config.train.num_steps = 2200
     config.train.learning_rate = 2e-3
-    config.train.eval_every = 550
+    # A 10-point validation curve; the sample and the attention image (the
+    # dearer part of an evaluation) at every other evaluation.
+    config.train.eval_every = 220
+    config.train.sample_every = 440
     return config

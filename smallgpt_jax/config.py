@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_steps = 20  # Batches averaged per split at each evaluation.
     c.train.log_every = 10  # Write train scalars every N steps.
     c.train.sample_tokens = 200  # Length of the text sample at each eval / end.
+    # Write the text sample and the attention image every N steps, at an
+    # evaluation (0: at every evaluation); always at the end.
+    c.train.sample_every = 0
     c.train.checkpoint_every = 500  # Save a checkpoint every N steps.
     c.train.keep_checkpoints = 2  # Newest checkpoints kept (plus the best).
     c.train.resume_step = -1  # -1: resume from the newest; N: from step N (newer deleted).
@@ -116,6 +119,7 @@ _POSITIVE = (
 _NON_NEGATIVE = (
     "train.learning_rate", "train.min_learning_rate", "train.warmup_steps",
     "train.weight_decay", "train.grad_clip", "train.sample_tokens", "data.fit_max_chars",
+    "train.sample_every",
 )
 
 

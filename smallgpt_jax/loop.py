@@ -148,7 +148,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     par = train.data_parallel(config.parallel, model_cfg, tx, schedule, config.seed)
 
     start_step = int(state.step)
-    progress = reporting.ProgressBar(t.num_steps)
+    progress = reporting.ProgressBar(t.num_steps, t.eval_every)
     progress.message(
         f"{source}: {len(splits.train):,} train / {len(splits.val):,} val tokens, "
         f"{tok.kind} vocabulary {tok.vocab_size}, {tokens_per_char:.3f} tokens/char")
@@ -193,7 +193,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
             val_loss = None
             if done % t.eval_every == 0 or done == t.num_steps:
-                finite.flush()
+                finite.flush()  # Waits for the queued steps: their time is training's.
+                t_eval = time.time()
                 losses = evaluate(par, rstate.params, splits, config)
                 val_loss = losses["val"]
                 best_val = min(best_val, losses["val"])
@@ -202,7 +203,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         "eval/val_bpc": train.bits_per_char(losses["val"], tokens_per_char),
                         "eval/best_val_loss": best_val}
                 writer.scalars(done, last)
-                if writer.enabled:  # Only process 0 writes, so only it samples and draws.
+                # Only process 0 writes, so only it samples and draws.
+                if writer.enabled and (done % (t.sample_every or t.eval_every) == 0
+                                       or done == t.num_steps):
                     params = par.unreplicate(rstate.params)
                     text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
                     writer.text(done, "sample", text)
@@ -211,6 +214,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     writer.image(done, "attention", viz.attention_image(
                         params, model_cfg, tok, splits.val[:min(16, m.block_size)]))
                 writer.flush()
+                # Evaluation is not training: tokens/s and the ETA leave it out.
+                t_log += time.time() - t_eval
+                progress.paused(time.time() - t_eval)
                 progress.message(
                     f"step {done}: train loss {losses['train']:.4f}, "
                     f"val loss {losses['val']:.4f}, val ppl {last['eval/val_perplexity']:.2f}, "

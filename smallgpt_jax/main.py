@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
         "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0])
     cli.setup_logging()
     import jax
-    from smallgpt_jax import distributed, loop  # Imported after flags: keeps --help fast.
+    from smallgpt_jax import distributed, loop, reporting  # After flags: fast --help.
     with cli.user_errors():
         # Joins a multi-host job when the environment describes one; before
         # anything touches JAX devices.
@@ -40,6 +40,7 @@ def main(argv: list[str]) -> None:
         print("\n--- sample from the final model ---")
         print(loop.sample_text(result["params"], result["model_config"], result["tokenizer"],
                                config.train.sample_tokens * 2, config.seed + 1))
+        print("\n" + reporting.end_of_run(result, workdir))
 
 
 def run() -> None:

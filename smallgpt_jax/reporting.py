@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -20,14 +21,41 @@ from smallgpt_jax.errors import UserError, writing
 
 class ProgressBar:
     """step, loss, tokens/s and ETA on one line (redrawn in a terminal; in a
-    log file, printed as a new line about every 10% of the run)."""
+    log file, printed as a new line about every 10% of the run).
 
-    def __init__(self, total_steps: int, stream=sys.stderr):
+    Evaluation pauses training; `paused(seconds)` reports each pause, so the
+    step rate (and tokens/s) counts training only, and the ETA adds the
+    evaluations still to come at their measured mean cost."""
+
+    def __init__(self, total_steps: int, eval_every: int = 0, stream=sys.stderr):
         self.total = total_steps
+        self.eval_every = eval_every
         self.stream = stream
         self.tty = stream.isatty()
         self.t0 = self.step0 = None  # Timing starts after the first (compiling) step.
         self.last_print = -1
+        self.paused_s, self.pauses = 0.0, 0  # Time spent evaluating since t0.
+
+    def paused(self, seconds: float) -> None:
+        if self.t0 is not None:
+            self.paused_s += seconds
+            self.pauses += 1
+
+    def evals_left(self, step: int) -> int:
+        """Evaluations after `step`: every eval_every steps, and one at the end."""
+        if not self.eval_every:
+            return 0
+        left = self.total // self.eval_every - step // self.eval_every
+        return left + (1 if self.total % self.eval_every and step < self.total else 0)
+
+    def eta(self, step: int, now: float) -> str:
+        done = step - (self.step0 or 0)
+        if self.t0 is None or done <= 0:
+            return "--:--"
+        train_s = (now - self.t0 - self.paused_s) / done * (self.total - step)
+        if self.pauses:
+            return clock(train_s + self.paused_s / self.pauses * self.evals_left(step))
+        return clock(train_s) + ("+eval" if self.evals_left(step) else "")
 
     def update(self, step: int, loss: float, tokens_per_sec: float) -> None:
         if jax.process_index() != 0:
@@ -35,12 +63,10 @@ class ProgressBar:
         now = time.time()
         if self.t0 is None:
             self.t0, self.step0 = now, step
-        done = step - self.step0
-        eta = (now - self.t0) / done * (self.total - step) if done > 0 else float("nan")
         frac = step / max(self.total, 1)
         bar = "#" * int(20 * frac)
         line = (f"step {step:>6}/{self.total} [{bar:<20}] loss {loss:.4f} "
-                f"{tokens_per_sec:,.0f} tok/s ETA {clock(eta)}")
+                f"{tokens_per_sec:,.0f} tok/s ETA {self.eta(step, now)}")
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
             self.stream.flush()
@@ -170,10 +196,43 @@ class Writer:
             events.close()
 
 
+def end_of_run(final: dict, workdir: str) -> str:
+    """What a finished run prints last: its result, where things are, what to run next."""
+    q = shlex.quote(workdir)
+    lines = [f"--- done: {final['steps']} steps, {clock(final.get('wall_time_s', 0.0))} "
+             "of training (all runs of this workdir) ---"]
+    if "eval/val_loss" in final:
+        lines.append(f"final loss: train {final['eval/train_loss']:.4f}, "
+                     f"val {final['eval/val_loss']:.4f} nats/token "
+                     f"({final['eval/val_bpc']:.3f} bits per character)")
+    lines += [f"checkpoints: {os.path.join(workdir, 'checkpoints')}",
+              f"TensorBoard logs, config.json, summary.json: {workdir}",
+              "next:",
+              f"  python -m smallgpt_jax.sample --workdir={q} --prompt=\"ROMEO:\"",
+              f"  tensorboard --logdir {q}"]
+    lines += [f"  python -m smallgpt_jax.visualize --workdir={q} --what={what}"
+              for what in ("attention", "curves", "embeddings")]
+    return "\n".join(lines)
+
+
+# How a run is carried out, not what is trained: left out of TensorBoard's HPARAMS.
+NOT_HPARAMS = ("name", "compilation_cache", "parallel", "train.eval_every", "train.eval_steps",
+               "train.log_every", "train.sample_tokens", "train.sample_every",
+               "train.checkpoint_every", "train.keep_checkpoints", "train.resume_step")
+
+
 def flat_hparams(config) -> dict:
-    """The config flattened to {'model.num_layers': 4, ...} for TensorBoard."""
+    """The hyperparameters, flattened to {'model.num_layers': 4, ...} for
+    TensorBoard: the model, optimizer, data and tokenizer choices and the seed.
+    Settings that do not change what is trained (NOT_HPARAMS), and data
+    fields the run does not use (the dataset name when a path is given, BPE
+    fields for other tokenizers), are left out."""
+    flat = flatten(config.to_dict())
+    unused = {"data.dataset" if flat.get("data.path") else "data.path"}
+    if flat.get("data.tokenizer") != "bpe":
+        unused |= {"data.vocab_size", "data.end_of_text"}
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-            for k, v in flatten(config.to_dict()).items()}
+            for k, v in flat.items() if k not in NOT_HPARAMS and k not in unused}
 
 
 def write_json(path: str, obj) -> None:

@@ -107,11 +107,16 @@ def attention_figure(att_LHTT: np.ndarray, labels: list[str] | None = None,
             image = ax.imshow(att_LHTT[l, h], cmap="viridis", vmin=0.0, vmax=1.0,
                               interpolation="nearest")
             ax.set_title(f"layer {l} head {h}", fontsize=7)
-            if show_labels:
-                ax.set_xticks(range(T), labels, fontsize=label_points, rotation=90)
-                ax.set_yticks(range(T), labels, fontsize=label_points)
+            # Labels on the outer panels only: the grid shares its axes, and
+            # drawing tick labels is most of a figure's cost.
+            if show_labels and l == L - 1:
+                ax.set_xticks(range(T), labels, fontsize=label_points,
+                              rotation=0 if max(map(len, labels)) <= 2 else 90)
             else:
                 ax.set_xticks([])
+            if show_labels and h == 0:
+                ax.set_yticks(range(T), labels, fontsize=label_points)
+            else:
                 ax.set_yticks([])
             ax.tick_params(length=0, pad=1)
     if legend:
@@ -135,14 +140,15 @@ def plot_attention(params, model_config, tokenizer, prompt: str,
 
 
 def attention_image(params, model_config, tokenizer, ids_T: np.ndarray,
-                    panel_inches: float = 1.1) -> np.ndarray:
-    """The attention grid for token ids as an [H, W, 3] uint8 image, cheap
-    enough to log to TensorBoard at every evaluation: the tokens are in the
-    title, not on the axes (drawing tick labels costs most of the time)."""
+                    panel_inches: float = 1.6) -> np.ndarray:
+    """The attention grid for token ids, with a character label on every row
+    and column, as an [H, W, 3] uint8 image for TensorBoard (about 170 pixels
+    per panel: readable at its actual size in TensorBoard's image view)."""
     ids_T = np.asarray(ids_T).reshape(-1)[-model_config.block_size:]
     att_LHTT = attention_maps(params, model_config, ids_T)
-    fig = attention_figure(att_LHTT, None, panel_inches=panel_inches, legend=False,
-                           title="".join(token_labels(tokenizer, ids_T)))
+    labels = token_labels(tokenizer, ids_T)
+    fig = attention_figure(att_LHTT, labels, panel_inches=panel_inches, legend=False,
+                           title="attention for " + "".join(labels))
     return figure_to_array(fig)
 
 

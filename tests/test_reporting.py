@@ -1,0 +1,54 @@
+"""What a run shows: the progress line's rate and ETA, the end-of-run
+summary, and which config fields TensorBoard lists as hyperparameters."""
+
+import io
+
+from conftest import tiny_config
+from smallgpt_jax import reporting
+
+
+def test_evaluations_left_count_the_final_one():
+    bar = reporting.ProgressBar(1000, 300)
+    assert [bar.evals_left(s) for s in (0, 299, 300, 900, 999, 1000)] == [4, 4, 3, 1, 1, 0]
+    assert reporting.ProgressBar(1000, 250).evals_left(500) == 2  # 750 and 1000.
+    assert reporting.ProgressBar(1000, 0).evals_left(0) == 0
+
+
+def test_eta_counts_training_at_its_own_rate_and_adds_the_evaluations_left(monkeypatch):
+    bar = reporting.ProgressBar(1000, 250, stream=io.StringIO())
+    monkeypatch.setattr(reporting.time, "time", lambda: 100.0)
+    bar.update(100, 2.0, 1.0)  # Timing starts at the first update (after compiling).
+    assert bar.eta(100, 100.0) == "--:--"
+    # Before an evaluation was measured: training only (0.1 s a step), and says so.
+    assert bar.eta(200, 110.0) == "01:20+eval"
+    bar.paused(40.0)  # One evaluation took 40 s, which is not training: at
+    # step 250, 100 s in, 60 s trained 150 steps (0.4 s a step); 750 steps are
+    # left (300 s) and 3 evaluations (120 s).
+    assert bar.eta(250, 200.0) == "07:00"
+
+
+def test_end_of_run_says_where_things_are_and_what_to_run_next():
+    final = {"steps": 2200, "wall_time_s": 163.0, "eval/train_loss": 1.55,
+             "eval/val_loss": 1.74, "eval/val_bpc": 2.51}
+    text = reporting.end_of_run(final, "runs/my run")
+    assert "2200 steps, 02:43" in text and "val 1.7400" in text and "2.510 bits" in text
+    assert "'runs/my run'/checkpoints" not in text and "runs/my run/checkpoints" in text
+    # Commands are pasteable: the workdir is quoted for the shell.
+    assert "python -m smallgpt_jax.sample --workdir='runs/my run'" in text
+    assert "tensorboard --logdir 'runs/my run'" in text
+    assert sum("--what=" in line for line in text.splitlines()) == 3
+    # A run with nothing left to train has no final evaluation to report.
+    assert "val" not in reporting.end_of_run({"steps": 5}, "w").split("\n")[1]
+
+
+def test_hparams_are_what_is_trained_not_how_the_run_is_carried_out():
+    c = tiny_config()
+    h = reporting.flat_hparams(c)
+    assert {"model.num_layers", "train.learning_rate", "seed", "data.tokenizer",
+            "data.dataset"} <= set(h)
+    assert not set(h) & set(reporting.NOT_HPARAMS)
+    assert not {"data.path", "data.vocab_size", "data.end_of_text"} & set(h)
+    c.data.path, c.data.tokenizer = "corpus.txt", "bpe"
+    h = reporting.flat_hparams(c)
+    assert h["data.path"] == "corpus.txt" and "data.dataset" not in h
+    assert {"data.vocab_size", "data.end_of_text"} <= set(h)
