@@ -10,10 +10,23 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Tests never download: use the shared copy when the caller did not say.
-_shared = os.path.join(os.path.dirname(ROOT), "shared", "data")
-if "SMALLGPT_DATA_DIR" not in os.environ and os.path.isdir(_shared):
-    os.environ["SMALLGPT_DATA_DIR"] = _shared
+
+
+def _find_corpus_dir() -> str | None:
+    """Where a user would have Tiny Shakespeare: $SMALLGPT_DATA_DIR, the user
+    cache a training run downloads it into, or a ../shared/data folder."""
+    user_cache = os.path.join(os.environ.get("XDG_CACHE_HOME")
+                              or os.path.join(os.path.expanduser("~"), ".cache"), "smallgpt_jax")
+    for folder in (os.environ.get("SMALLGPT_DATA_DIR"), user_cache,
+                   os.path.join(os.path.dirname(ROOT), "shared", "data")):
+        if folder and os.path.isfile(os.path.join(folder, "tinyshakespeare", "input.txt")):
+            return folder
+    return None
+
+
+# Tests never download. Found now, before the user cache is redirected below.
+if _find_corpus_dir():
+    os.environ["SMALLGPT_DATA_DIR"] = _find_corpus_dir()
 
 
 # Test programs are tiny: compiling them fast matters, running them fast does
@@ -48,8 +61,25 @@ def has_shakespeare() -> bool:
     return os.path.isfile(os.path.join(d, "tinyshakespeare", "input.txt"))
 
 
-needs_shakespeare = pytest.mark.skipif(
-    not has_shakespeare(), reason="set SMALLGPT_DATA_DIR to a folder with tinyshakespeare/input.txt")
+NO_CORPUS = ("no Tiny Shakespeare: put input.txt in $SMALLGPT_DATA_DIR/tinyshakespeare/ "
+             "(or train once, which downloads it to ~/.cache/smallgpt_jax)")
+needs_shakespeare = pytest.mark.skipif(not has_shakespeare(), reason=NO_CORPUS)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line saying how many tests were skipped and why (pytest's own
+    summary gives only the count unless run with -rs)."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if len(reasons) == 1:
+        [(reason, n)] = reasons.items()
+        terminalreporter.write_line(f"skipped {n} test{'s' * (n > 1)}: {reason}")
+    elif reasons:
+        terminalreporter.write_line(f"skipped {sum(reasons.values())} tests: " + "; ".join(
+            f"{n} because {reason}" for reason, n in sorted(reasons.items(), key=lambda x: -x[1])))
 
 
 def tiny_config(**overrides):

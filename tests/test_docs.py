@@ -35,12 +35,13 @@ from fractions import Fraction
 
 import pytest
 
-from conftest import ROOT, has_shakespeare
+from conftest import NO_CORPUS, ROOT, has_shakespeare
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.sweep import load_experiment
 
 DOCS = os.path.join(ROOT, "docs")
 PAGES = sorted(glob.glob(os.path.join(DOCS, "*.md")))
+README = os.path.join(ROOT, "README.md")  # Its commands and references are checked too.
 
 # Training commands get these first (so a command's own values win) ...
 # No text samples at evaluations unless a command asks for them: compiling the
@@ -63,7 +64,7 @@ SWEEP_EXTRA = {**TINY, "train.num_steps": 4, "train.eval_every": 4,
 SKIP = re.compile(r"^# docs-test: skip \((.+)\)$")
 EXPECT = re.compile(r"^# expect: (.+)$")
 REPO_ITEMS = ("configs", "smallgpt_jax", "tests", "experiments", "docs", "benchmarks",
-              "launch.sh", "pyproject.toml")
+              "launch.sh", "pyproject.toml", "README.md")
 
 
 def read(page: str) -> str:
@@ -72,17 +73,20 @@ def read(page: str) -> str:
 
 
 def bash_blocks(page: str) -> list[tuple[int, str]]:
-    """(line number, text) of every ```bash block of a page."""
+    """(line number, text) of every ```bash block of a page. An HTML comment
+    `<!-- docs-test: skip (REASON) -->` right above a block (invisible on the
+    rendered page) counts as the block's skip line."""
     text = read(page)
-    return [(text[:m.start()].count("\n") + 1, m.group(1))
-            for m in re.finditer(r"^```bash\n(.*?)^```", text, re.S | re.M)]
+    return [(text[:m.start(2)].count("\n"), (f"# {m.group(1)}\n" if m.group(1) else "") + m.group(2))
+            for m in re.finditer(r"(?:^<!-- (docs-test: skip \([^\n]+\)) -->\n)?^```bash\n(.*?)^```",
+                                 text, re.S | re.M)]
 
 
 def all_blocks():
     out = []
-    for page in PAGES:
+    for page in PAGES + [README]:
         for line, block in bash_blocks(page):
-            out.append((f"{os.path.basename(page)}:{line}", block))
+            out.append((f"{os.path.relpath(page, ROOT)}:{line}", block))
     return out
 
 
@@ -115,7 +119,7 @@ def test_there_are_pages_in_reading_order_linked_from_the_index_and_readme():
     assert "(docs/README.md)" in read(os.path.join(ROOT, "README.md"))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=os.path.basename)
+@pytest.mark.parametrize("page", PAGES + [README], ids=os.path.basename)
 def test_code_references_resolve(page):
     text = read(page)
     refs = sorted(set(re.findall(r"`(smallgpt_jax(?:\.\w+)+)`", text)))
@@ -132,7 +136,7 @@ def test_code_references_resolve(page):
     assert not missing, f"paths that do not exist: {missing}"
     # Relative links between pages and to images.
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
-        assert os.path.exists(os.path.join(DOCS, target)), f"broken link {target}"
+        assert os.path.exists(os.path.join(os.path.dirname(page), target)), f"broken link {target}"
 
 
 PYTHON_RUNS = "<!-- docs-test: python blocks run -->"
@@ -275,8 +279,38 @@ def _flag_value(arg: str):
     return key, value
 
 
-def shrink(line: str) -> str:
-    """A docs command as the test runs it: tiny model, few steps."""
+def setup_step(part: str) -> str | None:
+    """What the test runs for an install or server step of a command line
+    (None: not such a step). Nothing is installed and no server starts:
+    `pip install -e ".[X]"` checks that extra X exists, `tensorboard` that its
+    log folder holds event files; the test already runs in an environment."""
+    if re.fullmatch(r"python -m venv \S+|\. \S+/bin/activate|source \S+/bin/activate", part):
+        return ":"
+    if m := re.fullmatch(r'pip install -e "\.(?:\[(\w+)\])?"', part):
+        return ("python -c 'import sys, tomllib; extras = tomllib.load(open(\"pyproject.toml\", "
+                f"\"rb\"))[\"project\"][\"optional-dependencies\"]; sys.exit(\"{m.group(1) or 'dev'}\" "
+                "not in extras)'")
+    if m := re.fullmatch(r"(?:tensorboard --logdir|\./launch\.sh tensorboard) (\S+)", part):
+        # (A sweep that ran as a --dry-run wrote no logs: its sweep file must exist.)
+        return (f"find {m.group(1)} -name 'events.out.tfevents.*' 2>/dev/null | grep -q . "
+                f"|| test -f experiments/$(basename {m.group(1)}).py")
+    return None
+
+
+def shrink(line: str, page: str = "") -> str:
+    """A docs command as the test runs it: tiny model, few steps (and, on
+    README.md, a sweep as a --dry-run: the docs pages run sweeps already)."""
+    if " && " in line:
+        return " && ".join(shrink(part, page) for part in line.split(" && "))
+    if (step := setup_step(line)) is not None:
+        return step
+    if page == "README.md" and line.startswith("python -m smallgpt_jax.sample "):
+        return re.sub(r"--max_new_tokens=(\d+)",
+                      lambda m: f"--max_new_tokens={min(int(m.group(1)), CAPS['train.sample_tokens'])}",
+                      line)
+    if page == "README.md" and re.match(r"(python -m smallgpt_jax\.sweep|\./launch\.sh experiments/)",
+                                        line) and "--dry-run" not in line:
+        line += " --dry-run"
     if line.startswith("python -m pytest "):
         # This suite runs those tests itself; here the command must select
         # some (pytest exits 5 if it selects none), which collecting shows.
@@ -312,13 +346,13 @@ def shrink(line: str) -> str:
     return " ".join(out[:i] + tiny + out[i:])
 
 
-def runnable(block: str) -> tuple[str, list[str]] | None:
+def runnable(block: str, page: str = "") -> tuple[str, list[str]] | None:
     """(script, expected regexes), or None for a block marked as not run."""
     lines = block.splitlines()
     if lines and SKIP.match(lines[0]):
         return None
     expects = [m.group(1) for line in lines if (m := EXPECT.match(line.strip()))]
-    script = "\n".join(shrink(line) for line in logical_lines(block))
+    script = "\n".join(shrink(line, page) for line in logical_lines(block))
     return script, expects
 
 
@@ -376,22 +410,23 @@ def block_results(request, tmp_path_factory):
     selected = {item.callspec.params["block_id"] for item in request.session.items
                 if "block_id" in getattr(getattr(item, "callspec", None), "params", {})}
     if not has_shakespeare():
-        pytest.skip("the docs commands train on Tiny Shakespeare; set SMALLGPT_DATA_DIR")
+        pytest.skip(NO_CORPUS)
     base = str(tmp_path_factory.mktemp("docs"))
     os.makedirs(os.path.join(base, "bin"))
     # `python` in the commands is this interpreter (a wrapper, not a link, so a
     # virtual environment's python still finds its packages).
-    wrapper = os.path.join(base, "bin", "python")
-    with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    os.chmod(wrapper, 0o755)
+    for name in ("python", "python3"):  # python3: what launch.sh looks for.
+        wrapper = os.path.join(base, "bin", name)
+        with open(wrapper, "w") as f:
+            f.write(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        os.chmod(wrapper, 0o755)
     shared = make_sandbox(os.path.join(base, "shared"), None)
     rc, out, _ = run_script(shrink(CANONICAL_RUN), shared)
     assert rc == 0, f"training the shared tiny run failed:\n{out[-3000:]}"
     jobs = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         for i, (block_id, block) in enumerate(BLOCKS):
-            spec = runnable(block)
+            spec = runnable(block, block_id.split(":")[0])
             if spec is None or block_id not in selected:
                 continue
             box = make_sandbox(os.path.join(base, f"block{i:02d}"),
@@ -415,7 +450,7 @@ def test_skipped_blocks_say_why():
                          ids=[b[0] for b in BLOCKS if runnable(b[1])])
 def test_docs_commands_run(block_results, block_id, block):
     rc, out, cpu = block_results[block_id]
-    script, expects = runnable(block)
+    script, expects = runnable(block, block_id.split(":")[0])
     assert rc == 0, f"{block_id} failed (exit {rc}, {cpu:.0f} CPU s):\n{script}\n--- output ---\n{out[-4000:]}"
     for pattern in expects:
         assert re.search(pattern, out), f"{block_id}: output does not match {pattern!r}:\n{out[-3000:]}"
