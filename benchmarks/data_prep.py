@@ -110,7 +110,16 @@ def prepare(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
     return {"what": "prepare", "tokenizer": tokenizer, "vocab": m["tokenizer"]["vocab_size"],
             "corpus_mb": sum(s["size"] for s in m["sources"]) / 1e6,
             "tokens": m["train_tokens"] + m["val_tokens"], "wall_s": wall, "cpu_s": cpu,
-            "peak_rss_mb": peak / 1e6, "summary": proc.stdout.strip()}
+            "peak_rss_mb": peak / 1e6, "summary": proc.stdout.strip(), "passes": _passes(proc.stderr)}
+
+
+def _passes(log: str) -> list[str]:
+    """The last progress line of each pass (its totals and mean rate)."""
+    last: dict[str, str] = {}
+    for line in log.replace("\r", "\n").splitlines():
+        if line.startswith("preparing ("):
+            last[line.split(")")[0]] = line.strip()
+    return list(last.values())
 
 
 def startup(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:

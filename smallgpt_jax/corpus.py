@@ -60,34 +60,43 @@ def iter_text(paths: list[str], separator: str, progress: "Progress | None" = No
     for k, path in enumerate(paths):
         if k:
             yield separator
-        if os.path.getsize(path) == 0:
-            raise UserError(f"{path} is empty.")
-        digest = hashlib.sha256()
-        pos, carry = 0, b""  # File offset of carry[0]; an incomplete character.
-        with open(path, "rb") as f:
-            while True:
-                raw = f.read(READ_BYTES)
-                digest.update(raw)
-                if progress:
-                    progress.add(nbytes=len(raw))
-                chunk = carry + raw
-                try:
-                    text, carry = chunk.decode("utf-8"), b""
-                except UnicodeDecodeError as e:
-                    # A character cut by the read boundary: finish it next read.
-                    if raw and e.reason == "unexpected end of data" and e.end == len(chunk):
-                        text, carry = chunk[:e.start].decode("utf-8"), chunk[e.start:]
-                    else:
-                        raise UserError(
-                            f"{path} is not valid UTF-8: byte 0x{chunk[e.start]:02x} at offset "
-                            f"{pos + e.start}. Convert it to UTF-8 first.")
-                pos += len(chunk) - len(carry)
-                if text:
-                    yield text
-                if not raw:
-                    break
-        if hashes is not None:
-            hashes.append(digest.hexdigest())
+        try:
+            yield from _file_text(path, progress, hashes)
+        except OSError as e:  # Not the store's fault: say which file.
+            raise UserError(f"cannot read {path} ({e.strerror or e}).") from e
+
+
+def _file_text(path: str, progress: "Progress | None", hashes: list[str] | None
+               ) -> Iterator[str]:
+    """One file's text (see iter_text)."""
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path} is empty.")
+    digest = hashlib.sha256()
+    pos, carry = 0, b""  # File offset of carry[0]; an incomplete character.
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(READ_BYTES)
+            digest.update(raw)
+            if progress:
+                progress.add(nbytes=len(raw))
+            chunk = carry + raw
+            try:
+                text, carry = chunk.decode("utf-8"), b""
+            except UnicodeDecodeError as e:
+                # A character cut by the read boundary: finish it next read.
+                if raw and e.reason == "unexpected end of data" and e.end == len(chunk):
+                    text, carry = chunk[:e.start].decode("utf-8"), chunk[e.start:]
+                else:
+                    raise UserError(
+                        f"{path} is not valid UTF-8: byte 0x{chunk[e.start]:02x} at offset "
+                        f"{pos + e.start}. Convert it to UTF-8 first.")
+            pos += len(chunk) - len(carry)
+            if text:
+                yield text
+            if not raw:
+                break
+    if hashes is not None:
+        hashes.append(digest.hexdigest())
 
 
 def split_at(texts: Iterable[str], n: int) -> Iterator[tuple[int, str]]:

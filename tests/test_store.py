@@ -320,3 +320,23 @@ def test_a_resumed_runs_own_tokenizer_and_a_stop_signal(tmp_path):
         store.open_store(config.data, verbose=False, stop=Stop())
     assert store.why_stale(usual.directory, [corpus.Source.of(str(tmp_path / "a.txt"))])
     assert not any(".tmp-" in e for e in os.listdir(tmp_path / "s"))
+
+
+def test_vocabulary_sample_is_even_and_deterministic(tmp_path, small_pieces):
+    pieces = [f"{i:04d}" * 25 for i in range(100)]  # 100 pieces of 100 characters.
+    kept = list(corpus.even_sample(iter(pieces), 10_000, 2_500))
+    assert len(kept) == 25 and kept == list(corpus.even_sample(iter(pieces), 10_000, 2_500))
+    positions = [pieces.index(k) for k in kept]
+    assert max(np.diff(positions)) == min(np.diff(positions)) == 4  # Spread over all of it.
+    assert list(corpus.even_sample(iter(pieces), 10_000, 0)) == pieces
+    # A BPE vocabulary learnt from a sample: a valid store, other than the full one's.
+    folder = make_corpus(tmp_path / "corpus", n_files=1)
+    settings = {"data.path": folder, "data.cache_dir": str(tmp_path / "s"),
+                "data.tokenizer": "bpe", "data.vocab_size": 280}
+    full = store.open_store(tiny_config(**settings).data, verbose=False)
+    sampled = store.open_store(tiny_config(**settings, **{"data.fit_max_chars": 5000}).data,
+                               verbose=False)
+    assert sampled.directory != full.directory and sampled.tokenizer.vocab_size == 280
+    assert sampled.tokenizer.to_dict() != full.tokenizer.to_dict()
+    text = open(os.path.join(folder, "doc0.txt"), encoding="utf-8").read()
+    assert sampled.tokenizer.decode(sampled.splits().train) == text[:int(len(text) * 0.9)]
