@@ -76,7 +76,7 @@ def run(paths: list[str], data_config, tokenizer: tokenizer_lib.Tokenizer | None
     if tokenizer is None and kind == "char":
         tokenizer = tokenizer_lib.CharTokenizer("".join(sorted(alphabet)))
     elif tokenizer is None:
-        progress = progress_bar("preparing (2/3: vocabulary)", total * n // max(chars, 1))
+        progress = progress_bar("preparing (2/3: vocabulary)", total)  # Reads up to the split
         split, train_texts = next(corpus.splits(corpus.iter_text(paths, separator, progress), n))
         if split:  # No training text at all (a corpus of a character or two).
             train_texts = iter(())
