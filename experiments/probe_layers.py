@@ -36,10 +36,14 @@ SPEAKER = re.compile(r"^[A-Z][A-Za-z' ]*:$")
 
 
 def speaker_labels(text: str) -> np.ndarray:
-    """1 for every character of a speaker line, its newline included."""
-    out = []
+    """1 for every character of a speaker line, its newline included: a
+    name and a colon on a line of its own, after a blank line (a verse line
+    can end in a colon too)."""
+    out, previous = [], ""
     for line in text.splitlines(True):
-        out += [int(bool(SPEAKER.match(line.rstrip("\n"))))] * len(line)
+        name = SPEAKER.match(line.rstrip("\n")) and previous.strip() == ""
+        out += [int(bool(name))] * len(line)
+        previous = line
     return np.array(out, np.int32)
 
 
@@ -57,7 +61,9 @@ def probe(x_train, y_train, x_test, y_test, steps: int) -> tuple[float, float]:
     import jax
     import jax.numpy as jnp
     import optax
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    # A feature constant in training (a character it never has) is left unscaled.
+    mean, std = x_train.mean(0), x_train.std(0)
+    std = np.where(std > 1e-6, std, 1.0)
     xs, xt = (x_train - mean) / std, (x_test - mean) / std
     params = {"w": jnp.zeros(xs.shape[1]), "b": jnp.zeros(())}
     tx = optax.adam(0.05)
