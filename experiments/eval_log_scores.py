@@ -50,7 +50,8 @@ def read(scores_path: str, labels_path: str):
                          "score the log the labels describe, with --per=line.")
     n = [int(r["line_number"]) for r in labels]
     table = {c: np.array([float(rows[i][c] or "nan") for i in n]) for c in COLUMNS}
-    return table, np.array([r["label"] == "1" for r in labels]), np.array([r["kind"] for r in labels])
+    is_anomaly = np.array([r["label"] == "1" for r in labels])
+    return table, is_anomaly, np.array([r["kind"] for r in labels])
 
 
 def main() -> None:

@@ -40,15 +40,17 @@ PATHS = [("GET", "/v1/users/{n}", "users"), ("GET", "/v1/orders/{n}", "orders"),
          ("GET", "/v1/search?q={word}", None), ("POST", "/v1/login", "sessions")]
 WORDS = ["shoes", "lamp", "coffee", "desk", "phone", "cable", "bag", "chair"]
 RARE_ERRORS = [  # Rare in normal logs; a burst of them is an anomaly.
-    lambda r: ("postgres", "ERROR", f'could not write to file "pg_wal/xlogtemp.{r.randint(100, 999)}"'
-               ": No space left on device"),
+    lambda r: ("postgres", "ERROR", "could not write to file "
+               f'"pg_wal/xlogtemp.{r.randint(100, 999)}": No space left on device'),
     lambda r: ("kernel", "ERROR", f"EXT4-fs error (device sda{r.randint(1, 3)}): ext4_find_entry:"
-               f"{r.randint(1400, 1600)}: inode #{r.randint(2, 99999)}: reading directory lblock 0"),
+               f"{r.randint(1400, 1600)}: inode #{r.randint(2, 99999)}: "
+               "reading directory lblock 0"),
     lambda r: ("api", "ERROR", f"rid={r.getrandbits(32):08x} connection pool exhausted "
                f"(size=20, waiting={r.randint(5, 80)})"),
 ]
 UNKNOWN_SERVICES = [
-    lambda r: ("xmrig", "INFO", f"new job from pool.minexmr.com:4444 diff {r.randint(10000, 99999)}"),
+    lambda r: ("xmrig", "INFO",
+               f"new job from pool.minexmr.com:4444 diff {r.randint(10000, 99999)}"),
     lambda r: ("nc", "INFO", f"listening on [any] {r.choice([4444, 1337, 31337])} ..."),
     lambda r: ("telnetd", "INFO", f"connection from 203.0.113.{r.randint(1, 254)}"),
     lambda r: ("kworkerd", "WARN", f"loaded module from /tmp/.x{r.randint(10, 99)}/mod.so"),
@@ -94,7 +96,8 @@ def request(log: Log, reverse: bool = False) -> None:
         status = 201
     level = {401: "WARN", 500: "ERROR"}.get(status, "INFO")
     ms = int(r.lognormvariate(3, 0.8)) + 1
-    done = (level, f"rid={rid} done {status} {ms}ms" + (" error=upstream timeout" if status == 500 else ""))
+    error = " error=upstream timeout" if status == 500 else ""
+    done = (level, f"rid={rid} done {status} {ms}ms{error}")
     if reverse:
         log.add(web, "api", *done, kind="out_of_order")
         log.add(web, "api", *start)

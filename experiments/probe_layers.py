@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/char_cpu", "A char model trained on Tiny Shakespeare.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/char_cpu",
+                               "A char model trained on Tiny Shakespeare.")
 _TRAIN = flags.DEFINE_integer("train_chars", 60000, "Characters the probes train on.")
 _TEST = flags.DEFINE_integer("test_chars", 20000, "Characters the probes are tested on.")
 _STEPS = flags.DEFINE_integer("steps", 300, "Full-batch Adam steps per probe.")
@@ -70,7 +71,8 @@ def probe(x_train, y_train, x_test, y_test, steps: int) -> tuple[float, float]:
 
     def loss(p):
         logits = xs @ p["w"] + p["b"]
-        return optax.sigmoid_binary_cross_entropy(logits, y_train).mean() + 1e-4 * (p["w"] ** 2).sum()
+        fit = optax.sigmoid_binary_cross_entropy(logits, y_train).mean()
+        return fit + 1e-4 * (p["w"] ** 2).sum()
 
     @jax.jit
     def step(p, s):

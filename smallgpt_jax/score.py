@@ -34,10 +34,12 @@ from smallgpt_jax.errors import UserError, writing
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
 _INPUT = flags.DEFINE_string("input", None, "The UTF-8 text file to score.")
 _STEP = flags.DEFINE_string("step", "latest", "Checkpoint to load: 'latest', 'best' or a step.")
-_PER = flags.DEFINE_enum("per", "line", ["token", "line", "file"], "One row per token, line or file.")
+_PER = flags.DEFINE_enum("per", "line", ["token", "line", "file"],
+                         "One row per token, line or file.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write every row to this CSV file.")
 _TOP = flags.DEFINE_integer("top", 10, "Without --output: print this many most surprising rows.")
-_HTML = flags.DEFINE_string("html", None, "Also write the text shaded by surprise to this HTML file.")
+_HTML = flags.DEFINE_string("html", None,
+                            "Also write the text shaded by surprise to this HTML file.")
 _UNKNOWN = flags.DEFINE_enum("unknown", "error", ["error", "skip"],
                              "Characters the vocabulary lacks: an error, or skip (reported).")
 _STRIDE = flags.DEFINE_integer("stride", 0, "Sliding-window stride in tokens; 0: block_size // 2.")
@@ -62,8 +64,9 @@ def read_text(path: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"--input={path} is not UTF-8 text (byte {e.start} is {data[e.start]:#04x}); "
-                        "pass a text file, or convert it first (iconv -t UTF-8).")
+        raise UserError(f"--input={path} is not UTF-8 text (byte {e.start} is "
+                        f"{data[e.start]:#04x}); pass a text file, or convert it first "
+                        "(iconv -t UTF-8).")
 
 
 def token_rows(scores, tokenizer) -> list[dict]:
@@ -124,7 +127,8 @@ def write_html(path: str, scores, title: str) -> None:
         for c in range(starts[i], starts[i + 1]):
             ch, bits = scores.text[c], scores.char_bits[c]
             if scores.char_unknown[c]:
-                parts.append(f'<span class="u" title="unknown to the vocabulary">{html.escape(ch)}</span>')
+                parts.append('<span class="u" title="unknown to the vocabulary">'
+                             f'{html.escape(ch)}</span>')
                 continue
             alpha = 0.0 if math.isnan(bits) else min(1.0, bits / top)
             tip = f"{scores.token_bits[i]:.2f} bits" if c == starts[i] else f"{bits:.2f} bits"
@@ -152,7 +156,8 @@ def main(argv: list[str]) -> None:
         if _TOP.value < 1:
             raise UserError(f"--top={_TOP.value} must be at least 1.")
         if not os.path.isdir(workdir):
-            raise UserError(f"workdir {workdir} is not a folder; pass a training run's --workdir.")
+            what = "is a file" if os.path.exists(workdir) else "does not exist"
+            raise UserError(f"workdir {workdir} {what}; pass a training run's --workdir.")
         text = read_text(_INPUT.value)
         for path in (_OUTPUT.value, _HTML.value):
             if path:
@@ -189,8 +194,9 @@ def main(argv: list[str]) -> None:
             print(f"The {min(_TOP.value, len(ranked))} most surprising {per}s of "
                   f"{len(rows)} (highest {order} first):")
             print_table(ranked[:_TOP.value], table)
-        else:
-            print_table(rows, [(c, max(len(c), 10)) for c in FILE_COLUMNS])
+        else:  # One file: a field per line.
+            for column in FILE_COLUMNS:
+                print(f"{column:>13}  {show(summary[column], 100)}")
         if _HTML.value:
             write_html(_HTML.value, scores, f"{_INPUT.value}, scored by {workdir}")
         wrote = [p for p in (_OUTPUT.value, _HTML.value) if p]

@@ -91,14 +91,16 @@ def test_tokens_map_to_their_characters_for_every_tokenizer():
         ids = tok.encode(text)
         starts = scoring.token_starts(tok, ids, text)
         assert len(starts) == len(ids) and starts[0] == 0 and (np.diff(starts) >= 0).all()
-        if tok.kind != "word":  # Words outside the vocabulary decode as <unk>.
-            pieces = [tok.decode(ids[i:j]) for i, j in zip(
-                [0, *np.flatnonzero(np.diff(starts)) + 1], [*np.flatnonzero(np.diff(starts)) + 1, len(ids)])]
-            bounds = [*starts[np.r_[0, np.flatnonzero(np.diff(starts)) + 1]], len(text)]
-            assert pieces == [text[a:b] for a, b in zip(bounds, bounds[1:])], tok.kind
+        # Tokens that start at the same character (bytes of one character)
+        # decode, together, to the text up to the next start.
+        firsts = np.flatnonzero(np.diff(starts, prepend=-1))
+        ends = [*firsts[1:], len(ids)]
+        stops = [*starts[firsts[1:]], len(text)]
+        spans = [text[starts[i]:stop] for i, stop in zip(firsts, stops)]
+        if tok.kind == "word":  # Words outside the vocabulary decode as <unk>.
+            assert spans == words.PIECE.findall(text)
         else:
-            assert [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)])] == (
-                words.PIECE.findall(text))
+            assert spans == [tok.decode(ids[i:j]) for i, j in zip(firsts, ends)], tok.kind
 
 
 def test_unknown_characters_are_an_error_or_skipped_and_reported():
@@ -109,7 +111,8 @@ def test_unknown_characters_are_an_error_or_skipped_and_reported():
     s = scoring.score_text(params, cfg, tok, "ROMEO: x abc z\n", unknown="skip")
     assert s.unknown == ["x", "z"]
     assert s.char_unknown.nonzero()[0].tolist() == [7, 13]
-    assert np.isnan(s.char_bits[[7, 13]]).all() and not np.isnan(np.delete(s.char_bits, [7, 13])).any()
+    assert np.isnan(s.char_bits[[7, 13]]).all()
+    assert not np.isnan(np.delete(s.char_bits, [7, 13])).any()
     # What the model read is the text without them.
     same = scoring.score_text(params, cfg, tok, "ROMEO:  abc \n")
     np.testing.assert_allclose(s.token_bits, same.token_bits, atol=1e-6)
@@ -186,22 +189,25 @@ def test_injected_log_anomalies_score_above_the_median_normal_line(log_run):
     assert html.count("<span") >= sum(len(r["text"]) for r in rows)
 
 
-def test_per_token_csv_and_table(log_run):
-    text = "2026-03-14T00:00:01.000Z web-01 nginx[1]: INFO GET /health 200 1ms\nshort\n"
-    (log_run / "two.log").write_text(text)
-    out = log_run / "tokens.csv"
-    proc = run_cli([f"--workdir={log_run / 'run'}", f"--input={log_run / 'two.log'}",
-                    "--per=token", f"--output={out}"], module="smallgpt_jax.score")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(out, newline="", encoding="utf-8") as f:
+def test_per_token_csv_and_table(log_run, tmp_path):
+    from smallgpt_jax.score import TOKEN_COLUMNS, token_rows, write_csv
+    cfg, params = random_model()
+    tok = CharTokenizer(CHARS)
+    s = scoring.score_text(params, cfg, tok, "ROMEO: x abc\n", unknown="skip")
+    write_csv(str(tmp_path / "tokens.csv"), TOKEN_COLUMNS, token_rows(s, tok))
+    with open(tmp_path / "tokens.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:5] == ["position", "line_number", "char_offset", "token", "bits"]
-    assert "".join(r["token"] for r in rows) == text
-    assert all(float(r["bits"]) >= 0 for r in rows)
-    proc = run_cli([f"--workdir={log_run / 'run'}", f"--input={log_run / 'two.log'}", "--top=1"],
-                   module="smallgpt_jax.score")
-    assert proc.returncode == 0 and "most surprising lines" in proc.stdout, proc.stderr[-3000:]
-    assert len(proc.stdout.strip().splitlines()) == 3  # Title, header, one row.
+    assert list(rows[0]) == ["position", "line_number", "char_offset", "token", "bits",
+                             "predicted", "unknown"]
+    assert "".join(r["token"] for r in rows) == "ROMEO: x abc\n"  # The unknown 'x' too.
+    assert [r["unknown"] for r in rows].count("1") == 1 and rows[7]["bits"] == ""
+    assert all(float(r["bits"]) >= 0 for r in rows if r["unknown"] == "0")
+    # Without --output: a table of the --top most surprising rows.
+    (tmp_path / "two.log").write_text("2026-03-14T00:00:01.000Z web-01 nginx[1]: INFO\nshort\n")
+    proc = run_cli([f"--workdir={log_run / 'run'}", f"--input={tmp_path / 'two.log'}",
+                    "--per=token", "--top=3"], module="smallgpt_jax.score")
+    assert proc.returncode == 0 and "most surprising tokens" in proc.stdout, proc.stderr[-3000:]
+    assert len(proc.stdout.strip().splitlines()) == 5  # Title, header, three rows.
 
 
 def test_bad_input_is_one_line(tmp_path):
