@@ -101,17 +101,24 @@ def write_csv(path: str, columns, rows) -> None:
                             "" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def show(value, width: int) -> str:
-    """A cell for the terminal: escapes (\\n, \\t), cut to `width`."""
-    text = value.encode("unicode_escape").decode("ascii") if isinstance(value, str) else (
-        f"{value:.2f}" if isinstance(value, float) else str(value))
+QUOTED = ("token", "predicted", "max_token")  # Shown in quotes: a space is visible.
+
+
+def show(value, width: int, quote: bool = False) -> str:
+    """A cell for the terminal: newlines and tabs escaped, cut to `width`."""
+    if isinstance(value, str):
+        text = value.translate({10: "\\n", 9: "\\t", 13: "\\r"})
+        text = f"'{text}'" if quote else text
+    else:
+        text = f"{value:.2f}" if isinstance(value, float) else str(value)
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, int]]) -> None:
     print("  ".join(name.ljust(w) for name, w in columns).rstrip())
     for row in rows:
-        print("  ".join(show(row[name], w).ljust(w) for name, w in columns).rstrip())
+        print("  ".join(show(row[name], w, name in QUOTED).ljust(w)
+                        for name, w in columns).rstrip())
 
 
 def write_html(path: str, scores, title: str) -> None:
@@ -192,7 +199,7 @@ def main(argv: list[str]) -> None:
         elif table:
             ranked = sorted((r for r in rows if not math.isnan(r[order])), key=lambda r: -r[order])
             print(f"The {min(_TOP.value, len(ranked))} most surprising {per}s of "
-                  f"{len(rows)} (highest {order} first):")
+                  f"{len(ranked)} scored (highest {order} first):")
             print_table(ranked[:_TOP.value], table)
         else:  # One file: a field per line.
             for column in FILE_COLUMNS:

@@ -139,6 +139,19 @@ def test_hidden_state_shapes_and_windows():
         representations.hidden_states(params, cfg, tok, TEXT, layers=[5])
 
 
+def test_last_hidden_state_gives_the_logits_also_with_scanned_layers():
+    from smallgpt_jax.model import Norm
+    for scan in (False, True):
+        cfg, params = random_model({"model.scan_layers": scan})
+        tok = CharTokenizer(CHARS)
+        last_ND = representations.hidden_states(params, cfg, tok, TEXT[:15], layers=[-1])[0]
+        x_ND = Norm(cfg.norm, cfg.use_bias).apply({"params": params["norm_f"]}, last_ND)
+        logits_NV = x_ND @ params["token_embed"]["embedding"].T  # The tied output head.
+        seq = np.concatenate([tok.encode("\n"), tok.encode(TEXT[:15])])
+        expected = GPT(cfg).apply({"params": params}, jnp.asarray(seq)[None])[0, 1:]
+        np.testing.assert_allclose(logits_NV, expected, atol=1e-4)
+
+
 # ------------------------------------------------- a model of normal logs
 
 def _make_logs():
