@@ -161,10 +161,11 @@ class Progress:
     terminal; a new line about every 10% in a log file)."""
 
     def __init__(self, label: str, total_bytes: int, enabled: bool = True,
-                 check: Callable[[], None] | None = None, stream=sys.stderr):
-        self.label, self.total, self.enabled, self.stream = label, max(total_bytes, 1), enabled, stream
+                 check: Callable[[], None] | None = None, stream=None):
+        self.label, self.total, self.enabled = label, max(total_bytes, 1), enabled
+        self.stream = stream or sys.stderr  # Looked up now: tests replace sys.stderr.
         self.check = check  # Called at every update: may raise to stop (a signal).
-        self.tty = enabled and stream.isatty()
+        self.tty = enabled and self.stream.isatty()
         self.bytes = self.tokens = 0
         self.t0 = self.last = time.time()
         self.last_tenth = -1

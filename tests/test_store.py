@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
-from smallgpt_jax import bpe, corpus, data, passes, store, tokenizer as tok_lib
+# loop: imported here, not in a test that captures stderr (its progress bar
+# binds sys.stderr when reporting.py is first imported).
+from smallgpt_jax import bpe, checkpoint, corpus, data, loop, passes, store, tokenizer as tok_lib
 from smallgpt_jax.errors import UserError
 
 WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "war", "naïve",
@@ -270,7 +272,6 @@ def test_prepare_command_prepares_once(tmp_path):
 
 def test_resume_on_other_data_is_refused_unless_allowed(tmp_path, capfd, monkeypatch):
     import json
-    from smallgpt_jax import checkpoint, loop
     alphabet = [chr(c) for c in range(48, 48 + 65)]  # 65 characters: Tiny Shakespeare's
     rng = np.random.default_rng(0)  # shapes, so compiled programs are shared with other tests.
     path = tmp_path / "a.txt"
