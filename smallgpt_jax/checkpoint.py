@@ -17,7 +17,16 @@ on disk, so a save cut off by a crash is never mistaken for a complete one.
 Saves run in a background thread, so training does not wait for the disk.
 
 Which checkpoints stay: the `keep_checkpoints` newest, plus the one with the
-lowest validation loss, which is never deleted while it is the best.
+lowest validation loss, which is never deleted while it is the best. A
+checkpoint is deleted by first renaming its folder into `checkpoints/deleted/`
+(one atomic step: a reader sees the whole folder or none of it), which is
+emptied later. A folder older than the newest complete checkpoint that misses
+files (a deletion cut off by a crash, in a workdir from before this rule) is
+debris: it is skipped with a warning, and a training run removes it.
+
+Each save records a checksum of every array (see checksum.py), and every
+restore verifies them: bits flipped on disk are one clear error, not a model
+that silently differs. A training run holds its workdir exclusively (lock.py).
 
 `load_params(workdir)` reads the parameters alone (no optimizer), for
 sampling and evaluation.
@@ -33,7 +42,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from typing import Any
 
@@ -43,19 +51,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from smallgpt_jax import tokenizer as tokenizer_lib
+from smallgpt_jax import checksum, tokenizer as tokenizer_lib
 from smallgpt_jax.config import flatten
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.errors import UserError, check_writable_dir
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = 1  # Version of the `meta` layout, for future readers.
 
 _STEP = re.compile(r"^\d+$")
+TRASH = "deleted"  # checkpoints/deleted/<step>: renamed there, then removed.
 _INCOMPLETE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 # Names a run writes at the top of its workdir: finding one means the
 # directory belongs to a smallgpt_jax run and may be resumed (train.log is
 # what the sweep runner writes there before the run starts).
-_OUR_FILES = (CHECKPOINT_DIR, "config.json", "tokenizer.json", "summary.json", "train.log")
+_OUR_FILES = (CHECKPOINT_DIR, "config.json", "tokenizer.json", "summary.json", "train.log",
+              "run.lock")
 # Model fields that change neither the parameters' shapes nor their meaning;
 # every other model field does, and changing it on resume is refused.
 _FREE_MODEL_FIELDS = ("dropout", "attention", "dtype", "fast_backward")
@@ -90,6 +100,8 @@ def prepare_workdir(workdir: str) -> None:
         raise UserError(f"--workdir={workdir} is a file, not a directory.")
     if os.path.isdir(workdir):
         entries = sorted(os.listdir(workdir))
+        for name in ("config.json", "tokenizer.json"):
+            _check_own_copy(workdir, name, entries)
         foreign = [e for e in ("config.json", "tokenizer.json")
                    if e in entries and not _is_ours(os.path.join(workdir, e))]
         if foreign:  # Common names: another program's would be overwritten.
@@ -106,16 +118,9 @@ def prepare_workdir(workdir: str) -> None:
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise UserError(f"{directory} is a file, not a folder of checkpoints; "
                         "choose another --workdir.")
-    try:
-        os.makedirs(directory, exist_ok=True)
-        # Really write: os.access() misses read-only mounts and some permissions.
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write to --workdir={workdir} ({e.strerror or e}); "
-                        "choose a directory you can write to.")
+    check_writable_dir(directory, f"--workdir={workdir}", "choose a directory you can write to")
     strange = [e for e in sorted(os.listdir(directory))
-               if not (_STEP.match(e) or _INCOMPLETE.match(e))]
+               if not (_STEP.match(e) or _INCOMPLETE.match(e) or e == TRASH)]
     if strange:
         raise UserError(
             f"{directory} holds {', '.join(strange[:5])}, which are not smallgpt_jax "
@@ -129,8 +134,28 @@ def _read_json(path: str) -> tuple[Any, str | None]:
             return json.load(f), None
     except FileNotFoundError:
         return None, "is missing"
-    except (OSError, ValueError):
+    except PermissionError:  # Not damage: the files are fine, the access is not.
+        return None, "cannot be read (permission denied)"
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror or e})"
+    except ValueError:
         return None, "is damaged"
+
+
+def _check_own_copy(workdir: str, name: str, entries: list[str]) -> None:
+    """A config.json or tokenizer.json that cannot be read, in a workdir with
+    checkpoints, is the run's own copy gone bad, not another program's file:
+    say so, and how to get it back (both are rewritten from the checkpoint)."""
+    if name not in entries or CHECKPOINT_DIR not in entries:
+        return
+    path = os.path.join(workdir, name)
+    content, why = _read_json(path)
+    if why == "is damaged" or (why is None and not isinstance(content, dict)):
+        raise UserError(
+            f"{path} is damaged (not the JSON this run wrote); it is only a copy: delete it "
+            "and run the same command again (resuming writes it again from the checkpoint).")
+    if why:
+        raise UserError(f"{path} {why}; fix its permissions, then run the same command again.")
 
 
 def _is_ours(path: str) -> bool:
@@ -165,6 +190,13 @@ def damaged_files(folder: str) -> list[str]:
     still in flight print tracebacks after the error; checking first gives one
     clear message. (Damaged array data is still caught by the restore itself.)
     """
+    try:
+        return _damaged_files(folder)
+    except FileNotFoundError:  # Deleted while we looked (by the training run).
+        return ["its files are missing"]
+
+
+def _damaged_files(folder: str) -> list[str]:
     problems = []
     meta = os.path.join(folder, "meta", "metadata")
     if not os.path.isfile(meta) or os.path.getsize(meta) == 0:
@@ -191,17 +223,47 @@ def damaged_files(folder: str) -> list[str]:
     return problems
 
 
-def _check_step_folders(directory: str) -> None:
+def _check_step_folders(directory: str, clean: bool) -> set[int]:
     """Refuses to go on when a complete checkpoint's small JSON files are
     damaged: Orbax reads them all when it opens the directory, so one bad file
-    would otherwise block every resume, whichever step is asked for."""
-    if not os.path.isdir(directory):
-        return
-    for name in sorted((e for e in os.listdir(directory) if _STEP.match(e)), key=int):
-        folder = os.path.join(directory, name)
-        problems = _manager_file_problems(folder)
-        if problems:
-            raise UserError(_move_away(folder, problems))
+    would otherwise block every resume, whichever step is asked for.
+
+    Returns the steps whose folders are debris: older than the newest intact
+    checkpoint and missing files (a deletion cut off by a crash, or one
+    happening right now in the training run). Those are skipped with a
+    warning; `clean` (a training run, which owns the workdir) removes them.
+    """
+    try:
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+    except OSError as e:
+        raise UserError(f"cannot read {directory} ({e.strerror or e}); fix its permissions.")
+    steps = sorted((int(e) for e in names if _STEP.match(e)), reverse=True)
+    manager_problems, problems = {}, {}
+    for step in steps:
+        folder = os.path.join(directory, str(step))
+        manager_problems[step] = _manager_file_problems(folder)
+        problems[step] = manager_problems[step] + damaged_files(folder)
+    intact = [s for s in steps if not problems[s]]
+    debris = {s for s in steps if intact and s < intact[0]
+              and any("missing" in p for p in problems[s])}
+    for step in sorted(debris):
+        folder = os.path.join(directory, str(step))
+        _say(f"warning: skipping {folder}: a checkpoint older than step {intact[0]} with files "
+             f"missing ({_summary(problems[step])}), left by a deletion that was cut off"
+             + ("; removing it." if clean else "."))
+        if clean and jax.process_index() == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+    for step in sorted(set(steps) - debris):
+        if manager_problems[step]:
+            raise UserError(_move_away(os.path.join(directory, str(step)),
+                                       manager_problems[step]))
+    return debris
+
+
+def _changed(arrays: list[str]) -> str:
+    more = f" and {len(arrays) - 1} more" if len(arrays) > 1 else ""
+    return (f"the data of {arrays[0]}{more} differs from the checksum saved with it: "
+            "changed on disk after the save")
 
 
 def _move_away(folder: str, problems: list[str]) -> str:
@@ -291,7 +353,8 @@ class Checkpointer:
                  "(a save that never finished, e.g. cut off by a crash); removing it.")
             if jax.process_index() == 0:
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-        _check_step_folders(self.directory)
+        _check_step_folders(self.directory, clean=True)
+        self._empty_trash()
         # Keep the newest `keep`, and the best one by validation loss (BestN sorts
         # worst first and keeps the last n; unevaluated checkpoints never count).
         policy = checkpoint_managers.AnyPreservationPolicy([
@@ -302,6 +365,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
             best_fn=_val_loss, best_mode="min",  # Makes Orbax store each step's metrics.
+            # Deleting is a rename into TRASH: never a half-deleted step folder.
+            todelete_subdir=TRASH,
             enable_async_checkpointing=True)
         try:
             self._manager = ocp.CheckpointManager(
@@ -323,6 +388,11 @@ class Checkpointer:
             self.close()
         except Exception as e:
             _say(f"warning: {e}")
+
+    def _empty_trash(self) -> None:
+        """Removes the checkpoints that the keep policy deleted (renamed away)."""
+        if jax.process_index() == 0:
+            shutil.rmtree(os.path.join(self.directory, TRASH), ignore_errors=True)
 
     def incomplete(self) -> list[str]:
         """Folders of saves that never finished (left by a crash)."""
@@ -413,28 +483,44 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract)))["state"]
         except Exception as e:
             raise UserError(self._damaged(resume.step, _reason(e)))
+        changed = checksum.mismatches(resume.meta.get("checksums"), state)
+        if changed:
+            raise UserError(self._damaged(resume.step, _changed(changed)))
         newer = [s for s in self.steps() if s > resume.step]
         if newer:  # resume_step went back in time: those futures are replaced.
             _say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
                  f"config.train.resume_step={resume.step}; leave resume_step out next time.")
             for s in newer:
                 self._manager.delete(s)
+            self._empty_trash()
         _say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
         return state
+
+    def finished_summary(self, resume: Resume) -> dict[str, Any]:
+        """summary.json's content for a run whose final checkpoint is `resume`."""
+        meta = resume.meta
+        old = {"eval/val_loss": meta.get("val_loss"), "eval/best_val_loss":
+               meta.get("best_val_loss")}  # Checkpoints from before meta["eval"].
+        return {**{k: v for k, v in old.items() if v is not None}, **(meta.get("eval") or {}),
+                "steps": resume.step, "wall_time_s": resume.train_time_s}
 
     def _damaged(self, step: int, why: str) -> str:
         earlier = [s for s in self._on_disk() if s < step]
         hint = (f"resume from an earlier one with --config.train.resume_step=N "
                 f"(N in {', '.join(map(str, earlier))})" if earlier
                 else "no earlier checkpoint exists, so start again in a new --workdir")
-        return (f"checkpoint {self.directory}/{step} could not be restored ({why}); "
-                f"its files may be damaged or incomplete: {hint}.")
+        if "ermission denied" in why:
+            hint = "fix the files' permissions, then run the same command again"
+        else:
+            hint = f"its files may be damaged or incomplete: {hint}"
+        return f"checkpoint {self.directory}/{step} could not be restored ({why}); {hint}."
 
     # -- saving -----------------------------------------------------------
 
     def save(self, step: int, state: Any, *, config: ml_collections.ConfigDict,
              tokenizer: tokenizer_lib.Tokenizer, best_val_loss: float,
              val_loss: float | None = None, train_time_s: float | None = None,
+             eval_metrics: dict[str, float] | None = None,
              data_fingerprint: str = "") -> None:
         """Starts writing a checkpoint of `state` (one, unreplicated copy).
 
@@ -442,9 +528,12 @@ class Checkpointer:
         arrays before its save() returns); the files are written in the
         background, so the next train step may reuse (donate) the buffers.
         Raises UserError if an earlier background save failed (e.g. the disk
-        is full).
+        is full). `eval_metrics`: the newest evaluation's numbers, kept so
+        that a finished run's summary.json can be written again from its
+        final checkpoint.
         """
         self.wait()
+        self._empty_trash()  # What the last save's keep policy deleted.
         # One process: jax arrays, which Orbax copies to the host itself.
         # Several: host copies, which Orbax treats as replicated and process 0
         # writes (it cannot save an array that lives on one process's device).
@@ -459,6 +548,9 @@ class Checkpointer:
             "val_loss": val_loss,
             "best_val_loss": best_val_loss if math.isfinite(best_val_loss) else None,
             "train_time_s": train_time_s,  # Wall time of training so far, over resumes.
+            "eval": eval_metrics or {},
+            # Verified by every restore: data changed on disk is an error, not a surprise.
+            "checksums": checksum.checksums(state),
             "config": config.to_dict(),
             "tokenizer": tokenizer.to_dict(),
             "data_fingerprint": data_fingerprint,  # Corpus and split (store.py manifest).
@@ -490,13 +582,19 @@ class Checkpointer:
         complete = self._on_disk()
         kept = (f"the newest complete checkpoint is step {complete[-1]}" if complete
                 else "no complete checkpoint exists yet")
-        return (f"could not write checkpoint step {step} in {self.directory} ({_reason(e)}); "
-                f"{kept}. Fix the cause (e.g. free disk space), then run the same command "
-                "again to resume.")
+        why = _reason(e)
+        # (Another run on the same workdir is ruled out by the workdir lock.)
+        cause = ("free disk space" if "space" in why.lower() or "quota" in why.lower()
+                 else "fix the directory's permissions" if "ermission" in why
+                 else "fix the cause")
+        return (f"could not write checkpoint step {step} in {self.directory} ({why}); "
+                f"{kept}. {cause[0].upper()}{cause[1:]}, then run the same command again to "
+                "resume.")
 
     def close(self) -> None:
         try:
             self.wait()
+            self._empty_trash()
         finally:
             self._manager.close()
 
@@ -542,8 +640,9 @@ class StopSignals:
             os.kill(os.getpid(), signum)
 
 
-def _resolve_step(manager: ocp.CheckpointManager, step: str | int, where: str) -> int:
-    steps = sorted(manager.all_steps())
+def _resolve_step(manager: ocp.CheckpointManager, step: str | int, where: str,
+                  skip: set[int] = frozenset()) -> int:
+    steps = sorted(set(manager.all_steps()) - skip)
     if not steps:
         raise UserError(f"no complete checkpoint in {where}; train first (python -m "
                         "smallgpt_jax.main --config=... --workdir=...).")
@@ -564,21 +663,38 @@ def _resolve_step(manager: ocp.CheckpointManager, step: str | int, where: str) -
     return int(step)
 
 
+class _Vanished(Exception):
+    """The checkpoint being read was deleted meanwhile (by the training run)."""
+
+
 def load_params(workdir: str, step: str | int = "latest"
                 ) -> tuple[Any, ml_collections.FrozenConfigDict, tokenizer_lib.Tokenizer]:
     """(params, model config, tokenizer) from a checkpoint in `workdir`.
 
     `step` is 'latest', 'best' (lowest validation loss) or a step number.
     Reads the parameters alone: no optimizer is built and the optimizer
-    state is not read.
+    state is not read. A training run may be writing (and deleting old
+    checkpoints in) the same workdir: a checkpoint deleted while it was being
+    read is looked up again.
     """
-    from smallgpt_jax.model import model_config  # Here to keep imports light.
-
     directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     if not os.path.isdir(directory):
         raise UserError(f"no checkpoints in {workdir} (expected {directory}); "
                         "is this the --workdir of a training run?")
-    _check_step_folders(directory)
+    for attempt in range(3):
+        try:
+            return _load_params(directory, step)
+        except _Vanished as e:
+            if attempt == 2:
+                raise UserError(f"checkpoint {e} was deleted while it was read (the training "
+                                "run keeps only its newest ones); run the same command again.")
+    raise AssertionError("unreachable")
+
+
+def _load_params(directory: str, step: str | int):
+    from smallgpt_jax.model import model_config  # Here to keep imports light.
+
+    debris = _check_step_folders(directory, clean=False)
     try:
         manager = ocp.CheckpointManager(
             directory, options=ocp.CheckpointManagerOptions(create=False),
@@ -587,14 +703,17 @@ def load_params(workdir: str, step: str | int = "latest"
     except Exception as e:
         raise UserError(f"cannot read the checkpoints in {directory}: {_reason(e)}")
     with manager:
-        chosen = _resolve_step(manager, step, directory)
-        others = [s for s in sorted(manager.all_steps()) if s != chosen]
+        chosen = _resolve_step(manager, step, directory, debris)
+        folder = os.path.join(directory, str(chosen))
+        others = [s for s in sorted(set(manager.all_steps()) - debris) if s != chosen]
         pick = ("pick another step (complete ones: "
                 f"{', '.join(map(str, others)) or 'none'})")
-        problems = damaged_files(os.path.join(directory, str(chosen)))
+        problems = damaged_files(folder)
+        if problems and not os.path.isdir(folder):
+            raise _Vanished(folder)
         if problems:
-            raise UserError(f"checkpoint {directory}/{chosen} could not be read "
-                            f"({_summary(problems)}); its files are damaged: {pick}.")
+            raise UserError(f"checkpoint {folder} could not be read "
+                            f"({_summary(problems)}); {_advice(problems, pick)}.")
         try:
             saved = manager.item_metadata(chosen)["state"].tree["params"]
             # The saved shapes are the restore target: only `params` is read.
@@ -607,10 +726,30 @@ def load_params(workdir: str, step: str | int = "latest"
                                              partial_restore=True),
                 meta=ocp.args.JsonRestore()))
         except Exception as e:
-            raise UserError(f"checkpoint {directory}/{chosen} could not be read ({_reason(e)}); "
-                            f"its files may be damaged: {pick}.")
+            if not os.path.isdir(folder):
+                raise _Vanished(folder)
+            raise UserError(f"checkpoint {folder} could not be read ({_reason(e)}); "
+                            f"{_advice([_reason(e)], pick)}.")
     meta = restored["meta"]
-    tok = tokenizer_lib.from_dict(meta["tokenizer"])
-    config = ml_collections.ConfigDict(meta["config"])
-    params = jax.device_put(restored["state"]["params"])
-    return params, model_config(config, tok.vocab_size), tok
+    if not isinstance(meta, dict) or not {"config", "tokenizer"} <= meta.keys():
+        raise UserError(f"checkpoint {folder} has no smallgpt_jax metadata (meta/metadata "
+                        f"lacks the config or tokenizer); {pick}.")
+    changed = checksum.mismatches(meta.get("checksums"), restored["state"])
+    if changed:
+        raise UserError(f"checkpoint {folder} could not be read ({_changed(changed)}); "
+                        f"its files are damaged: {pick}.")
+    try:
+        tok = tokenizer_lib.from_dict(meta["tokenizer"])
+        config = ml_collections.ConfigDict(meta["config"])
+        mc = model_config(config, tok.vocab_size)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"checkpoint {folder} has damaged metadata ({type(e).__name__}: "
+                        f"{e}); {pick}.")
+    return jax.device_put(restored["state"]["params"]), mc, tok
+
+
+def _advice(problems: list[str], otherwise: str) -> str:
+    """What to do: fix permissions when that is the problem, else `otherwise`."""
+    if any("ermission denied" in p for p in problems):
+        return "fix the files' permissions, then run the same command again"
+    return f"its files are damaged: {otherwise}"

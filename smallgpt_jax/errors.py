@@ -1,6 +1,8 @@
 """One error type for user mistakes: the CLI prints its message on one line."""
 
 import contextlib
+import os
+import tempfile
 from typing import Iterator
 
 
@@ -32,3 +34,15 @@ def writing(path: str) -> Iterator[None]:
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror or e}); free disk space or fix "
                         "the directory, then run the same command again.") from e
+
+
+def check_writable_dir(path: str, name: str, advice: str) -> None:
+    """Creates folder `path` if needed and really writes a file in it (os.access()
+    misses read-only mounts and some permissions); else UserError
+    'cannot write to NAME (why); ADVICE.'"""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {name} ({e.strerror or e}); {advice}.")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 import ml_collections
 
-from smallgpt_jax import checkpoint, data, reporting, runtime, sampling, store, train
+from smallgpt_jax import checkpoint, data, lock, reporting, runtime, sampling, store, train
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
@@ -123,7 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     validate(config)
     runtime.setup(config)  # Allocator, RNG lowering, compilation cache (see runtime.py).
     checkpoint.prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
-    with checkpoint.StopSignals() as stop, \
+    # One run per workdir (process 0 holds it for the job); a second is refused at once.
+    owner = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with owner, checkpoint.StopSignals() as stop, \
             checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
         return _train_and_evaluate(config, workdir, ckpt, stop)
 
@@ -161,6 +164,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if start_step >= t.num_steps:
         progress.message(f"nothing to train: the checkpoint is at step {start_step} and "
                          f"config.train.num_steps={t.num_steps}; raise it to train longer.")
+        summary = os.path.join(workdir, "summary.json")
+        if jax.process_index() == 0 and not os.path.exists(summary):  # Killed before writing it.
+            reporting.write_json(summary, ckpt.finished_summary(resume))
         return {"steps": start_step, "params": state.params, "model_config": model_cfg,
                 "tokenizer": tok}
     # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
@@ -173,7 +179,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         t_start = t_log = time.time()
         time_before = resume.train_time_s if resume else 0.0  # Earlier runs of this workdir.
         best_val = resume.best_val_loss if resume and not data_changed else math.inf
-        last = {}
+        # The newest evaluation (for summary.json); none carries over to other data.
+        last = dict(resume.meta.get("eval") or {}) if resume and not data_changed else {}
         finite = FiniteCheck(ckpt.latest_step, par.unreplicate)
         for step in range(start_step, t.num_steps):
             batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
@@ -228,7 +235,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     or (val_loss is not None and val_loss == best_val)):
                 finite.flush()
                 ckpt.save(done, par.unreplicate(rstate), config=config, tokenizer=tok,
-                          best_val_loss=best_val, val_loss=val_loss,
+                          best_val_loss=best_val, val_loss=val_loss, eval_metrics=last,
                           train_time_s=time_before + time.time() - t_start,
                           data_fingerprint=splits.fingerprint)
                 writer.flush()  # After a crash, the logs reach at least this checkpoint.
@@ -244,6 +251,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         final = {**last, "steps": t.num_steps, "wall_time_s": wall}
         writer.hparams(reporting.flat_hparams(config),
                        {k: v for k, v in final.items() if k.startswith("eval/")}, t.num_steps)
+    # The run is finished once its final checkpoint is on disk; only then says summary.json so.
+    ckpt.wait()
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "summary.json"), final)
     final["params"] = par.unreplicate(rstate.params)

@@ -475,3 +475,145 @@ def test_sigkill_during_a_save_then_resume_matches_an_uninterrupted_run(tmp_path
     (p_whole, _, _), (p_resumed, _, _) = (checkpoint.load_params(whole),
                                          checkpoint.load_params(killed))
     assert_trees_identical(p_resumed, p_whole)
+
+
+# --- Nothing lost: half-deleted folders, concurrent readers, flipped bits, one run per workdir.
+
+def test_a_half_deleted_older_checkpoint_is_skipped_and_removed(tmp_path, capsys):
+    # What a kill during the keep policy's deletion left before deletions were
+    # renames: an older step folder holding only part of its files.
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {s: (small_tree(s), None) for s in (1, 2, 3)}, keep=3)
+    step_1 = os.path.join(workdir, "checkpoints", "1")
+    os.remove(os.path.join(step_1, "_CHECKPOINT_METADATA"))
+    shutil.rmtree(os.path.join(step_1, "meta"))
+    capsys.readouterr()
+    # A reader (sampling) skips it, and leaves the training run's files alone.
+    assert checkpoint.load_params(workdir, 2)[0]["w"].tolist() == [2.0] * 3
+    assert f"warning: skipping {step_1}" in capsys.readouterr().err
+    assert os.path.isdir(step_1)
+    with pytest.raises(UserError, match=r"no checkpoint for step 1 .*complete ones: 2, 3"):
+        checkpoint.load_params(workdir, 1)
+    # The training run skips and removes it; no folder of deletions is left behind.
+    with checkpoint.Checkpointer(workdir, 1) as ckpt:
+        assert ckpt.steps() == [2, 3] and ckpt.resume_point(config).step == 3
+        ckpt.save(4, small_tree(4), config=config, tokenizer=TOK, best_val_loss=np.inf)
+    assert "removing it" in capsys.readouterr().err
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
+
+
+def test_a_reader_tolerates_a_checkpoint_deleted_while_it_reads(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {1: (small_tree(1), 1.0), 2: (small_tree(2), None),
+                                 3: (small_tree(3), 0.5)}, keep=3)
+    ckdir = os.path.join(workdir, "checkpoints")
+    shutil.move(os.path.join(ckdir, "3"), str(tmp_path / "3"))
+    real_metadata, calls = ocp.CheckpointManager.item_metadata, []
+
+    def training_run_moves_on(self, step):
+        # Between the reader's choice of the best (step 1) and its read, the
+        # training run saves a better step 3 and deletes step 1.
+        if not calls:
+            shutil.move(str(tmp_path / "3"), os.path.join(ckdir, "3"))
+            shutil.rmtree(os.path.join(ckdir, "1"))
+        calls.append(step)
+        return real_metadata(self, step)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "item_metadata", training_run_moves_on)
+    params, _, _ = checkpoint.load_params(workdir, "best")
+    assert params["w"].tolist() == [3.0] * 3
+
+
+def flip_a_bit_in_the_largest_array_file(step_folder):
+    files = glob.glob(os.path.join(step_folder, "state", "**", "d", "*"), recursive=True)
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.seek(os.path.getsize(largest) // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def test_flipped_bits_in_a_checkpoint_are_one_error_for_training_and_sampling(tmp_path):
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {1: (perturbed_state(config), None),
+                                 2: (perturbed_state(config), None)})
+    flip_a_bit_in_the_largest_array_file(os.path.join(workdir, "checkpoints", "2"))
+    with checkpoint.Checkpointer(workdir, 2) as ckpt:
+        with pytest.raises(UserError, match=r"checkpoints/2 could not be restored \(the data of "
+                           r"\S+ differs from the checksum .*resume_step=N \(N in 1\)"):
+            ckpt.restore_state(ckpt.resume_point(config), fresh_state(config))
+    # Sampling reads the parameters alone: make them the largest array.
+    rng = np.random.default_rng(0)
+    tree = lambda: {"params": {"w": rng.standard_normal(20000).astype(np.float32)},
+                    "step": np.array(0, np.int32)}
+    sampled = str(tmp_path / "sampled")
+    save_steps(sampled, config, {1: (tree(), None), 2: (tree(), None)})
+    flip_a_bit_in_the_largest_array_file(os.path.join(sampled, "checkpoints", "2"))
+    with pytest.raises(UserError, match=r"checkpoints/2 could not be read \(the data of params/w "
+                                        r"differs from the checksum.*complete ones: 1\)"):
+        checkpoint.load_params(sampled)
+    assert checkpoint.load_params(sampled, 1)[0]["w"].shape == (20000,)
+
+
+def test_a_second_run_on_a_workdir_is_refused_at_once_naming_the_holder(tmp_path):
+    import socket
+    from smallgpt_jax import lock
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    with lock.hold(workdir):  # The first run (here: this process, another open file).
+        holder = f"PID {os.getpid()} on host {socket.gethostname()}"
+        assert lock.holder(workdir) == holder
+        with pytest.raises(UserError, match=rf"--workdir={workdir} is in use by another run "
+                                            rf"\({holder}\)"):
+            loop.train_and_evaluate(tiny_config(), workdir)
+    assert lock.holder(workdir) is None
+    # The kernel drops the lock of a process that dies, even by SIGKILL.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from smallgpt_jax import lock\n"
+         f"with lock.hold({workdir!r}): print('held', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert lock.holder(workdir) == f"PID {holder.pid} on host {socket.gethostname()}"
+    holder.kill()
+    holder.wait()
+    assert lock.holder(workdir) is None
+
+
+def test_summary_follows_the_final_checkpoint_and_a_rerun_rewrites_a_lost_one(
+        tmp_path, monkeypatch):
+    import json
+    import orbax.checkpoint as ocp
+    from smallgpt_jax import reporting
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+    config = train_config(corpus, **{"train.num_steps": 6, "train.eval_every": 3,
+                                     "train.log_every": 3, "train.checkpoint_every": 3})
+    real_save, real_write = ocp.JsonCheckpointHandler._save_fn, reporting.write_json
+
+    async def slow_final_save(self, item, directory):
+        if isinstance(item, dict) and item.get("step") == 6:
+            time.sleep(1.0)  # A slow disk: the final save is still in flight for a while.
+        return await real_save(self, item, directory)
+
+    def write_json(path, obj):
+        if path.endswith("summary.json"):
+            assert 6 in on_disk(workdir), "summary.json before the final checkpoint"
+        return real_write(path, obj)
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", slow_final_save)
+    monkeypatch.setattr(reporting, "write_json", write_json)
+    loop.train_and_evaluate(config, workdir)
+    summary_path = os.path.join(workdir, "summary.json")
+    with open(summary_path) as f:
+        first = json.load(f)
+    # A kill right after the final checkpoint: summary.json is missing. The rerun
+    # trains nothing and writes it again, with the same numbers.
+    os.remove(summary_path)
+    loop.train_and_evaluate(config, workdir)
+    with open(summary_path) as f:
+        again = json.load(f)
+    assert first["steps"] == again["steps"] == 6
+    for key in ("eval/best_val_loss", "eval/val_loss", "eval/train_loss", "eval/val_bpc"):
+        assert again[key] == first[key], key

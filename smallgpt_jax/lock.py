@@ -1,0 +1,75 @@
+"""One run per workdir: an OS-level lock on `<workdir>/run.lock`.
+
+Two runs writing the same checkpoints delete each other's saves in flight.
+So a training run holds an exclusive `flock` on the workdir's lock file for
+as long as it runs; a second one is refused at once, with the holder's PID
+and host. The kernel drops the lock when the holder's process ends, however
+it ends (even `kill -9`): a crash never leaves a stale lock behind. The file
+itself stays (removing it would let a third process lock a new file while the
+second still holds the old one); its content only says who holds it.
+
+Light on imports: the sweep runner asks `holder()` before starting a trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from typing import Iterator
+
+from smallgpt_jax.errors import UserError
+
+LOCK_FILE = "run.lock"
+
+
+def _open(workdir: str) -> int:
+    return os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _who(fd: int) -> str:
+    """'PID 1234 on host gpu-7', as the holder wrote it (or a plain 'another process')."""
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+        return f"PID {text[0]} on host {text[1]}"
+    except (OSError, IndexError):
+        return "another process"
+
+
+def holder(workdir: str) -> str | None:
+    """Who holds `workdir` right now ('PID 1234 on host gpu-7'), or None if
+    nobody does (or it has no lock file yet). Takes and drops the lock to ask."""
+    try:
+        fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _who(fd)
+    finally:
+        os.close(fd)  # Closing drops a lock we got.
+    return None
+
+
+@contextlib.contextmanager
+def hold(workdir: str) -> Iterator[None]:
+    """Holds `workdir` exclusively; UserError naming the holder if another run does."""
+    try:
+        fd = _open(workdir)
+    except OSError as e:
+        raise UserError(f"cannot create {os.path.join(workdir, LOCK_FILE)} ({e.strerror or e}); "
+                        "choose a --workdir you can write to.")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(
+                f"--workdir={workdir} is in use by another run ({_who(fd)}); wait for it to "
+                "finish or stop it, or choose another --workdir.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
