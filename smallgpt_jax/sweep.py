@@ -36,9 +36,11 @@ from __future__ import annotations
 import argparse
 import ast
 import builtins
+import contextlib
 import csv
 import dataclasses
 import glob
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -51,13 +53,14 @@ import sys
 import time
 from typing import Any, Iterable, Sequence
 
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.errors import UserError, check_writable_dir
 
 Overrides = dict[str, Any]  # {"train.learning_rate": 3e-4, ...}: one trial.
 
 # Final metrics shown for each trial in TensorBoard's HPARAMS tab (scalar tags
 # the training loop writes).
 METRICS = ("eval/best_val_loss", "eval/val_loss", "eval/val_bpc", "eval/train_loss")
+MAX_NAME = 120  # Longest trial folder name; longer ones are cut and given a hash.
 
 
 # --- Building sweeps --------------------------------------------------------
@@ -199,8 +202,11 @@ def trial_name(overrides: Overrides, all_keys: Sequence[str]) -> str:
         short = key.rsplit(".", 1)[-1]
         label = short if last.count(short) == 1 else key
         parts.append(f"{label}={value!s}")
-    name = ",".join(parts) or "base"
-    return re.sub(r"[^A-Za-z0-9._=,+-]", "-", name)  # Safe as a folder name.
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "-", ",".join(parts) or "base")  # Safe as a folder name.
+    if len(name) > MAX_NAME:  # File systems refuse names over 255 bytes: keep a readable
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]  # start, made unique.
+        name = f"{name[:MAX_NAME - 11]}~{digest}"
+    return name
 
 
 def load_experiment(path: str, runs_dir: str = "runs",
@@ -277,6 +283,11 @@ def _call_get_sweep(module, path: str) -> list[Overrides]:
     if not trials or not all(isinstance(t, dict) for t in trials):
         raise UserError(f"{path}: get_sweep() must return a non-empty list of dicts "
                         "like {'train.learning_rate': 1e-3}.")
+    for i, trial in enumerate(trials):
+        for key in trial:
+            if not isinstance(key, str):
+                raise UserError(f"{path}, trial {i + 1}: override keys are dotted field names "
+                                f"like 'train.learning_rate', not {key!r}.")
     return [dict(t) for t in trials]
 
 
@@ -337,9 +348,17 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
     """Runs the trials, `parallel` at a time; returns {trial name: exit status}.
 
     Each trial's output goes to <workdir>/train.log (appended, so a resumed
-    trial keeps its history). Ctrl-C stops the running trials (they resume
-    on the next launch) and raises KeyboardInterrupt.
+    trial keeps its history). A trial whose workdir another process holds
+    (an earlier launch's trial still running) is not started again.
+
+    Ctrl-C (or SIGTERM) gives each running trial one SIGTERM, so it saves a
+    checkpoint and stops (it resumes on the next launch), then raises
+    KeyboardInterrupt; a second Ctrl-C stops them at once, without saving.
+    Trials run in their own session: the terminal's Ctrl-C reaches this
+    runner alone, never a trial, which would take a forwarded signal as the
+    second one and quit without its save.
     """
+    from smallgpt_jax import lock
     pending, running, results = list(trials), {}, {}
     total, started = len(trials), 0
 
@@ -351,13 +370,21 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
             while pending and len(running) < parallel:
                 trial = pending.pop(0)
                 started += 1
-                os.makedirs(trial.workdir, exist_ok=True)
+                holder = lock.holder(trial.workdir)
+                if holder:  # Two runs on one workdir would delete each other's saves.
+                    say(f"[{started}/{total}] skipped {trial.name}: another process is "
+                        f"running it ({holder}); launch again once it has finished.")
+                    results[trial.name] = RUNNING_ELSEWHERE
+                    continue
                 log_path = os.path.join(trial.workdir, "train.log")
-                log = open(log_path, "a", encoding="utf-8")
-                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(trial.command)}\n")
-                log.flush()
+                with _writing_trial(trial.workdir):
+                    os.makedirs(trial.workdir, exist_ok=True)
+                    log = open(log_path, "a", encoding="utf-8")
+                    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                              f"{shlex.join(trial.command)}\n")
+                    log.flush()
                 proc = subprocess.Popen(trial.command, stdout=log, stderr=subprocess.STDOUT,
-                                        env=_trial_env(parallel))
+                                        env=_trial_env(parallel), start_new_session=True)
                 running[trial.name] = (trial, proc, log, time.time(), started)
                 say(f"[{started}/{total}] started {trial.name}  (log: {log_path})")
             for name, (trial, proc, log, t0, index) in list(running.items()):
@@ -367,29 +394,58 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
                 log.close()
                 del running[name]
                 results[name] = status
-                took = _clock(time.time() - t0)
-                summary = read_summary(trial.workdir) or {}
-                if status == 0:
-                    best = summary.get("eval/best_val_loss", float("nan"))
-                    say(f"[{index}/{total}] done    {name} in {took}: best val loss {best:.4f}")
-                else:
-                    if status < 0:  # Killed by a signal: its log's last line is not why.
-                        reason = f"killed by signal {-status} ({signal.strsignal(-status)})"
-                    else:
-                        reason = _last_error(os.path.join(trial.workdir, "train.log"))
-                    say(f"[{index}/{total}] FAILED  {name} (exit {status}) after {took}: {reason}")
+                say(f"[{index}/{total}] {_outcome(trial, status, time.time() - t0)}")
             time.sleep(0.2)
     except KeyboardInterrupt:
-        for trial, proc, log, _, _ in running.values():
-            proc.terminate()
-        for trial, proc, log, _, _ in running.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+        _stop(running.values(), say)
         raise
     return results
+
+
+RUNNING_ELSEWHERE = -1000  # A status for a trial another process was running.
+
+
+@contextlib.contextmanager
+def _writing_trial(workdir: str):
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write the trial folder {workdir} ({e.strerror or e}); "
+                        "choose a --runs_dir you can write to.")
+
+
+def _outcome(trial: Trial, status: int, seconds: float) -> str:
+    """'done    NAME in 0:12: best val loss 1.2345', or why it failed."""
+    took = _clock(seconds)
+    if status == 0:
+        best = (read_summary(trial.workdir) or {}).get("eval/best_val_loss")
+        result = f"best val loss {best:.4f}" if best is not None else "no summary.json written"
+        return f"done    {trial.name} in {took}: {result}"
+    if status < 0:  # Killed by a signal: its log's last line is not why.
+        reason = f"killed by signal {-status} ({signal.strsignal(-status)})"
+    else:
+        reason = _last_error(os.path.join(trial.workdir, "train.log"))
+    return f"FAILED  {trial.name} (exit {status}) after {took}: {reason}"
+
+
+def _stop(running, say) -> None:
+    """One SIGTERM to each running trial, then waits for their saves; a second
+    Ctrl-C while waiting kills them."""
+    running = list(running)
+    if running:
+        say(f"stopping {len(running)} running trial(s): each saves a checkpoint first "
+            "(Ctrl-C again to stop them at once, without saving)...")
+    for _, proc, _, _, _ in running:
+        proc.terminate()
+    try:
+        for _, proc, _, _, _ in running:
+            proc.wait()
+    except KeyboardInterrupt:
+        for _, proc, _, _, _ in running:
+            proc.kill()
+            proc.wait()
+    for _, _, log, _, _ in running:
+        log.close()
 
 
 # --- Reporting --------------------------------------------------------------
@@ -422,6 +478,8 @@ def results_table(experiment: Experiment, statuses: dict[str, int]) -> list[dict
         done = _reached_end(summary, trial)
         if done:
             status = "done"
+        elif statuses.get(trial.name) == RUNNING_ELSEWHERE:
+            status = "running in another process"
         elif statuses.get(trial.name, 0) != 0:
             status = f"failed (exit {statuses[trial.name]})"
         else:
@@ -494,6 +552,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, overrides
 
 
+def check_writable(sweep_dir: str) -> None:
+    """UserError now, before any trial, if the sweep's folder cannot be written."""
+    check_writable_dir(sweep_dir, sweep_dir, "choose a --runs_dir you can write to")
+
+
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -514,10 +577,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix = "# finished: " if trial not in todo else ""
             print(prefix + shlex.join(trial.command))
         return 0
+    with user_errors():
+        check_writable(experiment.sweep_dir)
     write_tensorboard_experiment(experiment)
-    # A job scheduler stops us with SIGTERM: treat it like Ctrl-C, so the
-    # running trials are stopped too instead of being left behind.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # A job scheduler stops us with SIGTERM, a closed terminal with SIGHUP: treat
+    # them like Ctrl-C, so the running trials save and stop instead of being left behind.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_keyboard_interrupt)
     statuses = {}
     try:
         statuses = run_trials(todo, args.parallel)
@@ -530,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = write_tables(experiment, rows)
     print(f"\n{table}\n\nwritten to {experiment.sweep_dir}/summary.csv and summary.md; "
           f"compare the runs with: tensorboard --logdir {experiment.sweep_dir}")
-    failed = [name for name, status in statuses.items() if status != 0]
+    failed = [name for name, status in statuses.items()
+              if status not in (0, RUNNING_ELSEWHERE)]
     if failed:
         print(f"error: {len(failed)} of {len(todo)} trial(s) failed: {', '.join(failed)}",
               file=sys.stderr)
@@ -539,4 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # While loading the experiment: no traceback.
+        from smallgpt_jax.cli import fail
+        fail("interrupted", 130)

@@ -67,6 +67,8 @@ def write_sweep(tmp_path, body, name="exp"):
     ("def get_sweep():\n    return 1 / 0\n", "get_sweep() failed: ZeroDivisionError"),
     ("CONFIG = 'configs/missing.py'\ndef get_sweep():\n    return [{}]\n",
      "CONFIG = 'configs/missing.py' does not exist"),
+    ("def get_sweep():\n    return [{1: 2}]\n",
+     "trial 1: override keys are dotted field names like 'train.learning_rate', not 1"),
 ])
 def test_experiment_is_checked_before_any_trial(tmp_path, body, message):
     with pytest.raises(UserError) as e:
@@ -223,3 +225,89 @@ def test_launch_script_dispatches(tmp_path):
         proc = launch(*args)
         assert proc.returncode == 2 and proc.stderr.strip() == proc.stderr.strip().splitlines()[0]
         assert message in proc.stderr
+
+
+def test_long_trial_names_are_cut_and_stay_unique(tmp_path):
+    keys = ["data.path"]
+    names = [sweep.trial_name({"data.path": "/corpora/" + c * 300}, keys) for c in "ab"]
+    assert all(len(n) <= sweep.MAX_NAME for n in names) and names[0] != names[1]
+    assert names[0].startswith("path=-corpora-aaa")
+    os.makedirs(tmp_path / names[0])  # A folder the file system accepts.
+
+
+def test_an_unwritable_runs_dir_is_one_line_before_any_trial(tmp_path, capsys):
+    path = write_sweep(tmp_path, "def get_sweep():\n    return [{'model.dropout': 0.1}]\n")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        sweep.main([path, f"--runs_dir={tmp_path / 'file' / 'runs'}"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "cannot write to" in err and "choose a --runs_dir you can write to" in err
+
+
+# A stand-in trial: records the signals it gets; the first starts a "save"
+# (half a second, during which a second signal would also be recorded).
+SIGNAL_RECORDER = """
+import os, signal, sys, time
+got = []
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, lambda signum, frame: got.append(signum))
+print("handlers" + " set", flush=True)  # (Split: the log also holds the command.)
+while not got:
+    time.sleep(0.01)
+time.sleep(0.5)
+with open(os.path.join(sys.argv[1], "signals"), "w") as f:
+    f.write(",".join(signal.Signals(s).name for s in got))
+sys.exit(128 + got[0])
+"""
+
+SWEEP_RUNNER = """
+import sys
+from smallgpt_jax import sweep
+trials = [sweep.Trial(w, {}, w, 1, [sys.executable, "-c", sys.argv[1], w]) for w in sys.argv[2:]]
+try:
+    sweep.run_trials(trials, parallel=len(trials))
+except KeyboardInterrupt:
+    print("runner interrupted", flush=True)
+"""
+
+
+def test_one_ctrl_c_gives_every_running_trial_one_signal_to_save(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    workdirs = [str(tmp_path / name) for name in ("a", "b")]
+    # Its own process group, like a shell job: Ctrl-C goes to the whole group.
+    runner = subprocess.Popen([sys.executable, "-c", SWEEP_RUNNER, SIGNAL_RECORDER, *workdirs],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    logs = [os.path.join(w, "train.log") for w in workdirs]
+    deadline = time.time() + 60
+    while not all(os.path.exists(p) and "handlers set" in open(p).read() for p in logs):
+        assert time.time() < deadline and runner.poll() is None
+        time.sleep(0.05)
+    os.killpg(runner.pid, signal.SIGINT)  # What the terminal does on Ctrl-C.
+    out, _ = runner.communicate(timeout=60)
+    for w in workdirs:  # One signal each: a second one would have cut the save short.
+        assert open(os.path.join(w, "signals")).read() == "SIGTERM"
+    assert "runner interrupted" in out and "stopping 2 running trial(s)" in out, out
+
+
+def test_a_trial_that_another_process_runs_is_not_started_again(tmp_path):
+    import io
+    import sys
+    from smallgpt_jax import lock
+    workdir = str(tmp_path / "trial")
+    os.makedirs(workdir)
+    marker = os.path.join(workdir, "started")
+    trial = sweep.Trial("trial", {}, workdir, 1,
+                        [sys.executable, "-c", f"open({marker!r}, 'w').close()"])
+    out = io.StringIO()
+    with lock.hold(workdir):  # An earlier launch's trial, still running.
+        statuses = sweep.run_trials([trial], parallel=1, out=out)
+    assert not os.path.exists(marker)
+    assert f"skipped trial: another process is running it (PID {os.getpid()}" in out.getvalue()
+    assert statuses == {"trial": sweep.RUNNING_ELSEWHERE}
+    assert sweep.run_trials([trial], parallel=1, out=out) == {"trial": 0}  # Free again.
+    assert os.path.exists(marker)
