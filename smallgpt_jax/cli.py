@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import tempfile
 from typing import Callable, NoReturn
 
 from smallgpt_jax.errors import UserError, writing
@@ -15,6 +17,25 @@ def fail(message: str, status: int = 2) -> NoReturn:
     """Prints `error: message` on stderr and exits non-zero."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def _interrupted_while_starting(signum, frame) -> None:
+    fail("interrupted", 130)
+
+
+def quiet_ctrl_c() -> None:
+    """Ctrl-C while an entry point is still importing its libraries: one line,
+    not the 40-line traceback of an import cut off. (run_app puts Python's
+    usual KeyboardInterrupt back once the imports are done.)"""
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
+def _quiet_broken_pipe() -> NoReturn:
+    """The reader of our output went away (`... | head`): stop quietly, as Unix
+    tools do, with the status of a process killed by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail again.
+    sys.exit(128 + signal.SIGPIPE)
 
 
 @contextlib.contextmanager
@@ -30,6 +51,8 @@ def user_errors():
         sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
 
 
 class _QuietOrbaxErrors(logging.Filter):
@@ -72,13 +95,14 @@ def setup_logging() -> None:
     logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
 
 
-def _config_path(argv: list[str], flag: str) -> str | None:
-    """The file that --config (or `--flag`) names, without a ':arg' suffix."""
+def _config_path(argv: list[str], flag: str, keep_argument: bool = False) -> str | None:
+    """The file that --config (or `--flag`) names, without a ':arg' suffix
+    (config_flags allows file.py:arg) unless `keep_argument`."""
     for i, arg in enumerate(argv):
-        if arg.startswith(f"--{flag}="):
-            return arg.split("=", 1)[1].split(":", 1)[0]  # config_flags allows file.py:arg.
-        if arg == f"--{flag}" and i + 1 < len(argv):
-            return argv[i + 1].split(":", 1)[0]
+        value = (arg.split("=", 1)[1] if arg.startswith(f"--{flag}=") else
+                 argv[i + 1] if arg == f"--{flag}" and i + 1 < len(argv) else None)
+        if value is not None:
+            return value if keep_argument else value.split(":", 1)[0]
     return None
 
 
@@ -88,6 +112,10 @@ def check_config_file(argv: list[str], flag: str = "config") -> None:
     (ml-collections would otherwise print a traceback and fail later.)
     """
     path = _config_path(argv, flag)
+    whole = _config_path(argv, flag, keep_argument=True)
+    if path is not None and not os.path.isfile(path) and whole and os.path.isfile(whole):
+        fail(f"config file {whole}: its path contains ':', which ml-collections reads as "
+             "'FILE:ARGUMENT'; rename it, or link to it from a path without ':'.")
     if path is not None and not os.path.isfile(path):
         fail(f"config file {path} does not exist; pass --{flag}=configs/NAME.py.")
 
@@ -96,6 +124,7 @@ def unknown_config_field(argv: list[str], flag: str = "config") -> str | None:
     """The message for the first --config.KEY override that names no field of
     the config (ml-collections' own error is a bare KeyError), or None."""
     import importlib.util
+    from smallgpt_jax.config import did_you_mean, flatten
     path = _config_path(argv, flag)
     if path is None:
         return None
@@ -106,7 +135,9 @@ def unknown_config_field(argv: list[str], flag: str = "config") -> str | None:
         config = module.get_config()
     except Exception:  # Not loadable: the caller reports the original error.
         return None
-    from smallgpt_jax.config import did_you_mean, flatten
+    if not hasattr(config, "to_dict"):  # e.g. a plain dict.
+        return (f"config file {path}: get_config() returned a {type(config).__name__}, not "
+                "an ml_collections ConfigDict; start from smallgpt_jax.config.base_config().")
     fields = flatten(config.to_dict())
     for arg in argv:
         if arg.startswith(f"--{flag}."):
@@ -144,6 +175,31 @@ def check_output(path: str) -> None:
     if not existed:
         os.remove(path)
 
+def write_output(path: str, text: str) -> None:
+    """Writes `text` to a temporary file next to `path`, then renames it: a
+    write that fails (a full disk) leaves an existing `path` as it was."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                   suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+
+
+def _load_error(e: Exception, path: str | None) -> str:
+    """The message for a config file that failed to load, naming the file
+    (config_flags names its own internal module, 'config_config')."""
+    if isinstance(e, AttributeError) and "get_config" in str(e) and path:
+        return (f"config file {path} has no get_config() function; define one that returns "
+                "a config (see configs/char_cpu.py).")
+    return str(e)
+
 
 def run_app(main: Callable[[list[str]], None]) -> None:
     """absl's app.run, with flag-parsing errors reduced to one line."""
@@ -153,11 +209,17 @@ def run_app(main: Callable[[list[str]], None]) -> None:
         print((__main__.__doc__ or "").strip() + "\n\nflags:")
         print(flags.FLAGS.main_module_help())
         sys.exit(0)
-    check_config_file(sys.argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Undoes quiet_ctrl_c().
     try:
-        argv = flags.FLAGS(sys.argv)
-    except flags.Error as e:
-        fail(unknown_config_field(sys.argv) or f"{str(e).rstrip('.')}. Try --help.")
-    except Exception as e:  # e.g. a config file that fails to load, an unknown field.
-        fail(unknown_config_field(sys.argv) or f"{e}")
-    app.run(lambda _: main(argv), argv=[sys.argv[0]])
+        check_config_file(sys.argv)
+        try:
+            argv = flags.FLAGS(sys.argv)
+        except flags.Error as e:
+            fail(unknown_config_field(sys.argv) or f"{str(e).rstrip('.')}. Try --help.")
+        except Exception as e:  # e.g. a config file that fails to load, an unknown field.
+            fail(unknown_config_field(sys.argv) or _load_error(e, _config_path(sys.argv, "config")))
+        app.run(lambda _: main(argv), argv=[sys.argv[0]])
+    except KeyboardInterrupt:  # e.g. while main() imports JAX, before its own handling.
+        fail("interrupted", 130)
+    except BrokenPipeError:
+        _quiet_broken_pipe()

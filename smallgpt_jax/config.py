@@ -15,6 +15,7 @@ Fields are overridden on the command line with `--config.model.num_layers=4`.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import ml_collections
@@ -148,8 +149,26 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
     return value
 
 
+def _check_fields(config: ml_collections.ConfigDict) -> None:
+    """Every field of base_config() is there, and no number is None."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(f"the config is a {type(config).__name__}, not an ml_collections "
+                        "ConfigDict; make get_config() start from "
+                        "smallgpt_jax.config.base_config() and return it.")
+    ours, base = flatten(config.to_dict()), flatten(base_config().to_dict())
+    missing = [f for f in base if f not in ours]
+    if missing:
+        raise UserError(f"the config has no field {', '.join(missing[:3])}; every field of "
+                        "base_config() must stay (set a value instead of deleting it).")
+    for field, default in base.items():
+        if ours[field] is None and isinstance(default, (int, float)):
+            raise UserError(f"config.{field}=None must be a number (the default is "
+                            f"{default!r}).")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the config up front; raises UserError naming the bad field."""
+    _check_fields(config)
     for field, choices in _CHOICES.items():
         value = _get(config, field)
         if value not in choices:
@@ -162,8 +181,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise UserError(f"config.{field}={value!r} must be a positive integer.")
     for field in _NON_NEGATIVE:
         value = _get(config, field)
-        if value < 0:
-            raise UserError(f"config.{field}={value!r} must not be negative.")
+        if not 0 <= value < math.inf:  # NaN and inf too: training would only diverge.
+            raise UserError(f"config.{field}={value!r} must not be negative, nor NaN or "
+                            "infinite.")
     m, t = config.model, config.train
     if t.resume_step < -1:
         raise UserError(f"config.train.resume_step={t.resume_step} must be -1 (the newest "

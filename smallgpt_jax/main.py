@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 
-from absl import flags
-from ml_collections import config_flags
-
 from smallgpt_jax import cli
+
+if __name__ == "__main__":  # Before the slower imports below.
+    cli.quiet_ctrl_c()
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/char_cpu.py.", lock_config=True)

@@ -17,11 +17,15 @@ import os
 import sys
 import time
 
-from absl import flags
-
 from smallgpt_jax import cli
-from smallgpt_jax.cli import check_output, parse_step
-from smallgpt_jax.errors import UserError, writing
+
+if __name__ == "__main__":  # Before the slower imports below.
+    cli.quiet_ctrl_c()
+
+from absl import flags  # noqa: E402
+
+from smallgpt_jax.cli import check_output, parse_step, write_output  # noqa: E402
+from smallgpt_jax.errors import UserError  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
 _STEP = flags.DEFINE_string("step", "latest", "Checkpoint to load: 'latest', 'best' or a step.")
@@ -49,8 +53,19 @@ def check_prompt_early(workdir: str, prompt: str) -> None:
     there is one, before the (slower) checkpoint load."""
     from smallgpt_jax import sampling, tokenizer as tokenizer_lib
     path = os.path.join(workdir, "tokenizer.json")
-    if os.path.isfile(path):
-        sampling.encode_prompt(tokenizer_lib.load(path), prompt)
+    if not os.path.isfile(path):
+        return
+    try:
+        tokenizer = tokenizer_lib.load(path)
+    except UserError:
+        raise
+    except Exception as e:  # Only a copy: the checkpoint holds the tokenizer itself.
+        why = "cannot be read" if isinstance(e, OSError) else "is damaged"
+        print(f"warning: {path} {why} ({type(e).__name__}); sampling uses the checkpoint's "
+              "own copy of the tokenizer (resuming the run writes this file again).",
+              file=sys.stderr)
+        return
+    sampling.encode_prompt(tokenizer, prompt)
 
 
 def main(argv: list[str]) -> None:
@@ -84,8 +99,8 @@ def main(argv: list[str]) -> None:
         start = time.time()
         if _OUTPUT.value:
             texts = generate()
-            with writing(_OUTPUT.value), open(_OUTPUT.value, "w", encoding="utf-8") as f:
-                f.writelines(header(i) + text + "\n" for i, text in enumerate(texts))
+            write_output(_OUTPUT.value,
+                         "".join(header(i) + text + "\n" for i, text in enumerate(texts)))
         else:  # Sample 1 streams; the others are ready when it is (one batch).
             write = lambda s: (sys.stdout.write(s), sys.stdout.flush())
             write(header(0) + prompt)

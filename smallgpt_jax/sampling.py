@@ -32,6 +32,7 @@ so changing them does not recompile anything.
 
 from __future__ import annotations
 
+import collections
 import math
 from functools import partial
 from typing import Callable
@@ -44,6 +45,7 @@ from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT
 
 Array = jax.Array
+_IN_FLIGHT = 16  # Generation steps queued on the device before their tokens are read.
 
 
 # ---------------------------------------------------------------- choosing a token
@@ -225,7 +227,19 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
     params = jax.device_put(params)
 
     cache = None  # None: (re)fill it from the window at the next step.
-    tokens, logits = [], []
+    # Each step's tokens go to the host a few steps later (by then the device
+    # has computed them, so the loop does not wait), into arrays allocated
+    # once: time and memory stay linear in max_new_tokens.
+    tokens_BN = np.zeros((num_samples, max_new_tokens), np.int32)
+    logits_BNV = (np.zeros((num_samples, max_new_tokens, model_config.vocab_size), np.float32)
+                  if return_logits else None)
+    in_flight = collections.deque()  # (i, next_B, logits_BV) still on the device.
+
+    def to_host(i, next_B, logits_BV):
+        tokens_BN[:, i] = np.asarray(next_B)
+        if return_logits:
+            logits_BNV[:, i] = np.asarray(logits_BV)
+
     for i in range(max_new_tokens):
         # A full window slides as the new token goes in; the cached keys then
         # sit at the wrong positions, so the next step re-fills the cache.
@@ -243,18 +257,14 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
         if drop:
             cache = None
         n = n - drop + 1
-        tokens.append(next_B)
-        if return_logits:
-            logits.append(logits_BV)
+        in_flight.append((i, next_B, logits_BV if return_logits else None))
+        if len(in_flight) > _IN_FLIGHT:
+            to_host(*in_flight.popleft())
         if on_token is not None:
             on_token(np.asarray(next_B))  # Waits for the device: only when streaming.
-
-    if not tokens:
-        out = np.zeros((num_samples, 0), np.int32)
-        return (out, np.zeros((num_samples, 0, model_config.vocab_size), np.float32)
-                ) if return_logits else out
-    out = np.asarray(jnp.stack(tokens, axis=1))
-    return (out, np.asarray(jnp.stack(logits, axis=1))) if return_logits else out
+    while in_flight:
+        to_host(*in_flight.popleft())
+    return (tokens_BN, logits_BNV) if return_logits else tokens_BN
 
 
 # ---------------------------------------------------------------- text in, text out

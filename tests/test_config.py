@@ -35,3 +35,42 @@ def test_bad_values_name_the_field(field, value, message):
     with pytest.raises(UserError) as e:
         validate(tiny_config(**{field: value}))
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("field", ["train.learning_rate", "train.weight_decay"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_infinite_rates_are_refused_before_training(field, value):
+    with pytest.raises(UserError, match=rf"config.{field}={value} must not be negative, nor NaN"):
+        validate(tiny_config(**{field: value}))
+
+
+def test_a_config_missing_fields_or_numbers_or_not_a_config_dict_is_one_error():
+    config = tiny_config()
+    del config.train["weight_decay"]
+    with pytest.raises(UserError, match="no field train.weight_decay; every field of "
+                                        "base_config"):
+        validate(config)
+    with pytest.raises(UserError, match=r"config.train.learning_rate=None must be a number"):
+        validate(tiny_config(**{"train.learning_rate": None}))
+    with pytest.raises(UserError, match="the config is a dict, not an ml_collections ConfigDict"):
+        validate(tiny_config().to_dict())
+
+
+@pytest.mark.parametrize("folder,body,message", [
+    ("", "X = 1\n", "config file {path} has no get_config() function"),
+    ("", "def get_config():\n    return {'train': {'num_steps': 1}}\n",
+     "a dict, not an ml_collections ConfigDict"),
+    ("a:b", "from configs.char_cpu import get_config\n",
+     "config file {path}: its path contains ':', which ml-collections reads as 'FILE:ARGUMENT'"),
+])
+def test_config_files_that_cannot_be_used_are_one_line_naming_the_file(
+        tmp_path, folder, body, message):
+    from conftest import run_cli
+    path = tmp_path / folder / "my_config.py"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(body)
+    proc = run_cli([f"--config={path}", f"--workdir={tmp_path / 'run'}",
+                    "--config.train.num_steps=1"])
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and message.format(path=path) in err, err

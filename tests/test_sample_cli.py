@@ -141,7 +141,81 @@ def test_a_real_checkpoint_end_to_end(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0] == "--- sample 1 of 2 ---" and "--- sample 2 of 2 ---" in lines
     assert lines[1].startswith("ROMEO:")
+    # The workdir's tokenizer.json is only a copy: damaged, it is one warning, and the
+    # checkpoint's own copy gives the same samples.
+    (workdir / "tokenizer.json").write_text('{"kind": "ch')
+    again = run_sample([f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=20",
+                        "--num_samples=2", "--temperature=0"])
+    assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-3000:]
+    warning = again.stderr.splitlines()[0]
+    assert "tokenizer.json is damaged" in warning and "Traceback" not in again.stderr
 
 
 def test_a_workdir_without_checkpoint_is_one_line(tmp_path):
     assert_one_clear_line(run_sample([f"--workdir={tmp_path}"]), str(tmp_path))
+
+
+def test_a_failed_output_write_leaves_the_old_file_as_it_was(saved_model, tmp_path):
+    workdir = saved_model[0]
+    out = tmp_path / "samples.txt"
+    out.write_text("precious earlier samples\n" * 400)  # 10 kB
+    before = out.read_text()
+    import subprocess
+    import sys
+    # Files may grow to 2 kB only: the disk is full half way through the samples.
+    limited = ("import resource, runpy, sys\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
+               "sys.argv = ['sample_stand_in', *sys.argv[1:]]\n"
+               "runpy.run_module('sample_stand_in', run_name='__main__', alter_sys=True)\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", limited, f"--workdir={workdir}", "--max_new_tokens=3000",
+         f"--output={out}"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=TESTS),
+        capture_output=True, text=True, timeout=300)
+    err = proc.stderr.replace("stand-in load_params(step='latest')\n", "")
+    assert proc.returncode == 2 and "cannot write" in err and "Traceback" not in err, err
+    assert out.read_text() == before
+    assert os.listdir(tmp_path) == ["samples.txt"]  # No temporary file left behind.
+
+
+def test_output_piped_into_a_reader_that_quits_stops_quietly(saved_model):
+    import subprocess
+    import sys
+    workdir = saved_model[0]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sample_stand_in", f"--workdir={workdir}",
+         "--max_new_tokens=200"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=TESTS),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # `... | head -0`: the reader is gone before the first line.
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, err  # 128 + SIGPIPE, like a Unix tool.
+    assert err == "stand-in load_params(step='latest')\n", err
+
+
+SLOW_JAX_IMPORT = """
+import sys, time
+class SlowJax:  # Stands for a slow disk: importing JAX takes a while.
+    def find_spec(self, name, path=None, target=None):
+        if name == "jax" and not hasattr(self, "seen"):
+            self.seen = True
+            print("importing jax", file=sys.stderr, flush=True)
+            time.sleep(60)
+sys.meta_path.insert(0, SlowJax())
+"""
+
+
+@pytest.mark.parametrize("module,args", [
+    ("smallgpt_jax.sample", ["--workdir=."]),
+    ("smallgpt_jax.main", ["--config=configs/char_cpu.py"]),
+])
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, module, args):
+    import signal
+    import subprocess
+    import sys
+    (tmp_path / "sitecustomize.py").write_text(SLOW_JAX_IMPORT)
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline() == "importing jax\n"
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130 and err == "error: interrupted\n", err
