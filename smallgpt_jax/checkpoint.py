@@ -267,6 +267,9 @@ def _changed(arrays: list[str]) -> str:
 
 
 def _move_away(folder: str, problems: list[str]) -> str:
+    if any("permission" in p for p in problems):  # Not damage: nothing to move away.
+        return (f"checkpoint {folder} cannot be read ({_summary(problems)}); fix its files' "
+                "permissions, then run the same command again.")
     workdir = os.path.dirname(os.path.dirname(folder))
     step = os.path.basename(folder)
     return (f"checkpoint {folder} is damaged ({_summary(problems)}); move it out of "

@@ -14,8 +14,8 @@ Agg backend, so no display is needed); `save_figure` writes one to a PNG and
 
 from __future__ import annotations
 
+import functools
 import os
-from functools import partial
 from typing import Any
 
 import matplotlib
@@ -66,7 +66,7 @@ def attention_maps(params, model_config, tokens_T: np.ndarray) -> np.ndarray:
     return np.asarray(_attention_LHTT(cfg, params, jnp.asarray(tokens_T)))
 
 
-@partial(jax.jit, static_argnums=(0,))
+@functools.partial(jax.jit, static_argnums=(0,))
 def _attention_LHTT(cfg, params, tokens_T: jax.Array) -> jax.Array:
     _, variables = GPT(cfg).apply({"params": params}, tokens_T[None],
                                   mutable=["intermediates"])
@@ -77,12 +77,30 @@ def _attention_LHTT(cfg, params, tokens_T: jax.Array) -> jax.Array:
 
 
 def token_labels(tokenizer, ids) -> list[str]:
-    """Printable labels for tokens: a newline shows as '\\n', a space as '␣'."""
+    """Printable labels for tokens: a newline shows as '\\n', a space as '␣',
+    a character the font cannot draw (Chinese, say) as its escape '\\u4e2d'
+    (instead of an empty box and a "Glyph missing" warning per character)."""
+    drawable = _font_characters()
     out = []
     for i in np.asarray(ids).reshape(-1):
-        text = tokenizer.decode([int(i)])
-        out.append(text.replace("\n", "\\n").replace(" ", "␣") or "∅")
+        text = tokenizer.decode([int(i)]).replace("\n", "\\n").replace(" ", "␣") or "∅"
+        if drawable is not None:
+            text = "".join(c if ord(c) in drawable else c.encode("unicode_escape").decode()
+                           for c in text)
+        out.append(text)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _font_characters() -> frozenset[int] | None:
+    """Code points matplotlib's default font has (None: unknown, draw them all)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+    try:
+        return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties()))
+                         .get_charmap())
+    except Exception:  # An unusual font setup: leave the labels as they are.
+        return None
 
 
 def attention_figure(att_LHTT: np.ndarray, labels: list[str] | None = None,

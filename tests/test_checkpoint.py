@@ -617,3 +617,50 @@ def test_summary_follows_the_final_checkpoint_and_a_rerun_rewrites_a_lost_one(
     assert first["steps"] == again["steps"] == 6
     for key in ("eval/best_val_loss", "eval/val_loss", "eval/train_loss", "eval/val_bpc"):
         assert again[key] == first[key], key
+
+
+def test_unreadable_or_incomplete_metadata_is_one_error_that_names_the_cause(
+        tmp_path, monkeypatch):
+    import json
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {1: (small_tree(1), None), 2: (small_tree(2), None)})
+    ckdir = os.path.join(workdir, "checkpoints")
+    meta_path = os.path.join(ckdir, "2", "meta", "metadata")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    del meta["tokenizer"]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(UserError, match=r"checkpoints/2 has no smallgpt_jax metadata .*"
+                                        r"complete ones: 1\)"):
+        checkpoint.load_params(workdir)
+    # Files the user may not read are a permission problem, not damage.
+    real_open, real_listdir = open, os.listdir
+
+    def no_permission(path, *args, **kwargs):
+        if str(path).endswith("_CHECKPOINT_METADATA"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_permission)
+    with pytest.raises(UserError, match=r"cannot be read \(_CHECKPOINT_METADATA cannot be read "
+                                        r"\(permission denied\).*fix its files' permissions"):
+        checkpoint.load_params(workdir, 1)
+    monkeypatch.setattr("builtins.open", real_open)
+    monkeypatch.setattr(os, "listdir", lambda path: (
+        (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied", path))
+        if path == ckdir else real_listdir(path)))
+    with pytest.raises(UserError, match=rf"cannot read {ckdir} \(Permission denied\); fix its "
+                                        "permissions"):
+        checkpoint.load_params(workdir)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
+def test_a_runs_own_damaged_json_says_damaged_and_how_to_recover(tmp_path, name):
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    save_steps(workdir, config, {1: (small_tree(1), None)})
+    with open(os.path.join(workdir, name), "w") as f:
+        f.write('{"model": {"num_la')  # Cut off.
+    with pytest.raises(UserError, match=rf"run/{name} is damaged .*delete it and run the same "
+                                        "command again"):
+        loop.train_and_evaluate(config, workdir)
