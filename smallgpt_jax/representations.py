@@ -97,7 +97,7 @@ def line_states(params, model_config, tokenizer, text: str,
     to and including its newline."""
     states_LND = hidden_states(params, model_config, tokenizer, text, layers, **kwargs)
     ids = tokenizer.encode(text)
-    ends = np.cumsum([len(line) for line in text.splitlines(True)])
+    ends = np.cumsum([len(line) for line in scoring.split_lines(text)])
     line_N = np.searchsorted(ends, scoring.token_starts(tokenizer, ids, text), side="right")
     sums_LMD = np.zeros((states_LND.shape[0], len(ends), states_LND.shape[2]), np.float32)
     np.add.at(sums_LMD, (slice(None), line_N), states_LND)

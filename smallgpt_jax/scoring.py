@@ -218,7 +218,7 @@ def lines(scores: Scores) -> list[dict]:
     bits_per_char (over the line's scored characters), perplexity (2 ** mean
     bits per token), tokens (that start in the line), chars, bits, unknown
     (characters), max_bits and max_token (its most surprising token), text."""
-    texts = scores.text.splitlines(True)
+    texts = split_lines(scores.text)
     ends = np.cumsum([len(t) for t in texts])
     token_line = np.searchsorted(ends, scores.token_start, side="right")
     rows = []
@@ -227,6 +227,14 @@ def lines(scores: Scores) -> list[dict]:
         rows.append(_summary(scores, span, np.flatnonzero(token_line == i),
                              line_number=i + 1, text=line.rstrip("\r\n")))
     return rows
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of `text`, each with its newline. Only '\\n' ends a line
+    (str.splitlines also splits at \\r, form feeds and other separators,
+    which would number lines differently from an editor or grep -n)."""
+    parts = text.split("\n")
+    return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
 def file_summary(scores: Scores) -> dict:

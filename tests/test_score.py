@@ -67,12 +67,13 @@ def test_surprise_is_minus_log2_softmax_and_windows_match_single_windows():
 def test_aggregates_add_up_with_multibyte_characters():
     c = model_config(tiny_config(), 256)
     params = GPT(c).init(jax.random.key(1), jnp.zeros((1, 16), jnp.int32))["params"]
-    text = "héllo wörld\nnaïve ☃ line\n\nend"  # 2- and 3-byte characters, an empty line.
+    # 2- and 3-byte characters, an empty line, a form feed and a \r (not line ends).
+    text = "héllo wörld\nnaïve ☃ line\n\n\x0cend\r"
     s = scoring.score_text(params, c, ByteTokenizer(), text)
     assert len(s.token_ids) == len(text.encode()) and len(s.char_bits) == len(text)
     np.testing.assert_allclose(np.nansum(s.char_bits), np.nansum(s.token_bits), rtol=1e-5)
     rows = scoring.lines(s)
-    assert [r["text"] for r in rows] == ["héllo wörld", "naïve ☃ line", "", "end"]
+    assert [r["text"] for r in rows] == ["héllo wörld", "naïve ☃ line", "", "\x0cend"]
     assert sum(r["tokens"] for r in rows) == len(s.token_ids)
     for r in rows:
         assert r["bits_per_char"] == pytest.approx(r["bits"] / r["chars"])
