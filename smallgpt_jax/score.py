@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import math
 import os
 import sys
 import time
 
-from absl import flags
-
 from smallgpt_jax import cli
-from smallgpt_jax.errors import UserError, writing
+
+if __name__ == "__main__":  # Before the slower imports below.
+    cli.quiet_ctrl_c()
+
+from absl import flags  # noqa: E402
+
+from smallgpt_jax.errors import UserError  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
 _INPUT = flags.DEFINE_string("input", None, "The UTF-8 text file to score.")
@@ -93,12 +98,14 @@ def _line_numbers(text: str) -> list[int]:
 
 
 def write_csv(path: str, columns, rows) -> None:
-    with writing(path), open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, columns, extrasaction="ignore")
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else
-                            "" if isinstance(v, float) else v) for k, v in row.items()})
+    """Floats with 4 decimals, NaN (nothing scored) as an empty cell."""
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, columns, extrasaction="ignore")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else
+                        "" if isinstance(v, float) else v) for k, v in row.items()})
+    cli.write_output(path, out.getvalue())
 
 
 QUOTED = ("token", "predicted", "max_token")  # Shown in quotes: a space is visible.
@@ -148,8 +155,7 @@ def write_html(path: str, scores, title: str) -> None:
             f"<h3>{html.escape(title)}</h3><p>Red = surprise: -log2 p(character | what came "
             f"before); full red at {top:.1f} bits or more. Hover for the bits. "
             "Grey, struck: not in the vocabulary.</p><pre>" + "".join(parts) + "</pre>")
-    with writing(path), open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    cli.write_output(path, page)
 
 
 def main(argv: list[str]) -> None:
