@@ -538,8 +538,8 @@ def flip_a_bit_in_the_largest_array_file(step_folder):
 
 def test_flipped_bits_in_a_checkpoint_are_one_error_for_training_and_sampling(tmp_path):
     config, workdir = tiny_config(), str(tmp_path / "run")
-    save_steps(workdir, config, {1: (perturbed_state(config), None),
-                                 2: (perturbed_state(config), None)})
+    state = perturbed_state(config)
+    save_steps(workdir, config, {1: (state, None), 2: (state, None)})
     flip_a_bit_in_the_largest_array_file(os.path.join(workdir, "checkpoints", "2"))
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
         with pytest.raises(UserError, match=r"checkpoints/2 could not be restored \(the data of "
@@ -588,7 +588,7 @@ def test_summary_follows_the_final_checkpoint_and_a_rerun_rewrites_a_lost_one(
     import orbax.checkpoint as ocp
     from smallgpt_jax import reporting
     corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
-    config = train_config(corpus, **{"train.num_steps": 6, "train.eval_every": 3,
+    config = train_config(corpus, **{"train.num_steps": 6, "train.eval_every": 6,
                                      "train.log_every": 3, "train.checkpoint_every": 3})
     real_save, real_write = ocp.JsonCheckpointHandler._save_fn, reporting.write_json
 

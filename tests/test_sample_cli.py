@@ -162,13 +162,13 @@ def test_a_failed_output_write_leaves_the_old_file_as_it_was(saved_model, tmp_pa
     before = out.read_text()
     import subprocess
     import sys
-    # Files may grow to 2 kB only: the disk is full half way through the samples.
+    # Files may grow to 512 bytes only: the disk is full half way through the samples.
     limited = ("import resource, runpy, sys\n"
-               "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))\n"
                "sys.argv = ['sample_stand_in', *sys.argv[1:]]\n"
                "runpy.run_module('sample_stand_in', run_name='__main__', alter_sys=True)\n")
     proc = subprocess.run(
-        [sys.executable, "-c", limited, f"--workdir={workdir}", "--max_new_tokens=3000",
+        [sys.executable, "-c", limited, f"--workdir={workdir}", "--max_new_tokens=1000",
          f"--output={out}"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=TESTS),
         capture_output=True, text=True, timeout=300)
     err = proc.stderr.replace("stand-in load_params(step='latest')\n", "")
