@@ -664,3 +664,14 @@ def test_a_runs_own_damaged_json_says_damaged_and_how_to_recover(tmp_path, name)
     with pytest.raises(UserError, match=rf"run/{name} is damaged .*delete it and run the same "
                                         "command again"):
         loop.train_and_evaluate(config, workdir)
+
+
+def test_a_failed_save_suggests_free_disk_space_only_when_the_disk_is_full(tmp_path):
+    checkpoint.prepare_workdir(str(tmp_path / "run"))
+    with checkpoint.Checkpointer(str(tmp_path / "run"), 2) as ckpt:
+        full = ckpt._save_failed(4, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        denied = ckpt._save_failed(4, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+        other = ckpt._save_failed(4, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    assert "Free disk space, then run the same command again" in full
+    assert "Fix the directory's permissions" in denied and "disk space" not in denied
+    assert "Fix the cause" in other and "disk space" not in other
