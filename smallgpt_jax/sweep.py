@@ -20,10 +20,13 @@ workdir `runs/<sweep>/<trial>` (the trial name is built from its overrides;
 its console output goes to `train.log` there). Everything is checked before
 the first trial starts: the file, its config, every overridden field name,
 type and value. A trial is finished when its `summary.json` (written by the
-training loop at the end) records at least the trial's `num_steps`; launching the
-same sweep again skips finished trials and re-runs the others in the same
-workdir, which resumes them from their checkpoints. A failing trial does not
-stop the others; the exit status is 1 if any failed.
+training loop once the final checkpoint is on disk) records at least the
+trial's `num_steps`; launching the same sweep again skips finished trials and
+re-runs the others in the same workdir, which resumes them from their checkpoints (a trial another process
+is still running, e.g. left by a runner that was killed, is not started
+twice). A failing trial does not stop the others; the exit status is 1 if any
+failed. Ctrl-C gives each running trial one SIGTERM: it saves a checkpoint
+and stops (a second Ctrl-C stops the trials at once, without saving).
 
 At the end a table (best val loss first) is printed and written to
 `runs/<sweep>/summary.csv` and `summary.md`; `tensorboard --logdir runs/<sweep>`
@@ -203,8 +206,9 @@ def trial_name(overrides: Overrides, all_keys: Sequence[str]) -> str:
         label = short if last.count(short) == 1 else key
         parts.append(f"{label}={value!s}")
     name = re.sub(r"[^A-Za-z0-9._=,+-]", "-", ",".join(parts) or "base")  # Safe as a folder name.
-    if len(name) > MAX_NAME:  # File systems refuse names over 255 bytes: keep a readable
-        digest = hashlib.sha1(name.encode()).hexdigest()[:10]  # start, made unique.
+    if len(name) > MAX_NAME:  # File systems refuse names over 255 bytes.
+        # A readable start, made unique by a hash of the whole name.
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = f"{name[:MAX_NAME - 11]}~{digest}"
     return name
 
