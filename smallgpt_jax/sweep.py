@@ -22,11 +22,12 @@ the first trial starts: the file, its config, every overridden field name,
 type and value. A trial is finished when its `summary.json` (written by the
 training loop once the final checkpoint is on disk) records at least the
 trial's `num_steps`; launching the same sweep again skips finished trials and
-re-runs the others in the same workdir, which resumes them from their checkpoints (a trial another process
-is still running, e.g. left by a runner that was killed, is not started
-twice). A failing trial does not stop the others; the exit status is 1 if any
-failed. Ctrl-C gives each running trial one SIGTERM: it saves a checkpoint
-and stops (a second Ctrl-C stops the trials at once, without saving).
+re-runs the others in the same workdir, which resumes them from their
+checkpoints (a trial another process is still running, e.g. left by a runner
+that was killed, is not started twice). A failing trial does not stop the
+others; the exit status is 1 if any failed. Ctrl-C gives each running trial
+one SIGTERM: it saves a checkpoint and stops (a second Ctrl-C stops the trials
+at once, without saving).
 
 At the end a table (best val loss first) is printed and written to
 `runs/<sweep>/summary.csv` and `summary.md`; `tensorboard --logdir runs/<sweep>`
