@@ -279,9 +279,11 @@ def benchmark(config) -> dict[str, Any]:
     # The allocator is tuned when smallgpt_jax is first imported (by the
     # config file); SMALLGPT_RUNTIME_TWEAKS=0 measures without any of it.
     tweaks = {}
+    if runtime and hasattr(runtime, "use_default_xla_flags"):  # Before JAX starts.
+        tweaks["xla_flags"] = runtime.use_default_xla_flags()
     if runtime and runtime.tweaks_enabled():
-        tweaks = {"host_allocator": runtime.tune_host_allocator(),
-                  "unrolled_threefry": runtime.use_unrolled_threefry(True)}
+        tweaks.update(host_allocator=runtime.tune_host_allocator(),
+                      unrolled_threefry=runtime.use_unrolled_threefry(True))
     if _CACHE.value and runtime:
         runtime.enable_compilation_cache(runtime.default_compilation_cache_dir())
     else:
@@ -289,6 +291,8 @@ def benchmark(config) -> dict[str, Any]:
     load_start = os.getloadavg()
     device = jax.devices()[0]
     m, t = config.model, config.train
+    if runtime and hasattr(runtime, "resolve_dtype"):  # 'auto': what a run would use.
+        m.dtype = runtime.resolve_dtype(m.dtype, jax.default_backend())
     vocab = vocab_size_for(config)
 
     # The CPU peak is measured first, while nothing else of ours is running.

@@ -66,7 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.use_bias = True  # Biases in dense layers and norms.
     c.model.tie_embeddings = True  # Output head reuses the token embedding.
     c.model.attention = "explicit"  # 'explicit' (written out) or 'fused'.
-    c.model.dtype = "float32"  # Compute dtype; params stay float32.
+    # Compute dtype; params stay float32. 'auto': bfloat16 on GPU/TPU, float32
+    # on CPU (a run records the one it used in config.json and its log).
+    c.model.dtype = "auto"
     c.model.scan_layers = False  # nn.scan over blocks: compile once, not L times.
     # Hand-written backward passes for dense layers and LayerNorm (kernels.py;
     # same results): 'auto' uses them on CPU, where they measure faster, and
@@ -97,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Resume even though the corpus or its split changed since the checkpoint
     # (refused otherwise); the best validation loss so far is then forgotten.
     c.train.allow_data_change = False
+    # 'A:B': write a jax.profiler trace of steps A to B into the workdir, for
+    # TensorBoard's profile tab (see profiling.py); 'A': one step; '': off.
+    c.train.profile_steps = ""
     return c
 
 
@@ -108,7 +113,7 @@ _CHOICES = {
     "model.norm_position": ("pre", "post"),
     "model.activation": ("gelu", "relu", "swiglu"),
     "model.attention": ("explicit", "fused"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.fast_backward": ("auto", "on", "off"),
 }
 _POSITIVE = (
@@ -140,6 +145,23 @@ def did_you_mean(config: ml_collections.ConfigDict, key: str) -> str:
     """' (did you mean train.learning_rate?)' for a dotted key the config lacks."""
     close = difflib.get_close_matches(key, list(flatten(config.to_dict())), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def parse_steps(spec: str) -> tuple[int, int] | None:
+    """train.profile_steps: 'A:B' -> (A, B), the first and last step; 'A' ->
+    (A, A); '' -> None."""
+    if not spec:
+        return None
+    first, sep, last = str(spec).partition(":")
+    try:
+        window = (int(first), int(last)) if sep else (int(first), int(first))
+    except ValueError:
+        window = (0, -1)
+    if not 1 <= window[0] <= window[1]:
+        raise UserError(
+            f"config.train.profile_steps={spec!r} is not a step window; write 'A:B' with "
+            "1 <= A <= B (e.g. '100:105' traces steps 100 to 105), or one step 'A'.")
+    return window
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -188,6 +210,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if t.resume_step < -1:
         raise UserError(f"config.train.resume_step={t.resume_step} must be -1 (the newest "
                         "checkpoint) or a step number.")
+    parse_steps(t.get("profile_steps", ""))
     if m.embed_dim % m.num_heads:
         raise UserError(
             f"config.model.embed_dim={m.embed_dim} is not divisible by "

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import ml_collections
 
-from smallgpt_jax import checkpoint, data, lock, reporting, runtime, sampling, store, train
+from smallgpt_jax import checkpoint, data, lock, profiling, reporting, runtime, sampling, store, train, warmup
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
@@ -31,18 +31,46 @@ def process_rows(batch_NT1: np.ndarray) -> np.ndarray:
     return batch_NT1[i * n:(i + 1) * n]
 
 
-def evaluate(par: train.DataParallel, rparams, splits: data.Splits,
-             config) -> dict[str, float]:
-    """Mean loss over the same `eval_steps` batches of each split every time."""
+def eval_rows(splits: data.Splits, config) -> np.ndarray:
+    """This process's rows of the `eval_steps` batches of both splits (train
+    first), ordered for `put_batch(rows, 2 * eval_steps)`: batch s of device d
+    is what `put_batch` would give device d for that batch alone."""
     t, m = config.train, config.model
-    out = {}
-    for stream, (name, tokens) in enumerate((("train", splits.train), ("val", splits.val)), 1):
-        losses = []
-        for i in range(t.eval_steps):
-            batch = data.sample_batch(tokens, config.seed, i, t.batch_size, m.block_size, stream)
-            losses.append(par.eval_step(rparams, par.put_batch(process_rows(batch))))
-        out[name] = float(np.mean([par.unreplicate(l) for l in losses]))
-    return out
+    batches = [process_rows(data.sample_batch(tokens, config.seed, i, t.batch_size,
+                                              m.block_size, stream))
+               for stream, tokens in ((1, splits.train), (2, splits.val))
+               for i in range(t.eval_steps)]
+    n_SDbT1 = np.stack(batches).reshape(len(batches), jax.local_device_count(), -1,
+                                        m.block_size + 1)
+    return n_SDbT1.transpose(1, 0, 2, 3).reshape(-1, m.block_size + 1)
+
+
+def evaluate(par: train.DataParallel, rparams, rows: np.ndarray,
+             config) -> dict[str, float]:
+    """Mean loss over the same `eval_steps` batches of each split every time
+    (`rows` from `eval_rows`): one program runs them all."""
+    S = config.train.eval_steps
+    losses = train.host_values(par.eval_step(rparams, par.put_batch(rows, 2 * S))).reshape(-1)
+    return {"train": float(np.mean(losses[:S])), "val": float(np.mean(losses[S:]))}
+
+
+def warmup_tasks(par: train.DataParallel, rstate, rows: np.ndarray, model_cfg, tok,
+                 splits: data.Splits, config, draws: bool) -> list:
+    """What the first evaluation compiles, as warmup.Warmup tasks: the
+    evaluation program (from shapes: `rstate` is donated to the next step),
+    and on the process that draws, the sampler and the attention picture (run
+    once on a copy of the parameters, as the evaluation will call them)."""
+    t = config.train
+    spec = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), rstate.params)
+    tasks = [lambda: par.eval_step.lower(spec, par.put_batch(rows, 2 * t.eval_steps)).compile()]
+    if draws:
+        from smallgpt_jax import viz
+        params = par.unreplicate(rstate.params)
+        tasks += [lambda: sample_text(params, model_cfg, tok, t.sample_tokens, config.seed),
+                  lambda: viz.attention_image(params, model_cfg, tok, splits.val[:min(
+                      16, model_cfg.block_size)])]
+    return tasks
 
 
 def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
@@ -55,33 +83,29 @@ class FiniteCheck:
     """Stops training at the first step whose loss or gradient norm is NaN/inf.
 
     Reading a number back from the device waits for the step that computes
-    it: checking step k's loss right after launching step k would make the
-    host wait for every step before preparing the next batch. So after
-    launching step k we check step k-1, which the device has (nearly always)
-    finished while step k is queued. `flush()` checks the newest step too; it
-    runs before every log, evaluation and checkpoint, so a broken state is
-    never evaluated or saved.
+    it, and while the host waits it prepares nothing: on a GPU the device
+    then idles through each step's host work (batch, dispatch). So the loop
+    never waits between log points: `after_step` keeps the launched steps'
+    metrics (small device arrays), and `flush()` reads them all at once and
+    checks them in order. It runs before every log, evaluation and checkpoint,
+    so a broken state is never evaluated or saved.
     """
 
-    def __init__(self, newest_checkpoint, unreplicate):
-        self.pending = None  # (step, metrics) launched but not checked yet.
+    def __init__(self, newest_checkpoint):
+        self.pending = []  # (step, metrics) launched but not checked yet.
         self.last_finite = None  # (step, loss) of the newest good step.
         self.newest_checkpoint = newest_checkpoint
-        self.unreplicate = unreplicate  # Device values -> one host copy.
 
     def after_step(self, step: int, metrics: dict) -> None:
-        previous, self.pending = self.pending, (step, metrics)
-        if previous is not None:
-            self._check(*previous)
+        self.pending.append((step, {k: metrics[k] for k in ("loss", "grad_norm")}))
 
     def flush(self) -> None:
-        if self.pending is not None:
-            self._check(*self.pending)
-            self.pending = None
+        pending, self.pending = self.pending, []
+        values = train.host_values([m for _, m in pending])  # One read for all.
+        for (step, _), m in zip(pending, values):
+            self._check(step, float(m["loss"].item()), float(m["grad_norm"].item()))
 
-    def _check(self, step: int, metrics: dict) -> None:
-        loss = float(self.unreplicate(metrics["loss"]))
-        grad_norm = float(self.unreplicate(metrics["grad_norm"]))
+    def _check(self, step: int, loss: float, grad_norm: float) -> None:
         if math.isfinite(loss) and math.isfinite(grad_norm):
             self.last_finite = (step, loss)
             return
@@ -115,24 +139,33 @@ def agreed_stop(stop: checkpoint.StopSignals, step: int, every: int) -> int | No
     return int(np.max(flags)) or None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: profiling.Hooks | None = None) -> dict:
     """Trains `config` in `workdir`; returns the final metrics.
 
     Re-running with the same workdir resumes from its newest complete
     checkpoint. SIGTERM or SIGINT saves a checkpoint, then raises Interrupted.
+    `hooks` (see profiling.py) let a tool time the run.
     """
     validate(config)
-    runtime.setup(config)  # Allocator, RNG lowering, compilation cache (see runtime.py).
+    applied = runtime.setup(config)  # Allocator, XLA flags, RNG, compilation cache.
+    # 'auto' becomes the dtype used, so config.json and the log say which.
+    auto = config.model.dtype == "auto"
+    config.model.dtype = runtime.resolve_dtype(config.model.dtype, jax.default_backend())
+    settings = (f"compute dtype {config.model.dtype}{' (auto)' if auto else ''}; "
+                f"XLA_FLAGS {applied['xla_flags'][0]!r} ({applied['xla_flags'][1]})")
     checkpoint.prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
     # One run per workdir (process 0 holds it for the job); a second is refused at once.
     owner = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with owner, checkpoint.StopSignals() as stop, \
             checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
-        return _train_and_evaluate(config, workdir, ckpt, stop)
+        return _train_and_evaluate(config, workdir, ckpt, stop, hooks or profiling.Hooks(),
+                                   settings)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        ckpt: checkpoint.Checkpointer, stop: checkpoint.StopSignals) -> dict:
+                        ckpt: checkpoint.Checkpointer, stop: checkpoint.StopSignals,
+                        hooks: profiling.Hooks, settings: str) -> dict:
     t, m = config.train, config.model
     micro = train.per_device_batch(t.batch_size, t.grad_accum_steps)
     resume = ckpt.resume_point(config)  # None: a fresh run.
@@ -160,6 +193,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"{jax.device_count()} {jax.devices()[0].platform} device(s) "
         f"in {jax.process_count()} process(es), {config.parallel}, "
         f"{micro} sequences per device per micro-batch; workdir {workdir}")
+    progress.message(settings)
 
     if start_step >= t.num_steps:
         progress.message(f"nothing to train: the checkpoint is at step {start_step} and "
@@ -172,7 +206,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
     # The writer is closed on every way out (an error, a signal): what was logged
     # reaches disk.
-    with reporting.Writer(workdir, purge_step=start_step + 1) as writer:
+    with reporting.Writer(workdir, purge_step=start_step + 1) as writer, \
+            contextlib.closing(profiling.ProfileWindow(t.profile_steps, workdir)) as profile, \
+            contextlib.closing(warmup.Warmup()) as warm:
         writer.text(start_step, "config", "\n" + str(config))
         rstate = par.put_state(state)
         tokens_per_step = t.batch_size * m.block_size
@@ -181,17 +217,34 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         best_val = resume.best_val_loss if resume and not data_changed else math.inf
         # The newest evaluation (for summary.json); none carries over to other data.
         last = dict(resume.meta.get("eval") or {}) if resume and not data_changed else {}
-        finite = FiniteCheck(ckpt.latest_step, par.unreplicate)
-        for step in range(start_step, t.num_steps):
+        finite = FiniteCheck(ckpt.latest_step)
+        rows = eval_rows(splits, config)  # The same batches at every evaluation.
+
+        def train_batch(step: int) -> jax.Array:
             batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
-            rstate, metrics = par.train_step(
-                rstate, par.put_batch(process_rows(batch), t.grad_accum_steps))
-            done = step + 1
-            finite.after_step(done, metrics)  # Checks the previous step: no stall.
+            return par.put_batch(process_rows(batch), t.grad_accum_steps)
+
+        batch = train_batch(start_step)
+        for step in range(start_step, t.num_steps):
+            done = step + 1  # Steps count from 1 in logs, checkpoints and hooks.
+            profile.before_step(done)
+            with jax.profiler.StepTraceAnnotation("train", step_num=done):
+                rstate, metrics = par.train_step(rstate, batch)
+                if done < t.num_steps:  # The next batch is made while this step runs.
+                    batch = train_batch(done)
+            if step == start_step:  # While step 1 runs: see warmup.py.
+                warm.start(warmup_tasks(par, rstate, rows, model_cfg, tok, splits, config,
+                                        writer.enabled))
+            finite.after_step(done, metrics)  # Only kept: checked at the next flush.
+            hooks.step_launched(done, metrics)
+            if profile.after_step(done, rstate):
+                progress.message(f"profile of steps {t.profile_steps} written to "
+                                 f"{workdir}/plugins/profile")
             if done % t.log_every == 0 or done == t.num_steps:
                 finite.flush()
+                hooks.logged(done)
                 ckpt.poll()  # A background save that failed is reported here.
-                metrics = {k: float(par.unreplicate(v)) for k, v in metrics.items()}
+                metrics = {k: float(v.item()) for k, v in train.host_values(metrics).items()}
                 now = time.time()
                 steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
                 metrics["tokens_per_sec"] = tokens_per_step * steps_since / (now - t_log)
@@ -201,8 +254,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             val_loss = None
             if done % t.eval_every == 0 or done == t.num_steps:
                 finite.flush()  # Waits for the queued steps: their time is training's.
+                warm.wait()  # Its programs are ready (nothing compiles twice).
                 t_eval = time.time()
-                losses = evaluate(par, rstate.params, splits, config)
+                with jax.profiler.TraceAnnotation("evaluate"):
+                    losses = evaluate(par, rstate.params, rows, config)
+                hooks.evaluated(done, losses, time.time() - t_eval)
                 val_loss = losses["val"]
                 best_val = min(best_val, losses["val"])
                 last = {"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
@@ -238,6 +294,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           best_val_loss=best_val, val_loss=val_loss, eval_metrics=last,
                           train_time_s=time_before + time.time() - t_start,
                           data_fingerprint=splits.fingerprint)
+                hooks.saved(done)
                 writer.flush()  # After a crash, the logs reach at least this checkpoint.
             if signum and done < t.num_steps:
                 ckpt.wait()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Callable
 
 import flax.linen as nn
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from smallgpt_jax import kernels
+from smallgpt_jax import kernels, runtime
 
 from smallgpt_jax.errors import UserError
 
@@ -149,6 +150,17 @@ class Norm(nn.Module):
         return (x * scale).astype(x_BTD.dtype)
 
 
+def fused_implementation(platform: str, dtype, head_size: int, decode: bool) -> str | None:
+    """The kernel of `attention='fused'`: cuDNN's flash attention on an NVIDIA
+    GPU, for what it supports (bfloat16/float16, head size a multiple of 8 up
+    to 128, the plain causal mask: not decoding); else None, XLA's own."""
+    if (platform == "gpu" and runtime.may_use_cuda(os.environ) and not decode
+            and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+            and head_size % 8 == 0 and head_size <= 128):
+        return "cudnn"
+    return None
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where each position sees only itself and the past."""
 
@@ -193,7 +205,8 @@ class CausalSelfAttention(nn.Module):
             # masked blocks instead of reading a [T, S] mask.
             y_BTHK = jax.nn.dot_product_attention(
                 q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None] if self.decode else None,
-                is_causal=not self.decode)
+                is_causal=not self.decode, implementation=fused_implementation(
+                    jax.default_backend(), dtype, K, self.decode))
         else:
             att_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK) / math.sqrt(K)
             att_BHTS = jnp.where(mask_TS, att_BHTS.astype(jnp.float32), -jnp.inf)
@@ -347,6 +360,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
     if unknown:
         raise UserError(f"config.model has fields the model does not know: "
                         f"{', '.join(sorted(unknown))}.")
+    m["dtype"] = runtime.resolve_dtype(m["dtype"], jax.default_backend())  # 'auto'
     return ModelConfig(**m, vocab_size=vocab_size)
 
 

@@ -127,11 +127,14 @@ def train_step(state: TrainState, batch_ABT1: jax.Array, *, model_config,
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch_BT1: jax.Array, *, model_config,
+def eval_step(params, batches_SBT1: jax.Array, *, model_config,
               axis_name: str | None = AXIS) -> jax.Array:
-    """Mean loss on a batch, without dropout, averaged over devices."""
-    loss = loss_fn(params, model_config, batch_BT1)
-    return jax.lax.pmean(loss, axis_name) if axis_name is not None else loss
+    """The mean loss of each of S batches, without dropout, averaged over
+    devices: [S]. The batches are looped over inside the program (lax.map),
+    so a whole evaluation is one dispatch and one read-back, not S of each."""
+    losses_S = jax.lax.map(lambda batch_BT1: loss_fn(params, model_config, batch_BT1),
+                           batches_SBT1)
+    return jax.lax.pmean(losses_S, axis_name) if axis_name is not None else losses_S
 
 
 def make_parallel_steps(model_config, tx, schedule, seed: int) -> tuple[Callable, Callable]:
@@ -171,8 +174,8 @@ def make_sharded_steps(model_config, tx, schedule, seed: int,
         return train_step(state, batch_1ABT1[0], model_config=model_config, tx=tx,
                           schedule=schedule, seed=seed, axis_name=DATA)
 
-    def eval_body(params, batch_1BT1):
-        return eval_step(params, batch_1BT1[0], model_config=model_config, axis_name=DATA)
+    def eval_body(params, batches_1SBT1):
+        return eval_step(params, batches_1SBT1[0], model_config=model_config, axis_name=DATA)
 
     # out_specs=P(): after pmean, state and metrics are the same on every device.
     s_train = jax.jit(jax.shard_map(train_body, mesh=mesh, in_specs=(P(), P(DATA)),
@@ -194,7 +197,7 @@ class DataParallel:
     """
 
     train_step: Callable  # (state on devices, batch on devices) -> (state, metrics)
-    eval_step: Callable  # (params on devices, batch on devices) -> mean loss
+    eval_step: Callable  # (params on devices, S batches put as A=S) -> losses [S]
     put_state: Callable  # a host (or one-device) pytree -> on all devices
     put_batch: Callable  # (this process's rows [n, T+1], A or None) -> on devices
     unreplicate: Callable  # a pytree on devices -> one copy, on this process
@@ -222,6 +225,15 @@ def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParal
         put_batch=partial(global_batch, mesh),
         # Every device holds the whole (replicated) value: take a local one.
         unreplicate=lambda tree: jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
+
+
+def host_values(tree) -> Any:
+    """Device values (step metrics, losses) as host NumPy arrays, one copy of
+    each: its first local shard, which after pmean or out_specs=P() holds the
+    whole value. Nothing runs on the device: indexing a pmap output (`x[0]`)
+    would queue a slicing program behind the newest step and so wait for that
+    step too, instead of only for the step that made `x`."""
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
 
 
 def per_device_batch(global_batch: int, grad_accum: int) -> int:

@@ -129,9 +129,9 @@ WORKER = textwrap.dedent("""
             state, m = par.train_step(state, par.put_batch(loop.process_rows(batch), 2))
             losses.append(float(par.unreplicate(m["loss"])))
         batch = data.sample_batch(tokens, 0, 99, 16, cfg.block_size)
-        val = par.eval_step(state.params, par.put_batch(loop.process_rows(batch)))
+        val = par.eval_step(state.params, par.put_batch(loop.process_rows(batch), 1))
         params = par.unreplicate(state.params)
-        out[kind] = {"losses": losses, "eval": float(par.unreplicate(val)),
+        out[kind] = {"losses": losses, "eval": float(par.unreplicate(val)[0]),
                      "param_abs_sum": float(sum(np.abs(np.asarray(p)).sum()
                                                 for p in jax.tree.leaves(params)))}
     print("RESULT" + json.dumps(out))

@@ -50,3 +50,62 @@ def test_without_the_tweak_the_refill_faults():
     # What the test above guards against: glibc's defaults unmap the block.
     faults, pages = _refill_faults(64 << 20, tweaks=False)
     assert faults > pages // 2
+
+
+# ---------------------------------------------------------------- GPU defaults, tested on CPU
+
+def test_xla_flags_default_only_on_a_gpu_and_never_over_the_users():
+    from smallgpt_jax import runtime
+    assert runtime.xla_flags_for({}, gpu=True) == (runtime.GPU_XLA_FLAGS,
+                                                   "smallgpt_jax's GPU default")
+    assert "triton_gemm=false" in runtime.GPU_XLA_FLAGS
+    assert runtime.xla_flags_for({}, gpu=False) == ("", "none")
+    for users in ("--xla_gpu_autotune_level=0", ""):  # Set, even empty: theirs.
+        assert runtime.xla_flags_for({"XLA_FLAGS": users}, gpu=True) == (users, "set by the user")
+
+
+def test_cuda_is_ruled_out_by_jax_platforms():
+    from smallgpt_jax import runtime
+    assert not runtime.may_use_cuda({"JAX_PLATFORMS": "cpu"})
+    assert not runtime.may_use_cuda({"JAX_PLATFORMS": "tpu,cpu"})
+
+
+def test_on_this_cpu_machine_a_run_leaves_xla_flags_alone():
+    # A fresh process without XLA_FLAGS (the tests set some): nothing is added.
+    code = ("import os, smallgpt_jax.runtime as r; print(r.use_default_xla_flags(), "
+            "'XLA_FLAGS' in os.environ)")
+    env = {"PATH": "", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "('', 'none') False"
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
+    from smallgpt_jax import runtime
+    assert runtime.resolve_dtype("auto", "gpu") == "bfloat16"
+    assert runtime.resolve_dtype("auto", "tpu") == "bfloat16"
+    assert runtime.resolve_dtype("auto", "cpu") == "float32"
+    assert runtime.resolve_dtype("float32", "gpu") == "float32"  # Asked for: kept.
+    assert runtime.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+def test_auto_dtype_is_the_default_and_resolves_in_the_model_config():
+    from smallgpt_jax.config import base_config
+    from smallgpt_jax.model import model_config
+    assert base_config().model.dtype == "auto"
+    assert model_config(base_config(), 65).dtype == "float32"  # This is a CPU.
+
+
+def test_fused_attention_uses_cudnn_only_where_it_can(monkeypatch):
+    from smallgpt_jax import model, runtime
+    monkeypatch.setattr(runtime, "may_use_cuda", lambda environ: True)
+    pick = model.fused_implementation
+    assert pick("gpu", "bfloat16", 64, decode=False) == "cudnn"
+    assert pick("gpu", "float16", 128, decode=False) == "cudnn"
+    assert pick("gpu", "float32", 64, decode=False) is None  # cuDNN: half precision only.
+    assert pick("gpu", "bfloat16", 64, decode=True) is None  # The cache needs a mask.
+    assert pick("gpu", "bfloat16", 12, decode=False) is None  # Head size not a multiple of 8.
+    assert pick("cpu", "bfloat16", 64, decode=False) is None
+    monkeypatch.setattr(runtime, "may_use_cuda", lambda environ: False)  # e.g. ROCm.
+    assert pick("gpu", "bfloat16", 64, decode=False) is None

@@ -100,9 +100,9 @@ PMAP_SCRIPT = textwrap.dedent("""
         state, m1 = single(state, jnp.asarray(batch[None]))
         out["pmap"].append(float(m["loss"][0]))
         out["single"].append(float(m1["loss"]))
-    out["eval_pmap"] = float(p_eval(rstate.params, train.shard_batch(batch))[0])
-    out["eval_single"] = float(train.eval_step(state.params, jnp.asarray(batch),
-                                               model_config=cfg, axis_name=None))
+    out["eval_pmap"] = float(p_eval(rstate.params, train.shard_batch(batch, 1))[0, 0])
+    out["eval_single"] = float(train.eval_step(state.params, jnp.asarray(batch[None]),
+                                               model_config=cfg, axis_name=None)[0])
     diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()),
                                    unreplicate(rstate.params), state.params)
     out["max_param_diff"] = max(jax.tree_util.tree_leaves(diffs))
