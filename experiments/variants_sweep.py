@@ -13,7 +13,7 @@ Run one trial by hand (`--dry-run` prints every trial's command), e.g.
         --config.train.eval_every=300 --config.train.checkpoint_every=600 \
         --config.model.pos_encoding=rope
 
-The README's "Model variants" section lists the results and the command.
+benchmarks/README.md ("Model variants") lists the results and the command.
 """
 
 CONFIG = "configs/char_cpu.py"

@@ -756,3 +756,15 @@ def _advice(problems: list[str], otherwise: str) -> str:
     if any("ermission denied" in p for p in problems):
         return "fix the files' permissions, then run the same command again"
     return f"its files are damaged: {otherwise}"
+
+
+def resolve_step(workdir: str, step: str | int = "latest") -> int:
+    """The step number that `load_params(workdir, step)` loads ('latest',
+    'best' or a number), for saying which checkpoint a command used."""
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    if not os.path.isdir(directory):
+        raise UserError(f"no checkpoints in {workdir} (expected {directory}); "
+                        "is this the --workdir of a training run?")
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                               item_handlers={"meta": ocp.JsonCheckpointHandler()}) as manager:
+        return _resolve_step(manager, step, directory)

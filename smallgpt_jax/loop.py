@@ -210,6 +210,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             contextlib.closing(profiling.ProfileWindow(t.profile_steps, workdir)) as profile, \
             contextlib.closing(warmup.Warmup()) as warm:
         writer.text(start_step, "config", "\n" + str(config))
+        writer.loss_chart(start_step, ["train/loss", "eval/train_loss", "eval/val_loss"])
         rstate = par.put_state(state)
         tokens_per_step = t.batch_size * m.block_size
         t_start = t_log = time.time()
@@ -217,6 +218,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         best_val = resume.best_val_loss if resume and not data_changed else math.inf
         # The newest evaluation (for summary.json); none carries over to other data.
         last = dict(resume.meta.get("eval") or {}) if resume and not data_changed else {}
+        eval_s = 0.0  # Time this process spent evaluating (and sampling, drawing).
         finite = FiniteCheck(ckpt.latest_step)
         rows = eval_rows(splits, config)  # The same batches at every evaluation.
 
@@ -274,12 +276,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     writer.text(done, "sample", text)
                     from smallgpt_jax import viz  # Imported here: matplotlib only when needed.
                     # Every layer's and head's attention on 16 validation tokens.
-                    writer.image(done, "attention", viz.attention_image(
+                    # (Tagged so that its group sorts after the eval and train
+                    # groups: TensorBoard's first screen then shows the losses.)
+                    writer.image(done, "views/attention", viz.attention_image(
                         params, model_cfg, tok, splits.val[:min(16, m.block_size)]))
                 writer.flush()
                 # Evaluation is not training: tokens/s and the ETA leave it out.
                 t_log += time.time() - t_eval
                 progress.paused(time.time() - t_eval)
+                eval_s += time.time() - t_eval
                 progress.message(
                     f"step {done}: train loss {losses['train']:.4f}, "
                     f"val loss {losses['val']:.4f}, val ppl {last['eval/val_perplexity']:.2f}, "
@@ -306,6 +311,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         # after its last checkpoint were redone, and are not counted twice).
         wall = time_before + time.time() - t_start
         final = {**last, "steps": t.num_steps, "wall_time_s": wall}
+        if not time_before:  # (A resumed run's earlier evaluations are not known.)
+            final["eval_time_s"] = eval_s
         writer.hparams(reporting.flat_hparams(config),
                        {k: v for k, v in final.items() if k.startswith("eval/")}, t.num_steps)
     # The run is finished once its final checkpoint is on disk; only then says summary.json so.

@@ -154,6 +154,13 @@ class Writer:
         # Markdown: indent by 4 spaces so TensorBoard keeps line breaks.
         self._add(text_summary(tag, "    " + text.replace("\n", "\n    ")), step)
 
+    def loss_chart(self, step: int, tags: list[str]) -> None:
+        """One chart with all the loss curves `tags`, in TensorBoard's CUSTOM
+        SCALARS view (its other views draw one chart per tag)."""
+        from tensorboardX.summary import custom_scalars
+        self._add(custom_scalars({"loss": {"train and validation loss": ["Multiline", tags]}}),
+                  step)
+
     def image(self, step: int, tag: str, image_HWC) -> None:
         if self.enabled:  # Encoding a PNG is work; the other processes skip it.
             from tensorboardX.summary import image
@@ -199,8 +206,9 @@ class Writer:
 def end_of_run(final: dict, workdir: str) -> str:
     """What a finished run prints last: its result, where things are, what to run next."""
     q = shlex.quote(workdir)
-    lines = [f"--- done: {final['steps']} steps, {clock(final.get('wall_time_s', 0.0))} "
-             "of training (all runs of this workdir) ---"]
+    evals = (f", evaluation {clock(final['eval_time_s'])} of it" if "eval_time_s" in final
+             else " (all runs of this workdir)")
+    lines = [f"--- done: {final['steps']} steps in {clock(final.get('wall_time_s', 0.0))}{evals} ---"]
     if "eval/val_loss" in final:
         lines.append(f"final loss: train {final['eval/train_loss']:.4f}, "
                      f"val {final['eval/val_loss']:.4f} nats/token "
@@ -218,7 +226,8 @@ def end_of_run(final: dict, workdir: str) -> str:
 # How a run is carried out, not what is trained: left out of TensorBoard's HPARAMS.
 NOT_HPARAMS = ("name", "compilation_cache", "parallel", "train.eval_every", "train.eval_steps",
                "train.log_every", "train.sample_tokens", "train.sample_every",
-               "train.checkpoint_every", "train.keep_checkpoints", "train.resume_step")
+               "train.checkpoint_every", "train.keep_checkpoints", "train.resume_step",
+               "train.allow_data_change", "data.cache_dir")
 
 
 def flat_hparams(config) -> dict:
@@ -229,8 +238,10 @@ def flat_hparams(config) -> dict:
     fields for other tokenizers), are left out."""
     flat = flatten(config.to_dict())
     unused = {"data.dataset" if flat.get("data.path") else "data.path"}
+    if flat.get("data.tokenizer") not in ("bpe", "word"):  # Vocabularies learned from text.
+        unused |= {"data.vocab_size", "data.fit_max_chars"}
     if flat.get("data.tokenizer") != "bpe":
-        unused |= {"data.vocab_size", "data.end_of_text"}
+        unused.add("data.end_of_text")
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
             for k, v in flat.items() if k not in NOT_HPARAMS and k not in unused}
 

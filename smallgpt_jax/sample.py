@@ -39,8 +39,10 @@ _TOP_K = flags.DEFINE_integer(
 _TOP_P = flags.DEFINE_float(
     "top_p", 1.0, "Nucleus sampling: the smallest set of tokens with probability >= p.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same text.")
-_USE_CACHE = flags.DEFINE_boolean(
-    "use_cache", True, "Key/value cache; false re-runs the whole context for each token.")
+_USE_CACHE = flags.DEFINE_enum(
+    "use_cache", "auto", ["auto", "true", "false"],
+    "Key/value cache: 'true' always; 'false' re-runs the whole context for each token; "
+    "'auto' uses the cache when it saves more time than compiling its step costs.")
 _SLIDE_STEP = flags.DEFINE_integer(
     "slide_step", 1, "Past the context window, slide it this many tokens at a time: 1 is "
     "exact; N>1 re-fills the cache once per N tokens (faster; the context is then "
@@ -88,13 +90,19 @@ def main(argv: list[str]) -> None:
             check_output(_OUTPUT.value)
         check_prompt_early(workdir, prompt)
 
-        from smallgpt_jax.checkpoint import load_params  # Lazy: loads orbax.
-        params, model_config, tokenizer = load_params(workdir, step)
+        from smallgpt_jax import checkpoint, runtime  # Lazy: loads orbax.
+        # Programs compiled by earlier runs (of this command or of training)
+        # load from the user's compilation cache instead of compiling again.
+        runtime.enable_compilation_cache(runtime.default_compilation_cache_dir())
+        step = checkpoint.resolve_step(workdir, step)
+        params, model_config, tokenizer = checkpoint.load_params(workdir, step)
         # The checks that need the model (slide_step <= block_size), before any output.
         sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
+        print(f"checkpoint step {step} of {workdir}", file=sys.stderr, flush=True)
+        use_cache = {"auto": "auto", "true": True, "false": False}[_USE_CACHE.value]
         generate = lambda stream=None: sampling.sample_texts(
             params, model_config, tokenizer, prompt, n, _SEED.value, stream=stream,
-            use_cache=_USE_CACHE.value, **knobs)
+            use_cache=use_cache, **knobs)
         header = lambda i: f"--- sample {i + 1} of {knobs['num_samples']} ---\n"
         start = time.time()
         if _OUTPUT.value:
@@ -102,15 +110,25 @@ def main(argv: list[str]) -> None:
             write_output(_OUTPUT.value,
                          "".join(header(i) + text + "\n" for i, text in enumerate(texts)))
         else:  # Sample 1 streams; the others are ready when it is (one batch).
-            write = lambda s: (sys.stdout.write(s), sys.stdout.flush())
-            write(header(0) + prompt)
+            first = []  # When the first token arrived.
+
+            def write(text: str) -> None:
+                if text and not first:
+                    first.append(time.time())
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+            sys.stdout.write(header(0) + prompt)
             texts = generate(stream=write)
             write("\n" + "".join(header(i) + t + "\n" for i, t in enumerate(texts) if i))
         seconds = time.time() - start
         total = knobs["num_samples"] * n
+        way = {"auto": "KV cache where it pays", "true": "KV cache",
+               "false": "no cache"}[_USE_CACHE.value]
         print(f"{total} tokens in {seconds:.1f}s, compiling included ({total / seconds:.0f} "
-              f"tokens/s, {'KV cache' if _USE_CACHE.value else 'no cache'})"
-              + (f"; wrote {_OUTPUT.value}" if _OUTPUT.value else ""), file=sys.stderr)
+              f"tokens/s, {way})"
+              + (f"; first token after {first[0] - start:.1f}s" if not _OUTPUT.value and first
+                 else f"; wrote {_OUTPUT.value}" if _OUTPUT.value else ""), file=sys.stderr)
 
 
 def run() -> None:

@@ -5,6 +5,12 @@ Two ways to run the model, which give the same logits (to float32 rounding):
 - `use_cache=True`: one "prefill" pass over the prompt fills each layer's
   key/value cache; then each new token is one cheap step that attends to the
   cache instead of recomputing it.
+- `use_cache="auto"` (the command line's default): the cache when it pays.
+  Its decode step is a second program to compile; for a short run, or one
+  that is mostly past the context window (where, with exact sliding, every
+  token is a window run anyway), compiling it costs more than it saves. The
+  first window run is timed, and decode steps are used only if the tokens
+  they would serve save more than a compile costs (see `_decoding_pays`).
 
 Both keep the context in a fixed-size window of `block_size` tokens,
 left-aligned and padded at the end. The causal mask already hides every
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 from functools import partial
 from typing import Callable
 
@@ -195,9 +202,44 @@ def _decode_step(model_config, params, cache, window_BW, n, drop, key, i,
     return *step, vars_["cache"]
 
 
+MIN_COMPILE_S = 1.0  # About the least a decode step takes to compile on a CPU.
+
+
+def _cached_steps(tokens: int, n: int, W: int, slide_step: int) -> int:
+    """Of `tokens` new tokens, the first drawn by a window run on n tokens,
+    how many would be cheap decode steps (generate's rule, replayed)."""
+    count, cached = 0, False
+    for _ in range(tokens):
+        drop = slide_step if n == W else 0
+        count += cached
+        cached = not drop  # A slid window invalidates the cache.
+        n = n - drop + 1
+    return count
+
+
+def _decoding_pays(model_config, params, args, tokens: int, n: int,
+                   slide_step: int) -> bool:
+    """Will compiling the decode step pay for itself? Measured: compiles and
+    runs the window program (needed anyway), then runs it again; the decode
+    step's compile is taken to cost about as much (at least MIN_COMPILE_S),
+    and each cached token to save about one window run."""
+    steps = _cached_steps(tokens, n, model_config.block_size, slide_step)
+    if steps == 0:
+        return False
+    timings = []
+    for _ in range(2):
+        start = time.perf_counter()
+        jax.block_until_ready(_prefill(model_config, params, *args))
+        timings.append(time.perf_counter() - start)
+    compile_s, run_s = max(timings[0] - timings[1], 0.0), timings[1]
+    # The window program may have come from the compilation cache while the
+    # decode step is not there: count at least a cold compile of a small program.
+    return steps * run_s > max(compile_s, MIN_COMPILE_S)
+
+
 def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
              key: Array, *, num_samples: int = 1, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float = 1.0, use_cache: bool = True,
+             top_k: int | None = None, top_p: float = 1.0, use_cache: bool | str = True,
              slide_step: int = 1,
              on_token: Callable[[np.ndarray], None] | None = None,
              return_logits: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -207,8 +249,8 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
     `return_logits`, the float32 logits each one was drawn from,
     [num_samples, max_new_tokens, vocab]). top_k None or 0: no top-k filter.
     `on_token`, if given, gets each new column of ids as soon as it exists
-    (for streaming). The same key gives the same tokens. `slide_step`: see
-    the module docstring (1 is exact).
+    (for streaming). The same key gives the same tokens. `use_cache`: True,
+    False or "auto", and `slide_step` (1 is exact): see the module docstring.
     """
     W = model_config.block_size
     check_options(max_new_tokens=max_new_tokens, num_samples=num_samples,
@@ -240,16 +282,23 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
         if return_logits:
             logits_BNV[:, i] = np.asarray(logits_BV)
 
+    # Whether to run cached decode steps: use_cache=True always, "auto" once
+    # the first window run has shown that they save more than they cost.
+    decode = None if use_cache == "auto" else bool(use_cache)
     for i in range(max_new_tokens):
         # A full window slides as the new token goes in; the cached keys then
         # sit at the wrong positions, so the next step re-fills the cache.
         drop = slide_step if n == W else 0
         args = (window_BW, n, drop, key, i, *knobs)
-        if not use_cache or (cache is None and drop):
-            # (A cache filled now would be thrown away right after this step:
-            # running the window without keeping one is the same, and cheaper.)
+        if not use_cache:
             next_B, logits_BV, window_BW = _full_step(model_config, params, *args)
-        elif cache is None:
+        elif cache is None or not decode:
+            # A window run. The cached path always runs it as a prefill (even
+            # when the cache is thrown away right after): one program fewer to
+            # compile than with a separate no-cache step.
+            if decode is None:  # "auto": compile and time the window run first.
+                decode = _decoding_pays(model_config, params, args, max_new_tokens - i,
+                                        n, slide_step)
             next_B, logits_BV, window_BW, cache = _prefill(model_config, params, *args)
         else:
             next_B, logits_BV, window_BW, cache = _decode_step(model_config, params, cache,

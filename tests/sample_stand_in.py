@@ -45,9 +45,13 @@ def load_params(workdir: str, step: str | int = "latest"):
     return params, model_config, tokenizer_lib.load(os.path.join(workdir, "tokenizer.json"))
 
 
+def resolve_step(workdir: str, step: str | int = "latest"):
+    return step  # The stand-in has one set of parameters, under every name.
+
+
 if __name__ == "__main__":
     stand_in = types.ModuleType("smallgpt_jax.checkpoint")
-    stand_in.load_params = load_params
+    stand_in.load_params, stand_in.resolve_step = load_params, resolve_step
     sys.modules["smallgpt_jax.checkpoint"] = stand_in
     from smallgpt_jax import sample
     sample.run()

@@ -31,12 +31,14 @@ def test_end_of_run_says_where_things_are_and_what_to_run_next():
     final = {"steps": 2200, "wall_time_s": 163.0, "eval/train_loss": 1.55,
              "eval/val_loss": 1.74, "eval/val_bpc": 2.51}
     text = reporting.end_of_run(final, "runs/my run")
-    assert "2200 steps, 02:43" in text and "val 1.7400" in text and "2.510 bits" in text
+    assert "2200 steps in 02:43 (all runs" in text and "val 1.7400" in text and "2.510 bits" in text
     assert "'runs/my run'/checkpoints" not in text and "runs/my run/checkpoints" in text
     # Commands are pasteable: the workdir is quoted for the shell.
     assert "python -m smallgpt_jax.sample --workdir='runs/my run'" in text
     assert "tensorboard --logdir 'runs/my run'" in text
     assert sum("--what=" in line for line in text.splitlines()) == 3
+    assert "in 02:43, evaluation 00:09 of it" in reporting.end_of_run(
+        {**final, "eval_time_s": 9.5}, "w")
     # A run with nothing left to train has no final evaluation to report.
     assert "val" not in reporting.end_of_run({"steps": 5}, "w").split("\n")[1]
 
@@ -47,7 +49,7 @@ def test_hparams_are_what_is_trained_not_how_the_run_is_carried_out():
     assert {"model.num_layers", "train.learning_rate", "seed", "data.tokenizer",
             "data.dataset"} <= set(h)
     assert not set(h) & set(reporting.NOT_HPARAMS)
-    assert not {"data.path", "data.vocab_size", "data.end_of_text"} & set(h)
+    assert not {"data.path", "data.vocab_size", "data.end_of_text", "data.fit_max_chars"} & set(h)
     c.data.path, c.data.tokenizer = "corpus.txt", "bpe"
     h = reporting.flat_hparams(c)
     assert h["data.path"] == "corpus.txt" and "data.dataset" not in h

@@ -298,3 +298,32 @@ def test_memorised_string_streams_while_generated(memorised):
                                   num_samples=2, temperature=0.0, stream=pieces.append)
     assert "Hel" + "".join(pieces) == texts[0] == MEMORY
     assert len([p for p in pieces if p]) == len(MEMORY) - 3
+
+
+@pytest.mark.parametrize("prompt_len,steps,slide_step", [(5, 40, 1), (3, 10, 1), (16, 5, 1),
+                                                         (5, 40, 4), (16, 30, 16)])
+def test_cached_steps_counts_the_decode_steps_generate_runs(monkeypatch, prompt_len, steps,
+                                                            slide_step):
+    cfg, params = random_model({})
+    calls = []
+    decode = sampling._decode_step
+    monkeypatch.setattr(sampling, "_decode_step", lambda *a: calls.append(1) or decode(*a))
+    sampling.generate(params, cfg, np.arange(prompt_len) % V, steps, jax.random.key(0),
+                      slide_step=slide_step, use_cache=True)
+    assert len(calls) == sampling._cached_steps(steps, prompt_len, cfg.block_size, slide_step)
+
+
+def test_auto_cache_gives_the_same_tokens_and_skips_decode_when_it_cannot_pay(monkeypatch):
+    cfg, params = random_model({})
+    prompt = np.array([3, 1, 4], np.int32)
+    run = lambda use_cache, n: sampling.generate(params, cfg, prompt, n, jax.random.key(3),
+                                                 num_samples=2, use_cache=use_cache)
+    np.testing.assert_array_equal(run("auto", 30), run(False, 30))
+    monkeypatch.setattr(sampling, "MIN_COMPILE_S", 0.0)
+    # A window run that takes 1 ms once compiled, and a compile of 100 s: the
+    # 12 cached tokens of a 16-token window cannot pay for compiling decode.
+    import types
+    clock = iter([0.0, 100.0, 100.0, 100.001])
+    monkeypatch.setattr(sampling, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(sampling, "_decode_step", lambda *a: pytest.fail("decode compiled"))
+    np.testing.assert_array_equal(run("auto", 30), run(False, 30))

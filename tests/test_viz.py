@@ -185,8 +185,8 @@ def test_training_logs_the_attention_grid_at_each_eval(tiny_run):
     from tensorboard.backend.event_processing import event_accumulator as ea
     acc = ea.EventAccumulator(tiny_run, size_guidance={ea.IMAGES: 0})
     acc.Reload()
-    assert "attention" in acc.Tags()["images"]
-    images = acc.Images("attention")
+    assert "views/attention" in acc.Tags()["images"]
+    images = acc.Images("views/attention")
     assert [im.step for im in images] == [5, 10]
     # tiny_config has 2 layers x 2 heads: a 2x2 grid, a little taller than wide.
     im = images[-1]
