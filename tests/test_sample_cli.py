@@ -188,7 +188,8 @@ def test_output_piped_into_a_reader_that_quits_stops_quietly(saved_model):
     proc.stdout.close()  # `... | head -0`: the reader is gone before the first line.
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 141, err  # 128 + SIGPIPE, like a Unix tool.
-    assert err == "stand-in load_params(step='latest')\n", err
+    assert err == (f"stand-in load_params(step='latest')\n"
+                   f"checkpoint step latest of {workdir}\n"), err
 
 
 SLOW_JAX_IMPORT = """
