@@ -33,7 +33,7 @@ if [ "$TINY" = 1 ]; then
   SMALL=(--config.model.num_layers=1 --config.model.num_heads=2 --config.model.embed_dim=32
          --config.model.block_size=16 --config.train.batch_size=8 --config.train.eval_steps=2
          --config.train.eval_every=20 --config.train.log_every=5 --config.train.sample_tokens=8
-         --config.train.num_steps=40 --repeats=3 --warmup=1)
+         --config.train.num_steps=40 --config.train.profile_steps=12:13 --repeats=3 --warmup=1)
 fi
 
 say env

@@ -54,19 +54,20 @@ def evaluate(par: train.DataParallel, rparams, rows: np.ndarray,
     return {"train": float(np.mean(losses[:S])), "val": float(np.mean(losses[S:]))}
 
 
-def warmup_tasks(par: train.DataParallel, rstate, rows: np.ndarray, model_cfg, tok,
+def warmup_tasks(par: train.DataParallel, rstate, params, rows: np.ndarray, model_cfg, tok,
                  splits: data.Splits, config, draws: bool) -> list:
     """What the first evaluation compiles, as warmup.Warmup tasks: the
     evaluation program (from shapes: `rstate` is donated to the next step),
-    and on the process that draws, the sampler and the attention picture (run
-    once on a copy of the parameters, as the evaluation will call them)."""
+    and on the process that draws, the sampler and the attention picture, run
+    once on `params` (the initial ones, on one device, as the evaluation will
+    pass them; copying `rstate`'s here would compile the copies' programs on
+    this thread)."""
     t = config.train
     spec = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), rstate.params)
     tasks = [lambda: par.eval_step.lower(spec, par.put_batch(rows, 2 * t.eval_steps)).compile()]
     if draws:
         from smallgpt_jax import viz
-        params = par.unreplicate(rstate.params)
         tasks += [lambda: sample_text(params, model_cfg, tok, t.sample_tokens, config.seed),
                   lambda: viz.attention_image(params, model_cfg, tok, splits.val[:min(
                       16, model_cfg.block_size)])]
@@ -235,8 +236,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 if done < t.num_steps:  # The next batch is made while this step runs.
                     batch = train_batch(done)
             if step == start_step:  # While step 1 runs: see warmup.py.
-                warm.start(warmup_tasks(par, rstate, rows, model_cfg, tok, splits, config,
-                                        writer.enabled))
+                warm.start(warmup_tasks(par, rstate, state.params, rows, model_cfg, tok,
+                                        splits, config, writer.enabled))
             finite.after_step(done, metrics)  # Only kept: checked at the next flush.
             hooks.step_launched(done, metrics)
             if profile.after_step(done, rstate):
