@@ -143,17 +143,14 @@ def kv_cache_steps(W: int, prompt: int, new: int, slide_step: int) -> list[tuple
     for i in range(new):
         n = len(window)
         drop = slide_step if n == W else 0
-        if not cached and drop:
-            kind, computed = f"window full: run it all, then slide by {drop}", range(n)
-        elif not cached:
+        if not cached:
             kind, computed, cached = "prefill: fill the cache", range(n), True
         else:
             kind, computed = "cached step: one new position", [n - 1]
-        if drop and cached:
-            kind += f"; then the window slides by {drop} (cache dropped)"
-        rows.append((kind, list(window), list(computed)))
         if drop:
+            kind += f"; then the window slides by {drop} (cache dropped)"
             cached = False
+        rows.append((kind, list(window), list(computed)))
         window = window[drop:] + [prompt + i]
     return rows
 

@@ -57,5 +57,5 @@ def test_kv_cache_picture_follows_generate(monkeypatch, prompt, slide_step):
     # Token numbers: the prompt is 0..prompt-1, generated token i is number prompt + i.
     as_numbers = lambda ids: [t if t < 100 else prompt + t - 101 for t in ids]
     assert [(kind.split(":")[0].split(" ")[0], window) for kind, window, _ in rows] == [
-        ({"full": "window", "prefill": "prefill", "decode": "cached"}[k], as_numbers(w))
+        ({"prefill": "prefill", "decode": "cached"}[k], as_numbers(w))
         for k, w in calls]
