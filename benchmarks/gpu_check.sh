@@ -73,9 +73,10 @@ NANO=(--max_iters=5000 --lr_decay_iters=5000)
 if "$PY" -c "import torch" 2>/dev/null; then
   mkdir -p /tmp/nanogpt && cp -r "$DEV"/nanogpt/* /tmp/nanogpt/ &&
     cp "$SMALLGPT_DATA_DIR/tinyshakespeare/input.txt" /tmp/nanogpt/data/shakespeare_char/ &&
-    ( cd /tmp/nanogpt && "$PY" data/shakespeare_char/prepare.py >/dev/null &&
+    ( cd /tmp/nanogpt && "$PY" data/shakespeare_char/prepare.py >"$OUT/nanogpt_prepare.log" 2>&1 &&
       timeout "$(limit 170)" "$PY" train.py config/train_shakespeare_char.py "${NANO[@]}" 2>&1 |
         stamp >"$OUT/nanogpt.log" )
+  [ -s "$OUT/nanogpt.log" ] || say "nanoGPT did not start: see $OUT/nanogpt_prepare.log"
   grep -E "step [0-9]+:|iter (0|100|500|1000|2000|3000|4000):" "$OUT/nanogpt.log" >>"$OUT/summary.txt"
 else
   say "torch is not installed: nanoGPT skipped"
