@@ -5,7 +5,9 @@
   class does nothing; `benchmarks/time_to_loss.py` overrides them.
 * `ProfileWindow`: `config.train.profile_steps='A:B'` writes a `jax.profiler`
   trace of steps A to B into the run's workdir, where TensorBoard's profile
-  tab finds it (`tensorboard --logdir WORKDIR`, then PROFILE).
+  tab finds it (`pip install tensorboard-plugin-profile`, then
+  `tensorboard --logdir WORKDIR`, PROFILE); the `.trace.json.gz` beside it
+  opens in Perfetto's trace viewer without TensorBoard.
 """
 
 from __future__ import annotations
