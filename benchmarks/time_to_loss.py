@@ -19,6 +19,7 @@ process, the same config's compiled train step alone is timed
 | compiled_programs, compile_s | XLA programs compiled (or loaded from the persistent cache) during the run, and their seconds (trace, lowering and XLA, from JAX's compile events) |
 | programs_before_first_step | those of them compiled before step 1 ended |
 | loop_step_s | median seconds per step between log points (every step up to a log point has finished there), leaving out intervals with an evaluation or a checkpoint |
+| loop_step_times | [step, seconds per step] of each interval the median is taken over |
 | bare_step_s | the median of `--repeats` compiled steps alone on a fixed batch (after `--warmup`), as `benchmarks.train_step` times them |
 | eval_s | median seconds per evaluation (both splits; samples and pictures not included) |
 | time_to_target_s | process start to the end of the first evaluation at or below the target; null if none |
@@ -104,14 +105,19 @@ class Watcher(profiling.Hooks):
     def saved(self, step: int) -> None:
         self.busy_steps.add(step)
 
-    def loop_step_s(self) -> float | None:
-        """Median seconds per step between log points, skipping the first
+    def step_times(self) -> list[tuple[int, float]]:
+        """(step, seconds per step) between log points, skipping the first
         interval (compiles, first steps) and intervals holding an evaluation
         or a save."""
         per_step = []
         for (a, ta), (b, tb) in zip(self.log_points[1:], self.log_points[2:]):
             if not any(a <= s < b for s in self.busy_steps):
-                per_step.append((tb - ta) / (b - a))
+                per_step.append((b, (tb - ta) / (b - a)))
+        return per_step
+
+    def loop_step_s(self) -> float | None:
+        """The median of `step_times`."""
+        per_step = [s for _, s in self.step_times()]
         return statistics.median(per_step) if per_step else None
 
 
@@ -160,6 +166,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         "programs_before_first_step": sum(1 for c in backend if c[3] <= watcher.first_step_s),
         "programs": _program_table(loop_compiles),
         "loop_step_s": loop_step, "bare_step_s": bare_step,
+        "loop_step_times": watcher.step_times(),
         "loop_over_bare": loop_step / bare_step if loop_step else None,
         "eval_s": statistics.median(e["eval_s"] for e in watcher.evals) if watcher.evals else None,
         "evaluations": watcher.evals,
