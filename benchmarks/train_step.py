@@ -86,9 +86,13 @@ def torch_mismatch(config) -> str | None:
     wanted = {"pos_encoding": "learned", "norm": "layernorm", "norm_position": "pre",
               "activation": "gelu", "tie_embeddings": True, "mlp_ratio": 4,
               "dtype": "float32"}
+    import jax  # Here, not at the top: XLA flags are set before JAX starts.
+    from smallgpt_jax import runtime
+    # The dtype JAX will compute in ('auto' is float32 on a CPU).
+    chosen = dict(m, dtype=runtime.resolve_dtype(m.dtype, jax.default_backend()))
     for field, value in wanted.items():
-        if m[field] != value:
-            return f"model.{field}={m[field]!r} (the reference has {value!r})"
+        if chosen[field] != value:
+            return f"model.{field}={chosen[field]!r} (the reference has {value!r})"
     if t.grad_accum_steps != 1:
         return "train.grad_accum_steps > 1"
     return None
