@@ -97,6 +97,15 @@ def tiny_config(**overrides):
     return c
 
 
+def load_file(path: str, name: str = "script"):
+    """A Python file that is not in a package (a docs or experiments script), as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(args, env_extra=None, timeout=300, module="smallgpt_jax.main"):
     """Runs a command-line entry point in a fresh process; returns CompletedProcess."""
     import subprocess

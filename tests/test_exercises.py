@@ -6,7 +6,6 @@ The same checks also run on reference answers written here, so the suite
 knows each check accepts a right answer and rejects a wrong one.
 """
 
-import importlib.util
 import math
 import os
 import types
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_file
 from smallgpt_jax import model as M
 from smallgpt_jax import sampling
 from smallgpt_jax.config import base_config
@@ -24,10 +23,7 @@ from smallgpt_jax.config import base_config
 
 def _answers() -> types.ModuleType:
     path = os.environ.get("SMALLGPT_EXERCISES", os.path.join(ROOT, "docs", "exercises.py"))
-    spec = importlib.util.spec_from_file_location("exercises", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(path, "exercises")  # os.path.join keeps an absolute path.
 
 
 def check_sinusoidal_table(fn):

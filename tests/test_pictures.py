@@ -1,6 +1,5 @@
 """docs/make_pictures.py's pictures of the ideas draw, stay small, and say what the code does."""
 
-import importlib.util
 import os
 import types
 
@@ -8,16 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_file
 from smallgpt_jax import sampling
 
 
 def _make_pictures():
-    spec = importlib.util.spec_from_file_location(
-        "make_pictures", os.path.join(ROOT, "docs", "make_pictures.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("docs/make_pictures.py", "make_pictures")
 
 
 def test_pictures_of_the_ideas_draw_small_pngs_that_the_docs_show(tmp_path):

@@ -4,15 +4,13 @@ every token its context, aggregates add up, bad input is one line, and a
 model trained on normal logs ranks injected anomalies high."""
 
 import csv
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli, tiny_config
+from conftest import load_file, run_cli, tiny_config
 from smallgpt_jax import representations, scoring
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT, model_config
@@ -156,11 +154,7 @@ def test_last_hidden_state_gives_the_logits_also_with_scanned_layers():
 # ------------------------------------------------- a model of normal logs
 
 def _make_logs():
-    spec = importlib.util.spec_from_file_location(
-        "make_logs", os.path.join(ROOT, "experiments", "make_logs.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("experiments/make_logs.py", "make_logs")
 
 
 @pytest.fixture(scope="module")
