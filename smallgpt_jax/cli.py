@@ -210,7 +210,7 @@ def run_app(main: Callable[[list[str]], None]) -> None:
         print(flags.FLAGS.main_module_help())
         sys.exit(0)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Undoes quiet_ctrl_c().
-    try:
+    with user_errors():  # e.g. Ctrl-C while main() imports JAX, before its own handling.
         check_config_file(sys.argv)
         try:
             argv = flags.FLAGS(sys.argv)
@@ -219,7 +219,3 @@ def run_app(main: Callable[[list[str]], None]) -> None:
         except Exception as e:  # e.g. a config file that fails to load, an unknown field.
             fail(unknown_config_field(sys.argv) or _load_error(e, _config_path(sys.argv, "config")))
         app.run(lambda _: main(argv), argv=[sys.argv[0]])
-    except KeyboardInterrupt:  # e.g. while main() imports JAX, before its own handling.
-        fail("interrupted", 130)
-    except BrokenPipeError:
-        _quiet_broken_pipe()

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import ast
 import builtins
-import contextlib
 import csv
 import dataclasses
 import glob
@@ -382,12 +381,17 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
                     results[trial.name] = RUNNING_ELSEWHERE
                     continue
                 log_path = os.path.join(trial.workdir, "train.log")
-                with _writing_trial(trial.workdir):
+                try:
                     os.makedirs(trial.workdir, exist_ok=True)
                     log = open(log_path, "a", encoding="utf-8")
                     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
                               f"{shlex.join(trial.command)}\n")
                     log.flush()
+                except OSError as e:  # A failed trial like any other: the rest still run.
+                    say(f"[{started}/{total}] FAILED  {trial.name}: cannot write "
+                        f"{trial.workdir} ({e.strerror or e})")
+                    results[trial.name] = 1
+                    continue
                 proc = subprocess.Popen(trial.command, stdout=log, stderr=subprocess.STDOUT,
                                         env=_trial_env(parallel), start_new_session=True)
                 running[trial.name] = (trial, proc, log, time.time(), started)
@@ -408,15 +412,6 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
 
 
 RUNNING_ELSEWHERE = -1000  # A status for a trial another process was running.
-
-
-@contextlib.contextmanager
-def _writing_trial(workdir: str):
-    try:
-        yield
-    except OSError as e:
-        raise UserError(f"cannot write the trial folder {workdir} ({e.strerror or e}); "
-                        "choose a --runs_dir you can write to.")
 
 
 def _outcome(trial: Trial, status: int, seconds: float) -> str:
@@ -611,8 +606,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
+    from smallgpt_jax.cli import user_errors
+    with user_errors():  # e.g. Ctrl-C while loading the experiment: no traceback.
         sys.exit(main())
-    except KeyboardInterrupt:  # While loading the experiment: no traceback.
-        from smallgpt_jax.cli import fail
-        fail("interrupted", 130)
