@@ -149,11 +149,18 @@ def _byte_pass(paths, separator, train_fraction, out, progress: corpus.Progress)
         piece = f.read(piece_end - piece_bytes).decode("utf-8")
         cut = piece_bytes + len(piece[:n - piece_chars].encode("utf-8"))
         f.seek(cut)
+        # Bits per character count the end-of-text mark as one character.
+        mark = END_OF_TEXT.encode("utf-8") if separator == END_OF_TEXT else None
+        marks, tail = 0, b""
         with open(val_path, "wb") as v:
             while block := f.read(corpus.READ_BYTES):
                 v.write(block)
+                if mark:  # `tail` (shorter than a mark) catches one split between blocks.
+                    window = tail + block
+                    marks += window.count(mark)
+                    tail = window[-(len(mark) - 1):]
             _sync(v)
         f.truncate(cut)
         _sync(f)
     return Result(tokenizer_lib.ByteTokenizer(), "uint8", (cut, nbytes - cut),
-                  (n, chars - n), chars - n, sha256)
+                  (n, chars - n), chars - n - (len(END_OF_TEXT) - 1) * marks, sha256)

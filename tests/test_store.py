@@ -59,7 +59,8 @@ def small_pieces(monkeypatch):
 
 
 @pytest.mark.parametrize("kind,extra", [
-    ("char", {}), ("byte", {}), ("bpe", {"data.vocab_size": 300}),
+    ("char", {}), ("byte", {}), ("byte", {"data.end_of_text": True, "data.train_fraction": 0.5}),
+    ("bpe", {"data.vocab_size": 300}),
     ("bpe", {"data.vocab_size": 300, "data.end_of_text": True}),
     ("word", {"data.vocab_size": 15})])
 def test_store_gives_exactly_the_in_memory_tokens(tmp_path, small_pieces, kind, extra):
