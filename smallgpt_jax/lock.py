@@ -17,7 +17,8 @@ import contextlib
 import fcntl
 import os
 import socket
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
 from smallgpt_jax.errors import UserError
 
@@ -56,18 +57,48 @@ def holder(workdir: str) -> str | None:
 @contextlib.contextmanager
 def hold(workdir: str) -> Iterator[None]:
     """Holds `workdir` exclusively; UserError naming the holder if another run does."""
+    def refuse(who: str) -> None:
+        raise UserError(f"--workdir={workdir} is in use by another run ({who}); wait for it "
+                        "to finish or stop it, or choose another --workdir.")
     try:
         fd = _open(workdir)
     except OSError as e:
         raise UserError(f"cannot create {os.path.join(workdir, LOCK_FILE)} ({e.strerror or e}); "
                         "choose a --workdir you can write to.")
+    with _held(fd, refuse):
+        yield
+
+
+@contextlib.contextmanager
+def hold_file(path: str, on_wait: Callable[[str], None],
+              check: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Holds the lock file `path` exclusively, waiting for another holder:
+    `on_wait(who)` is told once, `check()` is called while waiting (it may
+    raise to give up)."""
+    told = []
+
+    def wait(who: str) -> None:
+        if not told:
+            on_wait(who)
+            told.append(who)
+        check()
+        time.sleep(0.2)
+    with _held(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), wait):
+        yield
+
+
+@contextlib.contextmanager
+def _held(fd: int, busy: Callable[[str], None]) -> Iterator[None]:
+    """Locks `fd` (closed at the end), calling `busy(who)` while another
+    process holds it (`busy` raises to refuse, or returns to try again), then
+    writes who holds it now."""
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(
-                f"--workdir={workdir} is in use by another run ({_who(fd)}); wait for it to "
-                "finish or stop it, or choose another --workdir.") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                busy(_who(fd))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         yield

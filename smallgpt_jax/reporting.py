@@ -17,6 +17,7 @@ import jax
 from smallgpt_jax.config import flatten
 from smallgpt_jax.corpus import clock
 from smallgpt_jax.errors import UserError, writing
+from smallgpt_jax.tokenizer import LEARNED
 
 
 class ProgressBar:
@@ -238,7 +239,7 @@ def flat_hparams(config) -> dict:
     fields for other tokenizers), are left out."""
     flat = flatten(config.to_dict())
     unused = {"data.dataset" if flat.get("data.path") else "data.path"}
-    if flat.get("data.tokenizer") not in ("bpe", "word"):  # Vocabularies learned from text.
+    if flat.get("data.tokenizer") not in LEARNED:  # Only these use data.vocab_size.
         unused |= {"data.vocab_size", "data.fit_max_chars"}
     if flat.get("data.tokenizer") != "bpe":
         unused.add("data.end_of_text")

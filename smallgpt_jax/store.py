@@ -22,14 +22,11 @@ Training memory-maps the two files: memory does not grow with the corpus.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -37,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from smallgpt_jax import corpus, data, passes, tokenizer as tokenizer_lib
+from smallgpt_jax import corpus, data, lock, passes, tokenizer as tokenizer_lib
 from smallgpt_jax.errors import Interrupted, UserError
 
 FORMAT = 1  # Version of the store layout; another version is rebuilt, never misread.
@@ -66,7 +63,7 @@ def settings(data_config, name: str, tokenizer: tokenizer_lib.Tokenizer | None) 
                          "train_fraction": float(data_config.train_fraction)}
     if tokenizer is not None:  # A resumed run's own vocabulary.
         s["tokenizer_sha256"] = _digest(tokenizer.to_dict())
-    elif kind in ("bpe", "word"):
+    elif kind in tokenizer_lib.LEARNED:
         s["vocab_size"], s["fit_max_chars"] = data_config.vocab_size, data_config.fit_max_chars
     return s
 
@@ -137,31 +134,6 @@ def why_stale(directory: str, sources: list[corpus.Source]) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(directory: str, say: Callable[[str], None], stop=None):
-    """Holds `<directory>.lock` exclusively (released when the process ends,
-    however it ends: no stale lock). Says who it waits for."""
-    fd = os.open(directory + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
-                    say(f"waiting for another process ({holder}) preparing {directory}")
-                    waited = True
-                _check_stop(stop)
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _check_stop(stop) -> None:
     if stop is not None and stop.signum:
         raise Interrupted("stopped while preparing the corpus; nothing of the unfinished "
@@ -180,24 +152,34 @@ def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
     name, paths = corpus_files(data_config)
     try:
         os.makedirs(root(data_config), exist_ok=True)
+        sources = [corpus.Source.of(p) for p in paths]
         if tokenizer is not None:  # Usually the store built from the settings has it.
             usual = folder_for(data_config, name, settings(data_config, name, None))
             with _locked(usual, say, stop):
-                if (why_stale(usual, [corpus.Source.of(p) for p in paths]) is None
-                        and Store(usual).tokenizer.to_dict() == tokenizer.to_dict()):
-                    return Store(usual)
+                if why_stale(usual, sources) is None:
+                    st = Store(usual)
+                    if st.tokenizer.to_dict() == tokenizer.to_dict():
+                        return st
         s = settings(data_config, name, tokenizer)
         directory = folder_for(data_config, name, s)
         with _locked(directory, say, stop):
-            return _open_or_prepare(directory, paths, s, data_config, tokenizer, verbose, say,
-                                    lambda: _check_stop(stop))
+            return _open_or_prepare(directory, paths, sources, s, data_config, tokenizer,
+                                    verbose, say, lambda: _check_stop(stop))
     except OSError as e:
         raise UserError(f"cannot write the token store in {root(data_config)} "
                         f"({e.strerror or e}); free disk space, or set "
                         "--config.data.cache_dir to a folder with room.") from e
 
 
-def _open_or_prepare(directory, paths, s, data_config, tokenizer, verbose, say,
+def _locked(directory: str, say: Callable[[str], None], stop=None):
+    """Holds `<directory>.lock` (see lock.py), saying whom it waits for."""
+    return lock.hold_file(directory + ".lock",
+                          lambda who: say(f"waiting for another process ({who}) preparing "
+                                          f"{directory}"),
+                          lambda: _check_stop(stop))
+
+
+def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbose, say,
                      check_stop) -> Store:
     left = sorted(e for e in os.listdir(os.path.dirname(directory))
                   if e.startswith(os.path.basename(directory) + ".tmp-"))
@@ -206,7 +188,6 @@ def _open_or_prepare(directory, paths, s, data_config, tokenizer, verbose, say,
             f"starting it over: {directory}")
         for e in left:
             shutil.rmtree(os.path.join(os.path.dirname(directory), e), ignore_errors=True)
-    sources = [corpus.Source.of(p) for p in paths]
     why = why_stale(directory, sources)
     if why is None:
         return Store(directory)
@@ -288,8 +269,8 @@ def load_splits(config, workdir: str, stop=None
     if os.path.exists(tok_path):  # A resumed run keeps its vocabulary.
         saved = tokenizer_lib.load(tok_path)
         if saved.kind != config.data.tokenizer or (
-                saved.kind in ("bpe", "word") and saved.vocab_size != config.data.vocab_size):
-            sized = config.data.tokenizer in ("bpe", "word")
+                saved.kind in tokenizer_lib.LEARNED and saved.vocab_size != config.data.vocab_size):
+            sized = config.data.tokenizer in tokenizer_lib.LEARNED
             raise UserError(
                 f"{tok_path} holds a {saved.kind} vocabulary of {saved.vocab_size}, but the "
                 f"config asks for data.tokenizer={config.data.tokenizer!r}"

@@ -137,6 +137,10 @@ def build(kind: str, train_text: str, vocab_size: int = 0,
     return fit(kind, [train_text], vocab_size, special_tokens)
 
 
+# Kinds whose vocabulary is learned from the text, sized by data.vocab_size.
+LEARNED = ("bpe", "word")
+
+
 def fit(kind: str, texts: Iterable[str], vocab_size: int = 0,
         special_tokens: tuple[str, ...] = ()) -> Tokenizer:
     """`build` from a stream of text pieces (read once, never held whole)."""
