@@ -218,23 +218,25 @@ def _cached_steps(tokens: int, n: int, W: int, slide_step: int) -> int:
 
 
 def _decoding_pays(model_config, params, args, tokens: int, n: int,
-                   slide_step: int) -> bool:
+                   slide_step: int) -> tuple[bool, tuple | None]:
     """Will compiling the decode step pay for itself? Measured: compiles and
     runs the window program (needed anyway), then runs it again; the decode
     step's compile is taken to cost about as much (at least MIN_COMPILE_S),
-    and each cached token to save about one window run."""
+    and each cached token to save about one window run. Returns the answer
+    and the window run's output (None if it did not run), which the caller
+    uses instead of running it a third time."""
     steps = _cached_steps(tokens, n, model_config.block_size, slide_step)
     if steps == 0:
-        return False
+        return False, None
     timings = []
     for _ in range(2):
         start = time.perf_counter()
-        jax.block_until_ready(_prefill(model_config, params, *args))
+        out = jax.block_until_ready(_prefill(model_config, params, *args))
         timings.append(time.perf_counter() - start)
     compile_s, run_s = max(timings[0] - timings[1], 0.0), timings[1]
     # The window program may have come from the compilation cache while the
     # decode step is not there: count at least a cold compile of a small program.
-    return steps * run_s > max(compile_s, MIN_COMPILE_S)
+    return steps * run_s > max(compile_s, MIN_COMPILE_S), out
 
 
 def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
@@ -296,10 +298,11 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
             # A window run. The cached path always runs it as a prefill (even
             # when the cache is thrown away right after): one program fewer to
             # compile than with a separate no-cache step.
+            out = None
             if decode is None:  # "auto": compile and time the window run first.
-                decode = _decoding_pays(model_config, params, args, max_new_tokens - i,
-                                        n, slide_step)
-            next_B, logits_BV, window_BW, cache = _prefill(model_config, params, *args)
+                decode, out = _decoding_pays(model_config, params, args, max_new_tokens - i,
+                                             n, slide_step)
+            next_B, logits_BV, window_BW, cache = out or _prefill(model_config, params, *args)
         else:
             next_B, logits_BV, window_BW, cache = _decode_step(model_config, params, cache,
                                                                *args)
