@@ -31,6 +31,8 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or os.path.join(
         "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0])
     cli.setup_logging()
+    from smallgpt_jax import runtime
+    runtime.use_default_xla_flags()  # Before anything (joining a job, too) starts JAX.
     import jax
     from smallgpt_jax import distributed, loop, reporting  # After flags: fast --help.
     with cli.user_errors():

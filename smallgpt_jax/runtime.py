@@ -140,17 +140,27 @@ def may_use_cuda(environ: dict) -> bool:
                for m in ("jax_cuda13_plugin", "jax_cuda12_plugin"))
 
 
+_XLA_FLAGS_APPLIED: tuple[str, str] | None = None  # The first call's answer.
+
+
 def use_default_xla_flags() -> tuple[str, str]:
     """Sets XLA_FLAGS to GPU_XLA_FLAGS on a CUDA machine unless the user set
     it; returns (flags, source) as `xla_flags_for`. Too late once JAX's
-    backend has started: then the source says so."""
-    flags, source = xla_flags_for(os.environ, may_use_cuda(os.environ))
-    if source == "smallgpt_jax's GPU default":
-        from jax._src import xla_bridge
-        if xla_bridge.backends_are_initialized():
-            return "", "none (JAX had started before smallgpt_jax could set its GPU default)"
-        os.environ["XLA_FLAGS"] = flags
-    return flags, source
+    backend has started: then the source says so. Later calls return the
+    first call's answer (the flags it set are not the user's)."""
+    global _XLA_FLAGS_APPLIED
+    if _XLA_FLAGS_APPLIED is None:
+        gpu = may_use_cuda(os.environ)
+        flags, source = xla_flags_for(os.environ, gpu)
+        if gpu and "XLA_FLAGS" not in os.environ:
+            from jax._src import xla_bridge
+            if xla_bridge.backends_are_initialized():
+                flags, source = "", ("none (JAX had started before smallgpt_jax could set "
+                                     "its GPU default)")
+            else:
+                os.environ["XLA_FLAGS"] = flags
+        _XLA_FLAGS_APPLIED = (flags, source)
+    return _XLA_FLAGS_APPLIED
 
 
 def resolve_dtype(dtype: str, platform: str) -> str:
