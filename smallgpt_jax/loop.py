@@ -31,10 +31,11 @@ def process_rows(batch_NT1: np.ndarray) -> np.ndarray:
     return batch_NT1[i * n:(i + 1) * n]
 
 
-def eval_rows(splits: data.Splits, config) -> np.ndarray:
-    """This process's rows of the `eval_steps` batches of both splits (train
-    first), ordered for `put_batch(rows, 2 * eval_steps)`: batch s of device d
-    is what `put_batch` would give device d for that batch alone."""
+def eval_batches(par: train.DataParallel, splits: data.Splits, config) -> jax.Array:
+    """The `eval_steps` batches of both splits (train first), on the devices:
+    made and put once, since every evaluation uses the same ones. This
+    process's rows are ordered so that batch s of device d is what `put_batch`
+    would give device d for that batch alone."""
     t, m = config.train, config.model
     batches = [process_rows(data.sample_batch(tokens, config.seed, i, t.batch_size,
                                               m.block_size, stream))
@@ -42,19 +43,20 @@ def eval_rows(splits: data.Splits, config) -> np.ndarray:
                for i in range(t.eval_steps)]
     n_SDbT1 = np.stack(batches).reshape(len(batches), jax.local_device_count(), -1,
                                         m.block_size + 1)
-    return n_SDbT1.transpose(1, 0, 2, 3).reshape(-1, m.block_size + 1)
+    rows = n_SDbT1.transpose(1, 0, 2, 3).reshape(-1, m.block_size + 1)
+    return par.put_batch(rows, 2 * t.eval_steps)
 
 
-def evaluate(par: train.DataParallel, rparams, rows: np.ndarray,
+def evaluate(par: train.DataParallel, rparams, batches: jax.Array,
              config) -> dict[str, float]:
     """Mean loss over the same `eval_steps` batches of each split every time
-    (`rows` from `eval_rows`): one program runs them all."""
+    (`batches` from `eval_batches`): one program runs them all."""
     S = config.train.eval_steps
-    losses = train.host_values(par.eval_step(rparams, par.put_batch(rows, 2 * S))).reshape(-1)
+    losses = train.host_values(par.eval_step(rparams, batches)).reshape(-1)
     return {"train": float(np.mean(losses[:S])), "val": float(np.mean(losses[S:]))}
 
 
-def warmup_tasks(par: train.DataParallel, rstate, params, rows: np.ndarray, model_cfg, tok,
+def warmup_tasks(par: train.DataParallel, rstate, params, batches: jax.Array, model_cfg, tok,
                  splits: data.Splits, config, draws: bool) -> list:
     """What the first evaluation compiles, as warmup.Warmup tasks: the
     evaluation program (from shapes: `rstate` is donated to the next step),
@@ -65,7 +67,7 @@ def warmup_tasks(par: train.DataParallel, rstate, params, rows: np.ndarray, mode
     t = config.train
     spec = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), rstate.params)
-    tasks = [lambda: par.eval_step.lower(spec, par.put_batch(rows, 2 * t.eval_steps)).compile()]
+    tasks = [lambda: par.eval_step.lower(spec, batches).compile()]
     if draws:
         from smallgpt_jax import viz
         tasks += [lambda: sample_text(params, model_cfg, tok, t.sample_tokens, config.seed),
@@ -98,13 +100,16 @@ class FiniteCheck:
         self.newest_checkpoint = newest_checkpoint
 
     def after_step(self, step: int, metrics: dict) -> None:
-        self.pending.append((step, {k: metrics[k] for k in ("loss", "grad_norm")}))
+        self.pending.append((step, metrics))
 
-    def flush(self) -> None:
+    def flush(self) -> dict[str, float] | None:
+        """Checks every step launched since the last flush; returns the newest
+        one's metrics as floats (None if there was none)."""
         pending, self.pending = self.pending, []
         values = train.host_values([m for _, m in pending])  # One read for all.
         for (step, _), m in zip(pending, values):
             self._check(step, float(m["loss"].item()), float(m["grad_norm"].item()))
+        return {k: float(v.item()) for k, v in values[-1].items()} if values else None
 
     def _check(self, step: int, loss: float, grad_norm: float) -> None:
         if math.isfinite(loss) and math.isfinite(grad_norm):
@@ -221,7 +226,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last = dict(resume.meta.get("eval") or {}) if resume and not data_changed else {}
         eval_s = 0.0  # Time this process spent evaluating (and sampling, drawing).
         finite = FiniteCheck(ckpt.latest_step)
-        rows = eval_rows(splits, config)  # The same batches at every evaluation.
+        eval_data = eval_batches(par, splits, config)  # The same at every evaluation.
 
         def train_batch(step: int) -> jax.Array:
             batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
@@ -236,7 +241,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 if done < t.num_steps:  # The next batch is made while this step runs.
                     batch = train_batch(done)
             if step == start_step:  # While step 1 runs: see warmup.py.
-                warm.start(warmup_tasks(par, rstate, state.params, rows, model_cfg, tok,
+                warm.start(warmup_tasks(par, rstate, state.params, eval_data, model_cfg, tok,
                                         splits, config, writer.enabled))
             finite.after_step(done, metrics)  # Only kept: checked at the next flush.
             hooks.step_launched(done, metrics)
@@ -244,10 +249,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 progress.message(f"profile of steps {t.profile_steps} written to "
                                  f"{workdir}/plugins/profile")
             if done % t.log_every == 0 or done == t.num_steps:
-                finite.flush()
+                metrics = finite.flush()  # This step's, read with the unchecked ones.
                 hooks.logged(done)
                 ckpt.poll()  # A background save that failed is reported here.
-                metrics = {k: float(v.item()) for k, v in train.host_values(metrics).items()}
                 now = time.time()
                 steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
                 metrics["tokens_per_sec"] = tokens_per_step * steps_since / (now - t_log)
@@ -260,7 +264,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 warm.wait()  # Its programs are ready (nothing compiles twice).
                 t_eval = time.time()
                 with jax.profiler.TraceAnnotation("evaluate"):
-                    losses = evaluate(par, rstate.params, rows, config)
+                    losses = evaluate(par, rstate.params, eval_data, config)
                 hooks.evaluated(done, losses, time.time() - t_eval)
                 val_loss = losses["val"]
                 best_val = min(best_val, losses["val"])
@@ -283,9 +287,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         params, model_cfg, tok, splits.val[:min(16, m.block_size)]))
                 writer.flush()
                 # Evaluation is not training: tokens/s and the ETA leave it out.
-                t_log += time.time() - t_eval
-                progress.paused(time.time() - t_eval)
-                eval_s += time.time() - t_eval
+                pause = time.time() - t_eval
+                t_log += pause
+                progress.paused(pause)
+                eval_s += pause
                 progress.message(
                     f"step {done}: train loss {losses['train']:.4f}, "
                     f"val loss {losses['val']:.4f}, val ppl {last['eval/val_perplexity']:.2f}, "

@@ -223,17 +223,21 @@ def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParal
         # (and checks that every process passed the same ones).
         put_state=lambda tree: jax.device_put(jax.device_get(tree), replicated),
         put_batch=partial(global_batch, mesh),
-        # Every device holds the whole (replicated) value: take a local one.
-        unreplicate=lambda tree: jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
+        unreplicate=first_shards)
+
+
+def first_shards(tree) -> Any:
+    """Each array's first local shard: after pmean or out_specs=P() every
+    device holds the whole (replicated) value, so one local copy is it."""
+    return jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
 
 
 def host_values(tree) -> Any:
     """Device values (step metrics, losses) as host NumPy arrays, one copy of
-    each: its first local shard, which after pmean or out_specs=P() holds the
-    whole value. Nothing runs on the device: indexing a pmap output (`x[0]`)
-    would queue a slicing program behind the newest step and so wait for that
-    step too, instead of only for the step that made `x`."""
-    return jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree))
+    each (`first_shards`). Nothing runs on the device: indexing a pmap output
+    (`x[0]`) would queue a slicing program behind the newest step and so wait
+    for that step too, instead of only for the step that made `x`."""
+    return jax.device_get(first_shards(tree))
 
 
 def per_device_batch(global_batch: int, grad_accum: int) -> int:

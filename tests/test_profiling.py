@@ -75,7 +75,7 @@ def test_evaluation_in_one_program_gives_the_per_batch_mean():
     par = train.data_parallel(c.parallel, cfg, tx, schedule, c.seed)
     tokens = np.random.default_rng(0).integers(0, 13, 500).astype(np.int32)
     splits = data.Splits(tokens[:400], tokens[400:])
-    got = loop.evaluate(par, par.put_state(state).params, loop.eval_rows(splits, c), c)
+    got = loop.evaluate(par, par.put_state(state).params, loop.eval_batches(par, splits, c), c)
     loss_fn = jax.jit(train.loss_fn, static_argnums=1)
     # What the loop computed before: one batch at a time, the mean of the losses.
     for stream, name, split in ((1, "train", splits.train), (2, "val", splits.val)):
