@@ -267,7 +267,7 @@ def _changed(arrays: list[str]) -> str:
 
 
 def _move_away(folder: str, problems: list[str]) -> str:
-    if any("permission" in p for p in problems):  # Not damage: nothing to move away.
+    if _denied(problems):  # Not damage: nothing to move away.
         return (f"checkpoint {folder} cannot be read ({_summary(problems)}); fix its files' "
                 "permissions, then run the same command again.")
     workdir = os.path.dirname(os.path.dirname(folder))
@@ -284,7 +284,7 @@ def _is_structural(field: str, new: dict[str, Any]) -> bool:
     if field in ("data.tokenizer", "data.end_of_text"):  # The vocabulary changes.
         return True
     if field == "data.vocab_size":  # Only BPE and word learn a vocabulary of this size.
-        return new.get("data.tokenizer") in ("bpe", "word")
+        return new.get("data.tokenizer") in tokenizer_lib.LEARNED
     return False
 
 
@@ -512,10 +512,7 @@ class Checkpointer:
         hint = (f"resume from an earlier one with --config.train.resume_step=N "
                 f"(N in {', '.join(map(str, earlier))})" if earlier
                 else "no earlier checkpoint exists, so start again in a new --workdir")
-        if "ermission denied" in why:
-            hint = "fix the files' permissions, then run the same command again"
-        else:
-            hint = f"its files may be damaged or incomplete: {hint}"
+        hint = _advice([why], hint, damaged="its files may be damaged or incomplete")
         return f"checkpoint {self.directory}/{step} could not be restored ({why}); {hint}."
 
     # -- saving -----------------------------------------------------------
@@ -537,6 +534,8 @@ class Checkpointer:
         """
         self.wait()
         self._empty_trash()  # What the last save's keep policy deleted.
+        # Summed where the arrays are (on the device), before any host copy.
+        sums = checksum.checksums(state)
         # One process: jax arrays, which Orbax copies to the host itself.
         # Several: host copies, which Orbax treats as replicated and process 0
         # writes (it cannot save an array that lives on one process's device).
@@ -553,7 +552,7 @@ class Checkpointer:
             "train_time_s": train_time_s,  # Wall time of training so far, over resumes.
             "eval": eval_metrics or {},
             # Verified by every restore: data changed on disk is an error, not a surprise.
-            "checksums": checksum.checksums(state),
+            "checksums": sums,
             "config": config.to_dict(),
             "tokenizer": tokenizer.to_dict(),
             "data_fingerprint": data_fingerprint,  # Corpus and split (store.py manifest).
@@ -588,7 +587,7 @@ class Checkpointer:
         why = _reason(e)
         # (Another run on the same workdir is ruled out by the workdir lock.)
         cause = ("free disk space" if "space" in why.lower() or "quota" in why.lower()
-                 else "fix the directory's permissions" if "ermission" in why
+                 else "fix the directory's permissions" if _denied([why])
                  else "fix the cause")
         return (f"could not write checkpoint step {step} in {self.directory} ({why}); "
                 f"{kept}. {cause[0].upper()}{cause[1:]}, then run the same command again to "
@@ -671,8 +670,16 @@ class _Vanished(Exception):
 
 
 def load_params(workdir: str, step: str | int = "latest"
-                ) -> tuple[Any, ml_collections.FrozenConfigDict, tokenizer_lib.Tokenizer]:
-    """(params, model config, tokenizer) from a checkpoint in `workdir`.
+                ) -> tuple[Any, Any, tokenizer_lib.Tokenizer]:
+    """(params, model config, tokenizer) from a checkpoint in `workdir`
+    (`load_checkpoint` also says which step that was)."""
+    return load_checkpoint(workdir, step)[:3]
+
+
+def load_checkpoint(workdir: str, step: str | int = "latest"
+                    ) -> tuple[Any, Any, tokenizer_lib.Tokenizer, int]:
+    """(params, model config, tokenizer, the step number loaded) from a
+    checkpoint in `workdir`.
 
     `step` is 'latest', 'best' (lowest validation loss) or a step number.
     Reads the parameters alone: no optimizer is built and the optimizer
@@ -748,23 +755,16 @@ def _load_params(directory: str, step: str | int):
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"checkpoint {folder} has damaged metadata ({type(e).__name__}: "
                         f"{e}); {pick}.")
-    return jax.device_put(restored["state"]["params"]), mc, tok
+    return jax.device_put(restored["state"]["params"]), mc, tok, chosen
 
 
-def _advice(problems: list[str], otherwise: str) -> str:
+def _denied(problems: list[str]) -> bool:
+    """Whether the problem is access, not damage (nothing to move away)."""
+    return any("ermission denied" in p for p in problems)
+
+
+def _advice(problems: list[str], otherwise: str, damaged: str = "its files are damaged") -> str:
     """What to do: fix permissions when that is the problem, else `otherwise`."""
-    if any("ermission denied" in p for p in problems):
+    if _denied(problems):
         return "fix the files' permissions, then run the same command again"
-    return f"its files are damaged: {otherwise}"
-
-
-def resolve_step(workdir: str, step: str | int = "latest") -> int:
-    """The step number that `load_params(workdir, step)` loads ('latest',
-    'best' or a number), for saying which checkpoint a command used."""
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    if not os.path.isdir(directory):
-        raise UserError(f"no checkpoints in {workdir} (expected {directory}); "
-                        "is this the --workdir of a training run?")
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
-                               item_handlers={"meta": ocp.JsonCheckpointHandler()}) as manager:
-        return _resolve_step(manager, step, directory)
+    return f"{damaged}: {otherwise}"

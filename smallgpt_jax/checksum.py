@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
+from flax import serialization, traverse_util
 
 
 def _array_sum(x: jax.Array) -> jax.Array:
@@ -40,22 +40,12 @@ def _array_sum(x: jax.Array) -> jax.Array:
 _tree_sums = jax.jit(lambda tree: jax.tree.map(_array_sum, tree))
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[prefix + str(k)] = v
-    return out
-
-
 def checksums(tree: Any, prefix: str = "") -> dict[str, int]:
     """{'params/wte/embedding': 1234567, ...} for every array in `tree` (a
     TrainState, or a dict of arrays; its state dict gives the names)."""
     state = serialization.to_state_dict(tree)
-    arrays = {k: v for k, v in _flat(state if isinstance(state, dict) else {"": state}).items()
-              if hasattr(v, "shape") or np.isscalar(v)}
+    flat = traverse_util.flatten_dict(state, sep="/") if isinstance(state, dict) else {"": state}
+    arrays = {k: v for k, v in flat.items() if hasattr(v, "shape") or np.isscalar(v)}
     sums = jax.device_get(_tree_sums(arrays))
     return {prefix + k: int(v) for k, v in sums.items()}
 

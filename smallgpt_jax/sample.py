@@ -94,8 +94,7 @@ def main(argv: list[str]) -> None:
         # Programs compiled by earlier runs (of this command or of training)
         # load from the user's compilation cache instead of compiling again.
         runtime.enable_compilation_cache(runtime.default_compilation_cache_dir())
-        step = checkpoint.resolve_step(workdir, step)
-        params, model_config, tokenizer = checkpoint.load_params(workdir, step)
+        params, model_config, tokenizer, step = checkpoint.load_checkpoint(workdir, step)
         # The checks that need the model (slide_step <= block_size), before any output.
         sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
         print(f"checkpoint step {step} of {workdir}", file=sys.stderr, flush=True)

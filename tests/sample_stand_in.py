@@ -5,7 +5,7 @@
 A real checkpoint needs a training run; this stand-in lets
 test_sample_cli.py run the CLI end to end on a model the test built and saved
 with `save` (parameters as msgpack, the model config as JSON, the tokenizer).
-Its `load_params` has the real one's signature and writes the step it was
+Its `load_checkpoint` has the real one's signature and writes the step it was
 asked for on stderr, so tests can check that --step gets through.
 """
 
@@ -33,7 +33,7 @@ def save(workdir: str, params, model_config, tokenizer) -> None:
     tokenizer_lib.save(tokenizer, os.path.join(workdir, "tokenizer.json"))
 
 
-def load_params(workdir: str, step: str | int = "latest"):
+def load_checkpoint(workdir: str, step: str | int = "latest"):
     print(f"stand-in load_params(step={step!r})", file=sys.stderr)
     path = os.path.join(workdir, PARAMS_FILE)
     if not os.path.isfile(path):
@@ -42,16 +42,13 @@ def load_params(workdir: str, step: str | int = "latest"):
         params = flax.serialization.msgpack_restore(f.read())
     with open(os.path.join(workdir, "stand_in_model_config.json")) as f:
         model_config = ml_collections.FrozenConfigDict(json.load(f))
-    return params, model_config, tokenizer_lib.load(os.path.join(workdir, "tokenizer.json"))
-
-
-def resolve_step(workdir: str, step: str | int = "latest"):
-    return step  # The stand-in has one set of parameters, under every name.
+    # The stand-in has one set of parameters, under every step name.
+    return params, model_config, tokenizer_lib.load(os.path.join(workdir, "tokenizer.json")), step
 
 
 if __name__ == "__main__":
     stand_in = types.ModuleType("smallgpt_jax.checkpoint")
-    stand_in.load_params, stand_in.resolve_step = load_params, resolve_step
+    stand_in.load_checkpoint = load_checkpoint
     sys.modules["smallgpt_jax.checkpoint"] = stand_in
     from smallgpt_jax import sample
     sample.run()
