@@ -16,6 +16,7 @@ is enough to encode and decode again.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -115,6 +116,19 @@ class BPETokenizer(Tokenizer):
         # Special tokens stay visible in the text, so document ends show.
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
         return self._tok.decode(ids, skip_special_tokens=False)
+
+    def byte_lengths(self, ids) -> np.ndarray:
+        """How many UTF-8 bytes of the text each token stands for."""
+        return self._byte_lengths[np.asarray(ids, np.int64)]
+
+    @functools.cached_property
+    def _byte_lengths(self) -> np.ndarray:
+        # Byte-level: each symbol of a token's string is one byte; a special
+        # token is its text.
+        specials = {self._tok.token_to_id(t) for t in self.special_tokens}
+        return np.array([len(self.decode([i]).encode("utf-8")) if i in specials
+                         else len(self._tok.id_to_token(i)) for i in range(self.vocab_size)],
+                        np.int64)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "hf_tokenizer_json": self._tok.to_str()}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -362,6 +362,19 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
                         f"{', '.join(sorted(unknown))}.")
     m["dtype"] = runtime.resolve_dtype(m["dtype"], jax.default_backend())  # 'auto'
     return ModelConfig(**m, vocab_size=vocab_size)
+
+
+def unscan(params, c: ModelConfig) -> tuple[Any, ModelConfig]:
+    """The same model with one module per layer: scanned params ([L, ...]
+    under 'blocks/block') split into block_0..block_{L-1}. Inside nn.scan a
+    layer's outputs and sown values cannot be picked out one by one."""
+    if not c.scan_layers:
+        return params, c
+    params = dict(params)
+    stacked = params.pop("blocks")["block"]
+    for i in range(c.num_layers):
+        params[f"block_{i}"] = jax.tree_util.tree_map(lambda p: p[i], stacked)
+    return params, c.replace(scan_layers=False)
 
 
 def count_params(params) -> int:

@@ -29,7 +29,7 @@ import numpy as np
 
 from smallgpt_jax import scoring
 from smallgpt_jax.errors import UserError
-from smallgpt_jax.model import GPT, Block
+from smallgpt_jax.model import GPT, Block, unscan
 
 
 @partial(jax.jit, static_argnums=(0,))
@@ -47,15 +47,6 @@ def _states(model_config, params, tokens_BT: jax.Array) -> jax.Array:
     with nn.intercept_methods(grab):
         GPT(model_config).apply({"params": params}, tokens_BT)
     return jnp.stack(states, axis=1).astype(jnp.float32)
-
-
-def _unscanned(params, model_config):
-    """With scan_layers the blocks run inside nn.scan, where their outputs
-    cannot be picked out one by one: use the same weights, one module per layer."""
-    if not model_config.scan_layers:
-        return params, model_config
-    from smallgpt_jax.viz import _explicit_unscanned  # Lazy: viz loads matplotlib.
-    return _explicit_unscanned(params, model_config)
 
 
 def check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
@@ -79,7 +70,7 @@ def hidden_states(params, model_config, tokenizer, text: str,
         raise UserError("the text is empty; it has no tokens to take hidden states of.")
     scoring.check_known(tokenizer, text)
     chosen = check_layers(layers, model_config.num_layers)
-    params, model_config = _unscanned(params, model_config)
+    params, model_config = unscan(params, model_config)  # Each block's output apart.
     prefix = scoring.newline_prefix(tokenizer)
     seq_N = np.concatenate([prefix, np.asarray(tokenizer.encode(text), np.int32)])
     out_LND = np.zeros((len(chosen), len(seq_N), model_config.embed_dim), np.float32)
@@ -96,12 +87,11 @@ def line_states(params, model_config, tokenizer, text: str,
     of its first character): [len(layers), lines, D]. A line is its text up
     to and including its newline."""
     states_LND = hidden_states(params, model_config, tokenizer, text, layers, **kwargs)
-    ids = tokenizer.encode(text)
-    ends = np.cumsum([len(line) for line in scoring.split_lines(text)])
-    line_N = np.searchsorted(ends, scoring.token_starts(tokenizer, ids, text), side="right")
-    sums_LMD = np.zeros((states_LND.shape[0], len(ends), states_LND.shape[2]), np.float32)
+    M = len(scoring.split_lines(text))
+    line_N = scoring.line_index(text, scoring.token_starts(tokenizer, tokenizer.encode(text), text))
+    sums_LMD = np.zeros((states_LND.shape[0], M, states_LND.shape[2]), np.float32)
     np.add.at(sums_LMD, (slice(None), line_N), states_LND)
-    counts_M = np.bincount(line_N, minlength=len(ends))
+    counts_M = np.bincount(line_N, minlength=M)
     # A line can start inside a multi-character token and own none: it gets zeros.
     return sums_LMD / np.maximum(counts_M, 1)[None, :, None]
 

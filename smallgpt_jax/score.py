@@ -76,8 +76,8 @@ def read_text(path: str) -> str:
 
 def token_rows(scores, tokenizer) -> list[dict]:
     """One row per token, and one per character skipped as unknown, in text order."""
-    from smallgpt_jax.scoring import token_text
-    line_of = _line_numbers(scores.text)
+    from smallgpt_jax.scoring import line_index, token_text
+    line_of = (line_index(scores.text, range(len(scores.text))) + 1).tolist()  # From 1.
     rows = [dict(position=i, line_number=line_of[s], char_offset=int(s),
                  token=token_text(scores, i), bits=float(scores.token_bits[i]),
                  predicted=tokenizer.decode([p]) if p >= 0 else "", unknown=0)
@@ -86,15 +86,6 @@ def token_rows(scores, tokenizer) -> list[dict]:
                   bits=float("nan"), predicted="", unknown=1)
              for c in scores.char_unknown.nonzero()[0]]
     return sorted(rows, key=lambda r: r["char_offset"])
-
-
-def _line_numbers(text: str) -> list[int]:
-    """The line number (from 1) of each character."""
-    out, n = [], 1
-    for c in text:
-        out.append(n)
-        n += c == "\n"
-    return out
 
 
 def write_csv(path: str, columns, rows) -> None:

@@ -97,13 +97,7 @@ def token_byte_lengths(tokenizer, ids, text: str) -> np.ndarray:
     if tokenizer.kind == "word":  # One token per piece, an unknown word included.
         from smallgpt_jax.words import PIECE
         return np.array([len(p.encode("utf-8")) for p in PIECE.findall(text)], np.int64)
-    # Byte-level BPE: every symbol of a token's string is one byte.
-    return np.array([len(tokenizer.decode([i]).encode("utf-8")) if i in _specials(tokenizer)
-                     else len(tokenizer._tok.id_to_token(int(i))) for i in ids], np.int64)
-
-
-def _specials(tokenizer) -> set[int]:
-    return {tokenizer._tok.token_to_id(t) for t in tokenizer.special_tokens}
+    return tokenizer.byte_lengths(ids)  # Byte-level BPE.
 
 
 def _bytes(tokenizer, ids, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -115,10 +109,20 @@ def _bytes(tokenizer, ids, text: str) -> tuple[np.ndarray, np.ndarray]:
     return nbytes, char_of_byte
 
 
+def _starts(nbytes: np.ndarray, char_of_byte: np.ndarray) -> np.ndarray:
+    """The character index of each token's first byte [n]."""
+    return char_of_byte[np.concatenate([[0], np.cumsum(nbytes)[:-1]])].astype(np.int64)
+
+
 def token_starts(tokenizer, ids, text: str) -> np.ndarray:
     """The index in `text` of each token's first character [n]."""
-    nbytes, char_of_byte = _bytes(tokenizer, ids, text)
-    return char_of_byte[np.concatenate([[0], np.cumsum(nbytes)[:-1]])].astype(np.int64)
+    return _starts(*_bytes(tokenizer, ids, text))
+
+
+def line_index(text: str, offsets) -> np.ndarray:
+    """The line (from 0; a line ends with its newline) of each character offset."""
+    ends = np.cumsum([len(line) for line in split_lines(text)])
+    return np.searchsorted(ends, np.asarray(offsets), side="right")
 
 
 def newline_prefix(tokenizer) -> np.ndarray:
@@ -179,9 +183,9 @@ def score_text(params, model_config, tokenizer, text: str, *, unknown: str = "er
     """
     if not text:
         raise UserError("the text is empty; there is nothing to score.")
-    if unknown != "skip":
-        check_known(tokenizer, text)
     missing = unknown_characters(tokenizer, text)
+    if missing and unknown != "skip":
+        check_known(tokenizer, text)  # Its error names them.
     skip = set(missing)
     char_unknown = np.array([c in skip for c in text], bool)
     known_at = np.flatnonzero(~char_unknown)  # Index in `text` of each character read.
@@ -208,7 +212,7 @@ def score_text(params, model_config, tokenizer, text: str, *, unknown: str = "er
         read_bits[char_of_byte[:nbytes[0]]] = np.nan
     char_bits = np.full(len(text), np.nan)
     char_bits[known_at] = read_bits
-    token_start = known_at[char_of_byte[np.concatenate([[0], np.cumsum(nbytes)[:-1]])]]
+    token_start = known_at[_starts(nbytes, char_of_byte)]
     return Scores(text, ids, bits, predicted, token_start, char_bits, char_unknown, missing)
 
 
@@ -220,7 +224,7 @@ def lines(scores: Scores) -> list[dict]:
     (characters), max_bits and max_token (its most surprising token), text."""
     texts = split_lines(scores.text)
     ends = np.cumsum([len(t) for t in texts])
-    token_line = np.searchsorted(ends, scores.token_start, side="right")
+    token_line = line_index(scores.text, scores.token_start)
     rows = []
     for i, line in enumerate(texts):
         span = slice(ends[i] - len(line), ends[i])

@@ -24,32 +24,22 @@ matplotlib.use("Agg")  # Off-screen rendering: works on servers and in tests.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from smallgpt_jax.errors import UserError  # noqa: E402
-from smallgpt_jax.model import GPT  # noqa: E402
+from smallgpt_jax.model import GPT, ModelConfig, unscan  # noqa: E402
 
 
 # ----------------------------------------------------------------- attention
 
-def _explicit_unscanned(params, model_config) -> tuple[Any, ml_collections.FrozenConfigDict]:
-    """The same model in the form that records its attention weights.
-
-    The fused kernel never materialises the weights, and `nn.scan` drops sown
-    intermediates, so pictures use the explicit kernel with one module per
-    layer. Scanned params ([L, ...] under 'blocks/block') are split per layer.
-    """
-    m = model_config.to_dict()
-    if m["scan_layers"]:
-        params = dict(params)
-        stacked = params.pop("blocks")["block"]
-        for i in range(m["num_layers"]):
-            params[f"block_{i}"] = jax.tree_util.tree_map(lambda p: p[i], stacked)
-    m["attention"], m["scan_layers"] = "explicit", False
-    return params, ml_collections.FrozenConfigDict(m)
+def _explicit_unscanned(params, model_config: ModelConfig) -> tuple[Any, ModelConfig]:
+    """The same model in the form that records its attention weights: the
+    fused kernel never materialises the weights, and `nn.scan` drops sown
+    intermediates, so pictures use the explicit kernel, one module per layer."""
+    params, cfg = unscan(params, model_config)
+    return params, cfg.replace(attention="explicit")
 
 
 def attention_maps(params, model_config, tokens_T: np.ndarray) -> np.ndarray:
