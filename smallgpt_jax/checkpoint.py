@@ -40,9 +40,7 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
-import threading
 from typing import Any
 
 import jax
@@ -599,47 +597,6 @@ class Checkpointer:
             self._empty_trash()
         finally:
             self._manager.close()
-
-
-class StopSignals:
-    """Turns the first SIGTERM or SIGINT into a request to save and stop.
-
-    The training loop looks at `signum` after every step: when set, it saves a
-    checkpoint and stops cleanly. A second signal acts as it normally would
-    (Ctrl-C twice quits at once, without saving). Handlers can only be
-    installed from the main thread; elsewhere this does nothing.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.signum is None:
-            self.signum = signum  # No printing here: the loop says what happens.
-            return
-        previous = self._previous.get(signum, signal.SIG_DFL)
-        self._restore()
-        if callable(previous):  # e.g. Python's SIGINT handler: KeyboardInterrupt.
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            os.kill(os.getpid(), signum)
 
 
 def _resolve_step(manager: ocp.CheckpointManager, step: str | int, where: str,

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import ml_collections
 
-from smallgpt_jax import checkpoint, data, lock, profiling, reporting, runtime, sampling, store, train, warmup
+from smallgpt_jax import (checkpoint, data, lock, profiling, reporting, runtime, sampling,
+                          stopping, store, train, warmup)
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
@@ -126,25 +127,6 @@ class FiniteCheck:
             "warmup_steps) and run again to resume.")
 
 
-def agreed_stop(stop: checkpoint.StopSignals, step: int, every: int) -> int | None:
-    """The signal to stop on after `step`, the same in every process (or None).
-
-    One process acts on its own signal at once. In a multi-host job a signal
-    reaches the processes at slightly different moments (a cluster's
-    scheduler, a preemption); one process saving (a collective) while the
-    others run the next step (another collective) would wait for each other
-    forever. So every `every` steps, all processes share their flags and stop
-    together if any was signalled.
-    """
-    if jax.process_count() == 1:
-        return stop.signum  # Read once: a signal may land at any moment.
-    if step % every:
-        return None
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.int32(stop.signum or 0))
-    return int(np.max(flags)) or None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        hooks: profiling.Hooks | None = None) -> dict:
     """Trains `config` in `workdir`; returns the final metrics.
@@ -163,14 +145,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoint.prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
     # One run per workdir (process 0 holds it for the job); a second is refused at once.
     owner = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with owner, checkpoint.StopSignals() as stop, \
+    with owner, stopping.StopSignals() as stop, \
             checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
         return _train_and_evaluate(config, workdir, ckpt, stop, hooks or profiling.Hooks(),
                                    settings)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        ckpt: checkpoint.Checkpointer, stop: checkpoint.StopSignals,
+                        ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
                         hooks: profiling.Hooks, settings: str) -> dict:
     t, m = config.train, config.model
     micro = train.per_device_batch(t.batch_size, t.grad_accum_steps)
@@ -297,7 +279,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     f"val bpc {last['eval/val_bpc']:.3f}")
             # Save every checkpoint_every steps, at the end, on a signal, and when the
             # validation loss is a new best (so the best model is always on disk).
-            signum = agreed_stop(stop, done, t.log_every)
+            signum = stopping.agreed_stop(stop, done, t.log_every)
             if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
                     or (val_loss is not None and val_loss == best_val)):
                 finite.flush()

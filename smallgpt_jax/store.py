@@ -146,7 +146,7 @@ def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
 
     With `tokenizer` (a resumed run's), the store is encoded with it: the one
     built for the settings when that holds the same vocabulary, else its own.
-    `stop` (a checkpoint.StopSignals) ends a preparation at the next piece.
+    `stop` (a stopping.StopSignals) ends a preparation at the next piece.
     """
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if verbose else (lambda _: None)
     name, paths = corpus_files(data_config)
