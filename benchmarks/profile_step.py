@@ -102,8 +102,6 @@ def profile(jstep, steps: int) -> tuple[dict[str, float], float]:
 def main(argv: list[str]) -> None:
     from smallgpt_jax import cli, runtime
 
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     cli.setup_logging()
     with cli.user_errors():
         config = train_step._CONFIG.value

@@ -20,11 +20,11 @@ from __future__ import annotations
 import time
 
 from absl import flags
-from ml_collections import config_flags
 
 from smallgpt_jax import cli
+from smallgpt_jax.config_files import define_config_flag
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/char_cpu.py.")
+_CONFIG = define_config_flag()
 _VOCAB = flags.DEFINE_integer("vocab_size", 65, "Vocabulary size (65: Tiny Shakespeare characters).")
 _BATCH = flags.DEFINE_integer("num_samples", 1, "Sequences generated together.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per case; the best is reported.")
@@ -32,8 +32,6 @@ _LONG = flags.DEFINE_integer("long_tokens", 500, "Length of the second case.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}")
     cli.setup_logging()
     import jax
     import jax.numpy as jnp

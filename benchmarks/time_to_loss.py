@@ -219,8 +219,6 @@ def render(r: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     from smallgpt_jax import cli
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     cli.setup_logging()
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="time_to_loss_")
     with cli.user_errors():

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, e.g. configs/char_cpu.py.", lock_config=True)
+from smallgpt_jax.config_files import define_config_flag
+
+_CONFIG = define_config_flag("Path to a config file, e.g. configs/char_cpu.py.")
 _WARMUP = flags.DEFINE_integer(
     "warmup", 5, "Untimed steps after compiling, per framework (the first steps also "
     "settle the heap: see runtime.py).")
@@ -371,8 +371,6 @@ def benchmark(config) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     from smallgpt_jax import cli
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     cli.setup_logging()
     with cli.user_errors():
         record = benchmark(_CONFIG.value)

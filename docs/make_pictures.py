@@ -32,12 +32,12 @@ import numpy as np
 from absl import flags
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # Works without `pip install -e .`.
 
 from smallgpt_jax import cli  # noqa: E402
+from smallgpt_jax.config_files import define_config_flag  # noqa: E402
 
 PROMPT = "ROMEO:\nO, she doth teach"  # Short enough for readable axis labels.
 
@@ -196,8 +196,7 @@ def save(figures: dict, folder: str) -> None:
 
 def _define_flags() -> None:
     """Only when run as a script: importing this file (tests do) defines no flags."""
-    config_flags.DEFINE_config_file(
-        "config", os.path.join(ROOT, "configs", "char_cpu.py"), "The run's config.")
+    define_config_flag("The run's config.", os.path.join(ROOT, "configs", "char_cpu.py"))
     flags.DEFINE_string("workdir", "runs/char_cpu_pictures", "Where the run goes.")
     flags.DEFINE_string("images", os.path.join(ROOT, "docs", "images"),
                         "Folder the PNGs are written to.")
@@ -206,8 +205,6 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}")
     FLAGS = flags.FLAGS
     if FLAGS.what in ("all", "ideas"):
         with cli.user_errors():

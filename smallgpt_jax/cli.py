@@ -7,8 +7,7 @@ import logging
 import os
 import signal
 import sys
-import tempfile
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Sequence
 
 from smallgpt_jax.errors import UserError, writing
 
@@ -95,59 +94,6 @@ def setup_logging() -> None:
     logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
 
 
-def _config_path(argv: list[str], flag: str, keep_argument: bool = False) -> str | None:
-    """The file that --config (or `--flag`) names, without a ':arg' suffix
-    (config_flags allows file.py:arg) unless `keep_argument`."""
-    for i, arg in enumerate(argv):
-        value = (arg.split("=", 1)[1] if arg.startswith(f"--{flag}=") else
-                 argv[i + 1] if arg == f"--{flag}" and i + 1 < len(argv) else None)
-        if value is not None:
-            return value if keep_argument else value.split(":", 1)[0]
-    return None
-
-
-def check_config_file(argv: list[str], flag: str = "config") -> None:
-    """Fails early, in one line, when --config names a file that is not there.
-
-    (ml-collections would otherwise print a traceback and fail later.)
-    """
-    path = _config_path(argv, flag)
-    whole = _config_path(argv, flag, keep_argument=True)
-    if path is not None and not os.path.isfile(path) and whole and os.path.isfile(whole):
-        fail(f"config file {whole}: its path contains ':', which ml-collections reads as "
-             "'FILE:ARGUMENT'; rename it, or link to it from a path without ':'.")
-    if path is not None and not os.path.isfile(path):
-        fail(f"config file {path} does not exist; pass --{flag}=configs/NAME.py.")
-
-
-def unknown_config_field(argv: list[str], flag: str = "config") -> str | None:
-    """The message for the first --config.KEY override that names no field of
-    the config (ml-collections' own error is a bare KeyError), or None."""
-    import importlib.util
-    from smallgpt_jax.config import did_you_mean, flatten
-    path = _config_path(argv, flag)
-    if path is None:
-        return None
-    try:
-        spec = importlib.util.spec_from_file_location("_smallgpt_config", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config()
-    except Exception:  # Not loadable: the caller reports the original error.
-        return None
-    if not hasattr(config, "to_dict"):  # e.g. a plain dict.
-        return (f"config file {path}: get_config() returned a {type(config).__name__}, not "
-                "an ml_collections ConfigDict; start from smallgpt_jax.config.base_config().")
-    fields = flatten(config.to_dict())
-    for arg in argv:
-        if arg.startswith(f"--{flag}."):
-            key = arg[len(flag) + 3:].split("=", 1)[0]
-            if key not in fields:
-                return (f"--{flag}.{key}: the config has no field {key}"
-                        f"{did_you_mean(config, key)}; smallgpt_jax/config.py lists them all.")
-    return None
-
-
 def parse_step(value: str) -> str | int:
     """'latest', 'best' or a non-negative integer."""
     if value in ("latest", "best"):
@@ -175,35 +121,14 @@ def check_output(path: str) -> None:
     if not existed:
         os.remove(path)
 
-def write_output(path: str, text: str) -> None:
-    """Writes `text` to a temporary file next to `path`, then renames it: a
-    write that fails (a full disk) leaves an existing `path` as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    with writing(path):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                   suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+def run_app(main: Callable[[list[str]], None], positional: Sequence[str] = ()) -> None:
+    """absl's app.run, with flag-parsing errors reduced to one line.
 
-
-def _load_error(e: Exception, path: str | None) -> str:
-    """The message for a config file that failed to load, naming the file
-    (config_flags names its own internal module, 'config_config')."""
-    if isinstance(e, AttributeError) and "get_config" in str(e) and path:
-        return (f"config file {path} has no get_config() function; define one that returns "
-                "a config (see configs/char_cpu.py).")
-    return str(e)
-
-
-def run_app(main: Callable[[list[str]], None]) -> None:
-    """absl's app.run, with flag-parsing errors reduced to one line."""
+    `positional` names the arguments the command takes besides flags (e.g.
+    ("SWEEP_FILE",)); main gets them after the program name in argv. Any
+    other argument is refused here, once for every command."""
     from absl import app, flags
+    from smallgpt_jax.config_files import parse_flags
     if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in sys.argv[1:]):
         import __main__  # The command's docstring says how to use it; then its flags.
         print((__main__.__doc__ or "").strip() + "\n\nflags:")
@@ -211,11 +136,10 @@ def run_app(main: Callable[[list[str]], None]) -> None:
         sys.exit(0)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Undoes quiet_ctrl_c().
     with user_errors():  # e.g. Ctrl-C while main() imports JAX, before its own handling.
-        check_config_file(sys.argv)
-        try:
-            argv = flags.FLAGS(sys.argv)
-        except flags.Error as e:
-            fail(unknown_config_field(sys.argv) or f"{str(e).rstrip('.')}. Try --help.")
-        except Exception as e:  # e.g. a config file that fails to load, an unknown field.
-            fail(unknown_config_field(sys.argv) or _load_error(e, _config_path(sys.argv, "config")))
+        argv = parse_flags(flags.FLAGS, sys.argv)
+        extra = argv[1 + len(positional):]
+        if extra:  # A forgotten '--', or a value after a space: would be ignored.
+            fail(f"unexpected arguments {' '.join(extra)!r}; flags look like --name=value.")
+        if len(argv) < 1 + len(positional):
+            fail(f"missing {positional[len(argv) - 1]}; see --help.")
         app.run(lambda _: main(argv), argv=[sys.argv[0]])

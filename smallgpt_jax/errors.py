@@ -1,4 +1,5 @@
-"""One error type for user mistakes: the CLI prints its message on one line."""
+"""One error type for user mistakes (the CLI prints its message on one line),
+and the file writes that turn a failed write into one."""
 
 import contextlib
 import os
@@ -46,3 +47,19 @@ def check_writable_dir(path: str, name: str, advice: str) -> None:
             pass
     except OSError as e:
         raise UserError(f"cannot write to {name} ({e.strerror or e}); {advice}.")
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path.tmp`, then renames it over `path`: a crash or a
+    failed write (a full disk) never leaves a half-written file, and an
+    existing `path` stays as it was. A failed write is a UserError."""
+    tmp = path + ".tmp"
+    with writing(path):
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise

@@ -16,17 +16,15 @@ if __name__ == "__main__":  # Before the slower imports below.
     cli.quiet_ctrl_c()
 
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, e.g. configs/char_cpu.py.", lock_config=True)
+from smallgpt_jax.config_files import define_config_flag  # noqa: E402
+
+_CONFIG = define_config_flag("Path to a config file, e.g. configs/char_cpu.py.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, logs and samples go (default runs/<config name>).")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join(
         "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0])

@@ -12,17 +12,14 @@ corpus and settings finds it prepared and returns at once.
 from __future__ import annotations
 
 from absl import flags
-from ml_collections import config_flags
 
 from smallgpt_jax import cli
+from smallgpt_jax.config_files import define_config_flag
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, e.g. configs/char_cpu.py.", lock_config=True)
+_CONFIG = define_config_flag("Path to a config file, e.g. configs/char_cpu.py.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     cli.setup_logging()
     from smallgpt_jax import store  # After the flags: keeps --help fast.
     from smallgpt_jax.config import validate

@@ -16,7 +16,7 @@ import jax
 
 from smallgpt_jax.config import flatten
 from smallgpt_jax.corpus import clock
-from smallgpt_jax.errors import UserError, writing
+from smallgpt_jax.errors import UserError, write_atomic
 from smallgpt_jax.tokenizer import LEARNED
 
 
@@ -250,8 +250,4 @@ def flat_hparams(config) -> dict:
 def write_json(path: str, obj) -> None:
     """Atomic JSON write (temporary file, then rename); a failed write (a full
     disk) is a UserError."""
-    tmp = path + ".tmp"
-    with writing(path):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-        os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False))

@@ -24,7 +24,8 @@ if __name__ == "__main__":  # Before the slower imports below.
 
 from absl import flags  # noqa: E402
 
-from smallgpt_jax.cli import check_output, parse_step, write_output  # noqa: E402
+from smallgpt_jax.cli import check_output, parse_step  # noqa: E402
+from smallgpt_jax.errors import write_atomic  # noqa: E402
 from smallgpt_jax.errors import UserError  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
@@ -71,8 +72,6 @@ def check_prompt_early(workdir: str, prompt: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     cli.setup_logging()
     from smallgpt_jax import sampling  # Imported after flags: keeps --help fast.
     workdir, prompt, n = _WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value
@@ -106,7 +105,7 @@ def main(argv: list[str]) -> None:
         start = time.time()
         if _OUTPUT.value:
             texts = generate()
-            write_output(_OUTPUT.value,
+            write_atomic(_OUTPUT.value,
                          "".join(header(i) + text + "\n" for i, text in enumerate(texts)))
         else:  # Sample 1 streams; the others are ready when it is (one batch).
             first = []  # When the first token arrived.

@@ -34,7 +34,7 @@ if __name__ == "__main__":  # Before the slower imports below.
 
 from absl import flags  # noqa: E402
 
-from smallgpt_jax.errors import UserError  # noqa: E402
+from smallgpt_jax.errors import UserError, write_atomic  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
 _INPUT = flags.DEFINE_string("input", None, "The UTF-8 text file to score.")
@@ -96,7 +96,7 @@ def write_csv(path: str, columns, rows) -> None:
     for row in rows:
         w.writerow({k: (f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else
                         "" if isinstance(v, float) else v) for k, v in row.items()})
-    cli.write_output(path, out.getvalue())
+    write_atomic(path, out.getvalue())
 
 
 QUOTED = ("token", "predicted", "max_token")  # Shown in quotes: a space is visible.
@@ -146,12 +146,10 @@ def write_html(path: str, scores, title: str) -> None:
             f"<h3>{html.escape(title)}</h3><p>Red = surprise: -log2 p(character | what came "
             f"before); full red at {top:.1f} bits or more. Hover for the bits. "
             "Grey, struck: not in the vocabulary.</p><pre>" + "".join(parts) + "</pre>")
-    cli.write_output(path, page)
+    write_atomic(path, page)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     cli.setup_logging()
     from smallgpt_jax import scoring, tokenizer as tokenizer_lib  # After flags: fast --help.
     with cli.user_errors():

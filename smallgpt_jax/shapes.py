@@ -17,9 +17,10 @@ import math
 import jax
 import jax.numpy as jnp
 from absl import flags
-from ml_collections import config_flags
 
 from smallgpt_jax import cli
+from smallgpt_jax.config_files import define_config_flag
+from smallgpt_jax.tokenizer import LEARNED, ByteTokenizer
 
 # The shape letters (see model.py) of each module's output, by module name.
 _LETTERS = {"token_embed": "BTD", "norm1": "BTD", "norm2": "BTD", "norm_f": "BTD",
@@ -109,32 +110,42 @@ def markdown(outputs: list, params: list, letter_values: dict[str, int],
 def _define_flags() -> None:
     """Defined only when run as a command, so importing this module (e.g. from
     tests, next to other command-line modules) defines no global flags."""
-    config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/char_cpu.py.")
+    define_config_flag()
     flags.DEFINE_integer("vocab_size", 65, "Vocabulary size V for a 'char' tokenizer "
                          "(65: the characters of Tiny Shakespeare).")
     flags.DEFINE_integer("batch_size", None, "Batch B (default config.train.batch_size).")
     flags.DEFINE_boolean("all_layers", False, "List every block, not only block_0.")
 
 
+def vocab_size(config, char_vocab: int) -> int:
+    """V without reading the corpus: the tokenizer's fixed size (byte), the
+    configured size of a learned vocabulary (bpe, word), else `char_vocab`
+    (a character vocabulary depends on the text)."""
+    if config.data.tokenizer == "byte":
+        return ByteTokenizer().vocab_size
+    return config.data.vocab_size if config.data.tokenizer in LEARNED else char_vocab
+
+
+def letter_values(m, batch_size: int) -> dict[str, int]:
+    """The size each shape letter (see model.py) stands for, for ModelConfig `m`."""
+    F = m.mlp_ratio * m.embed_dim
+    return {"B": batch_size, "T": m.block_size, "S": m.block_size, "D": m.embed_dim,
+            "H": m.num_heads, "K": m.embed_dim // m.num_heads, "V": m.vocab_size,
+            # SwiGLU's hidden width is 2/3 of F (as in model.MLP).
+            "F": int(2 * F / 3) if m.activation == "swiglu" else F, "L": m.num_layers}
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     from smallgpt_jax.config import validate
     from smallgpt_jax.model import model_config
     FLAGS = flags.FLAGS
     config = FLAGS.config
     with cli.user_errors():
         validate(config)
-        vocab = {"byte": 256, "bpe": config.data.vocab_size}.get(config.data.tokenizer,
-                                                                 FLAGS.vocab_size)
-        m = model_config(config, vocab)
+        m = model_config(config, vocab_size(config, FLAGS.vocab_size))
         batch = FLAGS.batch_size or config.train.batch_size
         outputs, params = forward_shapes(m, batch)
-    F = m.mlp_ratio * m.embed_dim
-    values = {"B": batch, "T": m.block_size, "S": m.block_size, "D": m.embed_dim,
-              "H": m.num_heads, "K": m.embed_dim // m.num_heads, "V": vocab,
-              "F": int(2 * F / 3) if m.activation == "swiglu" else F, "L": m.num_layers}
-    print(markdown(outputs, params, values, FLAGS.all_layers))
+    print(markdown(outputs, params, letter_values(m, batch), FLAGS.all_layers))
 
 
 def run() -> None:

@@ -19,12 +19,11 @@ from the training split.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Iterable
 
 import numpy as np
 
-from smallgpt_jax.errors import UserError, writing
+from smallgpt_jax.errors import UserError, write_atomic
 
 
 class Tokenizer:
@@ -163,11 +162,7 @@ def fit(kind: str, texts: Iterable[str], vocab_size: int = 0,
 def save(tokenizer: Tokenizer, path: str) -> None:
     """Writes the tokenizer as JSON (atomically, so a crash leaves no half
     file); a failed write (a full disk) is a UserError."""
-    tmp = path + ".tmp"
-    with writing(path):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(tokenizer.to_dict(), f, ensure_ascii=False)
-        os.replace(tmp, path)
+    write_atomic(path, json.dumps(tokenizer.to_dict(), ensure_ascii=False))
 
 
 def load(path: str) -> Tokenizer:

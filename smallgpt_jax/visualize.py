@@ -28,8 +28,6 @@ _DPI = flags.DEFINE_integer("dpi", 100, "Resolution of the PNG (dots per inch)."
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags look like --name=value.")
     workdir = _WORKDIR.value
     if not os.path.isdir(workdir):
         cli.fail(f"--workdir={workdir} is not a directory; pass a training run's workdir.")

@@ -99,11 +99,8 @@ def tiny_config(**overrides):
 
 def load_file(path: str, name: str = "script"):
     """A Python file that is not in a package (a docs or experiments script), as a module."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from smallgpt_jax.config_files import load_module
+    return load_module(os.path.join(ROOT, path), name)
 
 
 def run_cli(args, env_extra=None, timeout=300, module="smallgpt_jax.main"):

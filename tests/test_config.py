@@ -8,14 +8,12 @@ from smallgpt_jax.errors import UserError
 
 
 def test_default_and_shipped_configs_are_valid():
-    import importlib.util, glob, os
+    import glob, os
     from conftest import ROOT
+    from smallgpt_jax.config_files import load_config
     validate(tiny_config())
     for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
-        spec = importlib.util.spec_from_file_location("cfg", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        validate(module.get_config())
+        validate(load_config(path))
 
 
 @pytest.mark.parametrize("field,value,message", [

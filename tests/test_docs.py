@@ -36,6 +36,7 @@ from fractions import Fraction
 import pytest
 
 from conftest import NO_CORPUS, ROOT, has_shakespeare
+from smallgpt_jax.config_files import load_config
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.sweep import load_experiment
 
@@ -166,15 +167,11 @@ def test_python_examples_run(page):
 @functools.cache
 def letter_values() -> dict[str, int]:
     """The shape letters' values for configs/char_cpu.py (V: Tiny Shakespeare's 65 characters)."""
-    from smallgpt_jax.config import base_config  # noqa: F401 (configs import it)
-    spec = importlib.util.spec_from_file_location("char_cpu", os.path.join(ROOT, "configs", "char_cpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    m = c.model
-    return {"B": c.train.batch_size, "T": m.block_size, "S": m.block_size, "D": m.embed_dim,
-            "H": m.num_heads, "K": m.embed_dim // m.num_heads, "V": 65,
-            "F": m.mlp_ratio * m.embed_dim, "L": m.num_layers, "A": c.train.grad_accum_steps}
+    from smallgpt_jax.model import model_config
+    from smallgpt_jax.shapes import letter_values as values_for
+    c = load_config(os.path.join(ROOT, "configs", "char_cpu.py"))
+    return {**values_for(model_config(c, 65), c.train.batch_size),
+            "A": c.train.grad_accum_steps}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=os.path.basename)

@@ -21,6 +21,7 @@ from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
 from smallgpt_jax import bpe, sampling, store, tokenizer as tok_lib, train
 from smallgpt_jax import model as model_lib
 from smallgpt_jax.config import validate
+from smallgpt_jax.config_files import load_config
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT, model_config
 
@@ -389,11 +390,7 @@ def test_every_combination_trains_and_samples_with_the_cache(combo):
 
 
 def _load_config(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 def test_gpt1_config_is_the_published_architecture():
