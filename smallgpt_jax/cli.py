@@ -121,22 +121,25 @@ def check_output(path: str) -> None:
     if not existed:
         os.remove(path)
 
-def run_app(main: Callable[[list[str]], None], positional: Sequence[str] = ()) -> None:
-    """absl's app.run, with flag-parsing errors reduced to one line.
+def run_app(main: Callable[[list[str]], None], positional: Sequence[str] = (),
+            argv: list[str] | None = None) -> None:
+    """absl's app.run on `argv` (default sys.argv), with flag-parsing errors
+    reduced to one line.
 
     `positional` names the arguments the command takes besides flags (e.g.
     ("SWEEP_FILE",)); main gets them after the program name in argv. Any
     other argument is refused here, once for every command."""
     from absl import app, flags
     from smallgpt_jax.config_files import parse_flags
-    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in sys.argv[1:]):
-        import __main__  # The command's docstring says how to use it; then its flags.
-        print((__main__.__doc__ or "").strip() + "\n\nflags:")
-        print(flags.FLAGS.main_module_help())
-        sys.exit(0)
+    argv = sys.argv if argv is None else argv
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Undoes quiet_ctrl_c().
     with user_errors():  # e.g. Ctrl-C while main() imports JAX, before its own handling.
-        argv = parse_flags(flags.FLAGS, sys.argv)
+        if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+            import __main__  # The command's docstring says how to use it; then its flags.
+            print((__main__.__doc__ or "").strip() + "\n\nflags:")
+            print(flags.FLAGS.main_module_help())
+            sys.exit(0)
+        argv = parse_flags(flags.FLAGS, argv)
         extra = argv[1 + len(positional):]
         if extra:  # A forgotten '--', or a value after a space: would be ignored.
             fail(f"unexpected arguments {' '.join(extra)!r}; flags look like --name=value.")

@@ -38,7 +38,7 @@ import pytest
 from conftest import NO_CORPUS, ROOT, has_shakespeare
 from smallgpt_jax.config_files import load_config
 from smallgpt_jax.errors import UserError
-from smallgpt_jax.sweep import load_experiment
+from smallgpt_jax.sweep_load import load_experiment
 
 DOCS = os.path.join(ROOT, "docs")
 PAGES = sorted(glob.glob(os.path.join(DOCS, "*.md")))

@@ -10,37 +10,37 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from smallgpt_jax import sweep
+from smallgpt_jax import sweep, sweep_load, sweep_run
 from smallgpt_jax.errors import UserError
 
 
-def test_values_product_and_zip():
+def test_values_product_and_zipit():
     lr = sweep.values("train.learning_rate", [1e-3, 3e-3])
     assert lr == [{"train.learning_rate": 1e-3}, {"train.learning_rate": 3e-3}]
     grid = sweep.product(lr, sweep.values("model.dropout", [0.0, 0.1, 0.2]))
     assert len(grid) == 6
     assert {(g["train.learning_rate"], g["model.dropout"]) for g in grid} == {
         (a, b) for a in (1e-3, 3e-3) for b in (0.0, 0.1, 0.2)}
-    paired = sweep.zip(sweep.values("model.num_layers", [2, 4]),
-                       sweep.values("model.embed_dim", [64, 128]))
+    paired = sweep.zipit(sweep.values("model.num_layers", [2, 4]),
+                         sweep.values("model.embed_dim", [64, 128]))
     assert paired == [{"model.num_layers": 2, "model.embed_dim": 64},
                       {"model.num_layers": 4, "model.embed_dim": 128}]
     with pytest.raises(UserError, match="train.learning_rate is set by two"):
         sweep.product(lr, lr)
     with pytest.raises(UserError, match="one length"):
-        sweep.zip(lr, sweep.values("model.dropout", [0.0]))
+        sweep.zipit(lr, sweep.values("model.dropout", [0.0]))
 
 
 def test_trial_names_come_from_the_overrides():
     keys = ["train.learning_rate", "model.dropout"]
-    assert sweep.trial_name({"train.learning_rate": 3e-4, "model.dropout": 0.1}, keys) == \
+    assert sweep_load.trial_name({"train.learning_rate": 3e-4, "model.dropout": 0.1}, keys) == \
         "learning_rate=0.0003,dropout=0.1"
-    assert sweep.trial_name({}, keys) == "base"
+    assert sweep_load.trial_name({}, keys) == "base"
     # Two swept fields with the same last name keep their full names.
-    assert sweep.trial_name({"model.dropout": 0.1, "train.dropout": 0.2},
-                            ["model.dropout", "train.dropout"]) == \
+    assert sweep_load.trial_name({"model.dropout": 0.1, "train.dropout": 0.2},
+                                 ["model.dropout", "train.dropout"]) == \
         "model.dropout=0.1,train.dropout=0.2"
-    assert sweep.trial_name({"data.path": "/a b/c.txt"}, ["data.path"]) == "path=-a-b-c.txt"
+    assert sweep_load.trial_name({"data.path": "/a b/c.txt"}, ["data.path"]) == "path=-a-b-c.txt"
 
 
 def write_sweep(tmp_path, body, name="exp"):
@@ -72,48 +72,48 @@ def write_sweep(tmp_path, body, name="exp"):
 ])
 def test_experiment_is_checked_before_any_trial(tmp_path, body, message):
     with pytest.raises(UserError) as e:
-        sweep.load_experiment(write_sweep(tmp_path, body), str(tmp_path / "runs"))
+        sweep_load.load_experiment(write_sweep(tmp_path, body), str(tmp_path / "runs"))
     assert message in str(e.value)
     assert not (tmp_path / "runs").exists()
 
 
 def test_missing_sweep_file_and_bad_command_line_values(tmp_path):
     with pytest.raises(UserError, match="sweep file .*nope.py does not exist"):
-        sweep.load_experiment(str(tmp_path / "nope.py"))
+        sweep_load.load_experiment(str(tmp_path / "nope.py"))
     path = write_sweep(tmp_path, "def get_sweep():\n    return [{'model.dropout': 0.1}]\n")
     with pytest.raises(UserError, match="no field model.num_layer "):
-        sweep.load_experiment(path, cli_overrides=["model.num_layer=2"])
+        sweep_load.load_experiment(path, cli_overrides=["model.num_layer=2"])
     with pytest.raises(UserError, match="'x' is not a valid int"):
-        sweep.load_experiment(path, cli_overrides=["model.num_layers=x"])
-    exp = sweep.load_experiment(path, cli_overrides=["model.num_layers=2",
-                                                     "model.use_bias=false"])
+        sweep_load.load_experiment(path, cli_overrides=["model.num_layers=x"])
+    exp = sweep_load.load_experiment(path, cli_overrides=["model.num_layers=2",
+                                                          "model.use_bias=false"])
     assert "--config.model.num_layers=2" in exp.trials[0].command
     assert "--config.model.use_bias=False" in exp.trials[0].command
 
 
 def test_shipped_experiments_are_valid(monkeypatch):
     monkeypatch.chdir(ROOT)
-    lr = sweep.load_experiment("experiments/lr_sweep.py", "runs")
+    lr = sweep_load.load_experiment("experiments/lr_sweep.py", "runs")
     assert [t.overrides["train.learning_rate"] for t in lr.trials] == [3e-4, 1e-3, 3e-3, 1e-2]
     assert lr.trials[0].workdir == os.path.join("runs", "lr_sweep", "learning_rate=0.0003")
     assert all(t.num_steps == 500 for t in lr.trials)
-    depth = sweep.load_experiment("experiments/depth_sweep.py", "runs")
+    depth = sweep_load.load_experiment("experiments/depth_sweep.py", "runs")
     assert len(depth.trials) == 6 and depth.keys == ["model.num_layers", "model.pos_encoding"]
     assert "num_layers=4,pos_encoding=rope" in [t.name for t in depth.trials]
 
 
 def test_a_trial_is_finished_when_its_summary_has_all_steps(tmp_path):
     path = write_sweep(tmp_path, "def get_sweep():\n    return [{'train.num_steps': 4}]\n")
-    trial = sweep.load_experiment(path, str(tmp_path / "runs")).trials[0]
-    assert not sweep.is_finished(trial)
+    trial = sweep_load.load_experiment(path, str(tmp_path / "runs")).trials[0]
+    assert not sweep_run.is_finished(trial)
     os.makedirs(trial.workdir)
     summary = os.path.join(trial.workdir, "summary.json")
     with open(summary, "w") as f:
         json.dump({"steps": 2}, f)  # e.g. the same trial once run with fewer steps.
-    assert not sweep.is_finished(trial)
+    assert not sweep_run.is_finished(trial)
     with open(summary, "w") as f:
         json.dump({"steps": 4}, f)
-    assert sweep.is_finished(trial)
+    assert sweep_run.is_finished(trial)
 
 
 def test_bad_sweep_on_the_command_line_is_one_line(tmp_path):
@@ -229,19 +229,18 @@ def test_launch_script_dispatches(tmp_path):
 
 def test_long_trial_names_are_cut_and_stay_unique(tmp_path):
     keys = ["data.path"]
-    names = [sweep.trial_name({"data.path": "/corpora/" + c * 300}, keys) for c in "ab"]
-    assert all(len(n) <= sweep.MAX_NAME for n in names) and names[0] != names[1]
+    names = [sweep_load.trial_name({"data.path": "/corpora/" + c * 300}, keys) for c in "ab"]
+    assert all(len(n) <= sweep_load.MAX_NAME for n in names) and names[0] != names[1]
     assert names[0].startswith("path=-corpora-aaa")
     os.makedirs(tmp_path / names[0])  # A folder the file system accepts.
 
 
-def test_an_unwritable_runs_dir_is_one_line_before_any_trial(tmp_path, capsys):
+def test_an_unwritable_runs_dir_is_one_line_before_any_trial(tmp_path):
     path = write_sweep(tmp_path, "def get_sweep():\n    return [{'model.dropout': 0.1}]\n")
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit) as e:
-        sweep.main([path, f"--runs_dir={tmp_path / 'file' / 'runs'}"])
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    proc = run_cli([path, f"--runs_dir={tmp_path / 'file' / 'runs'}"], module="smallgpt_jax.sweep")
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
     assert "cannot write to" in err and "choose a --runs_dir you can write to" in err
 
 
@@ -263,10 +262,11 @@ sys.exit(128 + got[0])
 
 SWEEP_RUNNER = """
 import sys
-from smallgpt_jax import sweep
-trials = [sweep.Trial(w, {}, w, 1, [sys.executable, "-c", sys.argv[1], w]) for w in sys.argv[2:]]
+from smallgpt_jax.sweep_load import Trial
+from smallgpt_jax.sweep_run import run_trials
+trials = [Trial(w, {}, w, 1, [sys.executable, "-c", sys.argv[1], w]) for w in sys.argv[2:]]
 try:
-    sweep.run_trials(trials, parallel=len(trials))
+    run_trials(trials, parallel=len(trials))
 except KeyboardInterrupt:
     print("runner interrupted", flush=True)
 """
@@ -301,13 +301,13 @@ def test_a_trial_that_another_process_runs_is_not_started_again(tmp_path):
     workdir = str(tmp_path / "trial")
     os.makedirs(workdir)
     marker = os.path.join(workdir, "started")
-    trial = sweep.Trial("trial", {}, workdir, 1,
-                        [sys.executable, "-c", f"open({marker!r}, 'w').close()"])
+    trial = sweep_load.Trial("trial", {}, workdir, 1,
+                             [sys.executable, "-c", f"open({marker!r}, 'w').close()"])
     out = io.StringIO()
     with lock.hold(workdir):  # An earlier launch's trial, still running.
-        statuses = sweep.run_trials([trial], parallel=1, out=out)
+        statuses = sweep_run.run_trials([trial], parallel=1, out=out)
     assert not os.path.exists(marker)
     assert f"skipped trial: another process is running it (PID {os.getpid()}" in out.getvalue()
-    assert statuses == {"trial": sweep.RUNNING_ELSEWHERE}
-    assert sweep.run_trials([trial], parallel=1, out=out) == {"trial": 0}  # Free again.
+    assert statuses == {"trial": sweep_run.RUNNING_ELSEWHERE}
+    assert sweep_run.run_trials([trial], parallel=1, out=out) == {"trial": 0}  # Free again.
     assert os.path.exists(marker)

@@ -442,7 +442,7 @@ def test_gpt1_starts_and_trains_on_cpu_with_overrides(tmp_path, shakespeare):
 def test_variants_sweep_trials_are_valid_configs():
     """Every trial of experiments/variants_sweep.py names real fields and validates
     (load_experiment raises UserError otherwise)."""
-    from smallgpt_jax import sweep
-    exp = sweep.load_experiment(os.path.join(ROOT, "experiments", "variants_sweep.py"))
+    from smallgpt_jax.sweep_load import load_experiment
+    exp = load_experiment(os.path.join(ROOT, "experiments", "variants_sweep.py"))
     assert os.path.abspath(exp.config_path) == os.path.join(ROOT, "configs", "char_cpu.py")
     assert {} in [trial.overrides for trial in exp.trials]
