@@ -12,10 +12,18 @@ anomalous lines unless --top says otherwise), then the AUC of each anomaly
 kind against the normal lines.
 """
 
-import argparse
 import csv
+import os
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from smallgpt_jax import cli  # noqa: E402
+from smallgpt_jax.errors import UserError  # noqa: E402
 
 COLUMNS = ("bits_per_char", "max_bits", "bits")
 
@@ -46,22 +54,27 @@ def read(scores_path: str, labels_path: str):
         labels = list(csv.DictReader(f))
     missing = [r["line_number"] for r in labels if int(r["line_number"]) not in rows]
     if missing:
-        raise SystemExit(f"error: {scores_path} has no score for line(s) {', '.join(missing[:5])}: "
-                         "score the log the labels describe, with --per=line.")
+        raise UserError(f"{scores_path} has no score for line(s) {', '.join(missing[:5])}: "
+                        "score the log the labels describe, with --per=line.")
     n = [int(r["line_number"]) for r in labels]
     table = {c: np.array([float(rows[i][c] or "nan") for i in n]) for c in COLUMNS}
     is_anomaly = np.array([r["label"] == "1" for r in labels])
     return table, is_anomaly, np.array([r["kind"] for r in labels])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scores", required=True, help="per-line CSV from smallgpt_jax.score")
-    p.add_argument("--labels", required=True, help="test_labels.csv from make_logs.py")
-    p.add_argument("--top", type=int, default=0, help="k for precision/recall (0: #anomalies)")
-    a = p.parse_args()
-    table, labels, kinds = read(a.scores, a.labels)
-    k = a.top or int(labels.sum())
+def _define_flags() -> None:
+    """Defined only when run as a command, so importing this file defines none."""
+    flags.DEFINE_string("scores", None, "Per-line CSV from smallgpt_jax.score.")
+    flags.DEFINE_string("labels", None, "test_labels.csv from make_logs.py.")
+    flags.DEFINE_integer("top", 0, "k for precision/recall (0: the number of anomalies).")
+    flags.mark_flags_as_required(["scores", "labels"])
+
+
+def main(argv: list[str]) -> None:
+    FLAGS = flags.FLAGS
+    with cli.user_errors():
+        table, labels, kinds = read(FLAGS.scores, FLAGS.labels)
+    k = FLAGS.top or int(labels.sum())
     print(f"{len(labels)} lines, {labels.sum()} anomalous; precision and recall in the top {k}")
     print(f"| score | ROC AUC | precision@{k} | recall@{k} |\n|---|---|---|---|")
     for column, scores in table.items():
@@ -81,4 +94,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    cli.run_app(main)

@@ -23,13 +23,21 @@ error. Injected anomalies, one kind per label:
   malformed        a truncated line, two lines run together, garbage bytes,
                    a missing timestamp, or a JSON record among text lines
   error_burst      6-10 lines of an error that is rare in normal logs, in a row
-Only the standard library is used; the same --seed gives the same files.
+The logs come from the standard library's random alone; the same --seed gives
+the same files.
 """
 
-import argparse
 import datetime
 import os
 import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from smallgpt_jax import cli  # noqa: E402
+from smallgpt_jax.errors import UserError  # noqa: E402
 
 WEB, DB, WORKERS = ["web-01", "web-02", "web-03", "web-04"], ["db-01", "db-02"], [
     "worker-01", "worker-02", "worker-03"]
@@ -233,20 +241,23 @@ def generate(out: str, train_lines: int, test_lines: int, anomalies: int, seed: 
               + (f", {bad} anomalous; labels in {labels})" if labels else ")"))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/logs", help="folder for the .log and labels files")
-    p.add_argument("--train_lines", type=int, default=30000, help="lines of normal training logs")
-    p.add_argument("--test_lines", type=int, default=3000, help="lines of the test log")
-    p.add_argument("--anomalies", type=int, default=10,
-                   help="injected anomalies of each single-line kind (bursts: a third as many)")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
-    if a.test_lines < 100 or a.train_lines < 100:
-        p.error("--train_lines and --test_lines must be at least 100")
-    generate(a.out, a.train_lines, a.test_lines, a.anomalies, a.seed)
+def _define_flags() -> None:
+    """Defined only when run as a command (tests import generate())."""
+    flags.DEFINE_string("out", "runs/logs", "Folder for the .log and labels files.")
+    flags.DEFINE_integer("train_lines", 30000, "Lines of normal training logs.")
+    flags.DEFINE_integer("test_lines", 3000, "Lines of the test log.")
+    flags.DEFINE_integer("anomalies", 10, "Injected anomalies of each single-line kind "
+                         "(bursts: a third as many).")
+    flags.DEFINE_integer("seed", 0, "Seed of the generator.")
+
+
+def main(argv: list[str]) -> None:
+    FLAGS = flags.FLAGS
+    if FLAGS.test_lines < 100 or FLAGS.train_lines < 100:
+        raise UserError("--train_lines and --test_lines must be at least 100.")
+    generate(FLAGS.out, FLAGS.train_lines, FLAGS.test_lines, FLAGS.anomalies, FLAGS.seed)
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    cli.run_app(main)

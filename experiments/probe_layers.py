@@ -25,7 +25,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from smallgpt_jax import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/char_cpu",
                                "A char model trained on Tiny Shakespeare.")
@@ -89,9 +91,7 @@ def probe(x_train, y_train, x_test, y_test, steps: int) -> tuple[float, float]:
     return float((pred == y_test).mean()), float(f1)
 
 
-def main(argv):
-    del argv
-    from smallgpt_jax import cli
+def main(argv: list[str]) -> None:
     cli.setup_logging()
     from smallgpt_jax import data, representations
     from smallgpt_jax.checkpoint import load_params
@@ -124,4 +124,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)

@@ -75,8 +75,9 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]
     _check_path(argv)
     try:
         return flag_values(argv)
-    except flags.Error as e:
-        raise UserError(_explain(argv, e) or f"{str(e).rstrip('.')}. Try --help.") from None
+    except flags.Error as e:  # (Two missing required flags are two lines: joined.)
+        said = "; ".join(line.rstrip(".") for line in str(e).splitlines() if line.strip())
+        raise UserError(_explain(argv, e) or f"{said}. Try --help.") from None
     except Exception as e:  # A config file that fails to load, an unknown field.
         raise UserError(_explain(argv, e) or _load_error(e, _path(argv))) from None
 
