@@ -18,17 +18,19 @@ layers, as in `train_step.py`) over their time.
 
 from __future__ import annotations
 
-import smallgpt_jax  # noqa: F401  First: it tunes the allocator before NumPy starts threads.
+if __name__ == "__main__":  # First: the allocator, before NumPy starts threads.
+    from smallgpt_jax import runtime
+    runtime.setup_process()
 
-import collections
-import re
-import tempfile
-import time
-from pathlib import Path
+import collections  # noqa: E402
+import re  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from absl import flags
+from absl import flags  # noqa: E402
 
-from benchmarks import train_step
+from benchmarks import train_step  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps recorded by the profiler.")
 
@@ -102,12 +104,11 @@ def profile(jstep, steps: int) -> tuple[dict[str, float], float]:
 def main(argv: list[str]) -> None:
     from smallgpt_jax import cli, runtime
 
-    cli.setup_logging()
     with cli.user_errors():
         config = train_step._CONFIG.value
         from smallgpt_jax.config import validate
         validate(config)
-        runtime.setup(config)
+        runtime.setup_run(config)
         jstep = train_step.JaxStep(config, train_step.vocab_size_for(config))
         jstep.run(train_step._WARMUP.value, timed=False)
         seconds, wall = profile(jstep, _STEPS.value)

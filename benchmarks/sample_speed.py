@@ -21,7 +21,7 @@ import time
 
 from absl import flags
 
-from smallgpt_jax import cli
+from smallgpt_jax import cli, runtime
 from smallgpt_jax.config_files import define_config_flag
 
 _CONFIG = define_config_flag()
@@ -32,7 +32,7 @@ _LONG = flags.DEFINE_integer("long_tokens", 500, "Length of the second case.")
 
 
 def main(argv: list[str]) -> None:
-    cli.setup_logging()
+    runtime.setup_process()  # First: before NumPy or JAX start threads.
     import jax
     import jax.numpy as jnp
     import numpy as np

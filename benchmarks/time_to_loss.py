@@ -31,7 +31,9 @@ import time
 
 T0 = time.time()  # Process start, nearly: before JAX or the project is imported.
 
-import smallgpt_jax  # noqa: E402,F401  Tunes the allocator before NumPy starts threads.
+if __name__ == "__main__":  # First: the allocator, before NumPy starts threads.
+    from smallgpt_jax import runtime
+    runtime.setup_process()
 
 import collections  # noqa: E402
 import json  # noqa: E402
@@ -219,7 +221,6 @@ def render(r: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     from smallgpt_jax import cli
-    cli.setup_logging()
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="time_to_loss_")
     with cli.user_errors():
         if os.path.exists(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):

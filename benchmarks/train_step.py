@@ -21,21 +21,23 @@ for the model's dtype looked up by device kind.
 
 from __future__ import annotations
 
-import smallgpt_jax  # noqa: F401  First: it tunes the allocator before NumPy starts threads.
+if __name__ == "__main__":  # First: the allocator, before NumPy starts threads.
+    from smallgpt_jax import runtime
+    runtime.setup_process()
 
-import json
-import os
-import resource
-import statistics
-import subprocess
-import sys
-import time
-from typing import Any
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
 
-import numpy as np
-from absl import flags
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
-from smallgpt_jax.config_files import define_config_flag
+from smallgpt_jax.config_files import define_config_flag  # noqa: E402
 
 _CONFIG = define_config_flag("Path to a config file, e.g. configs/char_cpu.py.")
 _WARMUP = flags.DEFINE_integer(
@@ -280,8 +282,8 @@ def benchmark(config) -> dict[str, Any]:
         from smallgpt_jax import runtime
     except ImportError:  # Older code (to measure "before" figures): no tweaks.
         runtime = None
-    # The allocator is tuned when smallgpt_jax is first imported (by the
-    # config file); SMALLGPT_RUNTIME_TWEAKS=0 measures without any of it.
+    # As a run has them (run as a script, runtime.setup_process applied them
+    # already); SMALLGPT_RUNTIME_TWEAKS=0 measures without any of it.
     tweaks = {}
     if runtime and hasattr(runtime, "use_default_xla_flags"):  # Before JAX starts.
         tweaks["xla_flags"] = runtime.use_default_xla_flags()
@@ -371,7 +373,6 @@ def benchmark(config) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     from smallgpt_jax import cli
-    cli.setup_logging()
     with cli.user_errors():
         record = benchmark(_CONFIG.value)
     print(render(record))

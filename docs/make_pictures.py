@@ -36,7 +36,7 @@ from matplotlib.patches import Rectangle
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # Works without `pip install -e .`.
 
-from smallgpt_jax import cli  # noqa: E402
+from smallgpt_jax import cli, runtime  # noqa: E402
 from smallgpt_jax.config_files import define_config_flag  # noqa: E402
 
 PROMPT = "ROMEO:\nO, she doth teach"  # Short enough for readable axis labels.
@@ -211,7 +211,7 @@ def main(argv: list[str]) -> None:
             save({name: draw() for name, draw in CONCEPTS.items()}, FLAGS.images)
     if FLAGS.what == "ideas":
         return
-    cli.setup_logging()
+    runtime.setup_process()
     from smallgpt_jax import loop, viz
     config = FLAGS.config
     with cli.user_errors():

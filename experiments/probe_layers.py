@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from smallgpt_jax import cli  # noqa: E402
+from smallgpt_jax import cli, runtime  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/char_cpu",
                                "A char model trained on Tiny Shakespeare.")
@@ -92,8 +92,8 @@ def probe(x_train, y_train, x_test, y_test, steps: int) -> tuple[float, float]:
 
 
 def main(argv: list[str]) -> None:
-    cli.setup_logging()
-    from smallgpt_jax import data, representations
+    runtime.setup_process()  # First: before JAX starts threads.
+    from smallgpt_jax import data, representations  # After flags: fast --help.
     from smallgpt_jax.checkpoint import load_params
     with cli.user_errors():
         params, model_config, tok = load_params(_WORKDIR.value)

@@ -1,9 +1,9 @@
-"""Shared command-line plumbing: quiet logs, and one clear line per user error."""
+"""Shared command-line plumbing: one clear line per user error. (The quiet
+logs are set with the other process settings: runtime.setup_process.)"""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -54,44 +54,6 @@ def user_errors():
         _quiet_broken_pipe()
 
 
-class _QuietOrbaxErrors(logging.Filter):
-    """Orbax logs an error (often with a traceback) from each thread of a save
-    that failed (a full disk, say). Every such failure also reaches our code
-    as an exception, and our own error line says what failed and what to do,
-    so these records are dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and f"{os.sep}orbax{os.sep}" in record.pathname)
-
-
-_QUIET_ORBAX_ERRORS = _QuietOrbaxErrors()  # One instance: adding it again is a no-op.
-
-
-def _ignore_closed_event_loop(unraisable) -> None:
-    """After a restore fails (damaged files), TensorStore finishes the reads
-    still in flight and reports them to Orbax's asyncio loop, closed by then;
-    Python would print a traceback for each. Our error line already says what
-    failed, so those are dropped; anything else is printed as usual."""
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-        return
-    sys.__unraisablehook__(unraisable)
-
-
-def setup_logging() -> None:
-    """Keeps library log noise (absl, orbax, jax) out of the console."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    for name in ("jax", "absl", "orbax", "tensorboardX", "etils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("absl").addFilter(_QUIET_ORBAX_ERRORS)
-    # After a failed restore, Orbax leaves reads in flight whose errors asyncio
-    # would log as "Future exception was never retrieved"; ours is reported.
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    sys.unraisablehook = _ignore_closed_event_loop
-    logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
 
 
 def parse_step(value: str) -> str | int:

@@ -136,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     `hooks` (see profiling.py) let a tool time the run.
     """
     validate(config)
-    applied = runtime.setup(config)  # Allocator, XLA flags, RNG, compilation cache.
+    applied = runtime.setup_run(config)  # XLA flags, compilation cache.
     # 'auto' becomes the dtype used, so config.json and the log say which.
     auto = config.model.dtype == "auto"
     config.model.dtype = runtime.resolve_dtype(config.model.dtype, jax.default_backend())

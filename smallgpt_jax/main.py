@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from smallgpt_jax import cli
+from smallgpt_jax import cli, runtime
 
 if __name__ == "__main__":  # Before the slower imports below.
     cli.quiet_ctrl_c()
@@ -28,8 +28,7 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join(
         "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0])
-    cli.setup_logging()
-    from smallgpt_jax import runtime
+    runtime.setup_process()  # First: before NumPy or JAX start threads.
     runtime.use_default_xla_flags()  # Before anything (joining a job, too) starts JAX.
     import jax
     from smallgpt_jax import distributed, loop, reporting  # After flags: fast --help.

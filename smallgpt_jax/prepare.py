@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from absl import flags
 
-from smallgpt_jax import cli
+from smallgpt_jax import cli, runtime
 from smallgpt_jax.config_files import define_config_flag
 
 _CONFIG = define_config_flag("Path to a config file, e.g. configs/char_cpu.py.")
 
 
 def main(argv: list[str]) -> None:
-    cli.setup_logging()
+    runtime.setup_process(uses_jax=False)  # First: before NumPy starts threads.
     from smallgpt_jax import store  # After the flags: keeps --help fast.
     from smallgpt_jax.config import validate
     config = _CONFIG.value

@@ -1,7 +1,10 @@
 """Process-wide settings that make training faster without changing results.
 
-`setup(config)` is called once at the start of a run (loop.py does it). Each
-piece is measured in benchmarks/README.md:
+Nothing here runs on import: a notebook or another program that imports
+smallgpt_jax keeps its process as it was. The command lines apply the
+settings through one call, `setup_process()`, first thing in their main()
+(before they import NumPy or JAX); a run adds its own, `setup_run(config)`.
+Each piece is measured in benchmarks/README.md:
 
 * `tune_host_allocator`: XLA:CPU allocates each step's temporary buffers (tens
   of MB to GB) in one block, from one of its worker threads; glibc hands
@@ -11,12 +14,17 @@ piece is measured in benchmarks/README.md:
   faults for the 12-layer one). One heap for all threads, no mmap and no
   trimming make the next step reuse the same memory. The cost: the process
   keeps its peak heap size. It must run before NumPy or JAX start threads
-  (a thread that already has an arena of its own keeps it), so importing
-  `smallgpt_jax` does it.
+  (a thread that already has an arena of its own keeps it), which is why
+  this module imports nothing heavy at its top.
 * `use_unrolled_threefry`: on CPU, JAX lowers the Threefry hash behind
   `jax.random` (and so dropout) as a 5-iteration loop, one pass over the whole
   random array per iteration; the unrolled form JAX uses on GPU computes the
   same bits in one fused pass.
+* `quiet_library_logs`: library log noise (absl, orbax, jax) stays out of the
+  console, and so do the tracebacks Orbax and asyncio print for failures our
+  own error line already reports.
+* No matplotlib backend is chosen: viz.py draws on `matplotlib.figure.Figure`
+  with the Agg canvas, which needs no display and no pyplot.
 * `enable_compilation_cache`: JAX's persistent compilation cache, so a
   restarted run (resume, another seed, evaluation) loads its compiled train
   step from disk instead of compiling it again.
@@ -37,9 +45,12 @@ and the Threefry lowering as they are, e.g. to measure what they bring.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
 import sys
+
+from absl import logging as absl_logging
 
 log = logging.getLogger("smallgpt_jax")
 
@@ -85,7 +96,7 @@ def use_unrolled_threefry(unrolled: bool = True) -> bool:
     """Lowers jax.random's Threefry hash on CPU unrolled (True) or as JAX's
     default loop (False). Same bits either way. Returns True if it could be set
     (it uses JAX internals, so a future JAX may not offer it)."""
-    try:
+    try:  # JAX is imported here, not at the top: see the module docstring.
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as tf
         rule = tf._threefry2x32_lowering_rule if unrolled else tf._threefry2x32_cpu_lowering_rule
@@ -96,7 +107,7 @@ def use_unrolled_threefry(unrolled: bool = True) -> bool:
 
 
 def default_compilation_cache_dir() -> str:
-    from smallgpt_jax.data import cache_dir
+    from smallgpt_jax.data import cache_dir  # Here: data imports NumPy.
     return os.path.join(cache_dir(), "jax_compilation_cache")
 
 
@@ -109,7 +120,7 @@ def enable_compilation_cache(path: str, max_bytes: int = 2**30) -> str | None:
     """
     if not path:
         return None
-    import jax
+    import jax  # Here: this module is imported before JAX may be.
     path = os.path.expanduser(path)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_compilation_cache_max_size", max_bytes)
@@ -132,7 +143,6 @@ def xla_flags_for(environ: dict, gpu: bool) -> tuple[str, str]:
 def may_use_cuda(environ: dict) -> bool:
     """Whether JAX may start on an NVIDIA GPU, known without starting it: a
     CUDA plugin is installed and JAX_PLATFORMS (if set) allows CUDA."""
-    import importlib.util
     platforms = environ.get("JAX_PLATFORMS", "")
     if platforms and not any(p in platforms for p in ("cuda", "gpu")):
         return False
@@ -153,7 +163,7 @@ def use_default_xla_flags() -> tuple[str, str]:
         gpu = may_use_cuda(os.environ)
         flags, source = xla_flags_for(os.environ, gpu)
         if gpu and "XLA_FLAGS" not in os.environ:
-            from jax._src import xla_bridge
+            from jax._src import xla_bridge  # Here: see enable_compilation_cache.
             if xla_bridge.backends_are_initialized():
                 flags, source = "", ("none (JAX had started before smallgpt_jax could set "
                                      "its GPU default)")
@@ -171,16 +181,73 @@ def resolve_dtype(dtype: str, platform: str) -> str:
     return "bfloat16" if platform in ("gpu", "tpu") else "float32"
 
 
-def setup(config=None) -> dict:
-    """Applies the settings above; `config.compilation_cache` picks the cache
-    directory ('auto': the user cache, '': off). Returns what was applied."""
-    applied = {"host_allocator": tune_host_allocator()}  # Done at import already.
-    applied["xla_flags"] = use_default_xla_flags()  # Before JAX starts its backend.
-    if tweaks_enabled():
+class _QuietOrbaxErrors(logging.Filter):
+    """Orbax logs an error (often with a traceback) from each thread of a save
+    that failed (a full disk, say). Every such failure also reaches our code
+    as an exception, and our own error line says what failed and what to do,
+    so these records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR
+                    and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+_QUIET_ORBAX_ERRORS = _QuietOrbaxErrors()  # One instance: adding it again is a no-op.
+
+
+def _ignore_closed_event_loop(unraisable) -> None:
+    """After a restore fails (damaged files), TensorStore finishes the reads
+    still in flight and reports them to Orbax's asyncio loop, closed by then;
+    Python would print a traceback for each. Our error line already says what
+    failed, so those are dropped; anything else is printed as usual."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def quiet_library_logs() -> None:
+    """Keeps library log noise (absl, orbax, jax) out of the console."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    for name in ("jax", "absl", "orbax", "tensorboardX", "etils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(_QUIET_ORBAX_ERRORS)
+    # After a failed restore, Orbax leaves reads in flight whose errors asyncio
+    # would log as "Future exception was never retrieved"; ours is reported.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    sys.unraisablehook = _ignore_closed_event_loop
+    logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
+
+
+def setup_process(uses_jax: bool = True) -> dict:
+    """Applies the process-wide settings above: the allocator first, then the
+    logs, then (`uses_jax`) the Threefry lowering. Every command line calls it
+    once, first thing in main(), before it imports NumPy or JAX; `prepare`,
+    which needs no JAX, passes uses_jax=False (importing JAX takes seconds).
+    Returns what was applied."""
+    applied = {"host_allocator": tune_host_allocator()}
+    quiet_library_logs()
+    if uses_jax and tweaks_enabled():
         applied["unrolled_threefry"] = use_unrolled_threefry(True)
+    log.debug("process settings: %s", applied)
+    return applied
+
+
+def setup_run(config=None) -> dict:
+    """A run's settings: the default XLA flags (before JAX starts its backend)
+    and the compilation cache that `config.compilation_cache` picks ('auto':
+    the user cache, '': off). Returns what was applied.
+
+    The cache is a JAX setting of the whole process, but it belongs to the
+    run: its value is a field of the run's config, known once the config is
+    read, and it changes no result, only how long compiling takes. (JAX
+    decides at the process's first compilation whether to use it, so a run
+    started after other code compiled runs without it.)"""
+    applied = {"xla_flags": use_default_xla_flags()}
     cache = getattr(config, "compilation_cache", "") if config is not None else ""
     if cache == "auto":
         cache = default_compilation_cache_dir()
     applied["compilation_cache"] = enable_compilation_cache(cache)
-    log.debug("runtime settings: %s", applied)
+    log.debug("run settings: %s", applied)
     return applied

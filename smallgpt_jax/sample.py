@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from smallgpt_jax import cli
+from smallgpt_jax import cli, runtime
 
 if __name__ == "__main__":  # Before the slower imports below.
     cli.quiet_ctrl_c()
@@ -72,7 +72,7 @@ def check_prompt_early(workdir: str, prompt: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    cli.setup_logging()
+    runtime.setup_process()  # First: before NumPy or JAX start threads.
     from smallgpt_jax import sampling  # Imported after flags: keeps --help fast.
     workdir, prompt, n = _WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value
     knobs = dict(num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> None:
             check_output(_OUTPUT.value)
         check_prompt_early(workdir, prompt)
 
-        from smallgpt_jax import checkpoint, runtime  # Lazy: loads orbax.
+        from smallgpt_jax import checkpoint  # Lazy: loads orbax.
         # Programs compiled by earlier runs (of this command or of training)
         # load from the user's compilation cache instead of compiling again.
         runtime.enable_compilation_cache(runtime.default_compilation_cache_dir())

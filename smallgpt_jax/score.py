@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-from smallgpt_jax import cli
+from smallgpt_jax import cli, runtime
 
 if __name__ == "__main__":  # Before the slower imports below.
     cli.quiet_ctrl_c()
@@ -150,7 +150,7 @@ def write_html(path: str, scores, title: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    cli.setup_logging()
+    runtime.setup_process()  # First: before NumPy or JAX start threads.
     from smallgpt_jax import scoring, tokenizer as tokenizer_lib  # After flags: fast --help.
     with cli.user_errors():
         # Everything that can be checked without the checkpoint, first.

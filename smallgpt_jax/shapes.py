@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from smallgpt_jax import cli
+from smallgpt_jax import cli, runtime
 from smallgpt_jax.config_files import define_config_flag
 from smallgpt_jax.tokenizer import LEARNED, ByteTokenizer
 
@@ -136,6 +136,7 @@ def letter_values(m, batch_size: int) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> None:
+    runtime.setup_process()
     from smallgpt_jax.config import validate
     from smallgpt_jax.model import model_config
     FLAGS = flags.FLAGS

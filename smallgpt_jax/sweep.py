@@ -42,7 +42,7 @@ import signal
 import sys
 from typing import Any, Iterable, Sequence
 
-from smallgpt_jax import cli
+from smallgpt_jax import cli, runtime
 
 if __name__ == "__main__":  # Before the slower imports below.
     cli.quiet_ctrl_c()
@@ -166,6 +166,7 @@ def run_sweep(path: str, overrides: Sequence[str] = (), runs_dir: str = "runs",
 
 
 def main(argv: list[str], overrides: Sequence[str] = ()) -> None:
+    runtime.setup_process(uses_jax=False)  # The trials are processes of their own.
     FLAGS = flags.FLAGS
     if FLAGS.parallel < 1:
         raise UserError(f"--parallel={FLAGS.parallel} must be at least 1. Try --help.")

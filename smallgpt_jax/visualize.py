@@ -16,7 +16,7 @@ import os
 
 from absl import flags
 
-from smallgpt_jax import cli
+from smallgpt_jax import cli, runtime
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir.")
 _WHAT = flags.DEFINE_enum("what", "attention", ["attention", "curves", "embeddings"],
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
         cli.fail(f"--workdir={workdir} is not a directory; pass a training run's workdir.")
     output = _OUTPUT.value or os.path.join(workdir, f"{_WHAT.value}.png")
     step = int(_STEP.value) if _STEP.value.isdigit() else _STEP.value
-    cli.setup_logging()
+    runtime.setup_process()  # First: before NumPy or JAX start threads.
     from smallgpt_jax import viz  # Imported after flags: keeps --help fast.
     with cli.user_errors():
         name = os.path.basename(os.path.normpath(workdir))

@@ -1,8 +1,9 @@
 """Pictures of what a model learned: attention maps, loss curves, embeddings.
 
-Each `plot_*` function returns a matplotlib Figure (drawn off-screen with the
-Agg backend, so no display is needed); `save_figure` writes one to a PNG and
-`figure_to_array` turns one into an [H, W, 3] uint8 image for TensorBoard.
+Each `plot_*` function returns a matplotlib Figure, drawn off-screen on the
+Agg canvas (no display, no pyplot, and no backend chosen for the process);
+`save_figure` writes one to a PNG and `figure_to_array` turns one into an
+[H, W, 3] uint8 image for TensorBoard.
 
 - Attention: the model's attention layers `sow` their softmax weights
   att_BHTS into the "intermediates" collection; `attention_maps` runs one
@@ -18,18 +19,17 @@ import functools
 import os
 from typing import Any
 
-import matplotlib
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib import font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")  # Off-screen rendering: works on servers and in tests.
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from smallgpt_jax.errors import UserError  # noqa: E402
-from smallgpt_jax.model import GPT, ModelConfig, unscan  # noqa: E402
+from smallgpt_jax.errors import UserError
+from smallgpt_jax.model import GPT, ModelConfig, unscan
 
 
 # ----------------------------------------------------------------- attention
@@ -84,8 +84,6 @@ def token_labels(tokenizer, ids) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def _font_characters() -> frozenset[int] | None:
     """Code points matplotlib's default font has (None: unknown, draw them all)."""
-    from matplotlib import font_manager
-    from matplotlib.ft2font import FT2Font
     try:
         return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties()))
                          .get_charmap())
@@ -168,6 +166,8 @@ def read_scalars(logdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     A resumed run writes some steps twice (the steps after its last
     checkpoint); the value read last wins, which is the resumed run's.
     """
+    # Here, not at the top: tensorboard takes about half a second to import,
+    # and only the curves need it (a run imports viz for its attention images).
     from tensorboard.backend.event_processing import event_accumulator as ea
 
     if not os.path.isdir(logdir) or not any(
@@ -258,7 +258,6 @@ def plot_embeddings(params, tokenizer, title: str = "", max_labels: int = 300) -
 
 def figure_to_array(fig: Figure) -> np.ndarray:
     """Renders a figure to an [H, W, 3] uint8 RGB array (e.g. for TensorBoard)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

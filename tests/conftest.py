@@ -55,6 +55,16 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+# In-process runs get the allocator and the Threefry lowering a command line
+# sets (runtime.setup_process); not its log settings and unraisable hook,
+# which would replace pytest's. After the variables above: JAX reads them
+# when it is imported.
+from smallgpt_jax import runtime  # noqa: E402
+
+runtime.tune_host_allocator()
+if runtime.tweaks_enabled():
+    runtime.use_unrolled_threefry(True)
+
 
 def has_shakespeare() -> bool:
     d = os.environ.get("SMALLGPT_DATA_DIR", "")

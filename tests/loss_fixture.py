@@ -84,11 +84,6 @@ def step_losses(overrides: dict) -> list[float]:
     from smallgpt_jax.model import model_config
     from smallgpt_jax.tokenizer import CharTokenizer
 
-    try:  # What loop.py sets up (runtime.py did not exist before the speed-ups).
-        from smallgpt_jax import runtime
-        runtime.setup()
-    except ImportError:
-        pass
     c = small_config(**overrides)
     text = corpus_text()
     tok = CharTokenizer.from_text(text)
@@ -145,6 +140,11 @@ def main() -> None:
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "smallgpt_jax"],
                                cwd=ROOT, capture_output=True, text=True).stdout.strip()
         commit = head + (" (with uncommitted changes in smallgpt_jax/)" if dirty else "")
+    try:  # The settings of a run (under pytest, conftest.py applies them).
+        from smallgpt_jax import runtime
+        (getattr(runtime, "setup_process", None) or runtime.setup)()  # setup(): older code.
+    except ImportError:  # runtime.py did not exist before the speed-ups.
+        pass
     import jax
     record = {
         "commit": commit,

@@ -171,7 +171,7 @@ def test_an_incomplete_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
 
 # After the failed restore, TensorStore finishes its reads in flight onto Orbax's
 # asyncio loop, closed by then; Python reports each as unraisable (the command
-# line drops them: cli._ignore_closed_event_loop). Nothing else is filtered.
+# line drops them: runtime._ignore_closed_event_loop). Nothing else is filtered.
 @pytest.mark.filterwarnings(
     "ignore:(?s).*RuntimeError. Event loop is closed:pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", ["truncate", "delete"])

@@ -1,4 +1,6 @@
-"""The process settings of smallgpt_jax/runtime.py do what they claim."""
+"""The process settings of smallgpt_jax/runtime.py do what they claim, the
+command line applies them before NumPy and JAX start, and importing the
+package applies none of them."""
 
 import subprocess
 import sys
@@ -8,22 +10,30 @@ import pytest
 
 from conftest import ROOT
 
-# In a fresh interpreter (the allocator must be tuned before NumPy starts):
-# fill a block, free it, fill a block of the same size again, and count the
+# Fill a block, free it, fill a block of the same size again, and count the
 # minor page faults of the second fill. A block kept by the heap is refilled
 # without faults; one given back to the kernel faults in every page again.
-_REFILL = textwrap.dedent("""
-    import ctypes, resource, sys
-    import smallgpt_jax  # noqa: F401 (SMALLGPT_RUNTIME_TWEAKS=0 leaves the allocator alone)
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    n = int(sys.argv[1])
-    block = libc.malloc(n); ctypes.memset(block, 1, n); libc.free(block)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    block = libc.malloc(n); ctypes.memset(block, 1, n)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, n // 4096)
+_MEASURE_REFILL = textwrap.dedent("""
+    def refill_faults(n):
+        import ctypes, resource
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        block = libc.malloc(n); ctypes.memset(block, 1, n); libc.free(block)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = libc.malloc(n); ctypes.memset(block, 1, n)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, n // 4096
 """)
+
+# In a fresh interpreter (the allocator must be tuned before NumPy starts):
+# the settings every command line applies first, then the measurement.
+_REFILL = _MEASURE_REFILL + textwrap.dedent("""
+    import sys
+    from smallgpt_jax import runtime
+    runtime.setup_process(uses_jax=False)  # SMALLGPT_RUNTIME_TWEAKS=0: no allocator change.
+    print(*refill_faults(int(sys.argv[1])))
+""")
+
 
 def _refill_faults(nbytes: int, tweaks: bool) -> tuple[int, int]:
     env = {"SMALLGPT_RUNTIME_TWEAKS": "1" if tweaks else "0", "PATH": ""}
@@ -50,6 +60,101 @@ def test_without_the_tweak_the_refill_faults():
     # What the test above guards against: glibc's defaults unmap the block.
     faults, pages = _refill_faults(64 << 20, tweaks=False)
     assert faults > pages // 2
+
+
+# `python -m smallgpt_jax.main` up to the training run, which a stand-in
+# replaces: it reports which of NumPy and JAX were imported when the
+# allocator was tuned, and whether the tuning holds.
+_MAIN_UNTIL_THE_RUN = _MEASURE_REFILL + textwrap.dedent("""
+    import json, runpy, sys, types
+    from smallgpt_jax import runtime
+    seen = {}
+    tune = runtime.tune_host_allocator
+    def spy():
+        seen["imported_first"] = [m for m in ("numpy", "jax") if m in sys.modules]
+        return tune()
+    runtime.tune_host_allocator = spy
+    def train_and_evaluate(config, workdir):
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32 as tf
+        rule = mlir._platform_specific_lowerings["cpu"][tf.threefry2x32_p].rule
+        seen.update(faults=refill_faults(64 << 20),
+                    unrolled_threefry=rule is tf._threefry2x32_lowering_rule,
+                    hook=sys.unraisablehook is runtime._ignore_closed_event_loop)
+        print(json.dumps(seen), flush=True)
+        raise SystemExit(0)
+    sys.modules["smallgpt_jax.loop"] = types.ModuleType("smallgpt_jax.loop")
+    sys.modules["smallgpt_jax.loop"].train_and_evaluate = train_and_evaluate
+    sys.argv = ["main", "--config=configs/char_cpu.py", "--workdir=" + sys.argv[1]]
+    runpy.run_module("smallgpt_jax.main", run_name="__main__", alter_sys=True)
+""")
+
+
+@linux_only
+def test_the_command_line_applies_the_settings_before_numpy_and_jax_start(tmp_path):
+    env = {"PATH": "", "JAX_PLATFORMS": "cpu", "SMALLGPT_DISTRIBUTED": "off"}
+    out = subprocess.run([sys.executable, "-c", _MAIN_UNTIL_THE_RUN, str(tmp_path / "run")],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen = __import__("json").loads(out.stdout.splitlines()[-1])
+    assert seen["imported_first"] == []
+    faults, pages = seen["faults"]
+    assert faults < pages // 100
+    assert seen["unrolled_threefry"] and seen["hook"]
+
+
+# A fresh interpreter imports the libraries smallgpt_jax uses (their own
+# import-time effects are theirs), notes the process state, imports every
+# module of the package that defines no command-line flags, and compares.
+_IMPORT_CHANGES_NOTHING = _MEASURE_REFILL + textwrap.dedent("""
+    import importlib, logging, os, pkgutil, signal, sys, warnings
+    import flax.linen, jax, matplotlib, matplotlib.figure, ml_collections, numpy, optax
+    import orbax.checkpoint, tensorboardX, tokenizers
+    from absl import flags, logging as absl_logging
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as tf
+
+    def state():
+        loggers = ("", "jax", "absl", "orbax", "tensorboardX", "etils", "asyncio",
+                   "smallgpt_jax")
+        return {
+            "unraisable hook": sys.unraisablehook,
+            "matplotlib backend": dict.__getitem__(matplotlib.rcParams, "backend"),
+            "pyplot imported": "matplotlib.pyplot" in sys.modules,
+            "threefry lowering on cpu":
+                mlir._platform_specific_lowerings["cpu"][tf.threefry2x32_p].rule,
+            "loggers": [(logging.getLogger(n).level, list(logging.getLogger(n).filters))
+                        for n in loggers],
+            "absl verbosity": absl_logging.get_verbosity(),
+            "environment": dict(os.environ),
+            "signal handlers": [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)],
+            "jax config": dict(jax.config.values),
+            "warning filters": list(warnings.filters),
+        }
+
+    before = state()
+    import smallgpt_jax
+    for m in pkgutil.iter_modules(smallgpt_jax.__path__):
+        if m.name not in ("prepare", "sample", "score", "visualize"):  # Their flags clash.
+            importlib.import_module("smallgpt_jax." + m.name)
+    after = state()
+    for key in before:
+        if before[key] != after[key]:
+            print("changed:", key)
+    faults, pages = refill_faults(64 << 20)
+    if faults < pages // 2:
+        print("changed: the allocator keeps freed blocks")
+    if sys.modules["smallgpt_jax.runtime"]._allocator_tuned:
+        print("changed: runtime says the allocator is tuned")
+""")
+
+
+def test_importing_the_package_changes_nothing_in_the_process():
+    env = {"PATH": "", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _IMPORT_CHANGES_NOTHING], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
 
 
 # ---------------------------------------------------------------- GPU defaults, tested on CPU
