@@ -72,3 +72,23 @@ def test_config_files_that_cannot_be_used_are_one_line_naming_the_file(
     err = proc.stderr.strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and message.format(path=path) in err, err
+
+
+def test_load_config_reads_overrides_as_the_command_line_does(tmp_path):
+    import os
+    from conftest import ROOT
+    from smallgpt_jax.config_files import load_config
+    path = os.path.join(ROOT, "configs", "char_cpu.py")
+    base = load_config(path)
+    c = load_config(path, ["model.num_layers=2", "model.use_bias=false",
+                           "train.learning_rate=3e-4", "model.pos_encoding=rope"])
+    assert (c.model.num_layers, c.model.use_bias, c.train.learning_rate,
+            c.model.pos_encoding) == (2, False, 3e-4, "rope")
+    assert base.model.num_layers != 2 and base.model.use_bias  # A fresh config each time.
+    with pytest.raises(UserError, match=r"--config.model.num_layer: the config has no field "
+                                        r"model.num_layer \(did you mean model.num_layers\?\)"):
+        load_config(path, ["model.num_layer=2"])
+    with pytest.raises(UserError, match=r"--config.model.num_layers='x' is not a valid int"):
+        load_config(path, ["model.num_layers=x"])
+    with pytest.raises(UserError, match="config file .*nope.py does not exist"):
+        load_config(str(tmp_path / "nope.py"))

@@ -116,6 +116,16 @@ def test_a_trial_is_finished_when_its_summary_has_all_steps(tmp_path):
     assert sweep_run.is_finished(trial)
 
 
+def test_command_line_overrides_go_to_the_trials_and_docs_spellings_work():
+    argv, overrides = sweep.split_overrides(
+        ["sweep.py", "exp.py", "--dry-run", "--runs-dir=d", "--config.model.dropout=0.1",
+         "--parallel=2"])
+    assert argv == ["sweep.py", "exp.py", "--dry_run", "--runs_dir=d", "--parallel=2"]
+    assert overrides == ["model.dropout=0.1"]
+    with pytest.raises(UserError, match="extra settings look like --config.train.num_steps=100"):
+        sweep.split_overrides(["sweep.py", "exp.py", "--config.model.dropout"])
+
+
 def test_bad_sweep_on_the_command_line_is_one_line(tmp_path):
     path = write_sweep(tmp_path, "def get_sweep():\n    return sweep.values('model.layers', [1])\n")
     proc = run_cli([path, f"--runs_dir={tmp_path / 'runs'}"], module="smallgpt_jax.sweep")
