@@ -20,23 +20,15 @@ import functools
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import tokenizers as tk
 
 from smallgpt_jax.errors import UserError
-from smallgpt_jax.tokenizer import Tokenizer
+from smallgpt_jax.tokenizer_base import Tokenizer
 
 # Marks a document boundary when `config.data.end_of_text` is on (GPT-2's name).
 END_OF_TEXT = "<|endoftext|>"
 NUM_BYTES = 256  # The base alphabet: every byte value is a token from the start.
 MIN_PAIR_COUNT = 2  # A pair seen only once is memorisation, not a pattern: never merged.
-
-
-def _import_tokenizers():
-    try:
-        import tokenizers
-    except ImportError:
-        raise UserError("config.data.tokenizer='bpe' needs the `tokenizers` package: "
-                        "pip install tokenizers")
-    return tokenizers
 
 
 class BPETokenizer(Tokenizer):
@@ -59,7 +51,6 @@ class BPETokenizer(Tokenizer):
         bytes and specials, or if the text has too few repeated pairs to
         learn that many merges.
         """
-        tk = _import_tokenizers()
         special_tokens = list(special_tokens)
         smallest = NUM_BYTES + len(special_tokens)
         if vocab_size < smallest:
@@ -135,7 +126,6 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BPETokenizer":
-        tk = _import_tokenizers()
         try:
             return cls(tk.Tokenizer.from_str(d["hf_tokenizer_json"]))
         except Exception as e:  # A missing key or malformed JSON.

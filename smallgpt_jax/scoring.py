@@ -28,6 +28,7 @@ import numpy as np
 
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT
+from smallgpt_jax.words import PIECE
 
 LN2 = math.log(2.0)
 
@@ -95,7 +96,6 @@ def token_byte_lengths(tokenizer, ids, text: str) -> np.ndarray:
         sizes = np.array([len(c.encode("utf-8")) for c in tokenizer.chars], np.int64)
         return sizes[ids]
     if tokenizer.kind == "word":  # One token per piece, an unknown word included.
-        from smallgpt_jax.words import PIECE
         return np.array([len(p.encode("utf-8")) for p in PIECE.findall(text)], np.int64)
     return tokenizer.byte_lengths(ids)  # Byte-level BPE.
 

@@ -1,7 +1,7 @@
 """Tokenizers: turn text into integer ids and back.
 
 Every tokenizer has the same small interface (`encode`, `decode`,
-`vocab_size`, `to_dict`) and saves itself as JSON, so a run's workdir (and
+`vocab_size`, `to_dict`: tokenizer_base.py) and saves itself as JSON, so a run's workdir (and
 its checkpoints) carry exactly the vocabulary the model was trained with.
 
 - `CharTokenizer`: one id per distinct character of the training text,
@@ -23,33 +23,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from smallgpt_jax import bpe, words
 from smallgpt_jax.errors import UserError, write_atomic
-
-
-class Tokenizer:
-    """Interface shared by all tokenizers."""
-
-    kind: str = ""
-
-    @property
-    def vocab_size(self) -> int:
-        raise NotImplementedError
-
-    def encode(self, text: str) -> np.ndarray:
-        """Returns the token ids of `text` as an int32 array."""
-        raise NotImplementedError
-
-    def decode(self, ids) -> str:
-        """Returns the text of a sequence of token ids."""
-        raise NotImplementedError
-
-    def encode_many(self, texts: list[str]) -> np.ndarray:
-        """The ids of the texts one after another (each encoded on its own)."""
-        return np.concatenate([self.encode(t) for t in texts] or [np.zeros(0, np.int32)])
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable description from which `from_dict` rebuilds it."""
-        raise NotImplementedError
+from smallgpt_jax.tokenizer_base import Tokenizer
 
 
 class CharTokenizer(Tokenizer):
@@ -121,10 +97,8 @@ def from_dict(d: dict[str, Any]) -> Tokenizer:
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":
-        from smallgpt_jax import bpe  # Imported lazily: needs `tokenizers`.
         return bpe.BPETokenizer.from_dict(d)
     if kind == "word":
-        from smallgpt_jax import words
         return words.WordTokenizer.from_dict(d)
     raise UserError(f"unknown tokenizer kind {kind!r} in a saved tokenizer.")
 
@@ -151,10 +125,8 @@ def fit(kind: str, texts: Iterable[str], vocab_size: int = 0,
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":
-        from smallgpt_jax import bpe
         return bpe.BPETokenizer.train(texts, vocab_size, special_tokens)
     if kind == "word":
-        from smallgpt_jax import words
         return words.WordTokenizer.train(texts, vocab_size)
     raise UserError(f"config.data.tokenizer={kind!r} is not one of char, byte, bpe, word.")
 

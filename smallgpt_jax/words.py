@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from smallgpt_jax.errors import UserError
-from smallgpt_jax.tokenizer import Tokenizer
+from smallgpt_jax.tokenizer_base import Tokenizer
 
 PIECE = re.compile(r"\w+|\W")  # A word, or any other single character.
 WORD = re.compile(r"\w")
