@@ -46,8 +46,9 @@ from typing import Any  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks import train_step  # noqa: E402  Its flags: --config, --warmup, --repeats, --json_out.
-from smallgpt_jax import checkpoint, profiling  # noqa: E402
+from smallgpt_jax import profiling  # noqa: E402
 from smallgpt_jax.errors import UserError  # noqa: E402
+from smallgpt_jax.workdir import CHECKPOINT_DIR  # noqa: E402
 
 _TARGET = flags.DEFINE_float("target_val_loss", None, "Validation loss to reach (nats/token).")
 _KEEP_GOING = flags.DEFINE_boolean(
@@ -223,7 +224,7 @@ def main(argv: list[str]) -> None:
     from smallgpt_jax import cli
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="time_to_loss_")
     with cli.user_errors():
-        if os.path.exists(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+        if os.path.exists(os.path.join(workdir, CHECKPOINT_DIR)):
             raise UserError(f"--workdir={workdir} holds a run already; the benchmark "
                                 "needs a fresh one (a resume is no cold start).")
         try:

@@ -23,6 +23,7 @@ from smallgpt_jax import (checkpoint, data, lock, profiling, reporting, runtime,
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import count_params, model_config as make_model_config
+from smallgpt_jax.workdir import prepare_workdir
 
 
 def process_rows(batch_NT1: np.ndarray) -> np.ndarray:
@@ -142,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config.model.dtype = runtime.resolve_dtype(config.model.dtype, jax.default_backend())
     settings = (f"compute dtype {config.model.dtype}{' (auto)' if auto else ''}; "
                 f"XLA_FLAGS {applied['xla_flags'][0]!r} ({applied['xla_flags'][1]})")
-    checkpoint.prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
+    prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
     # One run per workdir (process 0 holds it for the job); a second is refused at once.
     owner = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with owner, stopping.StopSignals() as stop, \
@@ -157,7 +158,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     t, m = config.train, config.model
     micro = train.per_device_batch(t.batch_size, t.grad_accum_steps)
     resume = ckpt.resume_point(config)  # None: a fresh run.
-    tok, splits, source, tokens_per_char = store.load_splits(config, workdir, stop)
+    tok, splits, source, tokens_per_char = store.load_splits(
+        config, workdir, stop, resume.tokenizer if resume else None)
     data_changed = resume is not None and store.data_changed(resume.meta, splits, config)
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())

@@ -258,27 +258,27 @@ def _publish(tmp: str, directory: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_splits(config, workdir: str, stop=None
+def load_splits(config, workdir: str, stop=None,
+                tokenizer: tokenizer_lib.Tokenizer | None = None
                 ) -> tuple[tokenizer_lib.Tokenizer, data.Splits, str, float]:
     """What a training run needs from its data: (the tokenizer, the splits
     memory-mapped from the store, where the text came from, validation
-    tokens per character). A resumed run keeps its workdir's tokenizer."""
+    tokens per character). `tokenizer`: a resumed run's, from its checkpoint
+    (it keeps its vocabulary). Writes the workdir's tokenizer.json, the copy
+    that sampling and scoring read."""
     import jax  # Here, not at the top: `python -m smallgpt_jax.prepare` needs no JAX.
-    tok_path = os.path.join(workdir, "tokenizer.json")
-    saved = None
-    if os.path.exists(tok_path):  # A resumed run keeps its vocabulary.
-        saved = tokenizer_lib.load(tok_path)
-        if saved.kind != config.data.tokenizer or (
-                saved.kind in tokenizer_lib.LEARNED and saved.vocab_size != config.data.vocab_size):
-            sized = config.data.tokenizer in tokenizer_lib.LEARNED
-            raise UserError(
-                f"{tok_path} holds a {saved.kind} vocabulary of {saved.vocab_size}, but the "
-                f"config asks for data.tokenizer={config.data.tokenizer!r}"
-                f"{f' of {config.data.vocab_size}' if sized else ''}; use a fresh --workdir.")
-    store = open_store(config.data, saved, verbose=jax.process_index() == 0, stop=stop)
-    tok = saved or store.tokenizer
-    if saved is None and jax.process_index() == 0:  # Kept with the run: a resume reloads it.
-        tokenizer_lib.save(tok, tok_path)
+    if tokenizer is not None and (tokenizer.kind != config.data.tokenizer or (
+            tokenizer.kind in tokenizer_lib.LEARNED
+            and tokenizer.vocab_size != config.data.vocab_size)):
+        sized = config.data.tokenizer in tokenizer_lib.LEARNED
+        raise UserError(
+            f"the checkpoint holds a {tokenizer.kind} vocabulary of {tokenizer.vocab_size}, "
+            f"but the config asks for data.tokenizer={config.data.tokenizer!r}"
+            f"{f' of {config.data.vocab_size}' if sized else ''}; use a fresh --workdir.")
+    store = open_store(config.data, tokenizer, verbose=jax.process_index() == 0, stop=stop)
+    tok = store.tokenizer if tokenizer is None else tokenizer
+    if jax.process_index() == 0:
+        tokenizer_lib.save(tok, os.path.join(workdir, "tokenizer.json"))
     splits = store.splits()
     data.check_long_enough(splits, config.model.block_size)
     source = ", ".join(s["path"] for s in store.manifest["sources"])

@@ -1,0 +1,152 @@
+"""Checkpoints that cannot be read: finding the faults, and what to tell the user.
+
+Most faults surface as an exception from Orbax (TensorStore underneath) when
+a step is restored; checkpoint.py catches it and names the step and what to
+do, with the messages written here. Three things are looked at first,
+because Orbax's own error would name no step or come with noise:
+
+- The small JSON files Orbax's CheckpointManager reads for every step when it
+  opens the directory (`_CHECKPOINT_METADATA`, `metrics/metrics`): one damaged
+  file would block every resume, whichever step is asked for.
+- The files a restore opens first: when they are missing, the reads Orbax
+  still has in flight print tracebacks after its error.
+- Debris: a step folder older than the newest intact checkpoint, with files
+  missing (a deletion cut off by a crash, or one happening right now in the
+  training run), and the temporary folder of a save cut off by a crash. They
+  are skipped, not an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+
+from smallgpt_jax.errors import UserError
+from smallgpt_jax.workdir import INCOMPLETE, STEP, read_json
+
+# What a restore reads first (`*`: one folder per process that wrote).
+_REQUIRED = ("meta/metadata", "state/_METADATA", "state/manifest.ocdbt", "state/ocdbt.process_*")
+
+
+def reason(e: BaseException) -> str:
+    """One line for an exception from Orbax. TensorStore's run to kilobytes:
+    'CODE: context: ...: context: what went wrong [payload=...]'; the code and
+    the last two parts say what happened (and name the file)."""
+    line = re.split(r" \[\w+=", (str(e).strip() or type(e).__name__).splitlines()[0])[0]
+    code, sep, rest = line.partition(": ")
+    if sep and re.fullmatch(r"[A-Z_]{4,}", code):
+        line = f"{code}: {': '.join(rest.split(': ')[-2:])}"
+    return line if len(line) <= 300 else line[:300] + "..."
+
+
+def summary(problems: list[str]) -> str:
+    return "; ".join(problems[:3])
+
+
+def denied(problems: list[str]) -> bool:
+    """Whether the problem is access, not damage (nothing to move away)."""
+    return any("ermission denied" in p for p in problems)
+
+
+def advice(problems: list[str], otherwise: str, damaged: str = "its files are damaged") -> str:
+    """What to do: fix permissions when that is the problem, else `otherwise`."""
+    if denied(problems):
+        return "fix the files' permissions, then run the same command again"
+    return f"{damaged}: {otherwise}"
+
+
+def missing_files(folder: str) -> list[str]:
+    """The files a restore of the complete checkpoint `folder` opens first, if missing."""
+    return [f"{name} is missing" for name in _REQUIRED
+            if not glob.glob(os.path.join(folder, name))]
+
+
+def _opened_files(folder: str) -> list[str]:
+    """Problems with the files the CheckpointManager reads when it opens."""
+    names = ["_CHECKPOINT_METADATA"]
+    if os.path.isdir(os.path.join(folder, "metrics")):
+        names.append("metrics/metrics")
+    return [f"{name} {why}" for name in names
+            if (why := read_json(os.path.join(folder, name))[1])]
+
+
+@dataclasses.dataclass
+class Scan:
+    """What `scan` found in a checkpoints directory."""
+
+    problems: dict[int, list[str]]  # Step -> problems ([]: intact), debris left out.
+    debris: dict[int, str]  # Step -> why it is skipped.
+    incomplete: list[str]  # Folders of saves not finished (yet): a crash's, or in flight.
+
+
+def scan(directory: str) -> Scan:
+    """Looks at every step folder in `directory` before Orbax opens it.
+
+    UserError if a step's CheckpointManager files are damaged (that step
+    must be moved away before anything can be resumed or loaded).
+    """
+    try:
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+    except OSError as e:
+        raise UserError(f"cannot read {directory} ({e.strerror or e}); fix its permissions.")
+    steps = sorted((int(e) for e in names if STEP.match(e)), reverse=True)
+    opened = {s: _opened_files(os.path.join(directory, str(s))) for s in steps}
+    problems = {s: opened[s] + missing_files(os.path.join(directory, str(s))) for s in steps}
+    intact = [s for s in steps if not problems[s]]
+    debris = {s: f"a checkpoint older than step {intact[0]} with files missing "
+                 f"({summary(problems[s])}), left by a deletion that was cut off"
+              for s in steps if intact and s < intact[0]
+              and any("missing" in p for p in problems[s])}
+    for step in sorted(set(steps) - debris.keys()):
+        if opened[step]:
+            raise UserError(move_away(os.path.join(directory, str(step)), opened[step]))
+    return Scan({s: p for s, p in problems.items() if s not in debris}, debris,
+                sorted(e for e in names if INCOMPLETE.match(e)))
+
+
+def move_away(folder: str, problems: list[str]) -> str:
+    """A step folder that blocks the whole directory: move it out of the way."""
+    if denied(problems):  # Not damage: nothing to move away.
+        return (f"checkpoint {folder} cannot be read ({summary(problems)}); fix its files' "
+                "permissions, then run the same command again.")
+    workdir = os.path.dirname(os.path.dirname(folder))
+    step = os.path.basename(folder)
+    return (f"checkpoint {folder} is damaged ({summary(problems)}); move it out of "
+            f"the way (mv {folder} {os.path.join(workdir, f'damaged-{step}')}), then run the "
+            "same command again.")
+
+
+def changed(arrays: list[str]) -> str:
+    """Why a restore failed when checksums differ (see checksum.py)."""
+    more = f" and {len(arrays) - 1} more" if len(arrays) > 1 else ""
+    return (f"the data of {arrays[0]}{more} differs from the checksum saved with it: "
+            "changed on disk after the save")
+
+
+def not_restored(folder: str, why: str, earlier: list[int]) -> str:
+    """A training run cannot resume from `folder`; `earlier`: the steps it could use."""
+    hint = (f"resume from an earlier one with --config.train.resume_step=N "
+            f"(N in {', '.join(map(str, earlier))})" if earlier
+            else "no earlier checkpoint exists, so start again in a new --workdir")
+    hint = advice([why], hint, damaged="its files may be damaged or incomplete")
+    return f"checkpoint {folder} could not be restored ({why}); {hint}."
+
+
+def not_read(folder: str, problems: list[str], pick: str) -> str:
+    """A reader (sampling, scoring) cannot load `folder`; `pick`: what else to load."""
+    return f"checkpoint {folder} could not be read ({summary(problems)}); {advice(problems, pick)}."
+
+
+def not_saved(directory: str, step: int | None, why: str, complete: list[int]) -> str:
+    """A save failed; `complete`: the checkpoints still on disk."""
+    kept = (f"the newest complete checkpoint is step {complete[-1]}" if complete
+            else "no complete checkpoint exists yet")
+    # (Another run on the same workdir is ruled out by the workdir lock.)
+    cause = ("free disk space" if "space" in why.lower() or "quota" in why.lower()
+             else "fix the directory's permissions" if denied([why])
+             else "fix the cause")
+    return (f"could not write checkpoint step {step} in {directory} ({why}); "
+            f"{kept}. {cause[0].upper()}{cause[1:]}, then run the same command again to "
+            "resume.")
