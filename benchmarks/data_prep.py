@@ -25,6 +25,7 @@ report them with the conditions they were taken in.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import resource
@@ -37,26 +38,38 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Run in a child process: stops at the first batch of the first step and
-# reports when (seconds since the parent started it) and the peak memory.
+# Run in a child process: stops when the first step's batch is drawn (the
+# training stream's first sample_batch; the evaluation batches, drawn just
+# before it, are counted) and reports when (seconds since the parent started
+# it), the peak memory, and how long the main phases took.
 STARTUP = r"""
 import os, resource, sys, time
 t_parent = float(sys.argv[1])
-t_imported = time.time()
-from smallgpt_jax import data, loop, store
+marks = {"interpreter": time.time() - t_parent}
+from smallgpt_jax import checkpoint, data, loop, store, train
 from smallgpt_jax.config import base_config
-t_imported = time.time() - t_parent
-load_splits, t_data = store.load_splits, []
-def timed_load_splits(*args, **kwargs):
-    t0 = time.time()
-    out = load_splits(*args, **kwargs)
-    t_data.append(time.time() - t0)
-    return out
-def first_batch(*args, **kwargs):
-    print(f"{time.time() - t_parent} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} "
-          f"{t_imported} {t_data[0]}", flush=True)
-    os._exit(0)
-store.load_splits, data.sample_batch = timed_load_splits, first_batch
+marks["imports"] = time.time() - t_parent
+def timed(module, name):
+    inner = getattr(module, name)
+    def wrapper(*args, **kwargs):
+        t0 = time.time()
+        out = inner(*args, **kwargs)
+        marks[name] = time.time() - t0
+        return out
+    setattr(module, name, wrapper)
+for module, name in ((store, "load_splits"), (train, "init_state"),
+                     (checkpoint, "Checkpointer"), (train, "data_parallel")):
+    timed(module, name)
+sample_batch = data.sample_batch
+def first_train_batch(tokens, seed, step, batch_size, block_size, stream=0):
+    batch = sample_batch(tokens, seed, step, batch_size, block_size, stream)
+    if stream == 0:  # The training stream (1 and 2 are the evaluation batches).
+        marks["first_batch"] = time.time() - t_parent
+        marks["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(repr(marks), flush=True)
+        os._exit(0)
+    return batch
+data.sample_batch = first_train_batch
 c = base_config()
 c.data.path, c.data.cache_dir, c.data.tokenizer = sys.argv[2], sys.argv[3], sys.argv[4]
 c.data.vocab_size, c.train.batch_size, c.model.block_size = int(sys.argv[5]), 64, 256
@@ -131,13 +144,13 @@ def startup(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
                               cwd=ROOT, capture_output=True, text=True)
     if proc.returncode or not proc.stdout.strip():
         raise SystemExit(proc.stderr)
-    seconds, rss_kib, imports, load = proc.stdout.split()
-    prepared = "preparing" in proc.stderr
+    marks = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
     return {"what": "startup", "tokenizer": tokenizer, "corpus": corpus,
-            "seconds_to_first_batch": float(seconds), "cpu_s": _child_cpu_and_peak()[0],
-            "of_which_imports_s": float(imports),
-            "of_which_load_splits_s": float(load), "peak_rss_mb": int(rss_kib) * 1024 / 1e6,
-            "store_was_prepared_now": prepared}
+            "seconds_to_first_batch": marks.pop("first_batch"),
+            "cpu_s": _child_cpu_and_peak()[0],
+            "peak_rss_mb": marks.pop("peak_rss_kib") * 1024 / 1e6,
+            "seconds": marks,  # Since process start: interpreter, imports; the rest durations.
+            "store_was_prepared_now": "preparing" in proc.stderr}
 
 
 def draw(corpus: str, tokenizer: str, vocab: int, cache: str, steps: int = 2000) -> dict:

@@ -99,8 +99,10 @@ class BPETokenizer(Tokenizer):
         return np.asarray(self._tok.encode(text).ids, np.int32)
 
     def encode_many(self, texts: list[str]) -> np.ndarray:
-        # The library encodes the pieces in parallel (all cores).
-        out = [np.asarray(e.ids, np.int32) for e in self._tok.encode_batch(texts)]
+        # The library encodes the pieces in parallel (all cores). The _fast
+        # variant skips the character offsets, which we never use: on pieces
+        # of 64K characters it costs less than half the CPU time (same ids).
+        out = [np.asarray(e.ids, np.int32) for e in self._tok.encode_batch_fast(texts)]
         return np.concatenate(out or [np.zeros(0, np.int32)])
 
     def decode(self, ids) -> str:
