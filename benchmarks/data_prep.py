@@ -11,8 +11,9 @@ start-up on a prepared store, and the cost of drawing a batch.
         --cache /tmp/stores
 
     # Start-up on the prepared store: process start to the first step's batch
-    # (a real train_and_evaluate; it stops there), with the peak memory by then.
-    # Run it twice: the first fills the JAX compilation cache (in --cache).
+    # (python -m smallgpt_jax.main, stopped there), with the peak memory by
+    # then and the phases. Run it twice: the first fills the JAX compilation
+    # cache (in --cache).
     python -m benchmarks.data_prep startup --corpus /tmp/corpus300 --cache /tmp/stores
 
     # Drawing batches (64 x 257 tokens) from the memory-mapped store.
@@ -38,43 +39,53 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Run in a child process: stops when the first step's batch is drawn (the
-# training stream's first sample_batch; the evaluation batches, drawn just
-# before it, are counted) and reports when (seconds since the parent started
-# it), the peak memory, and how long the main phases took.
+# Run in a child process: `python -m smallgpt_jax.main` as a user starts it,
+# stopped when the first step's batch is drawn (the training stream's first
+# sample_batch; the evaluation batches, drawn just before it, are counted).
+# Prints when (seconds since the parent started the process), the peak
+# memory, and what the main phases took. The probes go in once main() has
+# applied the process settings, so the imports happen in main's order.
 STARTUP = r"""
 import os, resource, sys, time
 t_parent = float(sys.argv[1])
 marks = {"interpreter": time.time() - t_parent}
-from smallgpt_jax import checkpoint, data, loop, store, train
-from smallgpt_jax.config import base_config
-marks["imports"] = time.time() - t_parent
-def timed(module, name):
-    inner = getattr(module, name)
-    def wrapper(*args, **kwargs):
-        t0 = time.time()
-        out = inner(*args, **kwargs)
-        marks[name] = time.time() - t0
-        return out
-    setattr(module, name, wrapper)
-for module, name in ((store, "load_splits"), (train, "init_state"),
-                     (checkpoint, "Checkpointer"), (train, "data_parallel")):
-    timed(module, name)
-sample_batch = data.sample_batch
-def first_train_batch(tokens, seed, step, batch_size, block_size, stream=0):
-    batch = sample_batch(tokens, seed, step, batch_size, block_size, stream)
-    if stream == 0:  # The training stream (1 and 2 are the evaluation batches).
-        marks["first_batch"] = time.time() - t_parent
-        marks["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(repr(marks), flush=True)
-        os._exit(0)
-    return batch
-data.sample_batch = first_train_batch
-c = base_config()
-c.data.path, c.data.cache_dir, c.data.tokenizer = sys.argv[2], sys.argv[3], sys.argv[4]
-c.data.vocab_size, c.train.batch_size, c.model.block_size = int(sys.argv[5]), 64, 256
-c.compilation_cache = sys.argv[7]  # A warm cache is the usual case: not the first run.
-loop.train_and_evaluate(c, sys.argv[6])
+from smallgpt_jax import main, runtime
+setup_process = runtime.setup_process
+def probed_setup_process(*args, **kwargs):
+    out = setup_process(*args, **kwargs)
+    marks["main_called"] = time.time() - t_parent
+    from smallgpt_jax import checkpoint, data, loop, store, train
+    marks["imports"] = time.time() - t_parent
+    def timed(module, name):
+        inner = getattr(module, name)
+        def wrapper(*args, **kwargs):
+            t0 = time.time()
+            out = inner(*args, **kwargs)
+            marks[name] = time.time() - t0
+            return out
+        setattr(module, name, wrapper)
+    for module, name in ((store, "load_splits"), (train, "init_state"),
+                         (checkpoint, "Checkpointer"), (train, "data_parallel")):
+        timed(module, name)
+    sample_batch = data.sample_batch
+    def first_train_batch(tokens, seed, step, batch_size, block_size, stream=0):
+        batch = sample_batch(tokens, seed, step, batch_size, block_size, stream)
+        if stream == 0:  # The training stream (1 and 2 are the evaluation batches).
+            marks["first_batch"] = time.time() - t_parent
+            marks["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            print(repr(marks), flush=True)
+            os._exit(0)
+        return batch
+    data.sample_batch = first_train_batch
+    return out
+runtime.setup_process = probed_setup_process
+sys.argv = ["smallgpt_jax.main", "--config=configs/char_cpu.py", f"--workdir={sys.argv[6]}",
+            f"--config.data.path={sys.argv[2]}", f"--config.data.cache_dir={sys.argv[3]}",
+            f"--config.data.tokenizer={sys.argv[4]}", f"--config.data.vocab_size={sys.argv[5]}",
+            "--config.train.batch_size=64", "--config.model.block_size=256",
+            # A warm cache is the usual case: not the first run.
+            f"--config.compilation_cache={sys.argv[7]}"]
+main.run()
 """
 
 

@@ -184,8 +184,11 @@ class Progress:
             self._draw(now)
 
     def done(self) -> None:
-        if self.enabled and self.drawn != (self.bytes, self.tokens):
-            self._draw(time.time())
+        # Drawn again if the pass went on after its last line (a vocabulary
+        # trainer merges after the last read): the final rate covers it all.
+        now = time.time()
+        if self.enabled and (self.drawn != (self.bytes, self.tokens) or now - self.last > 1):
+            self._draw(now)
         if self.tty:
             self.stream.write("\n")
 
