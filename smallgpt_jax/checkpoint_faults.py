@@ -42,6 +42,7 @@ def reason(e: BaseException) -> str:
 
 
 def summary(problems: list[str]) -> str:
+    """The first three problems, for a one-line message."""
     return "; ".join(problems[:3])
 
 

@@ -231,3 +231,21 @@ def test_a_failed_save_suggests_free_disk_space_only_when_the_disk_is_full(tmp_p
     assert "Free disk space, then run the same command again" in full
     assert "Fix the directory's permissions" in denied and "disk space" not in denied
     assert "Fix the cause" in other and "disk space" not in other
+
+
+def test_an_orbax_error_is_shortened_to_one_line_that_names_the_file():
+    # TensorStore's message as a real chmod 000 data file gives it (path shortened).
+    spec = '{"driver": "zarr", "kvstore": {"path": "/run/checkpoints/2/state/"}}' * 20
+    error = ValueError(
+        'PERMISSION_DENIED: Error opening "zarr" driver: Error reading "step/.zarray" in OCDBT '
+        'database at local file "/run/checkpoints/2/state/": Error reading Byte range [0, 238) '
+        'of local file "/run/checkpoints/2/state/d/51c7": Failed to open: '
+        f'"/run/checkpoints/2/state/d/51c7": Permission denied [os_error_code=\'13\'] '
+        f"[tensorstore_spec='{spec}']\nmore detail")
+    short = faults.reason(error)
+    assert short == ('PERMISSION_DENIED: "/run/checkpoints/2/state/d/51c7": Permission denied')
+    assert faults.denied([short])  # Advice: fix permissions, not "move it away".
+    # Other errors keep their whole first line, up to 300 characters.
+    assert faults.reason(OSError(28, "No space left on device")) == (
+        "[Errno 28] No space left on device")
+    assert faults.reason(RuntimeError("x" * 400)) == "x" * 300 + "..."
