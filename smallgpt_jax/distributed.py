@@ -22,6 +22,8 @@ import logging
 import os
 from typing import Mapping
 
+import jax
+
 from smallgpt_jax.errors import UserError
 
 log = logging.getLogger("smallgpt_jax")
@@ -86,7 +88,6 @@ def maybe_initialize(environ: Mapping[str, str] | None = None) -> bool:
         raise UserError(f"SMALLGPT_DISTRIBUTED={mode!r} must be 'auto', 'off' or unset.")
     if mode == "off":
         return False
-    import jax
     if jax.distributed.is_initialized():
         return True
     settings = explicit_settings(environ)

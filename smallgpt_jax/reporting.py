@@ -13,6 +13,11 @@ import sys
 import time
 
 import jax
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.summary import custom_scalars, image, scalar
+from tensorboardX.summary import hparams as hparams_summary
+from tensorboardX.summary import text as text_summary
 
 from smallgpt_jax.config import flatten
 from smallgpt_jax.corpus import clock
@@ -105,9 +110,6 @@ class Writer:
         self._last_flush = time.time()
         if not self.enabled:
             return
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.proto.event_pb2 import Event, SessionLog
-        self._event = Event  # Only process 0 imports tensorboardX.
         with self._guard():
             self._events = EventsWriter(os.path.join(logdir, "events"))
             if purge_step is not None:
@@ -141,30 +143,26 @@ class Writer:
             return
         with self._guard():
             self._events.write_event(
-                self._event(summary=summary, step=step, wall_time=time.time()))
+                Event(summary=summary, step=step, wall_time=time.time()))
             if time.time() - self._last_flush > self.FLUSH_SECS:
                 self.flush()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        from tensorboardX.summary import scalar
         for name, value in values.items():
             self._add(scalar(name, float(value)), step)
 
     def text(self, step: int, tag: str, text: str) -> None:
-        from tensorboardX.summary import text as text_summary
         # Markdown: indent by 4 spaces so TensorBoard keeps line breaks.
         self._add(text_summary(tag, "    " + text.replace("\n", "\n    ")), step)
 
     def loss_chart(self, step: int, tags: list[str]) -> None:
         """One chart with all the loss curves `tags`, in TensorBoard's CUSTOM
         SCALARS view (its other views draw one chart per tag)."""
-        from tensorboardX.summary import custom_scalars
         self._add(custom_scalars({"loss": {"train and validation loss": ["Multiline", tags]}}),
                   step)
 
     def image(self, step: int, tag: str, image_HWC) -> None:
         if self.enabled:  # Encoding a PNG is work; the other processes skip it.
-            from tensorboardX.summary import image
             self._add(image(tag, image_HWC, dataformats="HWC"), step)
 
     def hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:
@@ -179,7 +177,6 @@ class Writer:
         table from all runs and lists the hparams that differ first (a sweep
         writes its own experiment summary naming its swept fields).
         """
-        from tensorboardX.summary import hparams as hparams_summary
         _, session_start, session_end = hparams_summary(hparams, metrics)
         for summary in (session_start, session_end):
             self._add(summary, step)

@@ -54,7 +54,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write the samples to this file in
 def check_prompt_early(workdir: str, prompt: str) -> None:
     """Checks the prompt's characters against the run's saved tokenizer, if
     there is one, before the (slower) checkpoint load."""
-    from smallgpt_jax import sampling, tokenizer as tokenizer_lib
+    from smallgpt_jax import sampling, tokenizer as tokenizer_lib  # Here: see main().
     path = os.path.join(workdir, "tokenizer.json")
     if not os.path.isfile(path):
         return

@@ -76,7 +76,7 @@ def read_text(path: str) -> str:
 
 def token_rows(scores, tokenizer) -> list[dict]:
     """One row per token, and one per character skipped as unknown, in text order."""
-    from smallgpt_jax.scoring import line_index, token_text
+    from smallgpt_jax.scoring import line_index, token_text  # Here: loads JAX (see main).
     line_of = (line_index(scores.text, range(len(scores.text))) + 1).tolist()  # From 1.
     rows = [dict(position=i, line_number=line_of[s], char_offset=int(s),
                  token=token_text(scores, i), bits=float(scores.token_bits[i]),
@@ -123,7 +123,7 @@ def write_html(path: str, scores, title: str) -> None:
     """The text as a page: each character's background is red in proportion
     to its bits (full red at the text's 99th percentile or more); a hover
     shows the token's bits. Unknown characters are grey and struck."""
-    import numpy as np
+    import numpy as np  # Here: after the flags and setup_process (see main).
     known = scores.char_bits[~np.isnan(scores.char_bits)]
     top = max(1.0, float(np.percentile(known, 99))) if known.size else 1.0
     starts = list(scores.token_start) + [len(scores.text)]
