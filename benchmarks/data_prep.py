@@ -54,7 +54,7 @@ setup_process = runtime.setup_process
 def probed_setup_process(*args, **kwargs):
     out = setup_process(*args, **kwargs)
     marks["main_called"] = time.time() - t_parent
-    from smallgpt_jax import checkpoint, data, loop, store, train
+    from smallgpt_jax import checkpoint, data, loop, parallel, store, train
     marks["imports"] = time.time() - t_parent
     def timed(module, name):
         inner = getattr(module, name)
@@ -65,7 +65,7 @@ def probed_setup_process(*args, **kwargs):
             return out
         setattr(module, name, wrapper)
     for module, name in ((store, "load_splits"), (train, "init_state"),
-                         (checkpoint, "Checkpointer"), (train, "data_parallel")):
+                         (checkpoint, "Checkpointer"), (parallel, "data_parallel")):
         timed(module, name)
     sample_batch = data.sample_batch
     def first_train_batch(tokens, seed, step, batch_size, block_size, stream=0):

@@ -3,7 +3,7 @@
     python -m benchmarks.train_step --config=configs/char_cpu.py \
         [--config.train.batch_size=16] [--repeats=20] [--rounds=4] [--skip_torch]
 
-It times the step that `loop.py` runs (`train.make_parallel_steps`: forward,
+It times the step that `loop.py` runs (`parallel.make_parallel_steps`: forward,
 backward, gradient clipping, AdamW) on a fixed batch, and reports compile
 time, the median step time, tokens/s, model FLOPs per token, achieved FLOP/s,
 MFU and peak memory; then the same model, batch and optimizer in PyTorch
@@ -150,14 +150,18 @@ class JaxStep:
         tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
         state = train.init_state(self.model_cfg, tx, config.seed)
         self.num_params = matmul_params(state.params, self.model_cfg)
-        if hasattr(train, "data_parallel"):  # The step loop.py runs (config.parallel).
-            par = train.data_parallel(config.parallel, self.model_cfg, tx, schedule,
-                                      config.seed)
+        try:
+            from smallgpt_jax import parallel
+        except ImportError:  # Older code: the device placement was part of train.py.
+            parallel = train
+        if hasattr(parallel, "data_parallel"):  # The step loop.py runs (config.parallel).
+            par = parallel.data_parallel(config.parallel, self.model_cfg, tx, schedule,
+                                         config.seed)
             p_train, put_state, put_batch = par.train_step, par.put_state, par.put_batch
         else:  # Older code: pmap only.
-            p_train, _ = train.make_parallel_steps(self.model_cfg, tx, schedule, config.seed)
-            put_state, put_batch = replicate, train.shard_batch
-        train.per_device_batch(t.batch_size, t.grad_accum_steps)  # Clear error if uneven.
+            p_train, _ = parallel.make_parallel_steps(self.model_cfg, tx, schedule, config.seed)
+            put_state, put_batch = replicate, parallel.shard_batch
+        parallel.per_device_batch(t.batch_size, t.grad_accum_steps)  # Clear error if uneven.
         tokens = np.random.default_rng(0).integers(0, vocab_size, 100_000).astype(np.int32)
 
         def host_batch(step: int):  # What the loop does on the host for each step.

@@ -1,131 +1,35 @@
-"""The training loop, top to bottom: data, model, steps, evaluation, logs.
+"""The training loop, top to bottom: setup, steps, evaluation, checkpoints.
 
-    text -> tokenizer -> token ids -> (seed, step)-sampled batches
-         -> data-parallel train step (pmap or shard_map)
-         -> periodic evaluation, samples, TensorBoard
-         -> Orbax checkpoints (resume, SIGTERM/SIGINT, keep newest + best)
+    text -> tokenizer -> token ids -> (seed, step)-sampled batches   setup()
+         -> data-parallel train step (pmap or shard_map)              Trainer.step
+         -> train scalars, progress line                              Trainer.log
+         -> periodic evaluation, samples, TensorBoard                 Trainer.evaluate
+         -> Orbax checkpoints (resume, SIGTERM/SIGINT, newest + best) Trainer.save
+
+`train_and_evaluate` runs them in that order; evaluation.py holds what an
+evaluation computes, parallel.py how steps run on the devices, stopping.py
+what ends a run early.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import time
+from typing import Any
 
 import jax
-import numpy as np
 import ml_collections
 
-from smallgpt_jax import (checkpoint, data, lock, profiling, reporting, runtime, sampling,
-                          stopping, store, train, warmup)
+from smallgpt_jax import (checkpoint, data, evaluation, lock, parallel, profiling, reporting,
+                          runtime, stopping, store, train, warmup)
 from smallgpt_jax.config import validate
-from smallgpt_jax.errors import Interrupted, UserError
+from smallgpt_jax.errors import Interrupted
 from smallgpt_jax.model import count_params, model_config as make_model_config
 from smallgpt_jax.workdir import prepare_workdir
-
-
-def process_rows(batch_NT1: np.ndarray) -> np.ndarray:
-    """The rows of a global batch that this process feeds to its devices."""
-    n = batch_NT1.shape[0] // jax.process_count()
-    i = jax.process_index()
-    return batch_NT1[i * n:(i + 1) * n]
-
-
-def eval_batches(par: train.DataParallel, splits: data.Splits, config) -> jax.Array:
-    """The `eval_steps` batches of both splits (train first), on the devices:
-    made and put once, since every evaluation uses the same ones. This
-    process's rows are ordered so that batch s of device d is what `put_batch`
-    would give device d for that batch alone."""
-    t, m = config.train, config.model
-    batches = [process_rows(data.sample_batch(tokens, config.seed, i, t.batch_size,
-                                              m.block_size, stream))
-               for stream, tokens in ((1, splits.train), (2, splits.val))
-               for i in range(t.eval_steps)]
-    n_SDbT1 = np.stack(batches).reshape(len(batches), jax.local_device_count(), -1,
-                                        m.block_size + 1)
-    rows = n_SDbT1.transpose(1, 0, 2, 3).reshape(-1, m.block_size + 1)
-    return par.put_batch(rows, 2 * t.eval_steps)
-
-
-def evaluate(par: train.DataParallel, rparams, batches: jax.Array,
-             config) -> dict[str, float]:
-    """Mean loss over the same `eval_steps` batches of each split every time
-    (`batches` from `eval_batches`): one program runs them all."""
-    S = config.train.eval_steps
-    losses = train.host_values(par.eval_step(rparams, batches)).reshape(-1)
-    return {"train": float(np.mean(losses[:S])), "val": float(np.mean(losses[S:]))}
-
-
-def warmup_tasks(par: train.DataParallel, rstate, params, batches: jax.Array, model_cfg, tok,
-                 splits: data.Splits, config, draws: bool) -> list:
-    """What the first evaluation compiles, as warmup.Warmup tasks: the
-    evaluation program (from shapes: `rstate` is donated to the next step),
-    and on the process that draws, the sampler and the attention picture, run
-    once on `params` (the initial ones, on one device, as the evaluation will
-    pass them; copying `rstate`'s here would compile the copies' programs on
-    this thread)."""
-    t = config.train
-    spec = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), rstate.params)
-    tasks = [lambda: par.eval_step.lower(spec, batches).compile()]
-    if draws:
-        from smallgpt_jax import viz
-        tasks += [lambda: sample_text(params, model_cfg, tok, t.sample_tokens, config.seed),
-                  lambda: viz.attention_image(params, model_cfg, tok, splits.val[:min(
-                      16, model_cfg.block_size)])]
-    return tasks
-
-
-def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
-    """A short sample from the model, starting from a newline (or token 0)."""
-    return sampling.sample_texts(params, model_cfg, tok, "", n_tokens, seed,
-                                 temperature=0.8)[0]
-
-
-class FiniteCheck:
-    """Stops training at the first step whose loss or gradient norm is NaN/inf.
-
-    Reading a number back from the device waits for the step that computes
-    it, and while the host waits it prepares nothing: on a GPU the device
-    then idles through each step's host work (batch, dispatch). So the loop
-    never waits between log points: `after_step` keeps the launched steps'
-    metrics (small device arrays), and `flush()` reads them all at once and
-    checks them in order. It runs before every log, evaluation and checkpoint,
-    so a broken state is never evaluated or saved.
-    """
-
-    def __init__(self, newest_checkpoint):
-        self.pending = []  # (step, metrics) launched but not checked yet.
-        self.last_finite = None  # (step, loss) of the newest good step.
-        self.newest_checkpoint = newest_checkpoint
-
-    def after_step(self, step: int, metrics: dict) -> None:
-        self.pending.append((step, metrics))
-
-    def flush(self) -> dict[str, float] | None:
-        """Checks every step launched since the last flush; returns the newest
-        one's metrics as floats (None if there was none)."""
-        pending, self.pending = self.pending, []
-        values = train.host_values([m for _, m in pending])  # One read for all.
-        for (step, _), m in zip(pending, values):
-            self._check(step, float(m["loss"].item()), float(m["grad_norm"].item()))
-        return {k: float(v.item()) for k, v in values[-1].items()} if values else None
-
-    def _check(self, step: int, loss: float, grad_norm: float) -> None:
-        if math.isfinite(loss) and math.isfinite(grad_norm):
-            self.last_finite = (step, loss)
-            return
-        before = (f"last finite loss {self.last_finite[1]:.4f} at step {self.last_finite[0]}"
-                  if self.last_finite else "no finite loss seen in this run")
-        newest = self.newest_checkpoint()
-        kept = (f"nothing was saved from it: the newest checkpoint is step {newest}"
-                if newest is not None else "nothing was saved from it")
-        raise UserError(
-            f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm} "
-            f"({before}); {kept}. Lower --config.train.learning_rate (or raise "
-            "warmup_steps) and run again to resume.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -148,15 +52,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     owner = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with owner, stopping.StopSignals() as stop, \
             checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
-        return _train_and_evaluate(config, workdir, ckpt, stop, hooks or profiling.Hooks(),
-                                   settings)
+        progress = reporting.ProgressBar(config.train.num_steps, config.train.eval_every)
+        run = setup(config, workdir, ckpt, stop, progress, settings)
+        if run.start_step >= config.train.num_steps:
+            return nothing_to_train(run, ckpt, progress)
+        return _train(run, ckpt, stop, progress, hooks or profiling.Hooks())
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
-                        hooks: profiling.Hooks, settings: str) -> dict:
-    t, m = config.train, config.model
-    micro = train.per_device_batch(t.batch_size, t.grad_accum_steps)
+def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
+           progress: reporting.ProgressBar, hooks: profiling.Hooks) -> dict:
+    """Steps from `run.start_step` to the end, with logs, evaluations and saves."""
+    t, workdir = run.config.train, run.workdir
+    # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
+    # The writer is closed on every way out (an error, a signal): what was logged
+    # reaches disk.
+    with reporting.Writer(workdir, purge_step=run.start_step + 1) as writer, \
+            contextlib.closing(profiling.ProfileWindow(t.profile_steps, workdir)) as profile, \
+            contextlib.closing(warmup.Warmup()) as warm:
+        trainer = Trainer(run, ckpt, writer, progress, hooks)
+        for step in range(run.start_step, t.num_steps):
+            done = step + 1  # Steps count from 1 in logs, checkpoints and hooks.
+            trainer.step(done, profile, warm)
+            if done % t.log_every == 0 or done == t.num_steps:
+                trainer.log(done)
+            val_loss = None
+            if done % t.eval_every == 0 or done == t.num_steps:
+                trainer.finite.flush()  # Waits for the queued steps: their time is training's.
+                warm.wait()  # Its programs are ready (nothing compiles twice).
+                val_loss = trainer.evaluate(done)
+            # Save every checkpoint_every steps, at the end, on a signal, and when the
+            # validation loss is a new best (so the best model is always on disk).
+            signum = stopping.agreed_stop(stop, done, t.log_every)
+            if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
+                    or (val_loss is not None and val_loss == trainer.best_val)):
+                trainer.save(done, val_loss)
+            if signum and done < t.num_steps:
+                ckpt.wait()
+                raise Interrupted(
+                    f"stopped by {signal.Signals(signum).name} at step {done}, after saving "
+                    f"checkpoint {ckpt.directory}/{done}; run the same command again to resume.",
+                    signum)
+        final = trainer.final_metrics()
+    # The run is finished once its final checkpoint is on disk; only then says summary.json so.
+    ckpt.wait()
+    if jax.process_index() == 0:
+        reporting.write_json(os.path.join(workdir, "summary.json"), final)
+    final["params"] = run.par.unreplicate(trainer.rstate.params)
+    final["model_config"], final["tokenizer"] = run.model_cfg, run.tok
+    return final
+
+
+# Setup: data, model, state, devices.
+
+@dataclasses.dataclass
+class Run:
+    """What setup made: everything the steps, evaluations and saves read."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    tok: Any  # tokenizer.Tokenizer
+    splits: data.Splits
+    tokens_per_char: float
+    model_cfg: Any
+    state: train.TrainState  # Fresh or restored, not yet on the devices.
+    par: parallel.DataParallel
+    resume: checkpoint.Resume | None  # None: a fresh run.
+    data_changed: bool  # Resumed on other data: earlier evaluations do not carry over.
+
+    @property
+    def start_step(self) -> int:
+        return int(self.state.step)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpointer,
+          stop: stopping.StopSignals, progress: reporting.ProgressBar, settings: str) -> Run:
+    """Loads the data, builds or restores the state, and says what it set up."""
+    t = config.train
+    micro = parallel.per_device_batch(t.batch_size, t.grad_accum_steps)
     resume = ckpt.resume_point(config)  # None: a fresh run.
     tok, splits, source, tokens_per_char = store.load_splits(
         config, workdir, stop, resume.tokenizer if resume else None)
@@ -171,10 +143,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state = ckpt.restore_state(resume, shapes)
     else:
         state = train.init_state(model_cfg, tx, config.seed)
-    par = train.data_parallel(config.parallel, model_cfg, tx, schedule, config.seed)
+    par = parallel.data_parallel(config.parallel, model_cfg, tx, schedule, config.seed)
 
-    start_step = int(state.step)
-    progress = reporting.ProgressBar(t.num_steps, t.eval_every)
     progress.message(
         f"{source}: {len(splits.train):,} train / {len(splits.val):,} val tokens, "
         f"{tok.kind} vocabulary {tok.vocab_size}, {tokens_per_char:.3f} tokens/char")
@@ -184,131 +154,137 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"in {jax.process_count()} process(es), {config.parallel}, "
         f"{micro} sequences per device per micro-batch; workdir {workdir}")
     progress.message(settings)
+    return Run(config, workdir, tok, splits, tokens_per_char, model_cfg, state, par, resume,
+               data_changed)
 
-    if start_step >= t.num_steps:
-        progress.message(f"nothing to train: the checkpoint is at step {start_step} and "
-                         f"config.train.num_steps={t.num_steps}; raise it to train longer.")
-        summary = os.path.join(workdir, "summary.json")
-        if jax.process_index() == 0 and not os.path.exists(summary):  # Killed before writing it.
-            reporting.write_json(summary, ckpt.finished_summary(resume))
-        return {"steps": start_step, "params": state.params, "model_config": model_cfg,
-                "tokenizer": tok}
-    # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
-    # The writer is closed on every way out (an error, a signal): what was logged
-    # reaches disk.
-    with reporting.Writer(workdir, purge_step=start_step + 1) as writer, \
-            contextlib.closing(profiling.ProfileWindow(t.profile_steps, workdir)) as profile, \
-            contextlib.closing(warmup.Warmup()) as warm:
-        writer.text(start_step, "config", "\n" + str(config))
-        writer.loss_chart(start_step, ["train/loss", "eval/train_loss", "eval/val_loss"])
-        rstate = par.put_state(state)
-        tokens_per_step = t.batch_size * m.block_size
-        t_start = t_log = time.time()
-        time_before = resume.train_time_s if resume else 0.0  # Earlier runs of this workdir.
-        best_val = resume.best_val_loss if resume and not data_changed else math.inf
+
+def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
+                     progress: reporting.ProgressBar) -> dict:
+    """A rerun of a finished run: says so, and writes a summary.json a kill lost."""
+    progress.message(f"nothing to train: the checkpoint is at step {run.start_step} and "
+                     f"config.train.num_steps={run.config.train.num_steps}; raise it to "
+                     "train longer.")
+    summary = os.path.join(run.workdir, "summary.json")
+    if jax.process_index() == 0 and not os.path.exists(summary):  # Killed before writing it.
+        reporting.write_json(summary, ckpt.finished_summary(run.resume))
+    return {"steps": run.start_step, "params": run.state.params,
+            "model_config": run.model_cfg, "tokenizer": run.tok}
+
+
+# Training: one method per phase of a step.
+
+class Trainer:
+    """The state the phases of a step share (the state on the devices, the
+    next batch, the newest evaluation, the clocks), and the phases."""
+
+    def __init__(self, run: Run, ckpt: checkpoint.Checkpointer, writer: reporting.Writer,
+                 progress: reporting.ProgressBar, hooks: profiling.Hooks):
+        self.run, self.ckpt, self.writer, self.progress, self.hooks = (
+            run, ckpt, writer, progress, hooks)
+        config, resume = run.config, run.resume
+        writer.text(run.start_step, "config", "\n" + str(config))
+        writer.loss_chart(run.start_step, ["train/loss", "eval/train_loss", "eval/val_loss"])
+        self.rstate = run.par.put_state(run.state)
+        self.t_start = self.t_log = time.time()
+        self.time_before = resume.train_time_s if resume else 0.0  # Earlier runs of this workdir.
+        carried = resume is not None and not run.data_changed
+        self.best_val = resume.best_val_loss if carried else math.inf
         # The newest evaluation (for summary.json); none carries over to other data.
-        last = dict(resume.meta.get("eval") or {}) if resume and not data_changed else {}
-        eval_s = 0.0  # Time this process spent evaluating (and sampling, drawing).
-        finite = FiniteCheck(ckpt.latest_step)
-        eval_data = eval_batches(par, splits, config)  # The same at every evaluation.
+        self.last = dict(resume.meta.get("eval") or {}) if carried else {}
+        self.eval_s = 0.0  # Time this process spent evaluating (and sampling, drawing).
+        self.finite = stopping.FiniteCheck(ckpt.latest_step)
+        self.eval_data = evaluation.eval_batches(run.par, run.splits, config)  # Made once.
+        self.batch = self._batch(run.start_step)
 
-        def train_batch(step: int) -> jax.Array:
-            batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, m.block_size)
-            return par.put_batch(process_rows(batch), t.grad_accum_steps)
+    def _batch(self, step: int) -> jax.Array:
+        """Step `step`'s batch (a pure function of seed and step), on the devices."""
+        t, m = self.run.config.train, self.run.config.model
+        batch = data.sample_batch(self.run.splits.train, self.run.config.seed, step,
+                                  t.batch_size, m.block_size)
+        return self.run.par.put_batch(parallel.process_rows(batch), t.grad_accum_steps)
 
-        batch = train_batch(start_step)
-        for step in range(start_step, t.num_steps):
-            done = step + 1  # Steps count from 1 in logs, checkpoints and hooks.
-            profile.before_step(done)
-            with jax.profiler.StepTraceAnnotation("train", step_num=done):
-                rstate, metrics = par.train_step(rstate, batch)
-                if done < t.num_steps:  # The next batch is made while this step runs.
-                    batch = train_batch(done)
-            if step == start_step:  # While step 1 runs: see warmup.py.
-                warm.start(warmup_tasks(par, rstate, state.params, eval_data, model_cfg, tok,
-                                        splits, config, writer.enabled))
-            finite.after_step(done, metrics)  # Only kept: checked at the next flush.
-            hooks.step_launched(done, metrics)
-            if profile.after_step(done, rstate):
-                progress.message(f"profile of steps {t.profile_steps} written to "
-                                 f"{workdir}/plugins/profile")
-            if done % t.log_every == 0 or done == t.num_steps:
-                metrics = finite.flush()  # This step's, read with the unchecked ones.
-                hooks.logged(done)
-                ckpt.poll()  # A background save that failed is reported here.
-                now = time.time()
-                steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
-                metrics["tokens_per_sec"] = tokens_per_step * steps_since / (now - t_log)
-                t_log = now
-                writer.scalars(done, {f"train/{k}": v for k, v in metrics.items()})
-                progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
-            val_loss = None
-            if done % t.eval_every == 0 or done == t.num_steps:
-                finite.flush()  # Waits for the queued steps: their time is training's.
-                warm.wait()  # Its programs are ready (nothing compiles twice).
-                t_eval = time.time()
-                with jax.profiler.TraceAnnotation("evaluate"):
-                    losses = evaluate(par, rstate.params, eval_data, config)
-                hooks.evaluated(done, losses, time.time() - t_eval)
-                val_loss = losses["val"]
-                best_val = min(best_val, losses["val"])
-                last = {"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
-                        "eval/val_perplexity": math.exp(losses["val"]),
-                        "eval/val_bpc": train.bits_per_char(losses["val"], tokens_per_char),
-                        "eval/best_val_loss": best_val}
-                writer.scalars(done, last)
-                # Only process 0 writes, so only it samples and draws.
-                if writer.enabled and (done % (t.sample_every or t.eval_every) == 0
-                                       or done == t.num_steps):
-                    params = par.unreplicate(rstate.params)
-                    text = sample_text(params, model_cfg, tok, t.sample_tokens, config.seed + done)
-                    writer.text(done, "sample", text)
-                    from smallgpt_jax import viz  # Imported here: matplotlib only when needed.
-                    # Every layer's and head's attention on 16 validation tokens.
-                    # (Tagged so that its group sorts after the eval and train
-                    # groups: TensorBoard's first screen then shows the losses.)
-                    writer.image(done, "views/attention", viz.attention_image(
-                        params, model_cfg, tok, splits.val[:min(16, m.block_size)]))
-                writer.flush()
-                # Evaluation is not training: tokens/s and the ETA leave it out.
-                pause = time.time() - t_eval
-                t_log += pause
-                progress.paused(pause)
-                eval_s += pause
-                progress.message(
-                    f"step {done}: train loss {losses['train']:.4f}, "
-                    f"val loss {losses['val']:.4f}, val ppl {last['eval/val_perplexity']:.2f}, "
-                    f"val bpc {last['eval/val_bpc']:.3f}")
-            # Save every checkpoint_every steps, at the end, on a signal, and when the
-            # validation loss is a new best (so the best model is always on disk).
-            signum = stopping.agreed_stop(stop, done, t.log_every)
-            if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
-                    or (val_loss is not None and val_loss == best_val)):
-                finite.flush()
-                ckpt.save(done, par.unreplicate(rstate), config=config, tokenizer=tok,
-                          best_val_loss=best_val, val_loss=val_loss, eval_metrics=last,
-                          train_time_s=time_before + time.time() - t_start,
-                          data_fingerprint=splits.fingerprint)
-                hooks.saved(done)
-                writer.flush()  # After a crash, the logs reach at least this checkpoint.
-            if signum and done < t.num_steps:
-                ckpt.wait()
-                raise Interrupted(
-                    f"stopped by {signal.Signals(signum).name} at step {done}, after saving "
-                    f"checkpoint {ckpt.directory}/{done}; run the same command again to resume.",
-                    signum)
-        # Wall time of all the runs that made this model (a killed run's steps
-        # after its last checkpoint were redone, and are not counted twice).
-        wall = time_before + time.time() - t_start
-        final = {**last, "steps": t.num_steps, "wall_time_s": wall}
-        if not time_before:  # (A resumed run's earlier evaluations are not known.)
-            final["eval_time_s"] = eval_s
-        writer.hparams(reporting.flat_hparams(config),
-                       {k: v for k, v in final.items() if k.startswith("eval/")}, t.num_steps)
-    # The run is finished once its final checkpoint is on disk; only then says summary.json so.
-    ckpt.wait()
-    if jax.process_index() == 0:
-        reporting.write_json(os.path.join(workdir, "summary.json"), final)
-    final["params"] = par.unreplicate(rstate.params)
-    final["model_config"], final["tokenizer"] = model_cfg, tok
-    return final
+    def step(self, done: int, profile: profiling.ProfileWindow, warm: warmup.Warmup) -> None:
+        """Launches train step `done` (counted from 1); does not wait for it."""
+        run = self.run
+        profile.before_step(done)
+        with jax.profiler.StepTraceAnnotation("train", step_num=done):
+            self.rstate, metrics = run.par.train_step(self.rstate, self.batch)
+            if done < run.config.train.num_steps:  # The next batch is made while this step runs.
+                self.batch = self._batch(done)
+        if done == run.start_step + 1:  # While the first step runs: see warmup.py.
+            warm.start(evaluation.warmup_tasks(
+                run.par, self.rstate, run.state.params, self.eval_data, run.model_cfg, run.tok,
+                run.splits, run.config, self.writer.enabled))
+        self.finite.after_step(done, metrics)  # Only kept: checked at the next flush.
+        self.hooks.step_launched(done, metrics)
+        if profile.after_step(done, self.rstate):
+            self.progress.message(f"profile of steps {self.run.config.train.profile_steps} "
+                                  f"written to {self.run.workdir}/plugins/profile")
+
+    def log(self, done: int) -> None:
+        """Train scalars and the progress line (waits for the launched steps)."""
+        t = self.run.config.train
+        metrics = self.finite.flush()  # This step's, read with the unchecked ones.
+        self.hooks.logged(done)
+        self.ckpt.poll()  # A background save that failed is reported here.
+        now = time.time()
+        steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
+        metrics["tokens_per_sec"] = (t.batch_size * self.run.config.model.block_size
+                                     * steps_since / (now - self.t_log))
+        self.t_log = now
+        self.writer.scalars(done, {f"train/{k}": v for k, v in metrics.items()})
+        self.progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
+
+    def evaluate(self, done: int) -> float:
+        """Evaluates, logs it (with a sample now and then); returns the val loss."""
+        run, t = self.run, self.run.config.train
+        t_eval = time.time()
+        with jax.profiler.TraceAnnotation("evaluate"):
+            losses = evaluation.evaluate(run.par, self.rstate.params, self.eval_data, run.config)
+        self.hooks.evaluated(done, losses, time.time() - t_eval)
+        self.best_val = min(self.best_val, losses["val"])
+        self.last = evaluation.eval_metrics(losses, self.best_val, run.tokens_per_char)
+        self.writer.scalars(done, self.last)
+        # Only process 0 writes, so only it samples and draws.
+        if self.writer.enabled and (done % (t.sample_every or t.eval_every) == 0
+                                    or done == t.num_steps):
+            evaluation.write_sample(self.writer, done, run.par.unreplicate(self.rstate.params),
+                                    run.model_cfg, run.tok, run.splits, run.config)
+        self.writer.flush()
+        # Evaluation is not training: tokens/s and the ETA leave it out.
+        pause = time.time() - t_eval
+        self.t_log += pause
+        self.progress.paused(pause)
+        self.eval_s += pause
+        self.progress.message(
+            f"step {done}: train loss {losses['train']:.4f}, "
+            f"val loss {losses['val']:.4f}, val ppl {self.last['eval/val_perplexity']:.2f}, "
+            f"val bpc {self.last['eval/val_bpc']:.3f}")
+        return losses["val"]
+
+    def save(self, done: int, val_loss: float | None) -> None:
+        """Starts a checkpoint of step `done` (written in the background)."""
+        run = self.run
+        self.finite.flush()  # A broken state is never saved.
+        self.ckpt.save(done, run.par.unreplicate(self.rstate), config=run.config,
+                       tokenizer=run.tok, best_val_loss=self.best_val, val_loss=val_loss,
+                       eval_metrics=self.last, train_time_s=self.wall_time(),
+                       data_fingerprint=run.splits.fingerprint)
+        self.hooks.saved(done)
+        self.writer.flush()  # After a crash, the logs reach at least this checkpoint.
+
+    def wall_time(self) -> float:
+        """Wall time of all the runs that made this model (a killed run's steps
+        after its last checkpoint were redone, and are not counted twice)."""
+        return self.time_before + time.time() - self.t_start
+
+    def final_metrics(self) -> dict:
+        """The newest evaluation, steps and times (summary.json); logs the hparams."""
+        t = self.run.config.train
+        final = {**self.last, "steps": t.num_steps, "wall_time_s": self.wall_time()}
+        if not self.time_before:  # (A resumed run's earlier evaluations are not known.)
+            final["eval_time_s"] = self.eval_s
+        self.writer.hparams(reporting.flat_hparams(self.run.config),
+                            {k: v for k, v in final.items() if k.startswith("eval/")},
+                            t.num_steps)
+        return final

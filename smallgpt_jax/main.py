@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before NumPy or JAX start threads.
     runtime.use_default_xla_flags()  # Before anything (joining a job, too) starts JAX.
     import jax
-    from smallgpt_jax import distributed, loop, reporting  # After flags: fast --help.
+    from smallgpt_jax import distributed, evaluation, loop, reporting  # After flags: fast --help.
     with cli.user_errors():
         # Joins a multi-host job when the environment describes one; before
         # anything touches JAX devices.
@@ -40,8 +40,9 @@ def main(argv: list[str]) -> None:
         if jax.process_index() != 0:  # In a multi-host job only process 0 prints.
             return
         print("\n--- sample from the final model ---")
-        print(loop.sample_text(result["params"], result["model_config"], result["tokenizer"],
-                               config.train.sample_tokens * 2, config.seed + 1))
+        print(evaluation.sample_text(result["params"], result["model_config"],
+                                     result["tokenizer"], config.train.sample_tokens * 2,
+                                     config.seed + 1))
         print("\n" + reporting.end_of_run(result, workdir))
 
 

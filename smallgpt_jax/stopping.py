@@ -1,11 +1,15 @@
-"""Stopping on a signal: SIGTERM or Ctrl-C saves a checkpoint, then stops.
+"""Why training stops early: a signal, or a loss that is no longer finite.
 
-`StopSignals` catches the signal; the training loop asks `agreed_stop` after
-every step whether to save and stop (the same answer in every process).
+- SIGTERM or Ctrl-C saves a checkpoint, then stops: `StopSignals` catches
+  the signal, and the loop asks `agreed_stop` after every step whether to
+  save and stop (the same answer in every process).
+- A NaN or infinite loss or gradient norm stops at once, saving nothing
+  (`FiniteCheck`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -13,6 +17,9 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from smallgpt_jax import parallel
+from smallgpt_jax.errors import UserError
 
 
 class StopSignals:
@@ -73,3 +80,47 @@ def agreed_stop(stop: StopSignals, step: int, every: int) -> int | None:
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(stop.signum or 0))
     return int(np.max(flags)) or None
+
+
+class FiniteCheck:
+    """Stops training at the first step whose loss or gradient norm is NaN/inf.
+
+    Reading a number back from the device waits for the step that computes
+    it, and while the host waits it prepares nothing: on a GPU the device
+    then idles through each step's host work (batch, dispatch). So the loop
+    never waits between log points: `after_step` keeps the launched steps'
+    metrics (small device arrays), and `flush()` reads them all at once and
+    checks them in order. It runs before every log, evaluation and checkpoint,
+    so a broken state is never evaluated or saved.
+    """
+
+    def __init__(self, newest_checkpoint):
+        self.pending = []  # (step, metrics) launched but not checked yet.
+        self.last_finite = None  # (step, loss) of the newest good step.
+        self.newest_checkpoint = newest_checkpoint
+
+    def after_step(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+
+    def flush(self) -> dict[str, float] | None:
+        """Checks every step launched since the last flush; returns the newest
+        one's metrics as floats (None if there was none)."""
+        pending, self.pending = self.pending, []
+        values = parallel.host_values([m for _, m in pending])  # One read for all.
+        for (step, _), m in zip(pending, values):
+            self._check(step, float(m["loss"].item()), float(m["grad_norm"].item()))
+        return {k: float(v.item()) for k, v in values[-1].items()} if values else None
+
+    def _check(self, step: int, loss: float, grad_norm: float) -> None:
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.last_finite = (step, loss)
+            return
+        before = (f"last finite loss {self.last_finite[1]:.4f} at step {self.last_finite[0]}"
+                  if self.last_finite else "no finite loss seen in this run")
+        newest = self.newest_checkpoint()
+        kept = (f"nothing was saved from it: the newest checkpoint is step {newest}"
+                if newest is not None else "nothing was saved from it")
+        raise UserError(
+            f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm} "
+            f"({before}); {kept}. Lower --config.train.learning_rate (or raise "
+            "warmup_steps) and run again to resume.")

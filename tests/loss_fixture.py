@@ -12,10 +12,10 @@ performance work (its "commit" field names it); `test_loss_regression.py`
 re-runs the same variants with the current code and compares.
 
 Everything here goes through the public training API (`train.init_state`,
-`train.make_parallel_steps`, `train.shard_batch`, `data.sample_batch`) and,
-for the "loop" variant, the whole `loop.train_and_evaluate`, so both the
-step and the loop around it are covered. The corpus is generated, not read,
-so the check needs no data files.
+`parallel.make_parallel_steps`, `parallel.shard_batch` (both in `train` in
+older code), `data.sample_batch`) and, for the "loop" variant, the whole
+`loop.train_and_evaluate`, so both the step and the loop around it are
+covered. The corpus is generated, not read, so the check needs no data files.
 """
 
 from __future__ import annotations
@@ -81,6 +81,10 @@ def step_losses(overrides: dict) -> list[float]:
     """Per-step training losses of a NUM_STEPS-step run (train API only)."""
     from flax.jax_utils import replicate
     from smallgpt_jax import data, train
+    try:
+        from smallgpt_jax import parallel
+    except ImportError:  # Older code: the device placement was part of train.py.
+        parallel = train
     from smallgpt_jax.model import model_config
     from smallgpt_jax.tokenizer import CharTokenizer
 
@@ -91,11 +95,11 @@ def step_losses(overrides: dict) -> list[float]:
     cfg = model_config(c, tok.vocab_size)
     tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
     state = train.init_state(cfg, tx, c.seed)
-    p_train, _ = train.make_parallel_steps(cfg, tx, schedule, c.seed)
+    p_train, _ = parallel.make_parallel_steps(cfg, tx, schedule, c.seed)
     rstate, losses = replicate(state), []
     for step in range(NUM_STEPS):
         batch = data.sample_batch(tokens, c.seed, step, c.train.batch_size, cfg.block_size)
-        rstate, metrics = p_train(rstate, train.shard_batch(batch, c.train.grad_accum_steps))
+        rstate, metrics = p_train(rstate, parallel.shard_batch(batch, c.train.grad_accum_steps))
         losses.append(float(np.asarray(metrics["loss"])[0]))
     return losses
 

@@ -109,7 +109,7 @@ WORKER = textwrap.dedent("""
         jax.distributed.initialize(f"127.0.0.1:{port}", n_proc, proc_id)
     sys.path.insert(0, "tests")
     from conftest import tiny_config
-    from smallgpt_jax import data, loop, train
+    from smallgpt_jax import data, parallel, train
     from smallgpt_jax.model import model_config
     assert jax.device_count() == 4 and jax.process_count() == n_proc, jax.devices()
     # Dropout on: each device's dropout key depends on its index on the data
@@ -121,15 +121,15 @@ WORKER = textwrap.dedent("""
     tokens = np.random.default_rng(0).integers(0, 13, 800).astype(np.int32)
     out = {}
     for kind in ("pmap", "shard_map"):
-        par = train.data_parallel(kind, cfg, tx, schedule, c.seed)
+        par = parallel.data_parallel(kind, cfg, tx, schedule, c.seed)
         state = par.put_state(train.init_state(cfg, tx, c.seed))
         losses = []
         for step in range(3):
             batch = data.sample_batch(tokens, 0, step, 16, cfg.block_size)
-            state, m = par.train_step(state, par.put_batch(loop.process_rows(batch), 2))
+            state, m = par.train_step(state, par.put_batch(parallel.process_rows(batch), 2))
             losses.append(float(par.unreplicate(m["loss"])))
         batch = data.sample_batch(tokens, 0, 99, 16, cfg.block_size)
-        val = par.eval_step(state.params, par.put_batch(loop.process_rows(batch), 1))
+        val = par.eval_step(state.params, par.put_batch(parallel.process_rows(batch), 1))
         params = par.unreplicate(state.params)
         out[kind] = {"losses": losses, "eval": float(par.unreplicate(val)[0]),
                      "param_abs_sum": float(sum(np.abs(np.asarray(p)).sum()
@@ -229,12 +229,12 @@ def test_train_step_compiles_once(kind):
     later steps reuse the first step's program instead of compiling again."""
     import jax
     from conftest import tiny_config
-    from smallgpt_jax import data, loop, train
+    from smallgpt_jax import data, parallel, train
     from smallgpt_jax.model import model_config
     c = tiny_config(**{"model.num_layers": 1})
     cfg = model_config(c, 13)
     tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
-    par = train.data_parallel(kind, cfg, tx, schedule, c.seed)
+    par = parallel.data_parallel(kind, cfg, tx, schedule, c.seed)
     state = par.put_state(train.init_state(cfg, tx, c.seed))
     tokens = np.arange(400, dtype=np.int32) % 13
     compiles = []
@@ -245,7 +245,7 @@ def test_train_step_compiles_once(kind):
     jax.monitoring.register_event_duration_secs_listener(count)
     try:
         for step in range(3):
-            batch = par.put_batch(loop.process_rows(data.sample_batch(tokens, 0, step, 8, 16)), 1)
+            batch = par.put_batch(parallel.process_rows(data.sample_batch(tokens, 0, step, 8, 16)), 1)
             state, metrics = par.train_step(state, batch)
             jax.block_until_ready(metrics)
             if step == 0:

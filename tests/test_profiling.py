@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import needs_shakespeare, run_cli, tiny_config
-from smallgpt_jax import data, loop, train
+from smallgpt_jax import data, evaluation, parallel, train
 from smallgpt_jax.config import parse_steps, validate
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import model_config
@@ -72,10 +72,11 @@ def test_evaluation_in_one_program_gives_the_per_batch_mean():
     cfg = model_config(c, 13)
     tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
     state = train.init_state(cfg, tx, 0)
-    par = train.data_parallel(c.parallel, cfg, tx, schedule, c.seed)
+    par = parallel.data_parallel(c.parallel, cfg, tx, schedule, c.seed)
     tokens = np.random.default_rng(0).integers(0, 13, 500).astype(np.int32)
     splits = data.Splits(tokens[:400], tokens[400:])
-    got = loop.evaluate(par, par.put_state(state).params, loop.eval_batches(par, splits, c), c)
+    got = evaluation.evaluate(par, par.put_state(state).params,
+                              evaluation.eval_batches(par, splits, c), c)
     loss_fn = jax.jit(train.loss_fn, static_argnums=1)
     # What the loop computed before: one batch at a time, the mean of the losses.
     for stream, name, split in ((1, "train", splits.train), (2, "val", splits.val)):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST_COMPILE, ROOT, tiny_config
-from smallgpt_jax import data, train
+from smallgpt_jax import data, parallel, train
 from smallgpt_jax.model import model_config
 
 V = 13
@@ -82,7 +82,7 @@ PMAP_SCRIPT = textwrap.dedent("""
     from flax.jax_utils import replicate, unreplicate
     sys.path.insert(0, "tests")
     from conftest import tiny_config
-    from smallgpt_jax import data, train
+    from smallgpt_jax import data, parallel, train
     from smallgpt_jax.model import model_config
     assert jax.local_device_count() == 4, jax.devices()
     c = tiny_config()
@@ -90,17 +90,17 @@ PMAP_SCRIPT = textwrap.dedent("""
     tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
     state = train.init_state(cfg, tx, 0)
     tokens = np.random.default_rng(0).integers(0, 13, 800).astype(np.int32)
-    p_train, p_eval = train.make_parallel_steps(cfg, tx, schedule, 0)
+    p_train, p_eval = parallel.make_parallel_steps(cfg, tx, schedule, 0)
     single = jax.jit(lambda s, b: train.train_step(
         s, b, model_config=cfg, tx=tx, schedule=schedule, seed=0, axis_name=None))
     rstate, out = replicate(state), {"pmap": [], "single": [], "eval": []}
     for step in range(3):
         batch = data.sample_batch(tokens, 0, step, 8, cfg.block_size)
-        rstate, m = p_train(rstate, train.shard_batch(batch, 1))
+        rstate, m = p_train(rstate, parallel.shard_batch(batch, 1))
         state, m1 = single(state, jnp.asarray(batch[None]))
         out["pmap"].append(float(m["loss"][0]))
         out["single"].append(float(m1["loss"]))
-    out["eval_pmap"] = float(p_eval(rstate.params, train.shard_batch(batch, 1))[0, 0])
+    out["eval_pmap"] = float(p_eval(rstate.params, parallel.shard_batch(batch, 1))[0, 0])
     out["eval_single"] = float(train.eval_step(state.params, jnp.asarray(batch[None]),
                                                model_config=cfg, axis_name=None)[0])
     diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()),
@@ -126,8 +126,8 @@ def test_pmap_on_four_devices_equals_one_device():
 def test_batch_that_does_not_split_over_devices_is_refused():
     from smallgpt_jax.errors import UserError
     with pytest.raises(UserError, match="does not split evenly"):
-        train.per_device_batch(global_batch=7, grad_accum=2)
-    assert train.per_device_batch(global_batch=8, grad_accum=2) == 4 // jax.device_count()
+        parallel.per_device_batch(global_batch=7, grad_accum=2)
+    assert parallel.per_device_batch(global_batch=8, grad_accum=2) == 4 // jax.device_count()
 
 
 def test_bits_per_char():
