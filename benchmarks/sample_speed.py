@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from smallgpt_jax import sampling
+    from smallgpt_jax import generation
     from smallgpt_jax.model import GPT, count_params, model_config
 
     config = _CONFIG.value
@@ -53,8 +53,8 @@ def main(argv: list[str]) -> None:
 
     def run(n, **kw):
         start = time.perf_counter()
-        sampling.generate(params, cfg, prompt, n, jax.random.key(1), num_samples=B,
-                          temperature=0.8, **kw)  # Returns numpy: the work is done.
+        generation.generate(params, cfg, prompt, n, jax.random.key(1), num_samples=B,
+                            temperature=0.8, **kw)  # Returns numpy: the work is done.
         return time.perf_counter() - start
 
     print(f"{config.name}: {count_params(params) / 1e6:.2f}M parameters, "

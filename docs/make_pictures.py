@@ -138,7 +138,7 @@ def residual_stream_figure() -> Figure:
 
 def kv_cache_steps(W: int, prompt: int, new: int, slide_step: int) -> list[tuple]:
     """(kind, window token numbers, positions computed) per generated token,
-    following the rule of sampling.generate."""
+    following the rule of generation.generate."""
     window, cached, rows = list(range(prompt)), False, []
     for i in range(new):
         n = len(window)
@@ -177,7 +177,7 @@ def kv_cache_figure(W: int = 8, prompt: int = 3, new: int = 12, slide_step: int 
     ax.set_xlim(0, W + 7.5)
     ax.set_ylim(0, len(rows))
     ax.axis("off")
-    ax.set_title(f"the KV cache filling and sliding (sampling.generate): window of {W} slots,\n"
+    ax.set_title(f"the KV cache filling and sliding (generation.generate): window of {W} slots,\n"
                  f"prompt of {prompt} tokens, slide_step={slide_step}; numbers are token "
                  "positions in the text", fontsize=8)
     return fig

@@ -13,7 +13,7 @@ import math
 import jax
 import numpy as np
 
-from smallgpt_jax import data, parallel, reporting, sampling, train
+from smallgpt_jax import data, generation, parallel, reporting, train
 
 PICTURE_TOKENS = 16  # Validation tokens the attention picture shows.
 
@@ -54,8 +54,8 @@ def eval_metrics(losses: dict[str, float], best_val: float,
 
 def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
     """A short sample from the model, starting from a newline (or token 0)."""
-    return sampling.sample_texts(params, model_cfg, tok, "", n_tokens, seed,
-                                 temperature=0.8)[0]
+    return generation.sample_texts(params, model_cfg, tok, "", n_tokens, seed,
+                                   temperature=0.8)[0]
 
 
 def attention_picture(params, model_cfg, tok, splits: data.Splits) -> np.ndarray:

@@ -12,7 +12,7 @@ The switches in `config.model` pick between the classic design choices:
 positional encoding (learned, sinusoidal, rope, none), LayerNorm or RMSNorm,
 pre- or post-norm, GELU/ReLU/SwiGLU, biases, weight tying, and an explicit
 or fused attention kernel. With `decode=True` the attention layers keep a
-key/value cache so generation costs one position per step (see sampling.py).
+key/value cache so generation costs one position per step (see generation.py).
 
 What you read here is what runs: `jax.grad` differentiates these formulas,
 except where `config.model.fast_backward` is on (by default on CPU only,

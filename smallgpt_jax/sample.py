@@ -8,7 +8,7 @@ The config, tokenizer and parameters all come from the workdir's checkpoint.
 The first sample streams to the terminal as it is generated (all samples are
 generated together, as one batch); `--output=FILE` writes them to a file
 instead. This file only parses and checks flags and calls library code
-(`checkpoint.load_params`, `sampling.sample_texts`).
+(`checkpoint.load_params`, `generation.sample_texts`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write the samples to this file in
 def check_prompt_early(workdir: str, prompt: str) -> None:
     """Checks the prompt's characters against the run's saved tokenizer, if
     there is one, before the (slower) checkpoint load."""
-    from smallgpt_jax import sampling, tokenizer as tokenizer_lib  # Here: see main().
+    from smallgpt_jax import generation, tokenizer as tokenizer_lib  # Here: see main().
     path = os.path.join(workdir, "tokenizer.json")
     if not os.path.isfile(path):
         return
@@ -68,12 +68,13 @@ def check_prompt_early(workdir: str, prompt: str) -> None:
               "own copy of the tokenizer (resuming the run writes this file again).",
               file=sys.stderr)
         return
-    sampling.encode_prompt(tokenizer, prompt)
+    generation.encode_prompt(tokenizer, prompt)
 
 
 def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before NumPy or JAX start threads.
-    from smallgpt_jax import sampling  # Imported after flags: keeps --help fast.
+    # Imported after flags: keeps --help fast.
+    from smallgpt_jax import generation, sampling
     workdir, prompt, n = _WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value
     knobs = dict(num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,
                  top_k=_TOP_K.value, top_p=_TOP_P.value, slide_step=_SLIDE_STEP.value)
@@ -98,7 +99,7 @@ def main(argv: list[str]) -> None:
         sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
         print(f"checkpoint step {step} of {workdir}", file=sys.stderr, flush=True)
         use_cache = {"auto": "auto", "true": True, "false": False}[_USE_CACHE.value]
-        generate = lambda stream=None: sampling.sample_texts(
+        generate = lambda stream=None: generation.sample_texts(
             params, model_config, tokenizer, prompt, n, _SEED.value, stream=stream,
             use_cache=use_cache, **knobs)
         header = lambda i: f"--- sample {i + 1} of {knobs['num_samples']} ---\n"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, load_file
-from smallgpt_jax import sampling
+from smallgpt_jax import generation
 
 
 def _make_pictures():
@@ -29,7 +29,7 @@ def test_pictures_of_the_ideas_draw_small_pngs_that_the_docs_show(tmp_path):
 
 @pytest.mark.parametrize("prompt,slide_step", [(3, 4), (8, 1), (8, 3), (1, 8)])
 def test_kv_cache_picture_follows_generate(monkeypatch, prompt, slide_step):
-    """The picture's steps are the calls sampling.generate makes (its model
+    """The picture's steps are the calls generation.generate makes (its model
     steps replaced by stand-ins that record which one ran and on which window)."""
     W, new, calls = 8, 14, []
 
@@ -40,14 +40,14 @@ def test_kv_cache_picture_follows_generate(monkeypatch, prompt, slide_step):
             window_BW, n, drop = args[:3]
             calls.append((kind, [int(t) for t in np.asarray(window_BW)[0, :n]]))
             next_B = jnp.full((1,), 100 + len(calls), jnp.int32)  # Distinct tokens.
-            out = (next_B, jnp.zeros((1, 5)), sampling._push(window_BW, n, drop, next_B))
+            out = (next_B, jnp.zeros((1, 5)), generation._push(window_BW, n, drop, next_B))
             return out + (("cache",) if kind != "full" else ())
         return step
 
     for name, kind in (("_full_step", "full"), ("_prefill", "prefill"), ("_decode_step", "decode")):
-        monkeypatch.setattr(sampling, name, stand_in(kind))
+        monkeypatch.setattr(generation, name, stand_in(kind))
     config = types.SimpleNamespace(block_size=W, vocab_size=5)
-    sampling.generate({}, config, np.arange(prompt), new, key=None, slide_step=slide_step)
+    generation.generate({}, config, np.arange(prompt), new, key=None, slide_step=slide_step)
     rows = _make_pictures().kv_cache_steps(W, prompt, new, slide_step)
     # Token numbers: the prompt is 0..prompt-1, generated token i is number prompt + i.
     as_numbers = lambda ids: [t if t < 100 else prompt + t - 101 for t in ids]

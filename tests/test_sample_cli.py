@@ -6,9 +6,9 @@ import os
 import pytest
 
 from conftest import ROOT, run_cli
-from smallgpt_jax import sampling
+from smallgpt_jax import generation
 from smallgpt_jax.tokenizer import CharTokenizer, save as save_tokenizer
-from test_sampling import random_model
+from test_generation import random_model
 
 CHARS = "\n :EMORabcd"  # 11 characters: the random model's vocabulary.
 TESTS = os.path.join(ROOT, "tests")
@@ -100,8 +100,8 @@ def test_streamed_samples_match_the_library(saved_model):
                               "--num_samples=2", "--temperature=0.8", "--top_k=5",
                               "--top_p=0.95", "--seed=3", "--step=best"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    texts = sampling.sample_texts(params, cfg, tok, "ROMEO:", 40, 3, num_samples=2,
-                                  temperature=0.8, top_k=5, top_p=0.95)
+    texts = generation.sample_texts(params, cfg, tok, "ROMEO:", 40, 3, num_samples=2,
+                                    temperature=0.8, top_k=5, top_p=0.95)
     assert proc.stdout == expected_output(texts)
     assert texts[0] != texts[1] and len(texts[0]) == len("ROMEO:") + 40  # 40 > block_size.
     assert "stand-in load_params(step='best')" in proc.stderr
@@ -116,8 +116,8 @@ def test_uncached_greedy_to_a_file_matches_the_library(saved_model, tmp_path):
                               "--step=7", f"--output={out}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == ""
-    texts = sampling.sample_texts(params, cfg, tok, "", 30, 0, temperature=0.0,
-                                  slide_step=4)
+    texts = generation.sample_texts(params, cfg, tok, "", 30, 0, temperature=0.0,
+                                    slide_step=4)
     assert out.read_text(encoding="utf-8") == expected_output(texts)
     assert "stand-in load_params(step=7)" in proc.stderr and "no cache" in proc.stderr
 

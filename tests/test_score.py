@@ -16,7 +16,7 @@ from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT, model_config
 from smallgpt_jax.tokenizer import ByteTokenizer, CharTokenizer, save as save_tokenizer
 from test_sample_cli import assert_one_clear_line
-from test_sampling import random_model
+from test_generation import random_model
 
 CHARS = "\n :EMORabcd"  # The random model's 11-character vocabulary.
 TEXT = "ROMEO: abc dab cab\nMORE: bad a cab dab\n" * 3  # 117 characters > block_size 16.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
-from smallgpt_jax import bpe, sampling, store, tokenizer as tok_lib, train
+from smallgpt_jax import bpe, generation, store, tokenizer as tok_lib, train
 from smallgpt_jax import model as model_lib
 from smallgpt_jax.config import validate
 from smallgpt_jax.config_files import load_config
@@ -358,7 +358,7 @@ def test_every_combination_trains_and_samples_with_the_cache(combo):
     forward = jax.jit(lambda p, x: GPT(cfg).apply({"params": p}, x))
     decode = jax.jit(lambda p, c, x: GPT(cfg, decode=True).apply(
         {"params": p, "cache": c}, x, mutable=["cache"]))
-    v, cached = {"cache": sampling.init_cache(cfg, 1)}, []
+    v, cached = {"cache": generation.init_cache(cfg, 1)}, []
     for t in range(T):
         out, v = decode(params, v["cache"], tokens[:, t:t + 1])
         cached.append(out)
@@ -373,7 +373,7 @@ def test_every_combination_trains_and_samples_with_the_cache(combo):
     if combo != next(c for c in COMBINATIONS if c[0] == combo[0]):
         return
     n = T + 6
-    new = sampling.generate(params, cfg, ids[:3], n, jax.random.key(0), temperature=0.0)
+    new = generation.generate(params, cfg, ids[:3], n, jax.random.key(0), temperature=0.0)
     assert new.shape == (1, n) and 0 <= new.min() and new.max() < cfg.vocab_size
     context = list(ids[:3])
     for i in range(n):

@@ -1,0 +1,308 @@
+"""Autoregressive generation: pick a next token, append it, repeat.
+
+Two ways to run the model, which give the same logits (to float32 rounding):
+- `use_cache=False` (naive): re-run the whole context for every new token.
+- `use_cache=True`: one "prefill" pass over the prompt fills each layer's
+  key/value cache; then each new token is one cheap step that attends to the
+  cache instead of recomputing it.
+- `use_cache="auto"` (the command line's default): the cache when it pays.
+  Its decode step is a second program to compile; for a short run, or one
+  that is mostly past the context window (where, with exact sliding, every
+  token is a window run anyway), compiling it costs more than it saves. The
+  first window run is timed, and decode steps are used only if the tokens
+  they would serve save more than a compile costs (see `_decoding_pays`).
+
+Both keep the context in a fixed-size window of `block_size` tokens,
+left-aligned and padded at the end. The causal mask already hides every
+position after the last real token, so the padding changes no logit, and one
+fixed shape means each step function compiles once per (batch, block_size),
+not once per prompt length or per token. (The price: a no-cache step and a
+prefill always run block_size positions, even for a short context.)
+
+Past the context window the model sees only the last `block_size` tokens.
+With absolute positions the cache cannot simply slide (every cached key was
+computed at its old position), so by default (`slide_step=1`, exact) each
+token past the window re-runs the whole slid window, as the naive path does.
+`slide_step=N` is a faster approximation: a full window drops its N oldest
+tokens at once, the cache is re-filled from the rest, and N-1 cheap cached
+steps follow until the window is full again. Each token then sees between
+block_size-N+1 and block_size tokens of context (instead of exactly
+block_size), for one window run per N tokens. The no-cache path follows the
+same rule for the same `slide_step`, so the two paths always agree.
+
+Choosing each token is sampling.py's `sample_logits` (temperature, top-k,
+top-p); the text layer at the end (`sample_texts`) encodes a prompt and
+decodes, or streams, what comes back.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smallgpt_jax.errors import UserError
+from smallgpt_jax.model import GPT
+from smallgpt_jax.sampling import check_options, sample_logits
+
+Array = jax.Array
+_IN_FLIGHT = 16  # Generation steps queued on the device before their tokens are read.
+
+
+# ---------------------------------------------------------------- running the model
+
+def init_cache(model_config, batch_size: int):
+    """An empty key/value cache for `batch_size` sequences (all zeros)."""
+    model = GPT(model_config, decode=True)
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((batch_size, 1), jnp.int32)))["cache"]
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _last_logits(logits_BWV: Array, n: Array) -> Array:
+    """Logits at position n-1: the prediction after the window's last real token."""
+    return jax.lax.dynamic_index_in_dim(logits_BWV, n - 1, axis=1, keepdims=False)
+
+
+def _push(window_BW: Array, n: Array, drop: Array, token_B: Array) -> Array:
+    """Drops the `drop` oldest of the window's n tokens, then writes `token_B` after the rest."""
+    window_BW = jnp.roll(window_BW, -drop, axis=1)
+    return jax.lax.dynamic_update_slice(window_BW, token_B[:, None].astype(window_BW.dtype),
+                                        (0, n - drop))
+
+
+# Each step function below samples the token after the window's n tokens and
+# pushes it into the window (first dropping `drop` old tokens when full).
+
+def _choose_and_push(logits_BV, window_BW, n, drop, key, i, temperature, top_k, top_p):
+    """(next token, its logits, the window with it pushed in)."""
+    next_B = sample_logits(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p)
+    return next_B, logits_BV, _push(window_BW, n, drop, next_B)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _full_step(model_config, params, window_BW, n, drop, key, i, temperature, top_k, top_p):
+    """The naive way: run the whole window, sample from its last real position."""
+    logits_BV = _last_logits(GPT(model_config).apply({"params": params}, window_BW), n)
+    return _choose_and_push(logits_BV, window_BW, n, drop, key, i, temperature, top_k, top_p)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _prefill(model_config, params, window_BW, n, drop, key, i, temperature, top_k, top_p):
+    """Fills a fresh cache from the window's n tokens, then samples as above.
+
+    The padding after the n real tokens is run too (one shape for every n):
+    its keys/values land in cache slots >= n, which no query attends to
+    before a real token overwrites them. The cache index is then set to n, so
+    the next decode step writes at position n.
+    """
+    cache = init_cache(model_config, window_BW.shape[0])
+    logits_BWV, vars_ = GPT(model_config, decode=True).apply(
+        {"params": params, "cache": cache}, window_BW, mutable=["cache"])
+    cache = {**vars_["cache"], "index": jnp.asarray(n, jnp.int32)}
+    step = _choose_and_push(_last_logits(logits_BWV, n), window_BW, n, drop, key, i,
+                            temperature, top_k, top_p)
+    return *step, cache
+
+
+@partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _decode_step(model_config, params, cache, window_BW, n, drop, key, i,
+                 temperature, top_k, top_p):
+    """One new position: the cache holds the first n-1 tokens of the window;
+    the n-th attends to them, is appended to the cache, and predicts the next.
+
+    The old cache is donated: its buffers are updated in place, not copied.
+    """
+    token_B = window_BW[:, n - 1]
+    logits_B1V, vars_ = GPT(model_config, decode=True).apply(
+        {"params": params, "cache": cache}, token_B[:, None], mutable=["cache"])
+    step = _choose_and_push(logits_B1V[:, 0], window_BW, n, drop, key, i,
+                            temperature, top_k, top_p)
+    return *step, vars_["cache"]
+
+
+MIN_COMPILE_S = 1.0  # About the least a decode step takes to compile on a CPU.
+
+
+def _cached_steps(tokens: int, n: int, W: int, slide_step: int) -> int:
+    """Of `tokens` new tokens, the first drawn by a window run on n tokens,
+    how many would be cheap decode steps (generate's rule, replayed)."""
+    count, cached = 0, False
+    for _ in range(tokens):
+        drop = slide_step if n == W else 0
+        count += cached
+        cached = not drop  # A slid window invalidates the cache.
+        n = n - drop + 1
+    return count
+
+
+def _decoding_pays(model_config, params, args, tokens: int, n: int,
+                   slide_step: int) -> tuple[bool, tuple | None]:
+    """Will compiling the decode step pay for itself? Measured: compiles and
+    runs the window program (needed anyway), then runs it again; the decode
+    step's compile is taken to cost about as much (at least MIN_COMPILE_S),
+    and each cached token to save about one window run. Returns the answer
+    and the window run's output (None if it did not run), which the caller
+    uses instead of running it a third time."""
+    steps = _cached_steps(tokens, n, model_config.block_size, slide_step)
+    if steps == 0:
+        return False, None
+    timings = []
+    for _ in range(2):
+        start = time.perf_counter()
+        out = jax.block_until_ready(_prefill(model_config, params, *args))
+        timings.append(time.perf_counter() - start)
+    compile_s, run_s = max(timings[0] - timings[1], 0.0), timings[1]
+    # The window program may have come from the compilation cache while the
+    # decode step is not there: count at least a cold compile of a small program.
+    return steps * run_s > max(compile_s, MIN_COMPILE_S), out
+
+
+def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
+             key: Array, *, num_samples: int = 1, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float = 1.0, use_cache: bool | str = True,
+             slide_step: int = 1,
+             on_token: Callable[[np.ndarray], None] | None = None,
+             return_logits: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Continues `prompt_ids` (1-D, non-empty) in `num_samples` rows at once.
+
+    Returns the new tokens, int32 [num_samples, max_new_tokens] (and, with
+    `return_logits`, the float32 logits each one was drawn from,
+    [num_samples, max_new_tokens, vocab]). top_k None or 0: no top-k filter.
+    `on_token`, if given, gets each new column of ids as soon as it exists
+    (for streaming). The same key gives the same tokens. `use_cache`: True,
+    False or "auto", and `slide_step` (1 is exact): see the module docstring.
+    """
+    W = model_config.block_size
+    check_options(max_new_tokens=max_new_tokens, num_samples=num_samples,
+                  temperature=temperature, top_k=top_k or None, top_p=top_p,
+                  slide_step=slide_step, block_size=W)
+    prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
+    if prompt.size == 0:
+        raise UserError("the prompt is empty; give at least one token.")
+    prompt = prompt[-W:]  # The model only ever sees the last W tokens.
+    n = prompt.size  # Real tokens in the window; the rest is padding.
+    window_BW = jnp.asarray(np.tile(np.pad(prompt, (0, W - n)), (num_samples, 1)))
+    # Typed scalars: the same compiled steps serve every value of the knobs.
+    # Put on the device once, like the parameters, instead of with every token.
+    knobs = tuple(jax.device_put(x) for x in (
+        np.float32(temperature), np.int32(top_k or 0), np.float32(top_p)))
+    params = jax.device_put(params)
+
+    cache = None  # None: (re)fill it from the window at the next step.
+    # Each step's tokens go to the host a few steps later (by then the device
+    # has computed them, so the loop does not wait), into arrays allocated
+    # once: time and memory stay linear in max_new_tokens.
+    tokens_BN = np.zeros((num_samples, max_new_tokens), np.int32)
+    logits_BNV = (np.zeros((num_samples, max_new_tokens, model_config.vocab_size), np.float32)
+                  if return_logits else None)
+    in_flight = collections.deque()  # (i, next_B, logits_BV) still on the device.
+
+    def to_host(i, next_B, logits_BV):
+        tokens_BN[:, i] = np.asarray(next_B)
+        if return_logits:
+            logits_BNV[:, i] = np.asarray(logits_BV)
+
+    # Whether to run cached decode steps: use_cache=True always, "auto" once
+    # the first window run has shown that they save more than they cost.
+    decode = None if use_cache == "auto" else bool(use_cache)
+    for i in range(max_new_tokens):
+        # A full window slides as the new token goes in; the cached keys then
+        # sit at the wrong positions, so the next step re-fills the cache.
+        drop = slide_step if n == W else 0
+        args = (window_BW, n, drop, key, i, *knobs)
+        if not use_cache:
+            next_B, logits_BV, window_BW = _full_step(model_config, params, *args)
+        elif cache is None or not decode:
+            # A window run. The cached path always runs it as a prefill (even
+            # when the cache is thrown away right after): one program fewer to
+            # compile than with a separate no-cache step.
+            out = None
+            if decode is None:  # "auto": compile and time the window run first.
+                decode, out = _decoding_pays(model_config, params, args, max_new_tokens - i,
+                                             n, slide_step)
+            next_B, logits_BV, window_BW, cache = out or _prefill(model_config, params, *args)
+        else:
+            next_B, logits_BV, window_BW, cache = _decode_step(model_config, params, cache,
+                                                               *args)
+        if drop:
+            cache = None
+        n = n - drop + 1
+        in_flight.append((i, next_B, logits_BV if return_logits else None))
+        if len(in_flight) > _IN_FLIGHT:
+            to_host(*in_flight.popleft())
+        if on_token is not None:
+            on_token(np.asarray(next_B))  # Waits for the device: only when streaming.
+    while in_flight:
+        to_host(*in_flight.popleft())
+    return (tokens_BN, logits_BNV) if return_logits else tokens_BN
+
+
+# ---------------------------------------------------------------- text in, text out
+
+def encode_prompt(tokenizer, text: str) -> np.ndarray:
+    """Token ids of a prompt. An empty prompt starts from a newline (token 0
+    if the vocabulary has no newline). Characters outside the vocabulary
+    raise one UserError that lists them."""
+    if text:
+        try:
+            return tokenizer.encode(text)
+        except UserError as e:
+            raise UserError(f"prompt: {e}") from None
+    try:
+        ids = tokenizer.encode("\n")
+    except UserError:
+        ids = np.zeros(0, np.int32)
+    return ids if len(ids) else np.zeros(1, np.int32)
+
+
+class TextStream:
+    """Turns token ids into text piece by piece, for printing as they arrive.
+
+    A token can end in the middle of a multi-byte UTF-8 character (byte
+    tokenizers, byte-level BPE); such a piece decodes to U+FFFD, so it is held
+    back until the next tokens complete it (at most a few).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def push(self, ids) -> str:
+        self.pending.extend(int(i) for i in np.asarray(ids).reshape(-1))
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < 4:
+            return ""
+        self.pending = []
+        return text
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending = []
+        return text
+
+
+def sample_texts(params, model_config, tokenizer, prompt: str, max_new_tokens: int,
+                 seed: int, *, stream: Callable[[str], None] | None = None,
+                 **options) -> list[str]:
+    """`num_samples` texts, each the prompt followed by its continuation.
+
+    `options` go to `generate` (num_samples, temperature, top_k, top_p,
+    use_cache, slide_step). With `stream`, the first sample's continuation is
+    passed to it piece by piece while it is generated.
+    """
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    on_token = None
+    if stream is not None:
+        text_stream = TextStream(tokenizer)
+        on_token = lambda ids_B: stream(text_stream.push(ids_B[:1]))
+    ids_BN = generate(params, model_config, prompt_ids, max_new_tokens,
+                      jax.random.key(seed), on_token=on_token, **options)
+    if stream is not None:
+        stream(text_stream.flush())
+    return [prompt + tokenizer.decode(ids_N) for ids_N in ids_BN]
