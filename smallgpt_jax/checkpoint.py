@@ -47,6 +47,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax import checkpoint_faults as faults, checksum, tokenizer as tokenizer_lib
 from smallgpt_jax.errors import UserError
+from smallgpt_jax.model import model_config
 from smallgpt_jax.resume_compat import check_resumable, check_same_shapes
 from smallgpt_jax.workdir import CHECKPOINT_DIR, INCOMPLETE, STEP, TRASH
 
@@ -386,8 +387,6 @@ def load_checkpoint(workdir: str, step: str | int = "latest"
 
 
 def _load_params(directory: str, step: str | int):
-    from smallgpt_jax.model import model_config  # Here to keep imports light.
-
     found = _scan(directory, clean=False)  # A reader leaves the training run's files alone.
     try:
         manager = ocp.CheckpointManager(

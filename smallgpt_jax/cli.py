@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from smallgpt_jax.errors import UserError, writing
+from smallgpt_jax.errors import Interrupted, UserError, writing
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -40,7 +40,6 @@ def _quiet_broken_pipe() -> NoReturn:
 @contextlib.contextmanager
 def user_errors():
     """Turns UserError (and a config file that cannot load) into one line."""
-    from smallgpt_jax.errors import Interrupted
     try:
         yield
     except UserError as e:
@@ -91,6 +90,8 @@ def run_app(main: Callable[[list[str]], None], positional: Sequence[str] = (),
     `positional` names the arguments the command takes besides flags (e.g.
     ("SWEEP_FILE",)); main gets them after the program name in argv. Any
     other argument is refused here, once for every command."""
+    # Here, not at the top: the command lines import cli first, to call
+    # quiet_ctrl_c before the slower imports.
     from absl import app, flags
     from smallgpt_jax.config_files import parse_flags
     argv = sys.argv if argv is None else argv

@@ -14,6 +14,7 @@ from __future__ import annotations
 from absl import flags
 
 from smallgpt_jax import cli, runtime
+from smallgpt_jax.config import validate
 from smallgpt_jax.config_files import define_config_flag
 
 _CONFIG = define_config_flag("Path to a config file, e.g. configs/char_cpu.py.")
@@ -21,8 +22,7 @@ _CONFIG = define_config_flag("Path to a config file, e.g. configs/char_cpu.py.")
 
 def main(argv: list[str]) -> None:
     runtime.setup_process(uses_jax=False)  # First: before NumPy starts threads.
-    from smallgpt_jax import store  # After the flags: keeps --help fast.
-    from smallgpt_jax.config import validate
+    from smallgpt_jax import store  # After the flags and setup_process: fast --help.
     config = _CONFIG.value
     with cli.user_errors():
         validate(config)

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 from absl import flags
 
 from smallgpt_jax import cli, runtime
+from smallgpt_jax.config import validate
 from smallgpt_jax.config_files import define_config_flag
+from smallgpt_jax.model import GPT, ModelConfig, model_config
 from smallgpt_jax.tokenizer import LEARNED, ByteTokenizer
 
 # The shape letters (see model.py) of each module's output, by module name.
@@ -29,14 +33,10 @@ _LETTERS = {"token_embed": "BTD", "norm1": "BTD", "norm2": "BTD", "norm_f": "BTD
 _SKIP = ("Dropout",)  # Dropout keeps its input's shape.
 
 
-def forward_shapes(model_config, batch_size: int) -> tuple[list, list]:
+def forward_shapes(cfg: ModelConfig, batch_size: int) -> tuple[list, list]:
     """([(module, output shape)] in the order outputs are computed,
     [(param, shape)]) for one forward pass on [batch_size, block_size] tokens."""
-    import flax.linen as nn
-    import ml_collections
-    from smallgpt_jax.model import GPT
-
-    m = model_config.to_dict()
+    m = cfg.to_dict()
     # Scanned blocks would show one layer only; the fused kernel sows nothing.
     m["scan_layers"], m["attention"] = False, "explicit"
     model = GPT(ml_collections.FrozenConfigDict(m))
@@ -137,8 +137,6 @@ def letter_values(m, batch_size: int) -> dict[str, int]:
 
 def main(argv: list[str]) -> None:
     runtime.setup_process()
-    from smallgpt_jax.config import validate
-    from smallgpt_jax.model import model_config
     FLAGS = flags.FLAGS
     config = FLAGS.config
     with cli.user_errors():
