@@ -73,17 +73,17 @@ def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
         for step in range(run.start_step, t.num_steps):
             done = step + 1  # Steps count from 1 in logs, checkpoints and hooks.
             trainer.step(done, profile, warm)
-            if done % t.log_every == 0 or done == t.num_steps:
+            if due(done, t.log_every, t.num_steps):
                 trainer.log(done)
             val_loss = None
-            if done % t.eval_every == 0 or done == t.num_steps:
+            if due(done, t.eval_every, t.num_steps):
                 trainer.finite.flush()  # Waits for the queued steps: their time is training's.
                 warm.wait()  # Its programs are ready (nothing compiles twice).
                 val_loss = trainer.evaluate(done)
             # Save every checkpoint_every steps, at the end, on a signal, and when the
             # validation loss is a new best (so the best model is always on disk).
             signum = stopping.agreed_stop(stop, done, t.log_every)
-            if (done % t.checkpoint_every == 0 or done == t.num_steps or signum
+            if (due(done, t.checkpoint_every, t.num_steps) or signum
                     or (val_loss is not None and val_loss == trainer.best_val)):
                 trainer.save(done, val_loss)
             if signum and done < t.num_steps:
@@ -100,6 +100,11 @@ def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
     final["params"] = run.par.unreplicate(trainer.rstate.params)
     final["model_config"], final["tokenizer"] = run.model_cfg, run.tok
     return final
+
+
+def due(done: int, every: int, num_steps: int) -> bool:
+    """Whether something done every `every` steps, and at the end, falls after step `done`."""
+    return done % every == 0 or done == num_steps
 
 
 # Setup: data, model, state, devices.
@@ -246,8 +251,7 @@ class Trainer:
         self.last = evaluation.eval_metrics(losses, self.best_val, run.tokens_per_char)
         self.writer.scalars(done, self.last)
         # Only process 0 writes, so only it samples and draws.
-        if self.writer.enabled and (done % (t.sample_every or t.eval_every) == 0
-                                    or done == t.num_steps):
+        if self.writer.enabled and due(done, t.sample_every or t.eval_every, t.num_steps):
             evaluation.write_sample(self.writer, done, run.par.unreplicate(self.rstate.params),
                                     run.model_cfg, run.tok, run.splits, run.config)
         self.writer.flush()
