@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from smallgpt_jax.errors import UserError
+from smallgpt_jax.runtime import cache_dir
 
 # name -> (url, file name, size in bytes, sha256)
 DATASETS = {
@@ -37,13 +38,6 @@ DATASETS = {
         "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
     ),
 }
-
-
-def cache_dir() -> str:
-    """The per-user cache directory for downloaded corpora."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "smallgpt_jax")
 
 
 def _sha256(path: str) -> str:

@@ -34,6 +34,8 @@ Each piece is measured in benchmarks/README.md:
   log) the shakespeare_char step compiled several times faster so, at the
   same step time; not yet re-measured here. XLA reads XLA_FLAGS once,
   when JAX starts its backend, so this runs before anything touches a device.
+* `cache_dir`: the user's cache folder (`$XDG_CACHE_HOME/smallgpt_jax`), for
+  downloaded corpora, token stores and the compilation cache.
 * `resolve_dtype`: `config.model.dtype='auto'` (the default) computes in
   bfloat16 on GPUs and TPUs, which are built for it, and in float32 on CPU,
   where bfloat16 matmuls are slower and the results are the tested ones.
@@ -106,8 +108,15 @@ def use_unrolled_threefry(unrolled: bool = True) -> bool:
         return False
 
 
+def cache_dir() -> str:
+    """The per-user cache folder: downloaded corpora, token stores and the
+    compilation cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "smallgpt_jax")
+
+
 def default_compilation_cache_dir() -> str:
-    from smallgpt_jax.data import cache_dir  # Here: data imports NumPy.
     return os.path.join(cache_dir(), "jax_compilation_cache")
 
 

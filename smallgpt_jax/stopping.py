@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from smallgpt_jax import parallel
 from smallgpt_jax.errors import UserError
@@ -77,7 +78,6 @@ def agreed_stop(stop: StopSignals, step: int, every: int) -> int | None:
         return stop.signum  # Read once: a signal may land at any moment.
     if step % every:
         return None
-    from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(stop.signum or 0))
     return int(np.max(flags)) or None
 

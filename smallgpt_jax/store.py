@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from smallgpt_jax import corpus, data, lock, passes, tokenizer as tokenizer_lib
+from smallgpt_jax import corpus, data, lock, passes, runtime, tokenizer as tokenizer_lib
 from smallgpt_jax.errors import Interrupted, UserError
 
 FORMAT = 1  # Version of the store layout; another version is rebuilt, never misread.
@@ -44,7 +44,7 @@ SPLIT_RULE = ("files joined by the separator, then cut by characters: the first 
 
 def root(data_config) -> str:
     """The folder holding the stores."""
-    return data_config.cache_dir or os.path.join(data.cache_dir(), "stores")
+    return data_config.cache_dir or os.path.join(runtime.cache_dir(), "stores")
 
 
 def corpus_files(data_config) -> tuple[str, list[str]]:
