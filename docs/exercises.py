@@ -22,7 +22,7 @@ def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
     """Page 3: the fixed positional table, [num_positions, dim].
 
     P[p, 2i] = sin(p / 10000^(2i/dim)),  P[p, 2i+1] = cos(p / 10000^(2i/dim)).
-    Checked against smallgpt_jax.model.sinusoidal_table.
+    Checked against smallgpt_jax.positions.sinusoidal_table.
     """
     raise NotImplementedError
 
@@ -38,7 +38,7 @@ def causal_attention(q_TK: np.ndarray, k_TK: np.ndarray, v_TK: np.ndarray) -> np
 def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray,
                eps: float = 1e-5) -> np.ndarray:
     """Page 6: (x − mean) / √(var + eps) · scale + bias over the last axis.
-    Checked against smallgpt_jax.model.layer_norm.
+    Checked against smallgpt_jax.normalization.layer_norm.
     """
     raise NotImplementedError
 

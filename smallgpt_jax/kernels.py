@@ -1,11 +1,17 @@
-"""Matmul and LayerNorm with hand-written backward passes, for speed.
+"""Faster implementations of the model's operations, and where they are used.
 
-They compute exactly the same functions as `x @ W` and the textbook
-LayerNorm (`model.layer_norm`); only the way XLA is handed the gradient
+The model's formulas run as written unless a setting picks a kernel from
+here; the two choices are made in this file:
+- `fast_ops`: `config.model.fast_backward` ('auto': on CPU only, where they
+  measure faster) swaps in the matmul and LayerNorm below;
+- `fused_implementation`: `attention='fused'` runs cuDNN's flash attention
+  where it can, else XLA's own fused attention.
+
+The matmul and LayerNorm here have hand-written backward passes. They
+compute exactly the same functions as `x @ W` and the textbook LayerNorm
+(`normalization.layer_norm`); only the way XLA is handed the gradient
 changes (results agree to float32 rounding; tests/test_kernels.py compares
-them with `jax.grad` of the plain formulas). The model uses them only where
-`config.model.fast_backward` says so: `model.fast_ops` is the one place
-that switch acts ('auto': on CPU only, where they measure faster). Under shard_map their
+them with `jax.grad` of the plain formulas). Under shard_map their
 operands are first cast to the same varying mesh axes (`_vary_like`), so the
 train step keeps shard_map's replication checks on. Why they exist (measured on XLA:CPU, jax 0.10;
 see benchmarks/README.md):
@@ -23,12 +29,41 @@ see benchmarks/README.md):
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from smallgpt_jax import normalization, runtime
+
 Array = jax.Array
+
+
+def fast_ops(fast_backward: str) -> tuple[Callable | None, Callable]:
+    """(dot_general for dense layers, layer_norm) for `config.model.fast_backward`:
+    the one place that switch acts.
+
+    Off: flax's default matmul and the LayerNorm formula of normalization.py,
+    both differentiated by `jax.grad`. On: the versions below, the same
+    functions with hand-written backward passes that XLA:CPU runs faster
+    (benchmarks/README.md); on GPU and TPU they gain nothing, so 'auto'
+    turns them on for CPU only.
+    """
+    on = fast_backward == "on" or (fast_backward == "auto" and jax.default_backend() == "cpu")
+    return (dense_dot_general, layer_norm) if on else (None, normalization.layer_norm)
+
+
+def fused_implementation(platform: str, dtype, head_size: int, decode: bool) -> str | None:
+    """The kernel of `attention='fused'`: cuDNN's flash attention on an NVIDIA
+    GPU, for what it supports (bfloat16/float16, head size a multiple of 8 up
+    to 128, the plain causal mask: not decoding); else None, XLA's own."""
+    if (platform == "gpu" and runtime.may_use_cuda(os.environ) and not decode
+            and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+            and head_size % 8 == 0 and head_size <= 128):
+        return "cudnn"
+    return None
 
 
 def _varying_axes(a) -> frozenset:

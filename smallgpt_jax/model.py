@@ -14,19 +14,22 @@ pre- or post-norm, GELU/ReLU/SwiGLU, biases, weight tying, and an explicit
 or fused attention kernel. With `decode=True` the attention layers keep a
 key/value cache so generation costs one position per step (see generation.py).
 
+Two interchangeable parts have modules of their own, each with its page
+of docs: the position encodings (positions.py, page 3) and the norms
+(normalization.py, page 6).
+
 What you read here is what runs: `jax.grad` differentiates these formulas,
 except where `config.model.fast_backward` is on (by default on CPU only,
-where it measures faster). Then `fast_ops` swaps in the dense matmul and
-LayerNorm of kernels.py, which compute the same functions with hand-written
-backward passes; tests/test_kernels.py checks they match `jax.grad`.
+where it measures faster). Then `kernels.fast_ops` swaps in the dense matmul
+and LayerNorm of kernels.py, which compute the same functions with
+hand-written backward passes; tests/test_kernels.py checks they match `jax.grad`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -35,8 +38,9 @@ import ml_collections
 import numpy as np
 
 from smallgpt_jax import kernels, runtime
-
 from smallgpt_jax.errors import UserError
+from smallgpt_jax.normalization import Norm
+from smallgpt_jax.positions import apply_rope, sinusoidal_table
 
 Array = jax.Array
 _init = nn.initializers.normal(stddev=0.02)
@@ -64,7 +68,7 @@ class ModelConfig:
     dtype: str  # Compute dtype ('float32', 'bfloat16', 'float16').
     scan_layers: bool  # nn.scan over the blocks.
     vocab_size: int  # V.
-    # 'auto' (on where measured faster: CPU), 'on' or 'off': see `fast_ops`.
+    # 'auto' (on where measured faster: CPU), 'on' or 'off': see `kernels.fast_ops`.
     # Has a default so checkpoints written before the field existed load.
     fast_backward: str = "auto"
 
@@ -73,92 +77,6 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
-
-
-def fast_ops(c: ModelConfig) -> tuple[Callable | None, Callable]:
-    """(dot_general for dense layers, layer_norm): the one place the switch
-    `config.model.fast_backward` acts.
-
-    Off: flax's default matmul and the LayerNorm formula below, both
-    differentiated by `jax.grad`. On: kernels.py's versions, the same
-    functions with hand-written backward passes that XLA:CPU runs faster
-    (benchmarks/README.md); on GPU and TPU they gain nothing, so 'auto'
-    turns them on for CPU only.
-    """
-    on = c.fast_backward == "on" or (c.fast_backward == "auto"
-                                     and jax.default_backend() == "cpu")
-    return (kernels.dense_dot_general, kernels.layer_norm) if on else (None, layer_norm)
-
-
-def layer_norm(x: Array, scale: Array, bias: Array | None, eps: float) -> Array:
-    """(x - mean) / sqrt(var + eps) * scale + bias, over the last axis."""
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + eps) * scale
-    return y if bias is None else y + bias
-
-
-def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
-    """The fixed sin/cos table of "Attention Is All You Need", [positions, dim].
-
-    PE[p, 2i] = sin(p / 10000^(2i/dim)),  PE[p, 2i+1] = cos(p / 10000^(2i/dim)).
-    """
-    p = np.arange(num_positions)[:, None]
-    freq = 1.0 / 10000 ** (np.arange(0, dim, 2) / dim)
-    table = np.zeros((num_positions, dim), np.float32)
-    table[:, 0::2] = np.sin(p * freq)
-    table[:, 1::2] = np.cos(p * freq)
-    return table
-
-
-def apply_rope(x_BTHK: Array, positions_T: Array) -> Array:
-    """Rotary position embedding (RoPE, Su et al. 2021).
-
-    Each pair of features (x[2i], x[2i+1]) is rotated by the angle
-    position * 10000^(-2i/K). A query at position m and a key at n then have a
-    dot product that depends on m - n only: rotations compose.
-    """
-    K = x_BTHK.shape[-1]
-    freq = 1.0 / 10000 ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K)
-    angle_TK2 = positions_T.astype(jnp.float32)[:, None] * freq[None, :]
-    sin, cos = jnp.sin(angle_TK2)[None, :, None, :], jnp.cos(angle_TK2)[None, :, None, :]
-    x = x_BTHK.astype(jnp.float32)
-    even, odd = x[..., 0::2], x[..., 1::2]
-    rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
-    return rotated.reshape(x.shape).astype(x_BTHK.dtype)
-
-
-class Norm(nn.Module):
-    """LayerNorm (subtract mean, divide by std) or RMSNorm (divide by RMS only)."""
-
-    kind: str = "layernorm"
-    use_bias: bool = True
-    eps: float = 1e-5
-    layer_norm_fn: Callable = layer_norm  # Or kernels.layer_norm (see fast_ops).
-
-    @nn.compact
-    def __call__(self, x_BTD: Array) -> Array:
-        D = x_BTD.shape[-1]
-        x = x_BTD.astype(jnp.float32)  # Statistics in float32 for stability.
-        scale = self.param("scale", nn.initializers.ones, (D,))
-        if self.kind == "layernorm":
-            # (x - mean) / sqrt(var + eps) * scale + bias: `layer_norm` above.
-            bias = self.param("bias", nn.initializers.zeros, (D,)) if self.use_bias else None
-            return self.layer_norm_fn(x, scale, bias, self.eps).astype(x_BTD.dtype)
-        # RMSNorm: x / sqrt(mean(x^2) + eps) * scale.
-        x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
-        return (x * scale).astype(x_BTD.dtype)
-
-
-def fused_implementation(platform: str, dtype, head_size: int, decode: bool) -> str | None:
-    """The kernel of `attention='fused'`: cuDNN's flash attention on an NVIDIA
-    GPU, for what it supports (bfloat16/float16, head size a multiple of 8 up
-    to 128, the plain causal mask: not decoding); else None, XLA's own."""
-    if (platform == "gpu" and runtime.may_use_cuda(os.environ) and not decode
-            and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-            and head_size % 8 == 0 and head_size <= 128):
-        return "cudnn"
-    return None
 
 
 class CausalSelfAttention(nn.Module):
@@ -173,7 +91,7 @@ class CausalSelfAttention(nn.Module):
         c = self.config
         H, K = c.num_heads, c.embed_dim // c.num_heads
         dtype = jnp.dtype(c.dtype)
-        dot_general = fast_ops(c)[0]
+        dot_general = kernels.fast_ops(c.fast_backward)[0]
         # One matmul makes queries, keys and values for all heads: [B, T, 3, H, K].
         qkv = nn.DenseGeneral((3, H, K), use_bias=c.use_bias, dtype=dtype,
                               kernel_init=_init, name="qkv",
@@ -205,7 +123,7 @@ class CausalSelfAttention(nn.Module):
             # masked blocks instead of reading a [T, S] mask.
             y_BTHK = jax.nn.dot_product_attention(
                 q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None] if self.decode else None,
-                is_causal=not self.decode, implementation=fused_implementation(
+                is_causal=not self.decode, implementation=kernels.fused_implementation(
                     jax.default_backend(), dtype, K, self.decode))
         else:
             att_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK) / math.sqrt(K)
@@ -231,7 +149,7 @@ class MLP(nn.Module):
         c = self.config
         dtype = jnp.dtype(c.dtype)
         F = c.mlp_ratio * c.embed_dim
-        dot_general = fast_ops(c)[0]
+        dot_general = kernels.fast_ops(c.fast_backward)[0]
         dense = lambda n, name, init=_init: nn.Dense(
             n, use_bias=c.use_bias, dtype=dtype, kernel_init=init, name=name,
             dot_general=dot_general)
@@ -261,7 +179,8 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x_BTD: Array, positions_T: Array) -> Array:
         c = self.config
-        norm = lambda name: Norm(c.norm, c.use_bias, layer_norm_fn=fast_ops(c)[1], name=name)
+        layer_norm_fn = kernels.fast_ops(c.fast_backward)[1]
+        norm = lambda name: Norm(c.norm, c.use_bias, layer_norm_fn=layer_norm_fn, name=name)
         attn = CausalSelfAttention(c, self.deterministic, self.decode, name="attn")
         mlp = MLP(c, name="mlp")
         drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
@@ -343,7 +262,7 @@ class GPT(nn.Module):
                     x_BTD, positions_T)
 
         if c.norm_position == "pre":  # Post-norm blocks already end in a norm.
-            x_BTD = Norm(c.norm, c.use_bias, layer_norm_fn=fast_ops(c)[1],
+            x_BTD = Norm(c.norm, c.use_bias, layer_norm_fn=kernels.fast_ops(c.fast_backward)[1],
                          name="norm_f")(x_BTD)
         if c.tie_embeddings:
             logits_BTV = embed.attend(x_BTD)

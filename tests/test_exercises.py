@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT, load_file
 from smallgpt_jax import model as M
-from smallgpt_jax import sampling
+from smallgpt_jax import normalization, positions, sampling
 from smallgpt_jax.config import base_config
 
 
@@ -27,7 +27,7 @@ def _answers() -> types.ModuleType:
 
 
 def check_sinusoidal_table(fn):
-    np.testing.assert_allclose(fn(64, 32), M.sinusoidal_table(64, 32), atol=1e-5)
+    np.testing.assert_allclose(fn(64, 32), positions.sinusoidal_table(64, 32), atol=1e-5)
 
 
 def check_causal_attention(fn):
@@ -48,7 +48,7 @@ def check_causal_attention(fn):
 def check_layer_norm(fn):
     rng = np.random.default_rng(0)
     x, scale, bias = rng.normal(2, 3, (4, 16)), rng.normal(1, 0.1, 16), rng.normal(0, 0.1, 16)
-    np.testing.assert_allclose(fn(x, scale, bias), M.layer_norm(x, scale, bias, 1e-5),
+    np.testing.assert_allclose(fn(x, scale, bias), normalization.layer_norm(x, scale, bias, 1e-5),
                                rtol=1e-4, atol=1e-5)
 
 

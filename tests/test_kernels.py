@@ -1,6 +1,6 @@
 """kernels.py's hand-written backward passes against jax.grad of the plain formulas.
 
-The fast versions must be the same functions as the plain ones (model.layer_norm,
+The fast versions must be the same functions as the plain ones (normalization.layer_norm,
 a dense layer's x @ W): same values, and the same gradients as `jax.grad`
 differentiating the plain formula, with and without a bias, and inside
 shard_map (where the operands carry replication types; a one-device mesh here,
@@ -16,8 +16,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
-from smallgpt_jax import kernels
-from smallgpt_jax.model import GPT, fast_ops, layer_norm, model_config
+from smallgpt_jax import kernels, runtime
+from smallgpt_jax.model import GPT, model_config
+from smallgpt_jax.normalization import layer_norm
 
 TOL = dict(rtol=2e-5, atol=2e-6)
 
@@ -100,8 +101,8 @@ def test_switch_gives_the_same_model_and_gradients(use_bias):
     cfg_on = model_config(tiny_config(**{"model.use_bias": use_bias,
                                          "model.fast_backward": "on"}), 11)
     cfg_off = cfg_on.replace(fast_backward="off")
-    assert fast_ops(cfg_on)[0] is kernels.dense_dot_general
-    assert fast_ops(cfg_off) == (None, layer_norm)
+    assert kernels.fast_ops(cfg_on.fast_backward)[0] is kernels.dense_dot_general
+    assert kernels.fast_ops(cfg_off.fast_backward) == (None, layer_norm)
     tokens = jax.random.randint(jax.random.key(2), (2, cfg_on.block_size), 0, 11)
     params = GPT(cfg_on).init(jax.random.key(0), tokens)["params"]
 
@@ -113,3 +114,16 @@ def test_switch_gives_the_same_model_and_gradients(use_bias):
     np.testing.assert_allclose(l_on, l_off, rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(g_on), jax.tree_util.tree_leaves(g_off)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_fused_attention_uses_cudnn_only_where_it_can(monkeypatch):
+    monkeypatch.setattr(runtime, "may_use_cuda", lambda environ: True)
+    pick = kernels.fused_implementation
+    assert pick("gpu", "bfloat16", 64, decode=False) == "cudnn"
+    assert pick("gpu", "float16", 128, decode=False) == "cudnn"
+    assert pick("gpu", "float32", 64, decode=False) is None  # cuDNN: half precision only.
+    assert pick("gpu", "bfloat16", 64, decode=True) is None  # The cache needs a mask.
+    assert pick("gpu", "bfloat16", 12, decode=False) is None  # Head size not a multiple of 8.
+    assert pick("cpu", "bfloat16", 64, decode=False) is None
+    monkeypatch.setattr(runtime, "may_use_cuda", lambda environ: False)  # e.g. ROCm.
+    assert pick("gpu", "bfloat16", 64, decode=False) is None

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from smallgpt_jax import model as model_lib
+from smallgpt_jax import kernels, model as model_lib
 from smallgpt_jax.model import GPT, model_config
+from smallgpt_jax.positions import sinusoidal_table
 
 V = 11
 
@@ -97,7 +98,7 @@ def test_attention_matches_naive_per_head_loop(kind):
 
 
 def test_sinusoidal_table_matches_formula():
-    table = model_lib.sinusoidal_table(50, 16)
+    table = sinusoidal_table(50, 16)
     for pos in (0, 1, 7, 49):
         for i in range(8):
             angle = pos / 10000 ** (2 * i / 16)
@@ -168,4 +169,4 @@ def test_model_config_is_typed_and_auto_is_fast_on_cpu():
     hash(cfg)  # A static argument of jitted functions.
     assert cfg.fast_backward == "auto"
     on_cpu = jax.default_backend() == "cpu"
-    assert (model_lib.fast_ops(cfg)[0] is not None) == on_cpu
+    assert (kernels.fast_ops(cfg.fast_backward)[0] is not None) == on_cpu

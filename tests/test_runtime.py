@@ -202,17 +202,3 @@ def test_auto_dtype_is_the_default_and_resolves_in_the_model_config():
     from smallgpt_jax.model import model_config
     assert base_config().model.dtype == "auto"
     assert model_config(base_config(), 65).dtype == "float32"  # This is a CPU.
-
-
-def test_fused_attention_uses_cudnn_only_where_it_can(monkeypatch):
-    from smallgpt_jax import model, runtime
-    monkeypatch.setattr(runtime, "may_use_cuda", lambda environ: True)
-    pick = model.fused_implementation
-    assert pick("gpu", "bfloat16", 64, decode=False) == "cudnn"
-    assert pick("gpu", "float16", 128, decode=False) == "cudnn"
-    assert pick("gpu", "float32", 64, decode=False) is None  # cuDNN: half precision only.
-    assert pick("gpu", "bfloat16", 64, decode=True) is None  # The cache needs a mask.
-    assert pick("gpu", "bfloat16", 12, decode=False) is None  # Head size not a multiple of 8.
-    assert pick("cpu", "bfloat16", 64, decode=False) is None
-    monkeypatch.setattr(runtime, "may_use_cuda", lambda environ: False)  # e.g. ROCm.
-    assert pick("gpu", "bfloat16", 64, decode=False) is None

@@ -139,7 +139,7 @@ def test_hidden_state_shapes_and_windows():
 
 
 def test_last_hidden_state_gives_the_logits_also_with_scanned_layers():
-    from smallgpt_jax.model import Norm
+    from smallgpt_jax.normalization import Norm
     for scan in (False, True):
         cfg, params = random_model({"model.scan_layers": scan})
         tok = CharTokenizer(CHARS)

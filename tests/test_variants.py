@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
-from smallgpt_jax import bpe, generation, store, tokenizer as tok_lib, train
+from smallgpt_jax import bpe, generation, normalization, positions, store, train
+from smallgpt_jax import tokenizer as tok_lib
 from smallgpt_jax import model as model_lib
 from smallgpt_jax.config import validate
 from smallgpt_jax.config_files import load_config
@@ -32,9 +33,9 @@ def test_rope_matches_rotation_formula():
     """Pair i of features at position p is rotated by p * 10000^(-2i/K)."""
     T, H, K = 7, 2, 8
     x = np.asarray(jax.random.normal(jax.random.key(0), (1, T, H, K)))
-    positions = np.array([0, 1, 2, 5, 11, 100, 511])
-    out = np.asarray(model_lib.apply_rope(jnp.asarray(x), jnp.asarray(positions)))
-    for t, p in enumerate(positions):
+    positions_T = np.array([0, 1, 2, 5, 11, 100, 511])
+    out = np.asarray(positions.apply_rope(jnp.asarray(x), jnp.asarray(positions_T)))
+    for t, p in enumerate(positions_T):
         for h in range(H):
             for i in range(K // 2):
                 angle = p * 10000 ** (-2 * i / K)
@@ -51,8 +52,8 @@ def test_rope_score_depends_only_on_distance():
     q, k = np.asarray(jax.random.normal(jax.random.key(1), (2, K)))
 
     def score(m, n):
-        rq = model_lib.apply_rope(jnp.asarray(q)[None, None, None], jnp.array([m]))
-        rk = model_lib.apply_rope(jnp.asarray(k)[None, None, None], jnp.array([n]))
+        rq = positions.apply_rope(jnp.asarray(q)[None, None, None], jnp.array([m]))
+        rk = positions.apply_rope(jnp.asarray(k)[None, None, None], jnp.array([n]))
         return float(jnp.sum(rq * rk))
 
     for m, n in ((3, 0), (10, 7), (5, 5), (40, 1)):
@@ -67,7 +68,7 @@ def test_sinusoidal_offset_is_a_fixed_rotation():
     """The property the Transformer paper chose sinusoids for: PE[p + k] is a
     linear function of PE[p] that depends on k only (a rotation per pair)."""
     D, k = 16, 5
-    table = model_lib.sinusoidal_table(64, D)
+    table = positions.sinusoidal_table(64, D)
     for i in range(D // 2):
         w = 10000 ** (-2 * i / D)
         # [sin a, cos a] -> [sin(a + kw), cos(a + kw)] by the angle-sum formulas.
@@ -89,7 +90,7 @@ def test_sinusoidal_model_input_is_scaled_embedding_plus_table():
     x = state["intermediates"]["Dropout_0"]["__call__"][0]  # The blocks' input.
     E = np.asarray(params["token_embed"]["embedding"])
     expected = math.sqrt(cfg.embed_dim) * E[np.asarray(tokens)] + \
-        model_lib.sinusoidal_table(cfg.block_size, cfg.embed_dim)[None]
+        positions.sinusoidal_table(cfg.block_size, cfg.embed_dim)[None]
     np.testing.assert_allclose(x, expected, atol=1e-5)
 
 
@@ -108,7 +109,7 @@ def _random_params(params, seed):
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
 def test_norms_match_numpy(kind):
     x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (2, 5, 12))
-    norm = model_lib.Norm(kind)
+    norm = normalization.Norm(kind)
     params = _random_params(norm.init(jax.random.key(1), x)["params"], 2)
     out = np.asarray(norm.apply({"params": params}, x))
     xn, p, eps = np.asarray(x, np.float64), jax.tree_util.tree_map(np.asarray, params), 1e-5
@@ -145,7 +146,7 @@ def test_block_matches_textbook_equation(position):
 
     attn = lambda h: model_lib.CausalSelfAttention(cfg).apply({"params": params["attn"]}, h, pos)
     mlp = lambda h: model_lib.MLP(cfg).apply({"params": params["mlp"]}, h)
-    norm = model_lib.Norm(cfg.norm, cfg.use_bias)
+    norm = normalization.Norm(cfg.norm, cfg.use_bias)
     ln1 = lambda h: norm.apply({"params": params["norm1"]}, h)
     ln2 = lambda h: norm.apply({"params": params["norm2"]}, h)
     if position == "post":
