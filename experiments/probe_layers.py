@@ -94,7 +94,7 @@ def probe(x_train, y_train, x_test, y_test, steps: int) -> tuple[float, float]:
 def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before JAX starts threads.
     from smallgpt_jax import data, representations  # After flags: fast --help.
-    from smallgpt_jax.checkpoint import load_params
+    from smallgpt_jax.loading import load_params
     with cli.user_errors():
         params, model_config, tok = load_params(_WORKDIR.value)
         if tok.kind != "char":

@@ -1,4 +1,4 @@
-"""Orbax checkpoints: save the training state, resume after a crash, load weights.
+"""Orbax checkpoints of a training run: save the state, keep the newest and the best, resume.
 
 A run's checkpoints live in `<workdir>/checkpoints/<step>/`, one folder per
 saved step, each with two items:
@@ -26,8 +26,7 @@ Each save records a checksum of every array (see checksum.py), and every
 restore verifies them: bits flipped on disk are one clear error, not a model
 that silently differs. A training run holds its workdir exclusively (lock.py).
 
-`load_params(workdir)` reads the parameters alone (no optimizer), for
-sampling and evaluation.
+Loading a trained model for sampling, scoring and pictures: loading.py.
 """
 
 from __future__ import annotations
@@ -47,9 +46,8 @@ from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax import checkpoint_faults as faults, checksum, tokenizer as tokenizer_lib
 from smallgpt_jax.errors import UserError
-from smallgpt_jax.model import model_config
 from smallgpt_jax.resume_compat import check_resumable, check_same_shapes
-from smallgpt_jax.workdir import CHECKPOINT_DIR, INCOMPLETE, STEP, TRASH
+from smallgpt_jax.workdir import CHECKPOINT_DIR, STEP, TRASH
 
 FORMAT = 1  # Version of the `meta` layout, for future readers.
 
@@ -60,28 +58,26 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _scan(directory: str, clean: bool) -> faults.Scan:
-    """faults.scan, saying which folders are skipped. `clean` (a training run,
-    which owns the workdir) removes them, and skips saves that never finished
-    (for a reader, one may be the run's save in flight)."""
-    found = faults.scan(directory)
-    skipped = found.incomplete if clean else []
-    for name in skipped:
-        _say(f"warning: skipping incomplete checkpoint {os.path.join(directory, name)} "
-             "(a save that never finished, e.g. cut off by a crash); removing it.")
-    for step, why in sorted(found.debris.items()):
-        _say(f"warning: skipping {os.path.join(directory, str(step))}: {why}"
-             + ("; removing it." if clean else "."))
-    if clean and jax.process_index() == 0:
-        for name in [*skipped, *map(str, found.debris)]:
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-    return found
-
-
-def _val_loss(metrics: dict) -> float:
+def val_loss(metrics: dict) -> float:
     """Orbax ranks checkpoints by this; unevaluated ones rank last."""
     value = (metrics or {}).get("val_loss")
     return math.inf if value is None else float(value)
+
+
+def is_ours(meta: Any) -> bool:
+    """Whether a checkpoint's `meta` item is one this package wrote."""
+    return isinstance(meta, dict) and {"config", "tokenizer"} <= meta.keys()
+
+
+def open_manager(directory: str, options: ocp.CheckpointManagerOptions,
+                 state: ocp.CheckpointHandler) -> ocp.CheckpointManager:
+    """An Orbax CheckpointManager for `directory`'s two items: `state`, read
+    and written by the handler `state`, and `meta` as JSON."""
+    try:
+        return ocp.CheckpointManager(directory, options=options, item_handlers={
+            "state": state, "meta": ocp.JsonCheckpointHandler()})
+    except Exception as e:  # e.g. a step folder with unreadable metadata.
+        raise UserError(f"cannot read the checkpoints in {directory}: {faults.reason(e)}")
 
 
 @dataclasses.dataclass
@@ -115,28 +111,22 @@ class Checkpointer:
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         # Each step's problems, for the resume point (the run owns the workdir:
         # nothing changes them meanwhile).
-        self._problems = _scan(self.directory, clean=True).problems
+        self._problems = faults.skip_broken(self.directory, clean=True).problems
         self._empty_trash()
         # Keep the newest `keep`, and the best one by validation loss (BestN sorts
         # worst first and keeps the last n; unevaluated checkpoints never count).
         policy = checkpoint_managers.AnyPreservationPolicy([
             checkpoint_managers.LatestN(n=keep),
-            checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
+            checkpoint_managers.BestN(get_metric_fn=val_loss, reverse=True, n=1,
                                       keep_checkpoints_without_metrics=False),
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
-            best_fn=_val_loss, best_mode="min",  # Makes Orbax store each step's metrics.
+            best_fn=val_loss, best_mode="min",  # Makes Orbax store each step's metrics.
             # Deleting is a rename into TRASH: never a half-deleted step folder.
             todelete_subdir=TRASH,
             enable_async_checkpointing=True)
-        try:
-            self._manager = ocp.CheckpointManager(
-                self.directory, options=options,
-                item_handlers={"state": ocp.StandardCheckpointHandler(),
-                               "meta": ocp.JsonCheckpointHandler()})
-        except Exception as e:  # e.g. a step folder with unreadable metadata.
-            raise UserError(f"cannot read the checkpoints in {self.directory}: {faults.reason(e)}")
+        self._manager = open_manager(self.directory, options, ocp.StandardCheckpointHandler())
         self._saving: int | None = None  # Step of the save in flight, if any.
 
     def __enter__(self) -> "Checkpointer":
@@ -195,7 +185,7 @@ class Checkpointer:
                 meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:
             raise UserError(self._damaged(step, faults.reason(e)))
-        if not isinstance(meta, dict) or "config" not in meta or "tokenizer" not in meta:
+        if not is_ours(meta):
             raise UserError(f"checkpoint {where} has no smallgpt_jax metadata; "
                             "is this workdir from another program?")
         allowed = check_resumable(meta["config"], config.to_dict(), where)
@@ -226,9 +216,9 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract)))["state"]
         except Exception as e:
             raise UserError(self._damaged(resume.step, faults.reason(e)))
-        changed = checksum.mismatches(resume.meta.get("checksums"), state)
+        changed = faults.changed_on_disk(resume.meta, state)
         if changed:
-            raise UserError(self._damaged(resume.step, faults.changed(changed)))
+            raise UserError(self._damaged(resume.step, changed))
         newer = [s for s in self.steps() if s > resume.step]
         if newer:  # resume_step went back in time: those futures are replaced.
             _say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
@@ -325,116 +315,3 @@ class Checkpointer:
             self._empty_trash()
         finally:
             self._manager.close()
-
-
-def _resolve_step(manager: ocp.CheckpointManager, step: str | int, where: str,
-                  skip: set[int] = frozenset()) -> int:
-    steps = sorted(set(manager.all_steps()) - skip)
-    if not steps:
-        raise UserError(f"no complete checkpoint in {where}; train first (python -m "
-                        "smallgpt_jax.main --config=... --workdir=...).")
-    if step == "latest":
-        return steps[-1]
-    if step == "best":
-        scored = [(_val_loss(manager.metrics(s)), s) for s in steps]
-        scored = [(v, s) for v, s in scored if math.isfinite(v)]
-        if not scored:
-            raise UserError(f"no checkpoint in {where} has a validation loss yet; "
-                            "ask for the latest one instead.")
-        return min(scored)[1]
-    if isinstance(step, str) and not step.isdigit():
-        raise UserError(f"checkpoint step {step!r} is not 'latest', 'best' or a number.")
-    if int(step) not in steps:
-        raise UserError(f"no checkpoint for step {step} in {where} "
-                        f"(complete ones: {', '.join(map(str, steps))}).")
-    return int(step)
-
-
-class _Vanished(Exception):
-    """The checkpoint being read was deleted meanwhile (by the training run)."""
-
-
-def load_params(workdir: str, step: str | int = "latest"
-                ) -> tuple[Any, Any, tokenizer_lib.Tokenizer]:
-    """(params, model config, tokenizer) from a checkpoint in `workdir`
-    (`load_checkpoint` also says which step that was)."""
-    return load_checkpoint(workdir, step)[:3]
-
-
-def load_checkpoint(workdir: str, step: str | int = "latest"
-                    ) -> tuple[Any, Any, tokenizer_lib.Tokenizer, int]:
-    """(params, model config, tokenizer, the step number loaded) from a
-    checkpoint in `workdir`.
-
-    `step` is 'latest', 'best' (lowest validation loss) or a step number.
-    Reads the parameters alone: no optimizer is built and the optimizer
-    state is not read. A training run may be writing (and deleting old
-    checkpoints in) the same workdir: a checkpoint deleted while it was being
-    read is looked up again.
-    """
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    if not os.path.isdir(directory):
-        raise UserError(f"no checkpoints in {workdir} (expected {directory}); "
-                        "is this the --workdir of a training run?")
-    for attempt in range(3):
-        try:
-            return _load_params(directory, step)
-        except _Vanished as e:
-            if attempt == 2:
-                raise UserError(f"checkpoint {e} was deleted while it was read (the training "
-                                "run keeps only its newest ones); run the same command again.")
-    raise AssertionError("unreachable")
-
-
-def _load_params(directory: str, step: str | int):
-    found = _scan(directory, clean=False)  # A reader leaves the training run's files alone.
-    try:
-        manager = ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(create=False),
-            item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()})
-    except Exception as e:
-        raise UserError(f"cannot read the checkpoints in {directory}: {faults.reason(e)}")
-    with manager:
-        debris = set(found.debris)
-        chosen = _resolve_step(manager, step, directory, debris)
-        folder = os.path.join(directory, str(chosen))
-        others = [s for s in sorted(set(manager.all_steps()) - debris) if s != chosen]
-        pick = ("pick another step (complete ones: "
-                f"{', '.join(map(str, others)) or 'none'})")
-        problems = found.problems.get(chosen, [])  # (A step saved since is complete.)
-        if problems and not os.path.isdir(folder):
-            raise _Vanished(folder)
-        if problems:
-            raise UserError(faults.not_read(folder, problems, pick))
-        try:
-            saved = manager.item_metadata(chosen)["state"].tree["params"]
-            # The saved shapes are the restore target: only `params` is read.
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved,
-                                  is_leaf=lambda x: hasattr(x, "shape"))
-            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-            restored = manager.restore(chosen, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item={"params": target},
-                                             restore_args={"params": as_numpy},
-                                             partial_restore=True),
-                meta=ocp.args.JsonRestore()))
-        except Exception as e:
-            if not os.path.isdir(folder):
-                raise _Vanished(folder)
-            raise UserError(faults.not_read(folder, [faults.reason(e)], pick))
-    meta = restored["meta"]
-    if not isinstance(meta, dict) or not {"config", "tokenizer"} <= meta.keys():
-        raise UserError(f"checkpoint {folder} has no smallgpt_jax metadata (meta/metadata "
-                        f"lacks the config or tokenizer); {pick}.")
-    changed = checksum.mismatches(meta.get("checksums"), restored["state"])
-    if changed:
-        raise UserError(f"checkpoint {folder} could not be read ({faults.changed(changed)}); "
-                        f"its files are damaged: {pick}.")
-    try:
-        tok = tokenizer_lib.from_dict(meta["tokenizer"])
-        config = ml_collections.ConfigDict(meta["config"])
-        mc = model_config(config, tok.vocab_size)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise UserError(f"checkpoint {folder} has damaged metadata ({type(e).__name__}: "
-                        f"{e}); {pick}.")
-    return jax.device_put(restored["state"]["params"]), mc, tok, chosen

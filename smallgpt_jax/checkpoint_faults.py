@@ -1,9 +1,10 @@
 """Checkpoints that cannot be read: finding the faults, and what to tell the user.
 
 Most faults surface as an exception from Orbax (TensorStore underneath) when
-a step is restored; checkpoint.py catches it and names the step and what to
-do, with the messages written here. Three things are looked at first,
-because Orbax's own error would name no step or come with noise:
+a step is restored; checkpoint.py (training) and loading.py (a reader) catch
+it and name the step and what to do, with the messages written here. Three
+things are looked at first, because Orbax's own error would name no step or
+come with noise:
 
 - The small JSON files Orbax's CheckpointManager reads for every step when it
   opens the directory (`_CHECKPOINT_METADATA`, `metrics/metrics`): one damaged
@@ -13,7 +14,10 @@ because Orbax's own error would name no step or come with noise:
 - Debris: a step folder older than the newest intact checkpoint, with files
   missing (a deletion cut off by a crash, or one happening right now in the
   training run), and the temporary folder of a save cut off by a crash. They
-  are skipped, not an error.
+  are skipped (with a warning), not an error.
+
+Flipped bits inside an array file are found after the restore, by the
+checksums saved with it (checksum.py).
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ import dataclasses
 import glob
 import os
 import re
+import shutil
+import sys
+from typing import Any
 
+import jax
+
+from smallgpt_jax import checksum
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.workdir import INCOMPLETE, STEP, read_json
 
@@ -107,6 +117,27 @@ def scan(directory: str) -> Scan:
                 sorted(e for e in names if INCOMPLETE.match(e)))
 
 
+def skip_broken(directory: str, clean: bool) -> Scan:
+    """`scan`, saying which folders are skipped. `clean` (a training run,
+    which owns the workdir) removes them, and skips saves that never finished
+    (for a reader, one may be the run's save in flight)."""
+    found = scan(directory)
+    skipped = found.incomplete if clean else []
+    if jax.process_index() != 0:  # Process 0 speaks and cleans up for all.
+        return found
+    for name in skipped:
+        print(f"warning: skipping incomplete checkpoint {os.path.join(directory, name)} "
+              "(a save that never finished, e.g. cut off by a crash); removing it.",
+              file=sys.stderr, flush=True)
+    for step, why in sorted(found.debris.items()):
+        print(f"warning: skipping {os.path.join(directory, str(step))}: {why}"
+              + ("; removing it." if clean else "."), file=sys.stderr, flush=True)
+    if clean:
+        for name in [*skipped, *map(str, found.debris)]:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    return found
+
+
 def move_away(folder: str, problems: list[str]) -> str:
     """A step folder that blocks the whole directory: move it out of the way."""
     if denied(problems):  # Not damage: nothing to move away.
@@ -119,8 +150,12 @@ def move_away(folder: str, problems: list[str]) -> str:
             "same command again.")
 
 
-def changed(arrays: list[str]) -> str:
-    """Why a restore failed when checksums differ (see checksum.py)."""
+def changed_on_disk(meta: dict, tree: Any) -> str | None:
+    """Why `tree`, just restored, is not what was saved with `meta`: its
+    arrays whose checksums differ (see checksum.py); None when all match."""
+    arrays = checksum.mismatches(meta.get("checksums"), tree)
+    if not arrays:
+        return None
     more = f" and {len(arrays) - 1} more" if len(arrays) > 1 else ""
     return (f"the data of {arrays[0]}{more} differs from the checksum saved with it: "
             "changed on disk after the save")

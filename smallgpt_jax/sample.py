@@ -8,7 +8,7 @@ The config, tokenizer and parameters all come from the workdir's checkpoint.
 The first sample streams to the terminal as it is generated (all samples are
 generated together, as one batch); `--output=FILE` writes them to a file
 instead. This file only parses and checks flags and calls library code
-(`checkpoint.load_params`, `generation.sample_texts`).
+(`loading.load_checkpoint`, `generation.sample_texts`).
 """
 
 from __future__ import annotations
@@ -90,11 +90,11 @@ def main(argv: list[str]) -> None:
             check_output(_OUTPUT.value)
         check_prompt_early(workdir, prompt)
 
-        from smallgpt_jax import checkpoint  # Lazy: loads orbax.
+        from smallgpt_jax import loading  # Lazy: loads orbax.
         # Programs compiled by earlier runs (of this command or of training)
         # load from the user's compilation cache instead of compiling again.
         runtime.enable_compilation_cache(runtime.default_compilation_cache_dir())
-        params, model_config, tokenizer, step = checkpoint.load_checkpoint(workdir, step)
+        params, model_config, tokenizer, step = loading.load_checkpoint(workdir, step)
         # The checks that need the model (slide_step <= block_size), before any output.
         sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
         print(f"checkpoint step {step} of {workdir}", file=sys.stderr, flush=True)

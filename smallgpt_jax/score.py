@@ -168,7 +168,7 @@ def main(argv: list[str]) -> None:
         if os.path.isfile(saved) and _UNKNOWN.value == "error":
             scoring.check_known(tokenizer_lib.load(saved), text)
 
-        from smallgpt_jax.checkpoint import load_params  # Lazy: loads orbax.
+        from smallgpt_jax.loading import load_params  # Lazy: loads orbax.
         params, model_config, tokenizer = load_params(workdir, step)
         if _STRIDE.value and not 1 <= _STRIDE.value < model_config.block_size:
             raise UserError(f"--stride={_STRIDE.value} must be between 1 and "

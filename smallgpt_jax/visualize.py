@@ -40,8 +40,8 @@ def main(argv: list[str]) -> None:
         if _WHAT.value == "curves":
             fig = viz.plot_curves(workdir, title=name)
         else:
-            from smallgpt_jax import checkpoint  # Only for the model's pictures: loads orbax.
-            params, model_config, tokenizer = checkpoint.load_params(workdir, step)
+            from smallgpt_jax import loading  # Only for the model's pictures: loads orbax.
+            params, model_config, tokenizer = loading.load_params(workdir, step)
             if _WHAT.value == "attention":
                 fig, _ = viz.plot_attention(params, model_config, tokenizer, _PROMPT.value)
             else:

@@ -1,4 +1,4 @@
-"""The sampling CLI with a stand-in for `smallgpt_jax.checkpoint`.
+"""The sampling CLI with a stand-in for `smallgpt_jax.loading`.
 
     PYTHONPATH=tests python -m sample_stand_in --workdir=... [sample.py flags]
 
@@ -47,8 +47,8 @@ def load_checkpoint(workdir: str, step: str | int = "latest"):
 
 
 if __name__ == "__main__":
-    stand_in = types.ModuleType("smallgpt_jax.checkpoint")
+    stand_in = types.ModuleType("smallgpt_jax.loading")
     stand_in.load_checkpoint = load_checkpoint
-    sys.modules["smallgpt_jax.checkpoint"] = stand_in
+    sys.modules["smallgpt_jax.loading"] = stand_in
     from smallgpt_jax import sample
     sample.run()

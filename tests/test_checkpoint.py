@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST_COMPILE, ROOT, tiny_config
-from smallgpt_jax import checkpoint, loop, train
+from smallgpt_jax import checkpoint, loading, loop, train
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import model_config
 from smallgpt_jax.tokenizer import CharTokenizer
@@ -99,7 +99,7 @@ def test_save_restore_round_trip_is_bit_exact(tmp_path):
     assert_trees_identical(restored, state)
     assert int(restored.step) == int(state.step)
     # Parameters alone, for sampling: same bits, same model config and vocabulary.
-    params, mc, tok = checkpoint.load_params(workdir)
+    params, mc, tok = loading.load_params(workdir)
     assert_trees_identical(params, state.params)
     assert mc == model_config(config, TOK.vocab_size)
     assert tok.to_dict() == TOK.to_dict()
@@ -110,9 +110,9 @@ def test_keeps_the_newest_n_plus_the_best(tmp_path):
     vals = {1: 5.0, 2: 2.0, 3: 4.0, 4: None, 5: 3.0, 6: None}
     save_steps(workdir, config, {s: (small_tree(s), v) for s, v in vals.items()})
     assert on_disk(workdir) == [2, 5, 6]  # Newest two, plus the best (val loss 2.0).
-    params, _, _ = checkpoint.load_params(workdir, "best")
+    params, _, _ = loading.load_params(workdir, "best")
     assert params["w"].tolist() == [2.0] * 3
-    assert checkpoint.load_params(workdir, 5)[0]["w"].tolist() == [5.0] * 3
+    assert loading.load_params(workdir, 5)[0]["w"].tolist() == [5.0] * 3
     # A later process (a resumed run) still knows which one is the best...
     save_steps(workdir, config, {7: (small_tree(7), None)})
     assert on_disk(workdir) == [2, 6, 7]
@@ -120,7 +120,7 @@ def test_keeps_the_newest_n_plus_the_best(tmp_path):
     save_steps(workdir, config, {8: (small_tree(8), 1.0), 9: (small_tree(9), None)})
     assert on_disk(workdir) == [8, 9]
     with pytest.raises(UserError, match=r"no checkpoint for step 2 .*complete ones: 8, 9"):
-        checkpoint.load_params(workdir, 2)
+        loading.load_params(workdir, 2)
 
 
 def test_resume_step_that_does_not_exist_lists_the_ones_that_do(tmp_path):
@@ -154,7 +154,7 @@ def test_a_nan_stops_training_at_once_and_keeps_the_last_good_checkpoint(tmp_pat
     assert "last finite loss" in message and f"newest checkpoint is step {bad - 1}" in message
     # A checkpoint every step, yet none from the broken state: the newest is the last good one.
     assert on_disk(workdir)[-1] == bad - 1
-    params, _, _ = checkpoint.load_params(workdir)
+    params, _, _ = loading.load_params(workdir)
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
 
 
@@ -177,7 +177,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
         loop.train_and_evaluate(config, workdir)
     # keep_checkpoints=1, yet step 2 was not deleted for the save that failed.
     assert on_disk(workdir) == [2]
-    params, _, _ = checkpoint.load_params(workdir)
+    params, _, _ = loading.load_params(workdir)
     assert jax.tree.leaves(params)
 
 
@@ -202,7 +202,7 @@ def test_a_full_disk_under_the_tensorboard_logs_stops_the_run_with_one_error(
                                         r"device\); free disk space"):
         loop.train_and_evaluate(config, workdir)
     assert on_disk(workdir) and on_disk(workdir)[-1] < 1000  # It stopped early, saved before.
-    params, _, _ = checkpoint.load_params(workdir)
+    params, _, _ = loading.load_params(workdir)
     assert jax.tree.leaves(params)
 
 
@@ -337,8 +337,8 @@ def test_sigkill_during_a_save_then_resume_matches_an_uninterrupted_run(tmp_path
     # TensorBoard's merged view drops what the killed process logged past the resume.
     assert read_events(killed)[0]["train/loss"] == sorted(reference_losses.items())
     # Final parameters, bit for bit.
-    (p_whole, _, _), (p_resumed, _, _) = (checkpoint.load_params(whole),
-                                         checkpoint.load_params(killed))
+    (p_whole, _, _), (p_resumed, _, _) = (loading.load_params(whole),
+                                         loading.load_params(killed))
     assert_trees_identical(p_resumed, p_whole)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from smallgpt_jax import checkpoint, checkpoint_faults as faults
+from smallgpt_jax import checkpoint, checkpoint_faults as faults, loading
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.workdir import prepare_workdir
 from test_checkpoint import (TOK, assert_trees_identical, fresh_state, on_disk, perturbed_state,
@@ -85,7 +85,7 @@ def test_missing_checkpoint_files_are_named_before_orbax_reads_them(tmp_path, re
             ckpt.resume_point(config)
     with pytest.raises(UserError, match=rf"checkpoints/2 could not be read \({named}.*"
                                         r"complete ones: 1\)"):
-        checkpoint.load_params(workdir, step=2)
+        loading.load_params(workdir, step=2)
 
 
 def test_a_damaged_metrics_file_names_its_checkpoint_and_moving_it_away_resumes(tmp_path):
@@ -100,7 +100,7 @@ def test_a_damaged_metrics_file_names_its_checkpoint_and_moving_it_away_resumes(
     with pytest.raises(UserError, match=message):
         checkpoint.Checkpointer(workdir, 2)
     with pytest.raises(UserError, match=message):
-        checkpoint.load_params(workdir, step=1)
+        loading.load_params(workdir, step=1)
     shutil.move(step_2, os.path.join(workdir, "damaged-2"))  # What the message says to do.
     prepare_workdir(workdir)  # The moved folder does not make the workdir foreign.
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
@@ -117,11 +117,11 @@ def test_a_half_deleted_older_checkpoint_is_skipped_and_removed(tmp_path, capsys
     shutil.rmtree(os.path.join(step_1, "meta"))
     capsys.readouterr()
     # A reader (sampling) skips it, and leaves the training run's files alone.
-    assert checkpoint.load_params(workdir, 2)[0]["w"].tolist() == [2.0] * 3
+    assert loading.load_params(workdir, 2)[0]["w"].tolist() == [2.0] * 3
     assert f"warning: skipping {step_1}" in capsys.readouterr().err
     assert os.path.isdir(step_1)
     with pytest.raises(UserError, match=r"no checkpoint for step 1 .*complete ones: 2, 3"):
-        checkpoint.load_params(workdir, 1)
+        loading.load_params(workdir, 1)
     # The training run skips and removes it; no folder of deletions is left behind.
     with checkpoint.Checkpointer(workdir, 1) as ckpt:
         assert ckpt.steps() == [2, 3] and ckpt.resume_point(config).step == 3
@@ -149,7 +149,7 @@ def test_a_reader_tolerates_a_checkpoint_deleted_while_it_reads(tmp_path, monkey
         return real_metadata(self, step)
 
     monkeypatch.setattr(ocp.CheckpointManager, "item_metadata", training_run_moves_on)
-    params, _, _ = checkpoint.load_params(workdir, "best")
+    params, _, _ = loading.load_params(workdir, "best")
     assert params["w"].tolist() == [3.0] * 3
 
 
@@ -181,8 +181,8 @@ def test_flipped_bits_in_a_checkpoint_are_one_error_for_training_and_sampling(tm
     flip_a_bit_in_the_largest_array_file(os.path.join(sampled, "checkpoints", "2"))
     with pytest.raises(UserError, match=r"checkpoints/2 could not be read \(the data of params/w "
                                         r"differs from the checksum.*complete ones: 1\)"):
-        checkpoint.load_params(sampled)
-    assert checkpoint.load_params(sampled, 1)[0]["w"].shape == (20000,)
+        loading.load_params(sampled)
+    assert loading.load_params(sampled, 1)[0]["w"].shape == (20000,)
 
 
 def test_unreadable_or_incomplete_metadata_is_one_error_that_names_the_cause(
@@ -199,7 +199,7 @@ def test_unreadable_or_incomplete_metadata_is_one_error_that_names_the_cause(
         json.dump(meta, f)
     with pytest.raises(UserError, match=r"checkpoints/2 has no smallgpt_jax metadata .*"
                                         r"complete ones: 1\)"):
-        checkpoint.load_params(workdir)
+        loading.load_params(workdir)
     # Files the user may not read are a permission problem, not damage.
     real_open, real_listdir = open, os.listdir
 
@@ -211,14 +211,14 @@ def test_unreadable_or_incomplete_metadata_is_one_error_that_names_the_cause(
     monkeypatch.setattr("builtins.open", no_permission)
     with pytest.raises(UserError, match=r"cannot be read \(_CHECKPOINT_METADATA cannot be read "
                                         r"\(permission denied\).*fix its files' permissions"):
-        checkpoint.load_params(workdir, 1)
+        loading.load_params(workdir, 1)
     monkeypatch.setattr("builtins.open", real_open)
     monkeypatch.setattr(os, "listdir", lambda path: (
         (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied", path))
         if path == ckdir else real_listdir(path)))
     with pytest.raises(UserError, match=rf"cannot read {ckdir} \(Permission denied\); fix its "
                                         "permissions"):
-        checkpoint.load_params(workdir)
+        loading.load_params(workdir)
 
 
 def test_a_failed_save_suggests_free_disk_space_only_when_the_disk_is_full(tmp_path):

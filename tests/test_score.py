@@ -219,7 +219,7 @@ def test_per_token_csv_and_table(log_run, tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    from smallgpt_jax.checkpoint import load_params
+    from smallgpt_jax.loading import load_params
     from smallgpt_jax.score import read_text
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "binary.bin").write_bytes(b"\x7fELF\x02\x01\x00\x00abc")

@@ -205,7 +205,7 @@ def test_visualize_curves_cli_plots_the_run(tiny_run, tmp_path):
 
 @pytest.mark.parametrize("what", ["attention", "embeddings"])
 def test_visualize_cli_draws_from_the_checkpoint(tiny_run, tmp_path, what):
-    """Needs smallgpt_jax.checkpoint (the checkpoints branch) to load params."""
+    """Loads the params through smallgpt_jax.loading, as a user would."""
     out = tmp_path / f"{what}.png"
     proc = run_cli([f"--workdir={tiny_run}", f"--what={what}", "--prompt=to be",
                     f"--output={out}"], module="smallgpt_jax.visualize", timeout=180)
