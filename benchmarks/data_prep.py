@@ -73,6 +73,10 @@ def probed_setup_process(*args, **kwargs):
         if stream == 0:  # The training stream (1 and 2 are the evaluation batches).
             marks["first_batch"] = time.time() - t_parent
             marks["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            if os.path.exists("/proc/self/status"):  # Linux: anonymous / mapped-file pages.
+                for line in open("/proc/self/status"):
+                    if line.startswith(("RssAnon:", "RssFile:")):
+                        marks[line.split(":")[0]] = int(line.split()[1]) * 1024 / 1e6
             print(repr(marks), flush=True)
             os._exit(0)
         return batch
@@ -160,6 +164,8 @@ def startup(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
             "seconds_to_first_batch": marks.pop("first_batch"),
             "cpu_s": _child_cpu_and_peak()[0],
             "peak_rss_mb": marks.pop("peak_rss_kib") * 1024 / 1e6,
+            # At the first batch, in MB: the pages of the mapped store count in RssFile.
+            "rss_anon_mb": marks.pop("RssAnon", None), "rss_file_mb": marks.pop("RssFile", None),
             "seconds": marks,  # Since process start: interpreter, imports; the rest durations.
             "store_was_prepared_now": "preparing" in proc.stderr}
 
