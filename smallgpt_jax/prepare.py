@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
     # step buffers) serialises the `tokenizers` threads' allocations and made
     # BPE training and encoding 2-3 times slower; this process runs no XLA.
     runtime.quiet_library_logs()
-    from smallgpt_jax import store  # After the flags and setup_process: fast --help.
+    from smallgpt_jax import store  # After the flags: a fast --help.
     config = _CONFIG.value
     with cli.user_errors():
         validate(config)
