@@ -120,7 +120,11 @@ def default_compilation_cache_dir() -> str:
     return os.path.join(cache_dir(), "jax_compilation_cache")
 
 
-def enable_compilation_cache(path: str, max_bytes: int = 2**30) -> str | None:
+COMPILATION_CACHE_MAX_BYTES = 2**30
+
+
+def enable_compilation_cache(path: str,
+                             max_bytes: int = COMPILATION_CACHE_MAX_BYTES) -> str | None:
     """Turns on JAX's persistent compilation cache in `path` ('' = off).
 
     Entries are keyed by the program, the compiler flags and the JAX version,

@@ -59,7 +59,12 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 # sets (runtime.setup_process); not its log settings and unraisable hook,
 # which would replace pytest's. After the variables above: JAX reads them
 # when it is imported.
-from smallgpt_jax import runtime  # noqa: E402
+from smallgpt_jax import runtime  # noqa: E402 (imports no JAX itself)
+
+# The size limit a run sets (runtime.enable_compilation_cache): with it JAX
+# keeps an access-time file beside each entry, and a run that finds an entry
+# without one (written by a process that had no limit) cannot write its own.
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(runtime.COMPILATION_CACHE_MAX_BYTES)
 
 runtime.tune_host_allocator()
 if runtime.tweaks_enabled():
