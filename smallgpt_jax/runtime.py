@@ -120,11 +120,7 @@ def default_compilation_cache_dir() -> str:
     return os.path.join(cache_dir(), "jax_compilation_cache")
 
 
-COMPILATION_CACHE_MAX_BYTES = 2**30
-
-
-def enable_compilation_cache(path: str,
-                             max_bytes: int = COMPILATION_CACHE_MAX_BYTES) -> str | None:
+def enable_compilation_cache(path: str, max_bytes: int = 2**30) -> str | None:
     """Turns on JAX's persistent compilation cache in `path` ('' = off).
 
     Entries are keyed by the program, the compiler flags and the JAX version,
@@ -136,7 +132,8 @@ def enable_compilation_cache(path: str,
     import jax  # Here: this module is imported before JAX may be.
     path = os.path.expanduser(path)
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_compilation_cache_max_size", max_bytes)
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:  # A limit the user set wins.
+        jax.config.update("jax_compilation_cache_max_size", max_bytes)
     return path
 
 

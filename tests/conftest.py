@@ -61,10 +61,12 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 # when it is imported.
 from smallgpt_jax import runtime  # noqa: E402 (imports no JAX itself)
 
-# The size limit a run sets (runtime.enable_compilation_cache): with it JAX
-# keeps an access-time file beside each entry, and a run that finds an entry
-# without one (written by a process that had no limit) cannot write its own.
-os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(runtime.COMPILATION_CACHE_MAX_BYTES)
+# No size limit in any test process, runs included (runtime leaves a limit
+# set here alone): with one, JAX locks the folder and reads every entry's
+# access-time file on each write (thousands of tiny entries here); and an
+# entry written without a limit (no access-time file) made a limited run's
+# writes fail with a warning.
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = "-1"
 
 runtime.tune_host_allocator()
 if runtime.tweaks_enabled():
