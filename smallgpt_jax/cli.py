@@ -53,8 +53,6 @@ def user_errors():
         _quiet_broken_pipe()
 
 
-
-
 def parse_step(value: str) -> str | int:
     """'latest', 'best' or a non-negative integer."""
     if value in ("latest", "best"):

@@ -232,10 +232,12 @@ def quiet_library_logs() -> None:
 
 def setup_process(uses_jax: bool = True) -> dict:
     """Applies the process-wide settings above: the allocator first, then the
-    logs, then (`uses_jax`) the Threefry lowering. Every command line calls it
-    once, first thing in main(), before it imports NumPy or JAX; `prepare`,
-    which needs no JAX, passes uses_jax=False (importing JAX takes seconds).
-    Returns what was applied."""
+    logs, then (`uses_jax`) the Threefry lowering. Every command line that
+    runs JAX calls it once, first thing in main(), before it imports NumPy or
+    JAX; uses_jax=False leaves JAX unimported (it takes seconds). Commands
+    that run no step (prepare, sweep, shapes) only quiet the logs: the
+    allocator setting slows other libraries' threads. Returns what was
+    applied."""
     applied = {"host_allocator": tune_host_allocator()}
     quiet_library_logs()
     if uses_jax and tweaks_enabled():

@@ -136,7 +136,9 @@ def letter_values(m, batch_size: int) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> None:
-    runtime.setup_process()
+    # Logs only: nothing here runs a step (shapes are traced, not computed),
+    # and JAX is imported above, too late for the allocator setting anyway.
+    runtime.quiet_library_logs()
     FLAGS = flags.FLAGS
     config = FLAGS.config
     with cli.user_errors():

@@ -166,7 +166,9 @@ def run_sweep(path: str, overrides: Sequence[str] = (), runs_dir: str = "runs",
 
 
 def main(argv: list[str], overrides: Sequence[str] = ()) -> None:
-    runtime.setup_process(uses_jax=False)  # The trials are processes of their own.
+    # Logs only: the trials are processes of their own, and the allocator
+    # setting of setup_process is for XLA, which the sweep itself never runs.
+    runtime.quiet_library_logs()
     FLAGS = flags.FLAGS
     if FLAGS.parallel < 1:
         raise UserError(f"--parallel={FLAGS.parallel} must be at least 1. Try --help.")

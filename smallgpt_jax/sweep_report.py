@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import os
 
 from smallgpt_jax.corpus import clock
+from smallgpt_jax.errors import write_atomic
 from smallgpt_jax.sweep_load import Experiment
 from smallgpt_jax.sweep_run import RUNNING_ELSEWHERE, reached_end, read_summary
 
@@ -77,13 +79,13 @@ def markdown_table(rows: list[dict]) -> str:
 def write_tables(experiment: Experiment, rows: list[dict]) -> str:
     """Writes summary.csv and summary.md under runs/<sweep>/; returns the markdown."""
     os.makedirs(experiment.sweep_dir, exist_ok=True)
-    with open(os.path.join(experiment.sweep_dir, "summary.csv"), "w", newline="",
-              encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(os.path.join(experiment.sweep_dir, "summary.csv"), out.getvalue())
     table = markdown_table(rows)
-    with open(os.path.join(experiment.sweep_dir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(f"# Sweep {experiment.name}\n\n{experiment.path} on {experiment.config_path}; "
-                f"best val loss first.\n\n{table}\n")
+    write_atomic(os.path.join(experiment.sweep_dir, "summary.md"),
+                 f"# Sweep {experiment.name}\n\n{experiment.path} on {experiment.config_path}; "
+                 f"best val loss first.\n\n{table}\n")
     return table
