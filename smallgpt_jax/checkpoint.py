@@ -35,7 +35,6 @@ import dataclasses
 import math
 import os
 import shutil
-import sys
 from typing import Any
 
 import jax
@@ -50,12 +49,6 @@ from smallgpt_jax.resume_compat import check_resumable, check_same_shapes
 from smallgpt_jax.workdir import CHECKPOINT_DIR, STEP, TRASH
 
 FORMAT = 1  # Version of the `meta` layout, for future readers.
-
-
-def _say(text: str) -> None:
-    """A line for the user on stderr (from process 0 only)."""
-    if jax.process_index() == 0:
-        print(text, file=sys.stderr, flush=True)
 
 
 def val_loss(metrics: dict) -> float:
@@ -139,7 +132,7 @@ class Checkpointer:
         try:  # Already failing: finish what can be finished, keep the first error.
             self.close()
         except Exception as e:
-            _say(f"warning: {e}")
+            faults.say(f"warning: {e}")
 
     def _empty_trash(self) -> None:
         """Removes the checkpoints that the keep policy deleted (renamed away)."""
@@ -190,9 +183,9 @@ class Checkpointer:
                             "is this workdir from another program?")
         allowed = check_resumable(meta["config"], config.to_dict(), where)
         if allowed:
-            _say(f"resuming with changed settings: {'; '.join(allowed)}")
+            faults.say(f"resuming with changed settings: {'; '.join(allowed)}")
         if meta.get("device_count") not in (None, jax.device_count()):
-            _say(f"note: the checkpoint was written with {meta['device_count']} device(s), this "
+            faults.say(f"note: the checkpoint was written with {meta['device_count']} device(s), this "
                  f"run has {jax.device_count()}: training continues, but not bit for bit as "
                  "an uninterrupted run would.")
         return Resume(step, meta, tokenizer_lib.from_dict(meta["tokenizer"]))
@@ -221,12 +214,12 @@ class Checkpointer:
             raise UserError(self._damaged(resume.step, changed))
         newer = [s for s in self.steps() if s > resume.step]
         if newer:  # resume_step went back in time: those futures are replaced.
-            _say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
+            faults.say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
                  f"config.train.resume_step={resume.step}; leave resume_step out next time.")
             for s in newer:
                 self._manager.delete(s)
             self._empty_trash()
-        _say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
+        faults.say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
         return state
 
     def finished_summary(self, resume: Resume) -> dict[str, Any]:

@@ -117,6 +117,12 @@ def scan(directory: str) -> Scan:
                 sorted(e for e in names if INCOMPLETE.match(e)))
 
 
+def say(text: str) -> None:
+    """A line for the user on stderr (from process 0 only, which speaks for all)."""
+    if jax.process_index() == 0:
+        print(text, file=sys.stderr, flush=True)
+
+
 def skip_broken(directory: str, clean: bool) -> Scan:
     """`scan`, saying which folders are skipped. `clean` (a training run,
     which owns the workdir) removes them, and skips saves that never finished
@@ -126,12 +132,11 @@ def skip_broken(directory: str, clean: bool) -> Scan:
     if jax.process_index() != 0:  # Process 0 speaks and cleans up for all.
         return found
     for name in skipped:
-        print(f"warning: skipping incomplete checkpoint {os.path.join(directory, name)} "
-              "(a save that never finished, e.g. cut off by a crash); removing it.",
-              file=sys.stderr, flush=True)
+        say(f"warning: skipping incomplete checkpoint {os.path.join(directory, name)} "
+            "(a save that never finished, e.g. cut off by a crash); removing it.")
     for step, why in sorted(found.debris.items()):
-        print(f"warning: skipping {os.path.join(directory, str(step))}: {why}"
-              + ("; removing it." if clean else "."), file=sys.stderr, flush=True)
+        say(f"warning: skipping {os.path.join(directory, str(step))}: {why}"
+            + ("; removing it." if clean else "."))
     if clean:
         for name in [*skipped, *map(str, found.debris)]:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)

@@ -77,9 +77,7 @@ def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
                 trainer.log(done)
             val_loss = None
             if due(done, t.eval_every, t.num_steps):
-                trainer.finite.flush()  # Waits for the queued steps: their time is training's.
-                warm.wait()  # Its programs are ready (nothing compiles twice).
-                val_loss = trainer.evaluate(done)
+                val_loss = trainer.evaluate(done, warm)
             # Save every checkpoint_every steps, at the end, on a signal, and when the
             # validation loss is a new best (so the best model is always on disk).
             signum = stopping.agreed_stop(stop, done, t.log_every)
@@ -123,10 +121,7 @@ class Run:
     par: parallel.DataParallel
     resume: checkpoint.Resume | None  # None: a fresh run.
     data_changed: bool  # Resumed on other data: earlier evaluations do not carry over.
-
-    @property
-    def start_step(self) -> int:
-        return int(self.state.step)
+    start_step: int  # The state's step: 0, or the checkpoint's.
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpointer,
@@ -160,7 +155,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Chec
         f"{micro} sequences per device per micro-batch; workdir {workdir}")
     progress.message(settings)
     return Run(config, workdir, tok, splits, tokens_per_char, model_cfg, state, par, resume,
-               data_changed)
+               data_changed, int(state.step))
 
 
 def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
@@ -240,9 +235,11 @@ class Trainer:
         self.writer.scalars(done, {f"train/{k}": v for k, v in metrics.items()})
         self.progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
 
-    def evaluate(self, done: int) -> float:
+    def evaluate(self, done: int, warm: warmup.Warmup) -> float:
         """Evaluates, logs it (with a sample now and then); returns the val loss."""
         run, t = self.run, self.run.config.train
+        self.finite.flush()  # Waits for the queued steps: their time is training's.
+        warm.wait()  # Its programs are ready (nothing compiles twice).
         t_eval = time.time()
         with jax.profiler.TraceAnnotation("evaluate"):
             losses = evaluation.evaluate(run.par, self.rstate.params, self.eval_data, run.config)

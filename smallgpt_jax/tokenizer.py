@@ -110,7 +110,9 @@ def build(kind: str, train_text: str, vocab_size: int = 0,
     return fit(kind, [train_text], vocab_size, special_tokens)
 
 
-# Kinds whose vocabulary is learned from the text, sized by data.vocab_size.
+# Every kind `from_dict` loads, and those whose vocabulary is learned from
+# the text (sized by data.vocab_size).
+KINDS = ("char", "byte", "bpe", "word")
 LEARNED = ("bpe", "word")
 
 

@@ -17,6 +17,7 @@ import os
 import re
 from typing import Any
 
+from smallgpt_jax import tokenizer
 from smallgpt_jax.errors import UserError, check_writable_dir
 
 CHECKPOINT_DIR = "checkpoints"
@@ -109,4 +110,4 @@ def _is_ours(name: str, content: Any) -> bool:
         return False
     if name == "config.json":
         return {"model", "train", "data"} <= content.keys()
-    return content.get("kind") in ("char", "byte", "bpe", "word")
+    return content.get("kind") in tokenizer.KINDS
