@@ -37,6 +37,8 @@ import time
 
 import numpy as np
 
+from smallgpt_jax import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Run in a child process: `python -m smallgpt_jax.main` as a user starts it,
@@ -199,11 +201,12 @@ def main() -> None:
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "smallgpt_stores"),
                    help="the store folder (data.cache_dir)")
     a = p.parse_args()
-    if a.command == "make":
-        out = make_corpus(a.out, a.mb)
-    else:
-        out = {"prepare": prepare, "startup": startup, "draw": draw}[a.command](
-            a.corpus, a.tokenizer, a.vocab, a.cache)
+    with cli.user_errors():  # One line for a user's mistake, e.g. no Tiny Shakespeare.
+        if a.command == "make":
+            out = make_corpus(a.out, a.mb)
+        else:
+            out = {"prepare": prepare, "startup": startup, "draw": draw}[a.command](
+                a.corpus, a.tokenizer, a.vocab, a.cache)
     print(json.dumps(out))
 
 

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,4 +178,34 @@ def sample_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int,
     rng = np.random.default_rng([seed, stream, step])
     starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
     # int32 whatever the store's type (uint8/16/32): the same batches as ever.
-    return tokens[starts[:, None] + np.arange(block_size + 1)].astype(np.int32, copy=False)
+    return read_windows(tokens, starts, block_size + 1).astype(np.int32, copy=False)
+
+
+def map_tokens(path: str, dtype: np.dtype, count: int) -> np.ndarray:
+    """The token file at `path`, memory-mapped read-only, with a descriptor
+    of the same file kept open for `read_windows` (a store prepared again
+    meanwhile replaces the file by name: the run keeps reading its own)."""
+    fd = os.open(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb", closefd=False) as f:
+        tokens = np.memmap(f, dtype, "r", shape=(count,))
+    tokens.fd = fd
+    weakref.finalize(tokens, os.close, fd)
+    return tokens
+
+
+def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """tokens[s : s + length] for each start s: shape [len(starts), length].
+
+    A store's file (from `map_tokens`) is read with one `pread` per window,
+    not through its mapping: on Linux a read through a mapping maps the
+    file's whole cached pages into the process, up to 2 MB of them per
+    window, so a batch of 64 held ~120 MB, and a long run would come to hold
+    as much of the store as it read. Read this way, the process holds the
+    batch alone, whatever the corpus size (and the copy costs no more).
+    """
+    fd = getattr(tokens, "fd", None)  # (A slice of the mapped array has none.)
+    if fd is None or not hasattr(os, "pread"):
+        return tokens[starts[:, None] + np.arange(length)]
+    size = tokens.dtype.itemsize
+    rows = b"".join(os.pread(fd, length * size, int(s) * size) for s in starts)
+    return np.frombuffer(rows, tokens.dtype).reshape(len(starts), length)

@@ -17,7 +17,8 @@ full disk, leaves nothing that is ever used. One process prepares at a time
 (a file lock); the others wait, then reuse its result. The next run checks
 the sources against the manifest: a changed file (size or time), another
 format version, or a damaged store is prepared again, with a line saying why.
-Training memory-maps the two files: memory does not grow with the corpus.
+Training memory-maps the two files and reads each batch's windows from them
+(data.read_windows): memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class Store:
         def mapped(name: str, count: int) -> np.ndarray:
             if not count:  # numpy cannot map an empty file.
                 return np.zeros(0, dtype)
-            return np.memmap(os.path.join(self.directory, name), dtype, "r", shape=(count,))
+            return data.map_tokens(os.path.join(self.directory, name), dtype, count)
         return data.Splits(mapped("train.bin", m["train_tokens"]), mapped("val.bin", m["val_tokens"]),
                            m["fingerprint"])
 

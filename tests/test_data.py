@@ -29,6 +29,35 @@ def test_sampler_is_a_pure_function_of_seed_and_step():
     assert big.max() <= 999 and big.min() >= 0
 
 
+def _rss_file_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_batches_from_a_store_file_leave_none_of_it_resident(tmp_path):
+    # 64 MB of ids: through the mapping, 400 batches of 64 windows would map
+    # most of its pages into the process (the kernel maps a window's
+    # neighbours with it), as much memory as the file.
+    path = tmp_path / "train.bin"
+    np.random.default_rng(0).integers(0, 65, size=64 << 20, dtype=np.uint8).tofile(path)
+    tokens = data.map_tokens(str(path), np.uint8, 64 << 20)
+    in_memory = np.fromfile(path, np.uint8)
+    before = _rss_file_kb()
+    for step in range(400):
+        batch = data.sample_batch(tokens, 0, step, 64, 256)
+        if step % 100 == 0:  # The same batches as from the ids in memory.
+            np.testing.assert_array_equal(batch, data.sample_batch(in_memory, 0, step, 64, 256))
+    assert _rss_file_kb() - before < 8 << 10, "the store's pages stayed resident"
+    touched = tokens[::4096].sum()  # Reading every page through the mapping maps it...
+    assert touched > 0 and _rss_file_kb() - before > 32 << 10  # ...which this test can see.
+    # Replaced by name (the store prepared again), the file read is still the mapped one.
+    os.replace(tmp_path / "train.bin", tmp_path / "old.bin")
+    (tmp_path / "train.bin").write_bytes(b"\0" * (64 << 20))
+    np.testing.assert_array_equal(data.sample_batch(tokens, 0, 7, 4, 16),
+                                  data.sample_batch(in_memory, 0, 7, 4, 16))
+
+
 def test_split_is_contiguous():
     train, val = data.split_text("abcdefghij", 0.9)
     assert (train, val) == ("abcdefghi", "j")
