@@ -94,6 +94,12 @@ def tune_host_allocator() -> bool:
         return False
 
 
+def allocator_tuned() -> bool:
+    """Whether `tune_host_allocator`'s setting is in effect in this process
+    (multi-threaded libraries are slower under it: see prepare_child.py)."""
+    return _allocator_tuned
+
+
 def use_unrolled_threefry(unrolled: bool = True) -> bool:
     """Lowers jax.random's Threefry hash on CPU unrolled (True) or as JAX's
     default loop (False). Same bits either way. Returns True if it could be set

@@ -35,7 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from smallgpt_jax import corpus, data, lock, passes, runtime, tokenizer as tokenizer_lib
+from smallgpt_jax import corpus, data, lock, passes, prepare_child, runtime
+from smallgpt_jax import tokenizer as tokenizer_lib
 from smallgpt_jax.errors import Interrupted, UserError
 
 FORMAT = 1  # Version of the store layout; another version is rebuilt, never misread.
@@ -200,7 +201,8 @@ def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbo
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # As a plain mkdir would (mkdtemp makes it private).
-        result = passes.run(paths, data_config, tokenizer, tmp, verbose, check_stop)
+        # In a child process when a run tuned the allocator (see prepare_child.py).
+        result = prepare_child.run(paths, data_config, tokenizer, tmp, verbose, check_stop)
         after = [corpus.Source.of(p) for p in paths]
         if changed := next((c for b, a in zip(sources, after) if (c := b.change(a))), None):
             raise UserError(f"{changed} while it was being prepared; run again when it is "
