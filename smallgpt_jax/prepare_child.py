@@ -3,8 +3,8 @@
 A training run tunes glibc's allocator first thing (runtime.setup_process:
 one malloc arena, for XLA's step buffers). If the run then has to prepare
 its token store, the `tokenizers` threads (BPE training and encoding) all
-allocate from that one arena and wait for each other: preparing was about
-3x slower than `python -m smallgpt_jax.prepare`, which does not tune.
+allocate from that one arena and wait for each other: preparing was 2-3
+times slower than `python -m smallgpt_jax.prepare`, which does not tune.
 glibc fixes its arena limit when the first thread arenas are made, so the
 setting cannot be lifted for the preparation and applied after it. So the
 passes run in a fresh interpreter ("spawn": nothing of this process's
@@ -16,6 +16,9 @@ The child prints its progress to the same stderr. It ignores Ctrl-C (the
 terminal sends it to the whole process group): this process decides, and
 ends the child on a stop. SMALLGPT_PREPARE_IN_PROCESS=1 keeps the passes in
 this process (the tests do: they patch the passes; so can a debugger).
+As "spawn" does, the child imports this process's `__main__` module first:
+smallgpt_jax/main.py only defines flags there; a script of one's own that
+tunes the allocator needs the usual `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
@@ -129,8 +132,9 @@ def _prepare(sender, paths, data_config, tokenizer_dict, out, verbose, parent: i
         sender.send(("done", result.tokenizer.to_dict(),
                      dataclasses.replace(result, tokenizer=None)))
     except Exception as e:
-        try:
-            pickle.loads(pickle.dumps(e))  # e.g. an exception whose arguments cannot be rebuilt.
+        try:  # Not every exception survives pickling (one whose arguments cannot be rebuilt).
+            pickle.loads(pickle.dumps(e))
+            error = e
         except Exception:
-            e = None
-        sender.send(("failed", e, traceback.format_exc()))
+            error = None
+        sender.send(("failed", error, traceback.format_exc()))

@@ -26,7 +26,7 @@ def write_corpus(path, n_words: int) -> str:
     return str(path)
 
 
-def in_child(monkeypatch) -> None:
+def prepare_as_a_run(monkeypatch) -> None:
     """From now on this process prepares as a tuned training run does; the
     passes fail if they run here (the child imports its own, unpatched)."""
     monkeypatch.setattr(runtime, "allocator_tuned", lambda: True)
@@ -63,7 +63,7 @@ def test_child_prepares_the_same_store_and_ignores_ctrl_c(tmp_path, monkeypatch,
     settings = {"data.path": path, "data.tokenizer": "bpe", "data.vocab_size": 300}
     here = store.open_store(tiny_config(**settings, **{"data.cache_dir": str(tmp_path / "here")}
                                         ).data, verbose=False)
-    in_child(monkeypatch)
+    prepare_as_a_run(monkeypatch)
     poke = Poke()
     there = store.open_store(tiny_config(**settings, **{"data.cache_dir": str(tmp_path / "s")}
                                          ).data, stop=poke)
@@ -86,7 +86,7 @@ def test_an_error_in_the_child_is_raised_here(tmp_path, monkeypatch):
     config = tiny_config(**{"data.path": path, "data.cache_dir": str(tmp_path / "s")})
     with pytest.raises(UserError, match="not valid UTF-8: byte 0xe9 at offset 5000") as here:
         store.open_store(config.data, verbose=False)
-    in_child(monkeypatch)
+    prepare_as_a_run(monkeypatch)
     with pytest.raises(UserError) as there:
         store.open_store(config.data, verbose=False)
     assert str(there.value) == str(here.value)
@@ -106,7 +106,7 @@ def test_a_stop_ends_the_child_and_keeps_nothing(tmp_path, monkeypatch):
     stores = str(tmp_path / "s")
     config = tiny_config(**{"data.path": path, "data.cache_dir": stores,
                             "data.tokenizer": "word", "data.vocab_size": 12})
-    in_child(monkeypatch)
+    prepare_as_a_run(monkeypatch)
 
     class StopWhenWriting:  # As a SIGTERM would, once the token files are half written.
         children = []
@@ -128,7 +128,7 @@ def test_a_stop_ends_the_child_and_keeps_nothing(tmp_path, monkeypatch):
 def test_a_child_that_dies_is_an_error(tmp_path, monkeypatch):
     path = write_corpus(tmp_path / "a.txt", 1_000)
     stores = str(tmp_path / "s")
-    in_child(monkeypatch)
+    prepare_as_a_run(monkeypatch)
 
     class Kill:  # As the kernel's out-of-memory killer would.
         @property
