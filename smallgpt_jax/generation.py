@@ -9,8 +9,9 @@ Two ways to run the model, which give the same logits (to float32 rounding):
   Its decode step is a second program to compile; for a short run, or one
   that is mostly past the context window (where, with exact sliding, every
   token is a window run anyway), compiling it costs more than it saves. The
-  first window run is timed, and decode steps are used only if the tokens
-  they would serve save more than a compile costs (see `_decoding_pays`).
+  first window run (the no-cache program) is timed, and the cached programs
+  are used only if the tokens they would serve save more than compiling them
+  costs (see `_decoding_pays`); otherwise "auto" runs what `False` runs.
 
 Both keep the context in a fixed-size window of `block_size` tokens,
 left-aligned and padded at the end. The causal mask already hides every
@@ -141,26 +142,24 @@ def _cached_steps(tokens: int, n: int, W: int, slide_step: int) -> int:
     return count
 
 
-def _decoding_pays(model_config, params, args, tokens: int, n: int,
-                   slide_step: int) -> tuple[bool, tuple | None]:
-    """Will compiling the decode step pay for itself? Measured: compiles and
-    runs the window program (needed anyway), then runs it again; the decode
-    step's compile is taken to cost about as much (at least MIN_COMPILE_S),
-    and each cached token to save about one window run. Returns the answer
-    and the window run's output (None if it did not run), which the caller
-    uses instead of running it a third time."""
+def _decoding_pays(model_config, params, args, tokens: int, n: int, slide_step: int) -> bool:
+    """Will compiling the cached programs pay for themselves? Measured:
+    compiles and runs the window program of the no-cache path, then runs it
+    again; the prefill and the decode step are taken to cost as much to
+    compile each (at least MIN_COMPILE_S), and each cached token to save
+    about one window run."""
     steps = _cached_steps(tokens, n, model_config.block_size, slide_step)
     if steps == 0:
-        return False, None
+        return False
     timings = []
     for _ in range(2):
         start = time.perf_counter()
-        out = jax.block_until_ready(_prefill(model_config, params, *args))
+        jax.block_until_ready(_full_step(model_config, params, *args))
         timings.append(time.perf_counter() - start)
     compile_s, run_s = max(timings[0] - timings[1], 0.0), timings[1]
     # The window program may have come from the compilation cache while the
-    # decode step is not there: count at least a cold compile of a small program.
-    return steps * run_s > max(compile_s, MIN_COMPILE_S), out
+    # cached ones are not there: count at least a cold compile of a small program.
+    return steps * run_s > 2 * max(compile_s, MIN_COMPILE_S)
 
 
 def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
@@ -208,25 +207,24 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
         if return_logits:
             logits_BNV[:, i] = np.asarray(logits_BV)
 
-    # Whether to run cached decode steps: use_cache=True always, "auto" once
-    # the first window run has shown that they save more than they cost.
-    decode = None if use_cache == "auto" else bool(use_cache)
+    # Whether to use the cache: use_cache=True always, "auto" once the first
+    # window run has shown that the cached programs save more than they cost.
+    cached = None if use_cache == "auto" else bool(use_cache)
     for i in range(max_new_tokens):
         # A full window slides as the new token goes in; the cached keys then
         # sit at the wrong positions, so the next step re-fills the cache.
         drop = slide_step if n == W else 0
         args = (window_BW, n, drop, key, i, *knobs)
-        if not use_cache:
+        if cached is None:  # "auto": compile and time the window run first.
+            cached = _decoding_pays(model_config, params, args, max_new_tokens - i, n,
+                                    slide_step)
+        if not cached:
             next_B, logits_BV, window_BW = _full_step(model_config, params, *args)
-        elif cache is None or not decode:
+        elif cache is None:
             # A window run. The cached path always runs it as a prefill (even
             # when the cache is thrown away right after): one program fewer to
             # compile than with a separate no-cache step.
-            out = None
-            if decode is None:  # "auto": compile and time the window run first.
-                decode, out = _decoding_pays(model_config, params, args, max_new_tokens - i,
-                                             n, slide_step)
-            next_B, logits_BV, window_BW, cache = out or _prefill(model_config, params, *args)
+            next_B, logits_BV, window_BW, cache = _prefill(model_config, params, *args)
         else:
             next_B, logits_BV, window_BW, cache = _decode_step(model_config, params, cache,
                                                                *args)

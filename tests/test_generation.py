@@ -231,5 +231,24 @@ def test_auto_cache_gives_the_same_tokens_and_skips_decode_when_it_cannot_pay(mo
     # 12 cached tokens of a 16-token window cannot pay for compiling decode.
     clock = iter([0.0, 100.0, 100.0, 100.001])
     monkeypatch.setattr(generation, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-    monkeypatch.setattr(generation, "_decode_step", lambda *a: pytest.fail("decode compiled"))
-    np.testing.assert_array_equal(run("auto", 30), run(False, 30))
+    expected = run(False, 30)
+    # "auto" then runs exactly the no-cache path: no cached program at all.
+    for name in ("_decode_step", "_prefill"):
+        monkeypatch.setattr(generation, name, lambda *a, name=name: pytest.fail(f"{name} ran"))
+    np.testing.assert_array_equal(run("auto", 30), expected)
+
+
+def test_auto_cache_decodes_when_it_pays(monkeypatch):
+    cfg, params = random_model({})
+    prompt = np.array([3, 1, 4], np.int32)
+    # A window run of 1 s once compiled, compiled in no time: 12 cached tokens pay.
+    clock = iter([0.0, 1.0, 1.0, 2.0])
+    monkeypatch.setattr(generation, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    calls = []
+    decode = generation._decode_step
+    monkeypatch.setattr(generation, "_decode_step", lambda *a: calls.append(1) or decode(*a))
+    got = generation.generate(params, cfg, prompt, 30, jax.random.key(3), num_samples=2,
+                              use_cache="auto")
+    assert len(calls) == generation._cached_steps(30, 3, cfg.block_size, 1) > 0
+    np.testing.assert_array_equal(got, generation.generate(
+        params, cfg, prompt, 30, jax.random.key(3), num_samples=2, use_cache=False))
