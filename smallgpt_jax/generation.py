@@ -6,12 +6,13 @@ Two ways to run the model, which give the same logits (to float32 rounding):
   key/value cache; then each new token is one cheap step that attends to the
   cache instead of recomputing it.
 - `use_cache="auto"` (the command line's default): the cache when it pays.
-  Its decode step is a second program to compile; for a short run, or one
-  that is mostly past the context window (where, with exact sliding, every
-  token is a window run anyway), compiling it costs more than it saves. The
-  first window run (the no-cache program) is timed, and the cached programs
-  are used only if the tokens they would serve save more than compiling them
-  costs (see `_decoding_pays`); otherwise "auto" runs what `False` runs.
+  The prefill and the decode step are two more programs to compile; for a
+  short run, or one that is mostly past the context window (where, with
+  exact sliding, every token is a window run anyway), compiling them costs
+  more than they save. The first window run (the no-cache program) is
+  timed, and the cached programs are used only if the tokens they would
+  serve save more than compiling them costs (see `_decoding_pays`);
+  otherwise "auto" runs what `False` runs.
 
 Both keep the context in a fixed-size window of `block_size` tokens,
 left-aligned and padded at the end. The causal mask already hides every
@@ -209,16 +210,16 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
 
     # Whether to use the cache: use_cache=True always, "auto" once the first
     # window run has shown that the cached programs save more than they cost.
-    cached = None if use_cache == "auto" else bool(use_cache)
+    use_cached_programs = None if use_cache == "auto" else bool(use_cache)
     for i in range(max_new_tokens):
         # A full window slides as the new token goes in; the cached keys then
         # sit at the wrong positions, so the next step re-fills the cache.
         drop = slide_step if n == W else 0
         args = (window_BW, n, drop, key, i, *knobs)
-        if cached is None:  # "auto": compile and time the window run first.
-            cached = _decoding_pays(model_config, params, args, max_new_tokens - i, n,
-                                    slide_step)
-        if not cached:
+        if use_cached_programs is None:  # "auto": compile and time the window run first.
+            use_cached_programs = _decoding_pays(model_config, params, args,
+                                                 max_new_tokens - i, n, slide_step)
+        if not use_cached_programs:
             next_B, logits_BV, window_BW = _full_step(model_config, params, *args)
         elif cache is None:
             # A window run. The cached path always runs it as a prefill (even

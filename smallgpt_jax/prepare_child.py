@@ -3,8 +3,8 @@
 A training run tunes glibc's allocator first thing (runtime.setup_process:
 one malloc arena, for XLA's step buffers). If the run then has to prepare
 its token store, the `tokenizers` threads (BPE training and encoding) all
-allocate from that one arena and wait for each other: preparing was 2-3
-times slower than `python -m smallgpt_jax.prepare`, which does not tune.
+allocate from that one arena and wait for each other: preparing there is
+2-3 times slower than `python -m smallgpt_jax.prepare`, which does not tune.
 glibc fixes its arena limit when the first thread arenas are made, so the
 setting cannot be lifted for the preparation and applied after it. So the
 passes run in a fresh interpreter ("spawn": nothing of this process's
@@ -60,7 +60,7 @@ def run(paths: list[str], data_config, tokenizer: tokenizer_lib.Tokenizer | None
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     given = tokenizer.to_dict() if tokenizer is not None else None
-    child = context.Process(target=_prepare, name="smallgpt_jax-prepare", daemon=True,
+    child = context.Process(target=_prepare, name="smallgpt_jax-prepare",
                             args=(sender, paths, data_config, given, out, verbose, os.getpid()))
     outcome = None
     try:
@@ -71,6 +71,8 @@ def run(paths: list[str], data_config, tokenizer: tokenizer_lib.Tokenizer | None
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             child.start()
+        except OSError:  # It died while reading its arguments.
+            _died(child, check)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         sender.close()  # Ours: a child that dies leaves the pipe at its end.
@@ -97,14 +99,23 @@ def _wait(receiver, child, check: Callable[[], None] | None) -> tuple:
             check()
     try:
         return receiver.recv()
-    except EOFError:
-        child.join()
-        code = child.exitcode
-        how = (f"killed by signal {-code}, e.g. out of memory" if code < 0
-               else f"exit code {code}; its messages, if any, are above")
-        raise UserError(f"the process preparing the token store died ({how}); nothing of "
-                        "the unfinished store is kept: run the same command again to start "
-                        "over.") from None
+    except (EOFError, OSError):  # It ended without a whole message.
+        _died(child, check)
+
+
+def _died(child, check: Callable[[], None] | None) -> None:
+    """Raises why the child ended without a result: a stop that reached it
+    too (SIGTERM to the process group, as SLURM and systemd send) is a stop."""
+    if check:
+        check()
+    child.join()
+    code = child.exitcode
+    how = (f"killed by signal {-code}{', e.g. out of memory' if -code == signal.SIGKILL else ''}"
+           if code is not None and code < 0
+           else f"exit code {code}; its messages, if any, are above")
+    raise UserError(f"the process preparing the token store died ({how}); nothing of "
+                    "the unfinished store is kept: run the same command again to start "
+                    "over.") from None
 
 
 def _end(child, finished: bool) -> None:

@@ -81,23 +81,28 @@ def folder_for(data_config, name: str, s: dict) -> str:
 
 
 class Store:
-    """A prepared store: its manifest, its tokenizer, its splits mapped."""
+    """A prepared store: its manifest, its tokenizer, its splits mapped.
+
+    Made while the store's lock is held: what it maps is what the manifest
+    describes, even if another process prepares the store again later."""
 
     def __init__(self, directory: str):
         self.directory = directory
         with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
             self.manifest = json.load(f)
         self.tokenizer = tokenizer_lib.load(os.path.join(directory, "tokenizer.json"))
-
-    def splits(self) -> data.Splits:
-        """Train and validation ids, memory-mapped read-only."""
         dtype, m = np.dtype(self.manifest["dtype"]), self.manifest
+
         def mapped(name: str, count: int) -> np.ndarray:
             if not count:  # numpy cannot map an empty file.
                 return np.zeros(0, dtype)
-            return data.map_tokens(os.path.join(self.directory, name), dtype, count)
-        return data.Splits(mapped("train.bin", m["train_tokens"]), mapped("val.bin", m["val_tokens"]),
-                           m["fingerprint"])
+            return data.map_tokens(os.path.join(directory, name), dtype, count)
+        self._splits = data.Splits(mapped("train.bin", m["train_tokens"]),
+                                   mapped("val.bin", m["val_tokens"]), m["fingerprint"])
+
+    def splits(self) -> data.Splits:
+        """Train and validation ids, memory-mapped read-only."""
+        return self._splits
 
     @property
     def tokens_per_char(self) -> float:

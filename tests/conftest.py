@@ -69,7 +69,7 @@ from smallgpt_jax import runtime  # noqa: E402 (imports no JAX itself)
 os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = "-1"
 
 runtime.tune_host_allocator()
-# Token stores are still prepared in the test process, as `prepare` does (a
+# Token stores are prepared in the test process, as `prepare` does (a
 # tuned process prepares in a child: prepare_child.py): tests patch the
 # passes, which a child would not see. test_prepare_child.py turns it on.
 os.environ.setdefault("SMALLGPT_PREPARE_IN_PROCESS", "1")

@@ -83,8 +83,11 @@ def test_help_shows_the_usage_and_the_flags(module, flag):
 def test_too_short_corpus_is_refused(tmp_path):
     corpus = tmp_path / "short.txt"
     corpus.write_text("tiny text, far shorter than the context window\n" * 2)
+    # As a user's run does, the store is prepared in a child process
+    # (prepare_child.py; "spawn" imports smallgpt_jax.main there too).
     proc = run_cli(["--config=configs/char_cpu.py", f"--workdir={tmp_path / 'w'}",
-                    f"--config.data.path={corpus}"])
+                    f"--config.data.path={corpus}"], {"SMALLGPT_PREPARE_IN_PROCESS": "0"})
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
+    assert "preparing the token store" in proc.stderr and "(2/2: encoding)" in proc.stderr
     assert "fewer than block_size+1=65" in proc.stderr

@@ -228,7 +228,7 @@ def test_auto_cache_gives_the_same_tokens_and_skips_decode_when_it_cannot_pay(mo
     np.testing.assert_array_equal(run("auto", 30), run(False, 30))
     monkeypatch.setattr(generation, "MIN_COMPILE_S", 0.0)
     # A window run that takes 1 ms once compiled, and a compile of 100 s: the
-    # 12 cached tokens of a 16-token window cannot pay for compiling decode.
+    # 13 cached tokens of a 16-token window cannot pay for compiling decode.
     clock = iter([0.0, 100.0, 100.0, 100.001])
     monkeypatch.setattr(generation, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     expected = run(False, 30)
@@ -241,7 +241,7 @@ def test_auto_cache_gives_the_same_tokens_and_skips_decode_when_it_cannot_pay(mo
 def test_auto_cache_decodes_when_it_pays(monkeypatch):
     cfg, params = random_model({})
     prompt = np.array([3, 1, 4], np.int32)
-    # A window run of 1 s once compiled, compiled in no time: 12 cached tokens pay.
+    # A window run of 1 s once compiled, compiled in no time: 13 cached tokens pay.
     clock = iter([0.0, 1.0, 1.0, 2.0])
     monkeypatch.setattr(generation, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     calls = []
