@@ -271,7 +271,11 @@ sys.exit(128 + got[0])
 """
 
 SWEEP_RUNNER = """
-import sys
+import signal, sys
+# Ctrl-C raises KeyboardInterrupt, as in a terminal, whatever this process
+# inherited (a shell's background job starts with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 from smallgpt_jax.sweep_load import Trial
 from smallgpt_jax.sweep_run import run_trials
 trials = [Trial(w, {}, w, 1, [sys.executable, "-c", sys.argv[1], w]) for w in sys.argv[2:]]
