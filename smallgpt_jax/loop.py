@@ -25,7 +25,7 @@ import jax
 import ml_collections
 
 from smallgpt_jax import (checkpoint, data, evaluation, lock, parallel, profiling, reporting,
-                          runtime, stopping, store, train, warmup)
+                          resume_compat, runtime, stopping, store, train, warmup)
 from smallgpt_jax.config import validate
 from smallgpt_jax.errors import Interrupted
 from smallgpt_jax.model import count_params, model_config as make_model_config
@@ -132,7 +132,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Chec
     resume = ckpt.resume_point(config)  # None: a fresh run.
     tok, splits, source, tokens_per_char = store.load_splits(
         config, workdir, stop, resume.tokenizer if resume else None)
-    data_changed = resume is not None and store.data_changed(resume.meta, splits, config)
+    data_changed = resume is not None and resume_compat.data_changed(resume.meta, splits, config)
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 

@@ -6,16 +6,18 @@ sizes, the tokenizer and its vocabulary) is refused with the list of
 fields; everything else (step counts, evaluation cadence, the learning-rate
 schedule, logging, dropout) may change, and the run logs what did. Before
 the state is read, the saved parameters' shapes are compared with the new
-model's too (a checkpoint whose config missed a field that matters).
+model's too (a checkpoint whose config missed a field that matters). A
+resume on other text (the store's fingerprint) is refused unless allowed.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
 
-from smallgpt_jax import tokenizer as tokenizer_lib
+from smallgpt_jax import data, tokenizer as tokenizer_lib
 from smallgpt_jax.config import flatten
 from smallgpt_jax.errors import UserError
 
@@ -86,3 +88,25 @@ def check_same_shapes(saved: Any, ours: Any, where: str) -> None:
                 for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
         raise UserError(f"cannot resume from {where}: parameter shapes differ "
                         f"({'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}).")
+
+
+def data_changed(resume_meta: dict | None, splits: data.Splits, config) -> bool:
+    """Whether a resumed run now trains on other text than its checkpoint was.
+
+    Refused (one line) unless `config.train.allow_data_change`; then logged,
+    and True: the best validation loss so far was on other validation text,
+    so its history restarts. A checkpoint that recorded no data says nothing.
+    """
+    before = (resume_meta or {}).get("data_fingerprint")
+    if not before or before == splits.fingerprint:
+        return False
+    if not config.train.allow_data_change:
+        raise UserError(
+            "cannot resume: the corpus or its train/validation split differs from what the "
+            "checkpoint was trained on (other file contents, files, or train_fraction). Train "
+            "on the old data, use a new --workdir, or pass "
+            "--config.train.allow_data_change=True to go on with the new data.")
+    print("resuming on different data (config.train.allow_data_change=True): the best "
+          "validation loss so far is forgotten, since it was measured on other text.",
+          file=sys.stderr, flush=True)
+    return True

@@ -291,25 +291,3 @@ def load_splits(config, workdir: str, stop=None,
     data.check_long_enough(splits, config.model.block_size)
     source = ", ".join(s["path"] for s in store.manifest["sources"])
     return tok, splits, source, store.tokens_per_char
-
-
-def data_changed(resume_meta: dict | None, splits: data.Splits, config) -> bool:
-    """Whether a resumed run now trains on other text than its checkpoint was.
-
-    Refused (one line) unless `config.train.allow_data_change`; then logged,
-    and True: the best validation loss so far was on other validation text,
-    so its history restarts. A checkpoint that recorded no data says nothing.
-    """
-    before = (resume_meta or {}).get("data_fingerprint")
-    if not before or before == splits.fingerprint:
-        return False
-    if not config.train.allow_data_change:
-        raise UserError(
-            "cannot resume: the corpus or its train/validation split differs from what the "
-            "checkpoint was trained on (other file contents, files, or train_fraction). Train "
-            "on the old data, use a new --workdir, or pass "
-            "--config.train.allow_data_change=True to go on with the new data.")
-    print("resuming on different data (config.train.allow_data_change=True): the best "
-          "validation loss so far is forgotten, since it was measured on other text.",
-          file=sys.stderr, flush=True)
-    return True
