@@ -61,11 +61,10 @@ class _Vanished(Exception):
     """The checkpoint being read was deleted meanwhile (by the training run)."""
 
 
-def _resolve_step(manager: ocp.CheckpointManager, step: str | int, where: str,
-                  skip: set[int] = frozenset()) -> int:
-    """The step number that 'latest', 'best' or a number names among the
-    complete checkpoints (less `skip`)."""
-    steps = sorted(set(manager.all_steps()) - skip)
+def _resolve_step(manager: ocp.CheckpointManager, steps: list[int], step: str | int,
+                  where: str) -> int:
+    """The step number that 'latest', 'best' or a number names among `steps`
+    (the complete checkpoints, sorted)."""
     if not steps:
         raise UserError(f"no complete checkpoint in {where}; train first (python -m "
                         "smallgpt_jax.main --config=... --workdir=...).")
@@ -92,10 +91,10 @@ def _load(directory: str, step: str | int):
     manager = checkpoint.open_manager(directory, ocp.CheckpointManagerOptions(create=False),
                                       ocp.PyTreeCheckpointHandler())
     with manager:
-        debris = set(found.debris)
-        chosen = _resolve_step(manager, step, directory, debris)
+        steps = sorted(set(manager.all_steps()) - set(found.debris))
+        chosen = _resolve_step(manager, steps, step, directory)
         folder = os.path.join(directory, str(chosen))
-        others = [s for s in sorted(set(manager.all_steps()) - debris) if s != chosen]
+        others = [s for s in steps if s != chosen]
         pick = ("pick another step (complete ones: "
                 f"{', '.join(map(str, others)) or 'none'})")
         problems = found.problems.get(chosen, [])  # (A step saved since is complete.)
