@@ -132,7 +132,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Chec
     resume = ckpt.resume_point(config)  # None: a fresh run.
     tok, splits, source, tokens_per_char = store.load_splits(
         config, workdir, stop, resume.tokenizer if resume else None)
-    data_changed = resume is not None and resume_compat.data_changed(resume.meta, splits, config)
+    data_changed = resume is not None and resume_compat.data_changed(
+        resume.meta, splits.fingerprint, config)
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 

@@ -12,12 +12,11 @@ resume on other text (the store's fingerprint) is refused unless allowed.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import jax
 
-from smallgpt_jax import data, tokenizer as tokenizer_lib
+from smallgpt_jax import checkpoint_faults, tokenizer as tokenizer_lib
 from smallgpt_jax.config import flatten
 from smallgpt_jax.errors import UserError
 
@@ -90,7 +89,7 @@ def check_same_shapes(saved: Any, ours: Any, where: str) -> None:
                         f"({'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}).")
 
 
-def data_changed(resume_meta: dict | None, splits: data.Splits, config) -> bool:
+def data_changed(resume_meta: dict | None, fingerprint: str, config) -> bool:
     """Whether a resumed run now trains on other text than its checkpoint was.
 
     Refused (one line) unless `config.train.allow_data_change`; then logged,
@@ -98,7 +97,7 @@ def data_changed(resume_meta: dict | None, splits: data.Splits, config) -> bool:
     so its history restarts. A checkpoint that recorded no data says nothing.
     """
     before = (resume_meta or {}).get("data_fingerprint")
-    if not before or before == splits.fingerprint:
+    if not before or before == fingerprint:
         return False
     if not config.train.allow_data_change:
         raise UserError(
@@ -106,7 +105,7 @@ def data_changed(resume_meta: dict | None, splits: data.Splits, config) -> bool:
             "checkpoint was trained on (other file contents, files, or train_fraction). Train "
             "on the old data, use a new --workdir, or pass "
             "--config.train.allow_data_change=True to go on with the new data.")
-    print("resuming on different data (config.train.allow_data_change=True): the best "
-          "validation loss so far is forgotten, since it was measured on other text.",
-          file=sys.stderr, flush=True)
+    checkpoint_faults.say("resuming on different data (config.train.allow_data_change=True): "
+                          "the best validation loss so far is forgotten, since it was "
+                          "measured on other text.")
     return True
