@@ -236,17 +236,16 @@ def quiet_library_logs() -> None:
     logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
 
 
-def setup_process(uses_jax: bool = True) -> dict:
+def setup_process() -> dict:
     """Applies the process-wide settings above: the allocator first, then the
-    logs, then (`uses_jax`) the Threefry lowering. Every command line that
-    runs JAX calls it once, first thing in main(), before it imports NumPy or
-    JAX; uses_jax=False leaves JAX unimported (it takes seconds). Commands
+    logs, then the Threefry lowering. Every command line that runs JAX calls
+    it once, first thing in main(), before it imports NumPy or JAX. Commands
     that run no step (prepare, sweep, shapes) only quiet the logs: the
     allocator setting slows other libraries' threads. Returns what was
     applied."""
     applied = {"host_allocator": tune_host_allocator()}
     quiet_library_logs()
-    if uses_jax and tweaks_enabled():
+    if tweaks_enabled():
         applied["unrolled_threefry"] = use_unrolled_threefry(True)
     log.debug("process settings: %s", applied)
     return applied

@@ -26,11 +26,11 @@ _MEASURE_REFILL = textwrap.dedent("""
 """)
 
 # In a fresh interpreter (the allocator must be tuned before NumPy starts):
-# the settings every command line applies first, then the measurement.
+# the allocator setting every command line applies first, then the measurement.
 _REFILL = _MEASURE_REFILL + textwrap.dedent("""
     import sys
     from smallgpt_jax import runtime
-    runtime.setup_process(uses_jax=False)  # SMALLGPT_RUNTIME_TWEAKS=0: no allocator change.
+    runtime.tune_host_allocator()  # SMALLGPT_RUNTIME_TWEAKS=0: no allocator change.
     print(*refill_faults(int(sys.argv[1])))
 """)
 
@@ -105,7 +105,9 @@ def test_the_command_line_applies_the_settings_before_numpy_and_jax_start(tmp_pa
 
 # A fresh interpreter imports the libraries smallgpt_jax uses (their own
 # import-time effects are theirs), notes the process state, imports every
-# module of the package, and compares.
+# module of the package, and compares. (The command lines after the first
+# define flags that clash with its own, --config or --workdir: each of them is
+# imported up to its first flag definition.)
 _IMPORT_CHANGES_NOTHING = _MEASURE_REFILL + textwrap.dedent("""
     import importlib, logging, os, pkgutil, signal, sys, warnings
     import flax.linen, jax, matplotlib, matplotlib.figure, ml_collections, numpy, optax
@@ -137,7 +139,7 @@ _IMPORT_CHANGES_NOTHING = _MEASURE_REFILL + textwrap.dedent("""
     for m in pkgutil.iter_modules(smallgpt_jax.__path__):
         try:
             importlib.import_module("smallgpt_jax." + m.name)
-        except flags.DuplicateFlagError:  # A second command line defines --workdir again.
+        except flags.DuplicateFlagError:  # See above: another command line's flag.
             pass
     after = state()
     for key in before:
