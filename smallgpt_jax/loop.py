@@ -187,6 +187,7 @@ class Trainer:
         writer.loss_chart(run.start_step, ["train/loss", "eval/train_loss", "eval/val_loss"])
         self.rstate = run.par.put_state(run.state)
         self.t_start = self.t_log = time.time()
+        self.step_log = run.start_step  # The step of the last log (tokens/s counts from it).
         self.time_before = resume.train_time_s if resume else 0.0  # Earlier runs of this workdir.
         carried = resume is not None and not run.data_changed
         self.best_val = resume.best_val_loss if carried else math.inf
@@ -229,10 +230,9 @@ class Trainer:
         self.hooks.logged(done)
         self.ckpt.poll()  # A background save that failed is reported here.
         now = time.time()
-        steps_since = t.log_every if done % t.log_every == 0 else done % t.log_every
         metrics["tokens_per_sec"] = (t.batch_size * self.run.config.model.block_size
-                                     * steps_since / (now - self.t_log))
-        self.t_log = now
+                                     * (done - self.step_log) / (now - self.t_log))
+        self.t_log, self.step_log = now, done
         self.writer.scalars(done, {f"train/{k}": v for k, v in metrics.items()})
         self.progress.update(done, metrics["loss"], metrics["tokens_per_sec"])
 
