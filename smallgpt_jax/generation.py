@@ -143,24 +143,26 @@ def _cached_steps(tokens: int, n: int, W: int, slide_step: int) -> int:
     return count
 
 
-def _decoding_pays(model_config, params, args, tokens: int, n: int, slide_step: int) -> bool:
+def _decoding_pays(model_config, params, args, tokens: int, n: int,
+                   slide_step: int) -> tuple[bool, tuple | None]:
     """Will compiling the cached programs pay for themselves? Measured:
     compiles and runs the window program of the no-cache path, then runs it
     again; the prefill and the decode step are taken to cost as much to
     compile each (at least MIN_COMPILE_S), and each cached token to save
-    about one window run."""
+    about one window run. Returns the answer and the window run's output
+    (None if it did not run), which the no-cache path uses for this token."""
     steps = _cached_steps(tokens, n, model_config.block_size, slide_step)
     if steps == 0:
-        return False
+        return False, None
     timings = []
     for _ in range(2):
         start = time.perf_counter()
-        jax.block_until_ready(_full_step(model_config, params, *args))
+        out = jax.block_until_ready(_full_step(model_config, params, *args))
         timings.append(time.perf_counter() - start)
     compile_s, run_s = max(timings[0] - timings[1], 0.0), timings[1]
     # The window program may have come from the compilation cache while the
     # cached ones are not there: count at least a cold compile of a small program.
-    return steps * run_s > 2 * max(compile_s, MIN_COMPILE_S)
+    return steps * run_s > 2 * max(compile_s, MIN_COMPILE_S), out
 
 
 def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
@@ -216,11 +218,12 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
         # sit at the wrong positions, so the next step re-fills the cache.
         drop = slide_step if n == W else 0
         args = (window_BW, n, drop, key, i, *knobs)
+        timed = None
         if use_cached_programs is None:  # "auto": compile and time the window run first.
-            use_cached_programs = _decoding_pays(model_config, params, args,
-                                                 max_new_tokens - i, n, slide_step)
+            use_cached_programs, timed = _decoding_pays(model_config, params, args,
+                                                        max_new_tokens - i, n, slide_step)
         if not use_cached_programs:
-            next_B, logits_BV, window_BW = _full_step(model_config, params, *args)
+            next_B, logits_BV, window_BW = timed or _full_step(model_config, params, *args)
         elif cache is None:
             # A window run. The cached path always runs it as a prefill (even
             # when the cache is thrown away right after): one program fewer to
