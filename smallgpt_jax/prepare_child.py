@@ -23,7 +23,6 @@ tunes the allocator needs the usual `if __name__ == "__main__":` guard.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import pickle
@@ -59,9 +58,8 @@ def run(paths: list[str], data_config, tokenizer: tokenizer_lib.Tokenizer | None
         return passes.run(paths, data_config, tokenizer, out, verbose, check)
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    given = tokenizer.to_dict() if tokenizer is not None else None
     child = context.Process(target=_prepare, name="smallgpt_jax-prepare",
-                            args=(sender, paths, data_config, given, out, verbose, os.getpid()))
+                            args=(sender, paths, data_config, tokenizer, out, verbose, os.getpid()))
     outcome = None
     try:
         # SIGINT blocked while starting it: the child inherits the mask, so a
@@ -84,8 +82,7 @@ def run(paths: list[str], data_config, tokenizer: tokenizer_lib.Tokenizer | None
             _end(child, finished=outcome is not None)
     status, *payload = outcome
     if status == "done":
-        tokenizer_dict, result = payload
-        return dataclasses.replace(result, tokenizer=tokenizer_lib.from_dict(tokenizer_dict))
+        return payload[0]
     error, text = payload
     if error is None:  # It could not be sent as it was.
         raise RuntimeError(f"preparing the token store failed in its child process:\n{text}")
@@ -129,8 +126,8 @@ def _end(child, finished: bool) -> None:
         child.join()
 
 
-def _prepare(sender, paths, data_config, tokenizer_dict, out, verbose, parent: int) -> None:
-    """The child: runs the passes, sends ("done", tokenizer, result) or
+def _prepare(sender, paths, data_config, tokenizer, out, verbose, parent: int) -> None:
+    """The child: runs the passes, sends ("done", result) or
     ("failed", the exception or None, its traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -138,10 +135,8 @@ def _prepare(sender, paths, data_config, tokenizer_dict, out, verbose, parent: i
         if os.getppid() != parent:
             sys.exit(1)
     try:
-        tokenizer = tokenizer_lib.from_dict(tokenizer_dict) if tokenizer_dict else None
         result = passes.run(paths, data_config, tokenizer, out, verbose, orphaned)
-        sender.send(("done", result.tokenizer.to_dict(),
-                     dataclasses.replace(result, tokenizer=None)))
+        sender.send(("done", result))
     except Exception as e:
         try:  # Not every exception survives pickling (one whose arguments cannot be rebuilt).
             pickle.loads(pickle.dumps(e))
