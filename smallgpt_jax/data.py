@@ -193,8 +193,11 @@ def map_tokens(path: str, dtype: np.dtype, count: int) -> np.ndarray:
     except BaseException:
         os.close(fd)
         raise
-    tokens.fd = fd
-    weakref.finalize(tokens, os.close, fd)
+    if hasattr(os, "pread"):  # (Not on Windows: there it is read through the mapping.)
+        tokens.fd = fd
+        weakref.finalize(tokens, os.close, fd)
+    else:
+        os.close(fd)
     return tokens
 
 
@@ -210,7 +213,7 @@ def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndar
     (64 windows of 257 tokens: about 0.3 ms).
     """
     fd = getattr(tokens, "fd", None)  # (A slice of the mapped array has none.)
-    if fd is None or not hasattr(os, "pread"):
+    if fd is None:
         return tokens[starts[:, None] + np.arange(length)]
     size = tokens.dtype.itemsize
     rows = b"".join(os.pread(fd, length * size, int(s) * size) for s in starts)
