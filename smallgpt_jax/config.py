@@ -105,9 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+TOKENIZERS = ("char", "byte", "bpe", "word")  # tokenizer.py builds and loads each.
 _CHOICES = {
     "parallel": ("pmap", "shard_map"),
-    "data.tokenizer": ("char", "byte", "bpe", "word"),
+    "data.tokenizer": TOKENIZERS,
     "model.pos_encoding": ("learned", "sinusoidal", "rope", "none"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.norm_position": ("pre", "post"),

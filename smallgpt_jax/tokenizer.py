@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from smallgpt_jax import bpe, words
+from smallgpt_jax.config import TOKENIZERS
 from smallgpt_jax.errors import UserError, write_atomic
 from smallgpt_jax.tokenizer_base import Tokenizer
 
@@ -110,9 +111,9 @@ def build(kind: str, train_text: str, vocab_size: int = 0,
     return fit(kind, [train_text], vocab_size, special_tokens)
 
 
-# Every kind `from_dict` loads, and those whose vocabulary is learned from
-# the text (sized by data.vocab_size).
-KINDS = ("char", "byte", "bpe", "word")
+# Every kind `from_dict` loads (the config's choices), and those whose
+# vocabulary is learned from the text (sized by data.vocab_size).
+KINDS = TOKENIZERS
 LEARNED = ("bpe", "word")
 
 

@@ -32,10 +32,10 @@ def main(argv: list[str]) -> None:
     if not os.path.isdir(workdir):
         cli.fail(f"--workdir={workdir} is not a directory; pass a training run's workdir.")
     output = _OUTPUT.value or os.path.join(workdir, f"{_WHAT.value}.png")
-    step = int(_STEP.value) if _STEP.value.isdigit() else _STEP.value
     runtime.setup_process()  # First: before NumPy or JAX start threads.
     from smallgpt_jax import viz  # Imported after flags: keeps --help fast.
     with cli.user_errors():
+        step = cli.parse_step(_STEP.value)
         name = os.path.basename(os.path.normpath(workdir))
         if _WHAT.value == "curves":
             fig = viz.plot_curves(workdir, title=name)
