@@ -78,6 +78,34 @@ def test_path_may_be_file_directory_or_glob(tmp_path):
         data.resolve_paths(str(tmp_path / "nope.txt"))
 
 
+def test_a_path_that_exists_is_that_path_and_each_file_is_read_once(tmp_path):
+    # A folder whose name is also a glob matching a sibling: the folder is meant.
+    (tmp_path / "data1").mkdir()
+    (tmp_path / "data1" / "sibling.txt").write_text("not this")
+    (tmp_path / "data[1]").mkdir()
+    (tmp_path / "data[1]" / "mine.txt").write_text("this")
+    assert data.resolve_paths(str(tmp_path / "data[1]")) == [str(tmp_path / "data[1]" / "mine.txt")]
+    # A loop (a link to the folder above) and a second name for a file: each
+    # real file once, by the first of its names in order.
+    top = tmp_path / "loop"
+    (top / "sub").mkdir(parents=True)
+    (top / "a.txt").write_text("a")
+    (top / "sub" / "b.txt").write_text("b")
+    os.symlink("..", top / "sub" / "up")
+    os.symlink("..", top / "sub" / "up2")  # Two loops: a walk that follows both never ends.
+    os.symlink("a.txt", top / "z.txt")
+    expected = [str(top / "a.txt"), str(top / "sub" / "b.txt")]
+    assert data.resolve_paths(str(top)) == expected
+    assert data.resolve_paths(str(top / "**" / "*.txt")) == expected
+    assert data.resolve_paths(str(top / "*.txt")) == expected[:1]
+    # A folder linked from elsewhere is walked, once.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "c.txt").write_text("c")
+    os.symlink(tmp_path / "other", top / "linked")
+    assert data.resolve_paths(str(top)) == [str(top / "a.txt"), str(top / "linked" / "c.txt"),
+                                            str(top / "sub" / "b.txt")]
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
