@@ -19,8 +19,9 @@ usage: ./launch.sh WHAT [ARGS...]
   ./launch.sh experiments/NAME.py [--parallel=N] [--dry-run] [--runs_dir=DIR] [--config.KEY=VALUE ...]
       Run every trial of a sweep (python -m smallgpt_jax.sweep), N at a time,
       each in runs/NAME/<trial>/ (DIR/NAME/<trial>/ with --runs_dir). Launching
-      it again skips finished trials and resumes unfinished ones. --dry-run
-      prints the commands. At the end the results table is printed and written
+      it again skips finished trials and resumes unfinished ones; a trial
+      folder that ran other settings is refused (use another --runs_dir).
+      --dry-run prints the commands. At the end the results table is printed and written
       to runs/NAME/summary.csv and .md. --config.KEY=VALUE is set in every trial.
 
   ./launch.sh tensorboard [LOGDIR] [TENSORBOARD FLAGS ...]

@@ -18,11 +18,18 @@ An experiment file (`experiments/*.py`) names a base config and its trials:
 runs every trial as an ordinary `python -m smallgpt_jax.main` in its own
 workdir `runs/<sweep>/<trial>` (the trial name is built from its overrides;
 its console output goes to `train.log` there). Everything is checked before
-the first trial starts (sweep_load.py). A trial is finished when its
-`summary.json` records at least the trial's `num_steps`; launching the same
-sweep again skips finished trials and re-runs the others in the same workdir,
-which resumes them from their checkpoints (a trial another process is still
-running, e.g. left by a runner that was killed, is not started twice). A
+the first trial starts (sweep_load.py). A trial is finished when its folder's
+`config.json` holds the trial's settings and its `summary.json` records at
+least the trial's `num_steps`; launching the same sweep again skips finished
+trials and re-runs the others in the same workdir, which resumes them from
+their checkpoints (a trial another process is still running, e.g. left by a
+runner that was killed, is not started twice). A trial folder that ran other
+settings (the sweep file, FIXED or --config.* changed since; another sweep of
+the same name) is refused before anything runs, with the fields that differ:
+its results are not this sweep's. Use another --runs_dir, or move the folder
+away to run the trial again. A summary.json that cannot be read is set aside
+(summary.json.damaged) and its trial run again, which writes it anew from the
+final checkpoint. A
 failing trial does not stop the others; the exit status is 1 if any failed.
 Ctrl-C gives each running trial one SIGTERM: it saves a checkpoint and stops
 (a second Ctrl-C stops the trials at once, without saving). sweep_run.py
@@ -51,7 +58,7 @@ from absl import flags  # noqa: E402
 
 from smallgpt_jax import sweep_report, sweep_run  # noqa: E402
 from smallgpt_jax.errors import UserError, check_writable_dir  # noqa: E402
-from smallgpt_jax.sweep_load import Overrides, load_experiment  # noqa: E402
+from smallgpt_jax.sweep_load import Experiment, Overrides, load_experiment  # noqa: E402
 
 
 # --- Building sweeps --------------------------------------------------------
@@ -127,18 +134,49 @@ def run_sweep(path: str, overrides: Sequence[str] = (), runs_dir: str = "runs",
     """Checks the sweep file, runs its unfinished trials and writes the
     tables; returns the exit status (UserError on bad input)."""
     experiment = load_experiment(path, runs_dir, overrides)
-    todo = [t for t in experiment.trials if not sweep_run.is_finished(t)]
-    done = len(experiment.trials) - len(todo)
+    if dry_run:
+        return _dry_run(experiment, _examine(experiment))
+    check_writable_dir(experiment.sweep_dir, experiment.sweep_dir,
+                       "choose a --runs_dir you can write to")
+    return _run(experiment, _examine(experiment), parallel)
+
+
+
+def _examine(experiment: Experiment) -> dict[str, sweep_run.Found]:
+    """What each trial's folder holds; UserError if one holds a run with other
+    settings: its results are another sweep's (or another launch's)."""
+    found = {t.name: sweep_run.examine(t) for t in experiment.trials}
+    clashes = [t for t in experiment.trials if found[t.name].conflict]
+    if clashes:
+        first = clashes[0]
+        others = f" ({len(clashes)} of {len(found)} trials clash)" if len(clashes) > 1 else ""
+        raise UserError(
+            f"sweep {experiment.name}: trial {first.name} in {first.workdir} "
+            f"{found[first.name].conflict}{others}; its results are not this sweep's: use "
+            "another --runs_dir, or move that folder away to run the trial again.")
+    return found
+
+
+def _header(experiment: Experiment, done: int) -> None:
     print(f"sweep {experiment.name}: {len(experiment.trials)} trials on "
           f"{experiment.config_path} in {experiment.sweep_dir}/ ({done} already finished)",
           flush=True)
-    if dry_run:
-        for trial in experiment.trials:
-            prefix = "# finished: " if trial not in todo else ""
-            print(prefix + shlex.join(trial.command))
-        return 0
-    check_writable_dir(experiment.sweep_dir, experiment.sweep_dir,
-                       "choose a --runs_dir you can write to")
+
+
+def _dry_run(experiment: Experiment, found: dict[str, sweep_run.Found]) -> int:
+    _header(experiment, sum(f.finished for f in found.values()))
+    for trial in experiment.trials:
+        if found[trial.name].damaged:
+            print(f"# {found[trial.name].damaged}: it will be set aside and the trial run again")
+        prefix = "# finished: " if found[trial.name].finished else ""
+        print(prefix + shlex.join(trial.command))
+    return 0
+
+
+def _run(experiment: Experiment, found: dict[str, sweep_run.Found], parallel: int) -> int:
+    """Runs the unfinished trials, then writes the tables (the sweep folder is held)."""
+    todo = [t for t in experiment.trials if not found[t.name].finished]
+    _header(experiment, len(experiment.trials) - len(todo))
     sweep_report.write_tensorboard_experiment(experiment)
     # A job scheduler stops us with SIGTERM, a closed terminal with SIGHUP: treat
     # them like Ctrl-C, so the running trials save and stop instead of being left behind.

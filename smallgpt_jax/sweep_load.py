@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from smallgpt_jax.config import did_you_mean, validate
+from smallgpt_jax.config import did_you_mean, flatten, validate
 from smallgpt_jax.config_files import load_config, load_module
 from smallgpt_jax.errors import UserError
 
@@ -31,6 +31,9 @@ class Trial:
     workdir: str
     num_steps: int  # Its train.num_steps: the step summary.json must reach.
     command: list[str]
+    # Its whole config, flattened ({"train.learning_rate": 3e-4, ...}): a folder
+    # that ran other settings holds another trial's results (sweep_run.examine).
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -166,7 +169,8 @@ def load_experiment(path: str, runs_dir: str = "runs",
         command = [sys.executable, "-m", "smallgpt_jax.main", f"--config={config_path}",
                    f"--workdir={workdir}"]
         command += [f"--config.{k}={v!s}" for k, v in settings.items()]
-        trials.append(Trial(tname, overrides, workdir, config.train.num_steps, command))
+        trials.append(Trial(tname, overrides, workdir, config.train.num_steps, command,
+                            flatten(config.to_dict())))
     return Experiment(name, path, config_path, sweep_dir, keys, trials)
 
 

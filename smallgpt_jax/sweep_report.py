@@ -12,7 +12,7 @@ import os
 from smallgpt_jax.corpus import clock
 from smallgpt_jax.errors import write_atomic
 from smallgpt_jax.sweep_load import Experiment
-from smallgpt_jax.sweep_run import RUNNING_ELSEWHERE, reached_end, read_summary
+from smallgpt_jax.sweep_run import CONFLICT, RUNNING_ELSEWHERE, examine
 
 # Final metrics shown for each trial in TensorBoard's HPARAMS tab (scalar tags
 # the training loop writes).
@@ -43,17 +43,20 @@ def results_table(experiment: Experiment, statuses: dict[str, int]) -> list[dict
     """One row per trial (finished ones by best val loss, then the rest)."""
     keyed = []  # (sort key, row)
     for trial in experiment.trials:
-        summary = read_summary(trial.workdir)
-        done = reached_end(summary, trial)
-        if done:
+        found = examine(trial)
+        if found.finished:
             status = "done"
+        elif found.conflict or statuses.get(trial.name) == CONFLICT:
+            status = "its folder holds another run"
+        elif found.damaged:
+            status = "summary.json damaged"
         elif statuses.get(trial.name) == RUNNING_ELSEWHERE:
             status = "running in another process"
         elif statuses.get(trial.name, 0) != 0:
             status = f"failed (exit {statuses[trial.name]})"
         else:
             status = "not finished"
-        final = summary if done else {}  # Metrics are shown for finished trials only.
+        final = found.summary or {}  # Metrics are shown for finished trials only.
         best, bpc, wall = (final.get(k) for k in ("eval/best_val_loss", "eval/val_bpc",
                                                   "wall_time_s"))
         row = {"trial": trial.name}

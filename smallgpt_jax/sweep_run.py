@@ -1,46 +1,131 @@
 """Running a sweep's trials: each an ordinary `python -m smallgpt_jax.main`
 in its own process and workdir, `parallel` at a time.
 
-A trial is finished when its `summary.json` (written by the training loop
-once the final checkpoint is on disk) records at least the trial's
-`num_steps`. A failing trial does not stop the others.
+A trial is finished when its folder's `config.json` holds the trial's own
+settings and its `summary.json` (written by the training loop once the final
+checkpoint is on disk) records at least the trial's `num_steps`. A folder
+that ran other settings is never counted as the trial's, nor trained on
+(`examine`). A failing trial does not stop the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from smallgpt_jax import lock
+from smallgpt_jax.config import flatten
 from smallgpt_jax.corpus import clock
 from smallgpt_jax.sweep_load import REPO_ROOT, Trial
+from smallgpt_jax.workdir import CHECKPOINT_DIR, STEP, read_json
 
 RUNNING_ELSEWHERE = -1000  # A status for a trial another process was running.
+CONFLICT = -1001  # A status for a trial whose folder turned out to hold another run.
+DAMAGED = ".damaged"  # A summary.json that cannot be read is set aside with this suffix.
+SHOWN = ("eval/best_val_loss", "eval/val_bpc", "wall_time_s")  # Read from summary.json.
 
 
-def read_summary(workdir: str) -> dict | None:
-    """The final metrics a finished run wrote (summary.json), or None."""
+def read_summary(workdir: str) -> tuple[dict | None, str | None]:
+    """(the final metrics a finished run wrote in summary.json, None); (None,
+    None) if there is none; (None, why) if it cannot be read or is not one."""
+    content, why = read_json(os.path.join(workdir, "summary.json"))
+    if why == "is missing":
+        return None, None
+    if why is None and not _is_summary(content):
+        why = "is damaged"
+    return (None, why) if why else (content, None)
+
+
+def _is_summary(content: Any) -> bool:
+    """Has it what the sweep reads, with the types the training loop writes?"""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (isinstance(content, dict) and type(content.get("steps")) is int
+            and all(number(content[k]) for k in SHOWN if k in content)
+            and math.isfinite(content.get("wall_time_s", 0)))  # A time, shown as MM:SS.
+
+
+def config_changes(saved: dict, trial: Trial) -> list[str]:
+    """'field: old -> new' for each field where a folder's config.json differs
+    from the trial's config. Fields only one side knows (added to the code
+    since) are left out, as on resume; model.dtype='auto' is resolved by the
+    run, so any saved dtype matches it."""
+    flat = flatten(saved)
+    changes = []
+    for field, new in trial.config.items():
+        if field not in flat or (field == "model.dtype" and new == "auto"):
+            continue
+        # Compared as JSON writes them (a tuple is saved as a list; NaN == NaN).
+        if json.dumps(flat[field], sort_keys=True) != json.dumps(new, sort_keys=True):
+            changes.append(f"{field}: {flat[field]!r} -> {new!r}")
+    return changes
+
+
+@dataclasses.dataclass
+class Found:
+    """What a trial's folder holds, for the sweep."""
+
+    summary: dict | None = None  # The final metrics: set only when finished, with its settings.
+    conflict: str = ""  # Why the folder is not this trial's ('ran with other settings (...)').
+    damaged: str = ""  # Its summary.json cannot be read: set aside, the trial runs again.
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+
+def examine(trial: Trial) -> Found:
+    """Is the trial's folder new, unfinished, finished, or another run's?"""
+    path = os.path.join(trial.workdir, "config.json")
+    saved, why = read_json(path)
+    if why == "is missing":
+        if _has_results(trial.workdir):  # Not a run that failed before it started.
+            return Found(conflict="has results but no config.json: the settings it ran "
+                         "with are unknown")
+        return Found()
+    if why or not isinstance(saved, dict):
+        return Found(conflict=f"has a config.json that {why or 'is damaged'}: the settings "
+                     "it ran with are unknown")
+    changes = config_changes(saved, trial)
+    if changes:
+        more = f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
+        return Found(conflict=f"ran with other settings ({'; '.join(changes[:4])}{more})")
+    summary, why = read_summary(trial.workdir)
+    if why:
+        return Found(damaged=f"{os.path.join(trial.workdir, 'summary.json')} {why}")
+    if summary is not None and summary["steps"] >= trial.num_steps:
+        return Found(summary=summary)
+    return Found()
+
+
+def _has_results(workdir: str) -> bool:
+    """A summary.json or a complete checkpoint: what a run leaves once it trained."""
+    if os.path.lexists(os.path.join(workdir, "summary.json")):
+        return True
     try:
-        with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def reached_end(summary: dict | None, trial: Trial) -> bool:
-    """Does this (already read) summary.json record all of the trial's steps?
-    (A run trained further than the sweep now asks counts: it cannot go back.)"""
-    return summary is not None and summary.get("steps", -1) >= trial.num_steps
+        return any(STEP.match(e) for e in os.listdir(os.path.join(workdir, CHECKPOINT_DIR)))
+    except OSError:
+        return False
 
 
 def is_finished(trial: Trial) -> bool:
-    return reached_end(read_summary(trial.workdir), trial)
+    return examine(trial).finished
+
+
+def set_aside(trial: Trial) -> str:
+    """Renames a damaged summary.json out of the way (the rerun of a finished
+    trial writes it again from the final checkpoint, but only where there is
+    none); returns the new path."""
+    path = os.path.join(trial.workdir, "summary.json")
+    os.replace(path, path + DAMAGED)
+    return path + DAMAGED
 
 
 def _trial_env(parallel: int = 1) -> dict[str, str]:
@@ -100,8 +185,18 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
                         f"running it ({holder}); launch again once it has finished.")
                     results[trial.name] = RUNNING_ELSEWHERE
                     continue
+                found = examine(trial)  # Again: the folder may have changed meanwhile.
+                if found.conflict or found.finished:
+                    say(f"[{started}/{total}] skipped {trial.name}: " + (
+                        f"{trial.workdir} {found.conflict}." if found.conflict
+                        else "another process finished it."))
+                    results[trial.name] = CONFLICT if found.conflict else 0
+                    continue
                 log_path = os.path.join(trial.workdir, "train.log")
                 try:
+                    if found.damaged:
+                        say(f"[{started}/{total}] {found.damaged}: set aside as "
+                            f"{set_aside(trial)}; the trial runs again to write it anew.")
                     os.makedirs(trial.workdir, exist_ok=True)
                     log = open(log_path, "a", encoding="utf-8")
                     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
@@ -135,7 +230,7 @@ def _outcome(trial: Trial, status: int, seconds: float) -> str:
     """'done    NAME in 00:12: best val loss 1.2345', or why it failed."""
     took = clock(seconds)
     if status == 0:
-        best = (read_summary(trial.workdir) or {}).get("eval/best_val_loss")
+        best = (read_summary(trial.workdir)[0] or {}).get("eval/best_val_loss")
         result = f"best val loss {best:.4f}" if best is not None else "no summary.json written"
         return f"done    {trial.name} in {took}: {result}"
     if status < 0:  # Killed by a signal: its log's last line is not why.

@@ -5,6 +5,8 @@ import csv
 import glob
 import json
 import os
+import shutil
+import types
 
 import numpy as np
 import pytest
@@ -102,18 +104,77 @@ def test_shipped_experiments_are_valid(monkeypatch):
     assert "num_layers=4,pos_encoding=rope" in [t.name for t in depth.trials]
 
 
-def test_a_trial_is_finished_when_its_summary_has_all_steps(tmp_path):
+def nest(flat):
+    """{'a.b': 1} -> {'a': {'b': 1}}: a config.json as a run writes it."""
+    out = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def test_a_trial_is_finished_when_its_folder_ran_its_settings_to_the_end(tmp_path):
     path = write_sweep(tmp_path, "def get_sweep():\n    return [{'train.num_steps': 4}]\n")
     trial = sweep_load.load_experiment(path, str(tmp_path / "runs")).trials[0]
     assert not sweep_run.is_finished(trial)
     os.makedirs(trial.workdir)
     summary = os.path.join(trial.workdir, "summary.json")
+    config = os.path.join(trial.workdir, "config.json")
+    with open(config, "w") as f:  # The run resolves dtype 'auto'; that is no difference.
+        json.dump(nest(dict(trial.config, **{"model.dtype": "float32"})), f)
     with open(summary, "w") as f:
-        json.dump({"steps": 2}, f)  # e.g. the same trial once run with fewer steps.
+        json.dump({"steps": 2}, f)  # e.g. an earlier run of fewer steps, then stopped.
     assert not sweep_run.is_finished(trial)
     with open(summary, "w") as f:
-        json.dump({"steps": 4}, f)
-    assert sweep_run.is_finished(trial)
+        json.dump({"steps": 4, "eval/best_val_loss": 2.5}, f)
+    assert sweep_run.examine(trial).summary["eval/best_val_loss"] == 2.5
+    with open(config, "w") as f:  # The same folder, run with another learning rate.
+        json.dump(nest(dict(trial.config, **{"train.learning_rate": 0.5})), f)
+    found = sweep_run.examine(trial)
+    assert not found.finished
+    assert found.conflict == ("ran with other settings (train.learning_rate: 0.5 -> "
+                              f"{trial.config['train.learning_rate']!r})")
+    os.remove(config)  # Results, but no record of what made them.
+    assert "has results but no config.json" in sweep_run.examine(trial).conflict
+    with open(config, "w") as f:
+        f.write("{")
+    assert "has a config.json that is damaged" in sweep_run.examine(trial).conflict
+
+
+@pytest.mark.parametrize("content", ['{"steps": ', '[]', '{"steps": "4"}', '{"steps": 4.0}',
+                                     '{"steps": 4, "eval/best_val_loss": "low"}',
+                                     '{"steps": 4, "wall_time_s": Infinity}', '{}'])
+def test_a_summary_the_sweep_cannot_read_is_damaged_not_a_traceback(tmp_path, content):
+    path = write_sweep(tmp_path, "def get_sweep():\n    return [{'train.num_steps': 4}]\n")
+    trial = sweep_load.load_experiment(path, str(tmp_path / "runs")).trials[0]
+    os.makedirs(trial.workdir)
+    with open(os.path.join(trial.workdir, "config.json"), "w") as f:
+        json.dump(nest(trial.config), f)
+    with open(os.path.join(trial.workdir, "summary.json"), "w") as f:
+        f.write(content)
+    found = sweep_run.examine(trial)
+    assert not found.finished and found.damaged.endswith("summary.json is damaged")
+
+
+def test_a_trial_whose_folder_changed_since_the_check_is_not_started(tmp_path):
+    import io
+    import sys
+    workdir = str(tmp_path / "trial")
+    os.makedirs(workdir)
+    marker = os.path.join(workdir, "started")
+    trial = sweep_load.Trial("trial", {}, workdir, 1,
+                             [sys.executable, "-c", f"open({marker!r}, 'w').close()"],
+                             {"train.learning_rate": 1e-3})
+    with open(os.path.join(workdir, "config.json"), "w") as f:  # Another run's, since.
+        json.dump({"train": {"learning_rate": 1e-2}}, f)
+    out = io.StringIO()
+    assert sweep_run.run_trials([trial], parallel=1, out=out) == {"trial": sweep_run.CONFLICT}
+    assert not os.path.exists(marker)
+    assert (f"skipped trial: {workdir} ran with other settings (train.learning_rate: 0.01 -> "
+            "0.001)") in out.getvalue()
 
 
 def test_command_line_overrides_go_to_the_trials_and_docs_spellings_work():
@@ -149,24 +210,57 @@ def hparams_records(directory):
     return records
 
 
-def test_tiny_sweep_end_to_end(tmp_path):
-    from tensorboard.plugins.hparams import metadata
+TINY = {"model.num_layers": 1, "model.embed_dim": 32, "model.num_heads": 2,
+        "model.block_size": 16, "train.batch_size": 8, "train.num_steps": 4,
+        "train.warmup_steps": 2, "train.log_every": 2, "train.eval_every": 2,
+        "train.eval_steps": 2, "train.sample_tokens": 8}
+
+
+def write_corpus(path, seed=0):
     words = ["to", "be", "or", "not", "that", "is", "the", "question"]
-    rng = np.random.default_rng(0)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(500)) + "\n")
-    fixed = {"data.path": str(corpus), "model.num_layers": 1, "model.embed_dim": 32,
-             "model.num_heads": 2, "model.block_size": 16, "train.batch_size": 8,
-             "train.num_steps": 4, "train.warmup_steps": 2, "train.log_every": 2,
-             "train.eval_every": 2, "train.eval_steps": 2, "train.sample_tokens": 8}
-    path = write_sweep(tmp_path, f"FIXED = {fixed!r}\n" + (
+    rng = np.random.default_rng(seed)
+    path.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(500)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """A tiny sweep run once: two trials finish, the third fails. Tests that
+    change its folders work on a copy (copy_runs)."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    corpus = write_corpus(tmp / "corpus.txt")
+    path = write_sweep(tmp, f"FIXED = {dict(TINY, **{'data.path': str(corpus)})!r}\n" + (
         "def get_sweep():\n"
         "    # The last trial fails: its validation text is shorter than the context.\n"
         "    return sweep.values('train.learning_rate', [1e-3, 1e-2]) + "
         "[{'data.train_fraction': 0.9999}]\n"), name="tiny")
-    runs = tmp_path / "runs"
+    runs = tmp / "runs"
     args = [path, f"--runs_dir={runs}", "--parallel=2"]
     proc = run_cli(args, module="smallgpt_jax.sweep", timeout=600)
+    return types.SimpleNamespace(tmp=tmp, corpus=corpus, path=path, runs=runs, args=args,
+                                 proc=proc)
+
+
+def copy_runs(tiny, tmp_path, trials=("learning_rate=0.001", "learning_rate=0.01")):
+    """The finished trials of `tiny_sweep` (and its tables), copied under tmp_path."""
+    runs = tmp_path / "runs"
+    for name in (*trials, "summary.csv", "summary.md"):
+        source, dest = tiny.runs / "tiny" / name, runs / "tiny" / name
+        os.makedirs(dest.parent, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, dest)
+    return runs
+
+
+def one_trial_sweep(tmp_path, corpus):
+    """Another sweep file named 'tiny': its one trial is tiny_sweep's first on `corpus`."""
+    fixed = dict(TINY, **{"data.path": str(corpus)})
+    return write_sweep(tmp_path, f"NAME = 'tiny'\nFIXED = {fixed!r}\ndef get_sweep():\n"
+                       "    return sweep.values('train.learning_rate', [1e-3])\n", name="one")
+
+
+def test_tiny_sweep_end_to_end(tiny_sweep):
+    from tensorboard.plugins.hparams import metadata
+    runs, args, proc = tiny_sweep.runs, tiny_sweep.args, tiny_sweep.proc
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "1 of 3 trial(s) failed: train_fraction=0.9999" in proc.stderr
     assert "fewer than block_size+1" in proc.stdout  # The failed trial's reason.
@@ -208,6 +302,44 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert finished.stat().st_mtime == mtime
     log = (sweep_dir / "train_fraction=0.9999" / "train.log").read_text()
     assert log.count("\n=== ") == 2  # Both attempts, appended.
+
+
+def test_a_finished_trial_with_other_settings_is_refused_not_reported(tiny_sweep, tmp_path):
+    runs = copy_runs(tiny_sweep, tmp_path)
+    tables = {n: (runs / "tiny" / n).read_text() for n in ("summary.csv", "summary.md")}
+    other = write_corpus(tmp_path / "other.txt", seed=1)
+    # The same sweep with another corpus on the command line; a sweep file of the
+    # same name with other FIXED settings; each also in a dry run.
+    renamed = one_trial_sweep(tmp_path, other)
+    for path, overrides in ((tiny_sweep.path, [f"data.path={other}"]), (renamed, [])):
+        for dry_run in (False, True):
+            with pytest.raises(UserError) as e:
+                sweep.run_sweep(path, overrides, str(runs), dry_run=dry_run)
+            message = str(e.value)
+            assert ("trial learning_rate=0.001 in " in message
+                    and f"ran with other settings (data.path: {str(tiny_sweep.corpus)!r} -> "
+                        f"{str(other)!r})" in message), message
+            assert "use another --runs_dir, or move that folder away" in message
+    # Fewer steps than the trial ran: its numbers are for 4 steps, not for 2.
+    with pytest.raises(UserError, match=r"train.num_steps: 4 -> 2\) \(2 of 3 trials clash\)"):
+        sweep.run_sweep(tiny_sweep.path, ["train.num_steps=2"], str(runs))
+    assert {n: (runs / "tiny" / n).read_text() for n in tables} == tables  # Not rewritten.
+
+
+def test_a_damaged_summary_is_set_aside_and_written_again(tiny_sweep, tmp_path):
+    runs = copy_runs(tiny_sweep, tmp_path, trials=["learning_rate=0.001"])
+    summary = runs / "tiny" / "learning_rate=0.001" / "summary.json"
+    before = json.loads(summary.read_text())
+    summary.write_text('{"steps": ')  # e.g. a disk that filled up, an editor.
+    one = one_trial_sweep(tmp_path, tiny_sweep.corpus)
+    proc = run_cli([one, f"--runs_dir={runs}"], module="smallgpt_jax.sweep", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{summary} is damaged: set aside as {summary}.damaged" in proc.stdout
+    # Written again from the final checkpoint: the same numbers, and the trial is done.
+    assert json.loads(summary.read_text())["eval/best_val_loss"] == before["eval/best_val_loss"]
+    assert (tmp_path / "runs" / "tiny" / "learning_rate=0.001" / "summary.json.damaged").exists()
+    again = run_cli([one, f"--runs_dir={runs}", "--dry-run"], module="smallgpt_jax.sweep")
+    assert "(1 already finished)" in again.stdout
 
 
 def test_launch_script_dispatches(tmp_path):
