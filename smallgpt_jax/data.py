@@ -250,11 +250,12 @@ def sample_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int,
     return read_windows(tokens, starts, block_size + 1).astype(np.int32, copy=False)
 
 
-def map_tokens(path: str, dtype: np.dtype, count: int) -> np.ndarray:
+def map_tokens(path: str, dtype: np.dtype, count: int, vocab_size: int = 0) -> np.ndarray:
     """The token file at `path`, memory-mapped read-only, with a descriptor
     of the same file kept open for `read_windows` (a store prepared again
     later replaces the file by name: the run keeps reading its own, on a
-    local disk; on NFS another host's delete can still make reads fail)."""
+    local disk; on NFS another host's delete can still make reads fail).
+    `vocab_size`: `read_windows` refuses ids from there up (a damaged file)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         with os.fdopen(fd, "rb", closefd=False) as f:
@@ -262,6 +263,7 @@ def map_tokens(path: str, dtype: np.dtype, count: int) -> np.ndarray:
     except BaseException:
         os.close(fd)
         raise
+    tokens.path, tokens.vocab_size = path, vocab_size
     if hasattr(os, "pread"):  # (Not on Windows: there it is read through the mapping.)
         tokens.fd = fd
         weakref.finalize(tokens, os.close, fd)
@@ -283,7 +285,15 @@ def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndar
     """
     fd = getattr(tokens, "fd", None)  # (A slice of the mapped array has none.)
     if fd is None:
-        return tokens[starts[:, None] + np.arange(length)]
-    size = tokens.dtype.itemsize
-    rows = b"".join(os.pread(fd, length * size, int(s) * size) for s in starts)
-    return np.frombuffer(rows, tokens.dtype).reshape(len(starts), length)
+        out = tokens[starts[:, None] + np.arange(length)]
+    else:
+        size = tokens.dtype.itemsize
+        rows = b"".join(os.pread(fd, length * size, int(s) * size) for s in starts)
+        out = np.frombuffer(rows, tokens.dtype).reshape(len(starts), length)
+    vocab_size = getattr(tokens, "vocab_size", 0)
+    if vocab_size and out.size and (top := int(out.max())) >= vocab_size:
+        folder = os.path.dirname(tokens.path)  # Its store: data must not be used.
+        raise UserError(f"the token store {folder} is damaged: {os.path.basename(tokens.path)} "
+                        f"holds id {top}, past its vocabulary of {vocab_size}; a store is a "
+                        "cache: delete that folder and run the same command again.")
+    return out

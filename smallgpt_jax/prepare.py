@@ -7,6 +7,9 @@ Training does the same automatically on first use; preparing alone suits a
 cluster (prepare once, then train many runs or a sweep from the same store).
 Prints the store's folder and what it holds. A second call with the same
 corpus and settings finds it prepared and returns at once.
+
+`--verify` checks every block of a prepared store against its checksums
+(every open checks a sample); a damaged store is prepared again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from smallgpt_jax.config import validate
 from smallgpt_jax.config_files import define_config_flag
 
 _CONFIG = define_config_flag("Path to a config file, e.g. configs/char_cpu.py.")
+_VERIFY = flags.DEFINE_bool("verify", False, "Check every block of the store against its "
+                            "checksums (each open checks a sample); a damaged store is "
+                            "prepared again.")
 
 
 def main(argv: list[str]) -> None:
@@ -29,8 +35,10 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     with cli.user_errors():
         validate(config)
-        prepared = store.open_store(config.data)
+        prepared = store.open_store(config.data, verify=_VERIFY.value)
         m = prepared.manifest
+        if _VERIFY.value:
+            print("verified: every block of train.bin and val.bin matches its checksum")
         print(f"{prepared.directory}: {m['train_tokens']:,} train / {m['val_tokens']:,} val "
               f"tokens ({m['dtype']}), {m['tokenizer']['kind']} vocabulary "
               f"{m['tokenizer']['vocab_size']}, from {len(m['sources'])} file(s), "

@@ -6,7 +6,8 @@ A store is a folder in the cache (`data.cache_dir`, by default
 
     manifest.json    what was prepared from what: each source file's size,
                      modification time and sha256, the settings, the split
-                     rule, token and character counts, the format version
+                     rule, token and character counts, the format version,
+                     checksums of the other files (store_manifest.py)
     tokenizer.json   the tokenizer fitted on the corpus
     train.bin        the training split's token ids, flat, little-endian, of
     val.bin          the manifest's dtype (uint8, uint16 or uint32)
@@ -16,32 +17,30 @@ place only when complete: a preparation killed at any moment, or stopped by a
 full disk, leaves nothing that is ever used. One process prepares at a time
 (a file lock); the others wait, then reuse its result. The next run checks
 the sources against the manifest: a changed file (size or time), another
-format version, or a damaged store is prepared again, with a line saying why.
+format version, or a damaged store is prepared again, with a line saying why
+(store_manifest.why_stale; `prepare --verify` checks every byte).
 Training memory-maps the two files and reads each batch's windows from them
 (data.read_windows): memory does not grow with the corpus.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
-import time
 from typing import Any, Callable
 
 import numpy as np
 
-from smallgpt_jax import corpus, data, lock, passes, prepare_child, runtime
+from smallgpt_jax import corpus, data, lock, prepare_child, runtime, store_manifest
 from smallgpt_jax import tokenizer as tokenizer_lib
 from smallgpt_jax.errors import Interrupted, UserError
+from smallgpt_jax.store_manifest import NEW, digest, why_stale
 
-FORMAT = 1  # Version of the store layout; another version is rebuilt, never misread.
-SPLIT_RULE = ("files joined by the separator, then cut by characters: the first "
-              "int(characters * train_fraction) train, the rest validate")
+CACHE = "a store is a cache, made again from the corpus"
 
 
 def root(data_config) -> str:
@@ -64,20 +63,16 @@ def settings(data_config, name: str, tokenizer: tokenizer_lib.Tokenizer | None) 
                          "end_of_text": bool(data_config.end_of_text),
                          "train_fraction": float(data_config.train_fraction)}
     if tokenizer is not None:  # A resumed run's own vocabulary.
-        s["tokenizer_sha256"] = _digest(tokenizer.to_dict())
+        s["tokenizer_sha256"] = digest(tokenizer.to_dict())
     elif kind in tokenizer_lib.LEARNED:
         s["vocab_size"], s["fit_max_chars"] = data_config.vocab_size, data_config.fit_max_chars
     return s
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
 def folder_for(data_config, name: str, s: dict) -> str:
     """<root>/<corpus file name>-<tokenizer>-<hash of the settings>."""
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(name))[0])[:40]
-    return os.path.join(root(data_config), f"{slug or 'corpus'}-{s['tokenizer']}-{_digest(s)[:16]}")
+    return os.path.join(root(data_config), f"{slug or 'corpus'}-{s['tokenizer']}-{digest(s)[:16]}")
 
 
 class Store:
@@ -96,7 +91,8 @@ class Store:
         def mapped(name: str, count: int) -> np.ndarray:
             if not count:  # numpy cannot map an empty file.
                 return np.zeros(0, dtype)
-            return data.map_tokens(os.path.join(directory, name), dtype, count)
+            return data.map_tokens(os.path.join(directory, name), dtype, count,
+                                   self.tokenizer.vocab_size)
         self._splits = data.Splits(mapped("train.bin", m["train_tokens"]),
                                    mapped("val.bin", m["val_tokens"]), m["fingerprint"])
 
@@ -110,37 +106,6 @@ class Store:
         return self.manifest["val_tokens"] / max(self.manifest["val_chars_for_bpc"], 1)
 
 
-def why_stale(directory: str, sources: list[corpus.Source]) -> str | None:
-    """Why the store in `directory` cannot be used (None: it can)."""
-    try:
-        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
-            m = json.load(f)
-    except FileNotFoundError:
-        return "not prepared yet"
-    except (OSError, ValueError):
-        return "its manifest is damaged"
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        return (f"it was written in store format {m.get('format') if isinstance(m, dict) else '?'}"
-                f", this version uses format {FORMAT}")
-    try:
-        old = [corpus.Source(s["path"], s["size"], s["mtime_ns"]) for s in m["sources"]]
-        itemsize = np.dtype(m["dtype"]).itemsize
-        counts = {"train.bin": int(m["train_tokens"]), "val.bin": int(m["val_tokens"])}
-    except (KeyError, TypeError, ValueError):
-        return "its manifest is damaged"
-    if [s.path for s in old] != [s.path for s in sources]:
-        return (f"the corpus now has {len(sources)} file(s), {len(old)} when prepared "
-                "(files were added, removed or renamed)")
-    for before, now in zip(old, sources):
-        if change := before.change(now):
-            return change
-    for name, count in counts.items():
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path) or os.path.getsize(path) != count * itemsize:
-            return f"its {name} is missing or has the wrong size (damaged)"
-    return None
-
-
 def _check_stop(stop) -> None:
     if stop is not None and stop.signum:
         raise Interrupted("stopped while preparing the corpus; nothing of the unfinished "
@@ -148,12 +113,13 @@ def _check_stop(stop) -> None:
 
 
 def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
-               verbose: bool = True, stop=None) -> Store:
+               verbose: bool = True, stop=None, verify: bool = False) -> Store:
     """The prepared store for `data_config` (prepared now if needed).
 
     With `tokenizer` (a resumed run's), the store is encoded with it: the one
     built for the settings when that holds the same vocabulary, else its own.
     `stop` (a stopping.StopSignals) ends a preparation at the next piece.
+    `verify`: every block is checked against its checksum, not a sample.
     """
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if verbose else (lambda _: None)
     name, paths = corpus_files(data_config)
@@ -163,7 +129,7 @@ def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
         if tokenizer is not None:  # Usually the store built from the settings has it.
             usual = folder_for(data_config, name, settings(data_config, name, None))
             with _locked(usual, say, stop):
-                if why_stale(usual, sources) is None:
+                if why_stale(usual, sources, verify) is None:
                     st = Store(usual)
                     if st.tokenizer.to_dict() == tokenizer.to_dict():
                         return st
@@ -171,7 +137,7 @@ def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
         directory = folder_for(data_config, name, s)
         with _locked(directory, say, stop):
             return _open_or_prepare(directory, paths, sources, s, data_config, tokenizer,
-                                    verbose, say, lambda: _check_stop(stop))
+                                    verbose, say, lambda: _check_stop(stop), verify)
     except OSError as e:
         raise UserError(f"cannot write the token store in {root(data_config)} "
                         f"({e.strerror or e}); free disk space, or set "
@@ -187,7 +153,7 @@ def _locked(directory: str, say: Callable[[str], None], stop=None):
 
 
 def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbose, say,
-                     check_stop) -> Store:
+                     check_stop, verify) -> Store:
     left = sorted(e for e in os.listdir(os.path.dirname(directory))
                   if e.startswith(os.path.basename(directory) + ".tmp-"))
     if left:  # We hold the lock: nobody is still writing these.
@@ -195,11 +161,11 @@ def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbo
             f"starting it over: {directory}")
         for e in left:
             shutil.rmtree(os.path.join(os.path.dirname(directory), e), ignore_errors=True)
-    why = why_stale(directory, sources)
+    why = why_stale(directory, sources, verify)
     if why is None:
         return Store(directory)
-    say(f"preparing the token store {directory}" + ("" if why == "not prepared yet"
-                                                     else f" again: {why}"))
+    say(f"preparing the token store {directory}" + (
+        "" if why == NEW else f" again: {why}" + (f"; {CACHE}" if "damaged" in why else "")))
     tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-",
                            dir=os.path.dirname(directory))
     try:
@@ -213,40 +179,11 @@ def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbo
             raise UserError(f"{changed} while it was being prepared; run again when it is "
                             "complete.")
         tokenizer_lib.save(result.tokenizer, os.path.join(tmp, "tokenizer.json"))
-        _write_manifest(tmp, _manifest(s, sources, result, data_config))
+        store_manifest.write(tmp, store_manifest.build(tmp, s, sources, result, data_config))
         _publish(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Store(directory)
-
-
-def _manifest(s: dict, sources: list[corpus.Source], r: passes.Result, data_config) -> dict:
-    separator = "<|endoftext|>" if data_config.end_of_text else "\n\n"
-    return {
-        "format": FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "settings": s,
-        "sources": [{"path": src.path, "size": src.size, "mtime_ns": src.mtime_ns,
-                     "sha256": h} for src, h in zip(sources, r.sha256)],
-        "separator": separator,
-        "split": {"rule": SPLIT_RULE, "train_fraction": float(data_config.train_fraction),
-                  "train_chars": r.chars[0], "val_chars": r.chars[1]},
-        "tokenizer": {"kind": r.tokenizer.kind, "vocab_size": r.tokenizer.vocab_size},
-        "dtype": r.dtype,
-        "train_tokens": r.tokens[0],
-        "val_tokens": r.tokens[1],
-        "val_chars_for_bpc": r.val_chars_for_bpc,
-        # What the text was, whatever its path: a resume on other data is refused.
-        "fingerprint": _digest([r.sha256, separator, float(data_config.train_fraction)]),
-    }
-
-
-def _write_manifest(folder: str, manifest: dict) -> None:
-    path = os.path.join(folder, "manifest.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _publish(tmp: str, directory: str) -> None:

@@ -1,5 +1,6 @@
 """The token store: exactly today's tokens, the cache, change detection, faults."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
 # loop: imported here, not in a test that captures stderr (its progress bar
 # binds sys.stderr when reporting.py is first imported).
-from smallgpt_jax import bpe, checkpoint, corpus, data, loop, passes, store, tokenizer as tok_lib
+from smallgpt_jax import (bpe, checkpoint, corpus, data, loop, passes, store, store_manifest,
+                          tokenizer as tok_lib)
 from smallgpt_jax.errors import UserError
 
 WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "war", "naïve",
@@ -129,7 +131,7 @@ def test_cache_hit_change_detection_and_format(tmp_path, capfd):
 
     manifest = os.path.join(first.directory, "manifest.json")
     text = open(manifest).read()
-    open(manifest, "w").write(text.replace('"format": 1', '"format": 99'))
+    open(manifest, "w").write(text.replace(f'"format": {store_manifest.FORMAT}', '"format": 99'))
     store.open_store(config.data)
     assert "store format 99" in capfd.readouterr().err
     with open(os.path.join(first.directory, "val.bin"), "ab") as f:
@@ -266,6 +268,12 @@ def test_prepare_command_prepares_once(tmp_path):
     second = run_cli(args, module="smallgpt_jax.prepare", timeout=120)
     assert second.returncode == 0 and "preparing" not in second.stderr
     assert second.stdout == first.stdout
+    folder = first.stdout.split(":")[0]
+    _poke(os.path.join(folder, "val.bin"), 5, 0)
+    verified = run_cli(args + ["--verify"], module="smallgpt_jax.prepare", timeout=120)
+    assert verified.returncode == 0, verified.stderr
+    assert "again: its val.bin is damaged" in verified.stderr
+    assert verified.stdout.startswith("verified: every block") and first.stdout in verified.stdout
     bad = run_cli(args[:1] + [f"--config.data.path={tmp_path / 'nope.txt'}"],
                   module="smallgpt_jax.prepare", timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: no such file")
@@ -342,3 +350,70 @@ def test_vocabulary_sample_is_even_and_deterministic(tmp_path, small_pieces):
     assert sampled.tokenizer.to_dict() != full.tokenizer.to_dict()
     text = open(os.path.join(folder, "doc0.txt"), encoding="utf-8").read()
     assert sampled.tokenizer.decode(sampled.splits().train) == text[:int(len(text) * 0.9)]
+
+
+def _poke(path, offset, value: int) -> None:
+    """Overwrites one byte in place (the same file, the same size)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes([value]))
+
+
+def test_a_damaged_store_is_found_and_prepared_again(tmp_path, capfd):
+    (tmp_path / "a.txt").write_text("to be or not to be " * 300, encoding="utf-8")
+    config = tiny_config(**{"data.path": str(tmp_path / "a.txt"),
+                            "data.cache_dir": str(tmp_path / "s")})
+    first = store.open_store(config.data, verbose=False)
+    want = np.array(first.splits().train)
+    train, manifest = (os.path.join(first.directory, f) for f in ("train.bin", "manifest.json"))
+    _poke(train, 100, 3)  # Still an id of the vocabulary, the size unchanged.
+    again = store.open_store(config.data)
+    err = capfd.readouterr().err
+    assert "again: its train.bin is damaged (block 1 of 1 differs" in err and "a cache" in err
+    np.testing.assert_array_equal(again.splits().train, want)
+    for edit in (lambda m: m.pop("val_tokens"), lambda m: m.update(val_tokens="12"),
+                 lambda m: m["sources"][0].update(size=None)):  # Missing keys, wrong types.
+        m = json.load(open(manifest))
+        edit(m)
+        json.dump(m, open(manifest, "w"))
+        store.open_store(config.data)
+        assert "again: its manifest is damaged (edited or cut" in capfd.readouterr().err
+    open(os.path.join(first.directory, "tokenizer.json"), "w").write('{"kind": "char", "ch')
+    s = store.open_store(config.data)
+    assert "again: its tokenizer.json is damaged" in capfd.readouterr().err
+    np.testing.assert_array_equal(s.splits().train, want)
+
+
+def test_ids_past_the_vocabulary_are_refused_when_a_batch_is_drawn(tmp_path):
+    (tmp_path / "a.txt").write_text("to be or not to be " * 300, encoding="utf-8")
+    config = tiny_config(**{"data.path": str(tmp_path / "a.txt"),
+                            "data.cache_dir": str(tmp_path / "s")})
+    s = store.open_store(config.data, verbose=False)
+    tokens = s.splits().train
+    batch = data.sample_batch(tokens, 0, 0, 64, 16)
+    assert batch.max() < s.tokenizer.vocab_size
+    # Damaged after the open's check (or in a block it did not sample): NaN
+    # losses, "training diverged", an IndexError when decoded, were it used.
+    _poke(os.path.join(s.directory, "train.bin"), len(tokens) // 2, 200)
+    with pytest.raises(UserError, match=rf"the token store {s.directory} is damaged: train.bin "
+                                        rf"holds id 200, past its vocabulary of 7; .*delete"):
+        for step in range(200):
+            data.sample_batch(tokens, 0, step, 64, 16)
+
+
+def test_open_samples_blocks_and_verify_checks_them_all(tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(store_manifest, "BLOCK", 64)  # 81 blocks: more than an open checks.
+    monkeypatch.setattr(store_manifest.random, "sample", lambda pop, k: list(pop)[:k])
+    (tmp_path / "a.txt").write_text("to be or not to be " * 300, encoding="utf-8")
+    config = tiny_config(**{"data.path": str(tmp_path / "a.txt"),
+                            "data.cache_dir": str(tmp_path / "s")})
+    s = store.open_store(config.data, verbose=False)
+    assert len(s.splits().train) == 5130  # 81 blocks of 64 bytes.
+    _poke(os.path.join(s.directory, "train.bin"), 64 * 40 + 5, 3)  # Block 41, not sampled.
+    assert store.open_store(config.data).directory == s.directory
+    assert capfd.readouterr().err == ""  # Not seen: a quick check samples.
+    store.open_store(config.data, verify=True)
+    assert "again: its train.bin is damaged (block 41 of 81 differs" in capfd.readouterr().err
+    _poke(os.path.join(s.directory, "train.bin"), 0, 3)  # The first block: every open sees it.
+    store.open_store(config.data)
+    assert "again: its train.bin is damaged (block 1 of 81" in capfd.readouterr().err
