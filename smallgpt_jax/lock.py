@@ -14,6 +14,7 @@ Light on imports: the sweep runner asks `holder()` before starting a trial.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -65,7 +66,7 @@ def hold(workdir: str) -> Iterator[None]:
     except OSError as e:
         raise UserError(f"cannot create {os.path.join(workdir, LOCK_FILE)} ({e.strerror or e}); "
                         "choose a --workdir you can write to.")
-    with _held(fd, refuse):
+    with _held(fd, os.path.join(workdir, LOCK_FILE), refuse):
         yield
 
 
@@ -74,7 +75,9 @@ def hold_file(path: str, on_wait: Callable[[str], None],
               check: Callable[[], None] = lambda: None) -> Iterator[None]:
     """Holds the lock file `path` exclusively, waiting for another holder:
     `on_wait(who)` is told once, `check()` is called while waiting (it may
-    raise to give up)."""
+    raise to give up). Where this process cannot write (a store shared
+    read-only), it can only read: it holds an existing lock file shared (a
+    writer preparing there still excludes it), or none if there is none."""
     told = []
 
     def wait(who: str) -> None:
@@ -83,24 +86,48 @@ def hold_file(path: str, on_wait: Callable[[str], None],
             told.append(who)
         check()
         time.sleep(0.2)
-    with _held(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), wait):
+    fd, mode = _open_file(path)
+    if fd is None:
+        yield
+        return
+    with _held(fd, path, wait, mode):
         yield
 
 
+def _open_file(path: str) -> tuple[int | None, int]:
+    """(a descriptor of lock file `path`, how to lock it): exclusively if this
+    process can write it, shared if it can only read it, (None, 0) if it
+    neither exists nor can be made."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644), fcntl.LOCK_EX
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+    try:
+        return os.open(path, os.O_RDONLY), fcntl.LOCK_SH
+    except FileNotFoundError:
+        return None, 0
+
+
 @contextlib.contextmanager
-def _held(fd: int, busy: Callable[[str], None]) -> Iterator[None]:
-    """Locks `fd` (closed at the end), calling `busy(who)` while another
+def _held(fd: int, path: str, busy: Callable[[str], None],
+          mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    """Locks `fd`, open on `path` (closed at the end), calling `busy(who)` while another
     process holds it (`busy` raises to refuse, or returns to try again), then
-    writes who holds it now."""
+    writes who holds it now (an exclusive holder)."""
     try:
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
-            except OSError:
+            except BlockingIOError:  # Held by another.
                 busy(_who(fd))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            except OSError as e:  # Not "busy": waiting would never end.
+                raise UserError(f"cannot lock {path} ({e.strerror or e}); its file system may "
+                                "not support locks: use a folder on a local disk.") from e
+        if mode == fcntl.LOCK_EX:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)

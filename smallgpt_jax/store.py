@@ -25,6 +25,7 @@ Training memory-maps the two files and reads each batch's windows from them
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -139,9 +140,12 @@ def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
             return _open_or_prepare(directory, paths, sources, s, data_config, tokenizer,
                                     verbose, say, lambda: _check_stop(stop), verify)
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            advice = "free disk space, or set --config.data.cache_dir to a folder with room"
+        else:
+            advice = f"set --config.data.cache_dir to a folder you can write ({CACHE})"
         raise UserError(f"cannot write the token store in {root(data_config)} "
-                        f"({e.strerror or e}); free disk space, or set "
-                        "--config.data.cache_dir to a folder with room.") from e
+                        f"({e.strerror or e}); {advice}.") from e
 
 
 def _locked(directory: str, say: Callable[[str], None], stop=None):
@@ -164,10 +168,15 @@ def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbo
     why = why_stale(directory, sources, verify)
     if why is None:
         return Store(directory)
+    try:
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-",
+                               dir=os.path.dirname(directory))
+    except OSError as e:  # e.g. a store shared read-only: usable as it is, or not at all.
+        raise UserError(f"the token store {directory} cannot be used ({why}) nor prepared "
+                        f"there ({e.strerror or e}); set --config.data.cache_dir to a folder "
+                        f"you can write ({CACHE}).") from e
     say(f"preparing the token store {directory}" + (
         "" if why == NEW else f" again: {why}" + (f"; {CACHE}" if "damaged" in why else "")))
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-",
-                           dir=os.path.dirname(directory))
     try:
         umask = os.umask(0)
         os.umask(umask)

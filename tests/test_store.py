@@ -417,3 +417,34 @@ def test_open_samples_blocks_and_verify_checks_them_all(tmp_path, monkeypatch, c
     _poke(os.path.join(s.directory, "train.bin"), 0, 3)  # The first block: every open sees it.
     store.open_store(config.data)
     assert "again: its train.bin is damaged (block 1 of 81" in capfd.readouterr().err
+
+
+def test_a_read_only_store_is_used_as_it_is(tmp_path, monkeypatch, capfd):
+    (tmp_path / "a.txt").write_text("to be or not to be " * 300, encoding="utf-8")
+    stores = str(tmp_path / "s")
+    config = tiny_config(**{"data.path": str(tmp_path / "a.txt"), "data.cache_dir": stores})
+    first = store.open_store(config.data, verbose=False)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def read_only(path, flags, *args, **kwargs):  # As a read-only mount answers.
+        if str(path).startswith(stores) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(30, "Read-only file system", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def no_mkdir(path, *args, **kwargs):
+        if str(path).startswith(stores):
+            raise OSError(30, "Read-only file system", path)
+        return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(os, "mkdir", no_mkdir)
+    s = store.open_store(config.data)  # Its lock file held shared, read-only.
+    np.testing.assert_array_equal(s.splits().train, first.splits().train)
+    os.remove(first.directory + ".lock")  # No lock file, none can be made: none is held.
+    assert store.open_store(config.data).directory == first.directory
+    assert capfd.readouterr().err == ""
+    with open(tmp_path / "a.txt", "a") as f:
+        f.write("that is the question")
+    with pytest.raises(UserError, match=r"the token store .* cannot be used \(.*changed size.*\) "
+                                        r"nor prepared there \(Read-only file system\); set "
+                                        r"--config.data.cache_dir"):
+        store.open_store(config.data)
