@@ -156,6 +156,21 @@ def _locked(directory: str, say: Callable[[str], None], stop=None):
                           lambda: _check_stop(stop))
 
 
+def _check_unchanged(paths: list[str], sources: list[corpus.Source],
+                     cause: Exception | None = None) -> None:
+    """UserError if a corpus file differs from `sources` now (it changed while
+    it was read: what the preparation made, or how it failed, is not the
+    corpus's)."""
+    for path, before in zip(paths, sources):
+        try:
+            change = before.change(corpus.Source.of(path))
+        except OSError as e:
+            change = f"{before.path} cannot be read any more ({e.strerror or e})"
+        if change:
+            raise UserError(f"{change} while it was being prepared: the corpus changed while "
+                            "it was read; run again when it is complete.") from cause
+
+
 def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbose, say,
                      check_stop, verify) -> Store:
     left = sorted(e for e in os.listdir(os.path.dirname(directory))
@@ -181,12 +196,12 @@ def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbo
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # As a plain mkdir would (mkdtemp makes it private).
-        # In a child process when a run tuned the allocator (see prepare_child.py).
-        result = prepare_child.run(paths, data_config, tokenizer, tmp, verbose, check_stop)
-        after = [corpus.Source.of(p) for p in paths]
-        if changed := next((c for b, a in zip(sources, after) if (c := b.change(a))), None):
-            raise UserError(f"{changed} while it was being prepared; run again when it is "
-                            "complete.")
+        try:  # In a child process when a run tuned the allocator (see prepare_child.py).
+            result = prepare_child.run(paths, data_config, tokenizer, tmp, verbose, check_stop)
+        except UserError as e:  # e.g. a character pass 1 never saw: a change explains it.
+            _check_unchanged(paths, sources, e)
+            raise
+        _check_unchanged(paths, sources)
         tokenizer_lib.save(result.tokenizer, os.path.join(tmp, "tokenizer.json"))
         store_manifest.write(tmp, store_manifest.build(tmp, s, sources, result, data_config))
         _publish(tmp, directory)

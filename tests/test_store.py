@@ -448,3 +448,21 @@ def test_a_read_only_store_is_used_as_it_is(tmp_path, monkeypatch, capfd):
                                         r"nor prepared there \(Read-only file system\); set "
                                         r"--config.data.cache_dir"):
         store.open_store(config.data)
+
+
+def test_a_character_appended_while_preparing_is_a_change(tmp_path, monkeypatch):
+    path = tmp_path / "a.txt"
+    path.write_text("to be or not to be " * 300, encoding="utf-8")
+    config = tiny_config(**{"data.path": str(path), "data.cache_dir": str(tmp_path / "s")})
+    real_done = corpus.Progress.done
+
+    def done(self):  # After the pass that collects the alphabet, a new character arrives.
+        real_done(self)
+        if "1/2" in self.label:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("Z")
+    monkeypatch.setattr(corpus.Progress, "done", done)
+    with pytest.raises(UserError, match=r"a.txt changed size \(5,700 -> 5,701 bytes\) while it "
+                                        r"was being prepared: the corpus changed while it was "
+                                        r"read; run again"):
+        store.open_store(config.data, verbose=False)
