@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import functools
 import glob
@@ -138,6 +139,16 @@ def test_code_references_resolve(page):
     # Relative links between pages and to images.
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert os.path.exists(os.path.join(os.path.dirname(page), target)), f"broken link {target}"
+
+
+def test_attention_page_draws_the_pictures_prompt():
+    """Page 4 shows images/attention.png 'for the prompt' its command draws:
+    the command's --prompt must be the PROMPT docs/make_pictures.py drew with."""
+    source = read(os.path.join(DOCS, "make_pictures.py"))
+    prompt = ast.literal_eval(re.search(r"^PROMPT = (\"[^\n]*?\")", source, re.M).group(1))
+    page = read(os.path.join(DOCS, "04-attention.md"))
+    drawn = re.findall(r'--what=attention[ \\\n]*--prompt="([^"]*)"', page)
+    assert prompt in drawn, f"page 4 draws {drawn}, the picture shows {prompt!r}"
 
 
 PYTHON_RUNS = "<!-- docs-test: python blocks run -->"
