@@ -29,7 +29,7 @@ the same name) is refused before anything runs, with the fields that differ:
 its results are not this sweep's. Use another --runs_dir, or move the folder
 away to run the trial again. A summary.json that cannot be read is set aside
 (summary.json.damaged) and its trial run again, which writes it anew from the
-final checkpoint. A
+final checkpoint. One runner per sweep folder at a time (sweep.lock). A
 failing trial does not stop the others; the exit status is 1 if any failed.
 Ctrl-C gives each running trial one SIGTERM: it saves a checkpoint and stops
 (a second Ctrl-C stops the trials at once, without saving). sweep_run.py
@@ -44,10 +44,11 @@ the HPARAMS tab (sweep_report.py).
 from __future__ import annotations
 
 import itertools
+import os
 import shlex
 import signal
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from smallgpt_jax import cli, runtime
 
@@ -56,7 +57,7 @@ if __name__ == "__main__":  # Before the slower imports below.
 
 from absl import flags  # noqa: E402
 
-from smallgpt_jax import sweep_report, sweep_run  # noqa: E402
+from smallgpt_jax import lock, sweep_report, sweep_run  # noqa: E402
 from smallgpt_jax.errors import UserError, check_writable_dir  # noqa: E402
 from smallgpt_jax.sweep_load import Experiment, Overrides, load_experiment  # noqa: E402
 
@@ -125,6 +126,9 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+LOCK = "sweep.lock"  # One runner per sweep folder: two would run the same trials twice.
+
+
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -138,8 +142,16 @@ def run_sweep(path: str, overrides: Sequence[str] = (), runs_dir: str = "runs",
         return _dry_run(experiment, _examine(experiment))
     check_writable_dir(experiment.sweep_dir, experiment.sweep_dir,
                        "choose a --runs_dir you can write to")
-    return _run(experiment, _examine(experiment), parallel)
+    with lock.hold_file(os.path.join(experiment.sweep_dir, LOCK), _refuse(experiment)):
+        return _run(experiment, _examine(experiment), parallel)
 
+
+
+def _refuse(experiment: Experiment) -> Callable[[str], None]:
+    def refuse(who: str) -> None:
+        raise UserError(f"another sweep runs in {experiment.sweep_dir} ({who}); wait for it "
+                        "to finish or stop it, or use another --runs_dir.")
+    return refuse
 
 
 def _examine(experiment: Experiment) -> dict[str, sweep_run.Found]:

@@ -143,6 +143,9 @@ def load_experiment(path: str, runs_dir: str = "runs",
     trials_overrides = _call_get_sweep(module, path)
     keys = list(dict.fromkeys(k for o in trials_overrides for k in o))
     name = str(getattr(module, "NAME", "") or os.path.splitext(os.path.basename(path))[0])
+    if re.search(r"[/\\\x00]", name) or name in (".", ".."):  # Would leave runs_dir.
+        raise UserError(f"{path}: NAME = {name!r} must be a plain folder name (the sweep "
+                        "goes to RUNS_DIR/NAME); use --runs_dir to choose where.")
     sweep_dir = os.path.join(runs_dir, name)
 
     trials, seen = [], {}
@@ -150,8 +153,9 @@ def load_experiment(path: str, runs_dir: str = "runs",
         tname = trial_name(overrides, keys)
         where = f"{path}, trial {i + 1} ({tname})"
         if tname in seen:
-            raise UserError(f"{path}: trials {seen[tname] + 1} and {i + 1} have the same "
-                            f"overrides ({tname}); each trial must differ.")
+            raise UserError(f"{path}: trials {seen[tname] + 1} and {i + 1} would share the "
+                            f"folder {tname} (the same overrides, or values that differ only "
+                            "in characters a folder name cannot hold); each trial must differ.")
         seen[tname] = i
         clash = sorted(set(overrides) & set(fixed))
         if clash:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import math
 import os
 
 from smallgpt_jax.corpus import clock
@@ -46,13 +47,13 @@ def results_table(experiment: Experiment, statuses: dict[str, int]) -> list[dict
         found = examine(trial)
         if found.finished:
             status = "done"
-        elif found.conflict or statuses.get(trial.name) == CONFLICT:
-            status = "its folder holds another run"
+        elif found.conflict:
+            status = f"{found.clash} in its folder"
         elif found.damaged:
             status = "summary.json damaged"
         elif statuses.get(trial.name) == RUNNING_ELSEWHERE:
             status = "running in another process"
-        elif statuses.get(trial.name, 0) != 0:
+        elif statuses.get(trial.name, 0) not in (0, CONFLICT):  # (CONFLICT: shown above.)
             status = f"failed (exit {statuses[trial.name]})"
         else:
             status = "not finished"
@@ -66,7 +67,8 @@ def results_table(experiment: Experiment, statuses: dict[str, int]) -> list[dict
         row["steps"] = final.get("steps", "")
         row["wall_time"] = "" if wall is None else clock(wall)
         row["status"] = status
-        keyed.append(((best is None, 0 if best is None else best), row))
+        known = best is not None and math.isfinite(best)  # NaN would break the order.
+        keyed.append(((not known, best if known else 0), row))
     keyed.sort(key=lambda entry: entry[0])
     return [row for _, row in keyed]
 

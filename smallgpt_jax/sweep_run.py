@@ -74,6 +74,7 @@ class Found:
 
     summary: dict | None = None  # The final metrics: set only when finished, with its settings.
     conflict: str = ""  # Why the folder is not this trial's ('ran with other settings (...)').
+    clash: str = ""  # The same in two words, for the table: 'other settings', 'settings unknown'.
     damaged: str = ""  # Its summary.json cannot be read: set aside, the trial runs again.
 
     @property
@@ -88,15 +89,16 @@ def examine(trial: Trial) -> Found:
     if why == "is missing":
         if _has_results(trial.workdir):  # Not a run that failed before it started.
             return Found(conflict="has results but no config.json: the settings it ran "
-                         "with are unknown")
+                         "with are unknown", clash="settings unknown")
         return Found()
     if why or not isinstance(saved, dict):
         return Found(conflict=f"has a config.json that {why or 'is damaged'}: the settings "
-                     "it ran with are unknown")
+                     "it ran with are unknown", clash="settings unknown")
     changes = config_changes(saved, trial)
     if changes:
         more = f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
-        return Found(conflict=f"ran with other settings ({'; '.join(changes[:4])}{more})")
+        return Found(conflict=f"ran with other settings ({'; '.join(changes[:4])}{more})",
+                     clash="other settings")
     summary, why = read_summary(trial.workdir)
     if why:
         return Found(damaged=f"{os.path.join(trial.workdir, 'summary.json')} {why}")
@@ -236,25 +238,29 @@ def _outcome(trial: Trial, status: int, seconds: float) -> str:
     if status < 0:  # Killed by a signal: its log's last line is not why.
         reason = f"killed by signal {-status} ({signal.strsignal(-status)})"
     else:
-        reason = _last_error(os.path.join(trial.workdir, "train.log"))
+        reason = (_last_error(os.path.join(trial.workdir, "train.log"))
+                  or f"its train.log is gone (was {trial.workdir} removed?)")
     return f"FAILED  {trial.name} (exit {status}) after {took}: {reason}"
 
 
 def _stop(running, say) -> None:
     """One SIGTERM to each running trial, then waits for their saves; a second
-    Ctrl-C while waiting kills them."""
+    Ctrl-C kills them, wherever it comes (even before every trial got its
+    SIGTERM: none is left running on its own)."""
     running = list(running)
-    if running:
-        say(f"stopping {len(running)} running trial(s): each saves a checkpoint first "
-            "(Ctrl-C again to stop them at once, without saving)...")
-    for _, proc, _, _, _ in running:
-        proc.terminate()
     try:
+        if running:
+            say(f"stopping {len(running)} running trial(s): each saves a checkpoint first "
+                "(Ctrl-C again to stop them at once, without saving)...")
+        for _, proc, _, _, _ in running:
+            proc.terminate()
         for _, proc, _, _, _ in running:
             proc.wait()
     except KeyboardInterrupt:
         for _, proc, _, _, _ in running:
-            proc.kill()
+            proc.kill()  # (Nothing happens to one that has ended.)
+        for _, proc, _, _, _ in running:
             proc.wait()
-    for _, _, log, _, _ in running:
-        log.close()
+    finally:
+        for _, _, log, _, _ in running:
+            log.close()

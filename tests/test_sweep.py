@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from smallgpt_jax import sweep, sweep_load, sweep_run
+from smallgpt_jax import sweep, sweep_load, sweep_report, sweep_run
 from smallgpt_jax.errors import UserError
 
 
@@ -60,7 +60,12 @@ def write_sweep(tmp_path, body, name="exp"):
     ("def get_sweep():\n    return [{'model.num_heads': 3}]\n",
      "trial 1 (num_heads=3): config.model.embed_dim=128 is not divisible"),
     ("def get_sweep():\n    return [{'model.dropout': 0.1}, {'model.dropout': 0.1}]\n",
-     "trials 1 and 2 have the same overrides"),
+     "trials 1 and 2 would share the folder dropout=0.1"),
+    ("def get_sweep():\n    return [{'data.path': 'a b'}, {'data.path': 'a-b'}]\n",
+     "trials 1 and 2 would share the folder path=a-b (the same overrides, or values that "
+     "differ only in characters a folder name cannot hold)"),
+    ("NAME = '../elsewhere'\ndef get_sweep():\n    return [{}]\n",
+     "NAME = '../elsewhere' must be a plain folder name"),
     ("FIXED = {'model.dropout': 0.2}\ndef get_sweep():\n    return [{'model.dropout': 0.1}]\n",
      "model.dropout is both swept and fixed"),
     ("FIXED = {'train.num_step': 5}\ndef get_sweep():\n    return [{}]\n",
@@ -175,6 +180,44 @@ def test_a_trial_whose_folder_changed_since_the_check_is_not_started(tmp_path):
     assert not os.path.exists(marker)
     assert (f"skipped trial: {workdir} ran with other settings (train.learning_rate: 0.01 -> "
             "0.001)") in out.getvalue()
+    experiment = sweep_load.Experiment("x", "x.py", "c.py", str(tmp_path), [], [trial])
+    row, = sweep_report.results_table(experiment, {"trial": sweep_run.CONFLICT})
+    assert row["status"] == "other settings in its folder" and row["best_val_loss"] == ""
+
+
+def test_a_second_ctrl_c_at_any_moment_stops_every_trial(tmp_path):
+    class Proc:  # Records what the runner does to a trial's process.
+        def __init__(self):
+            self.calls = []
+        terminate = lambda self: self.calls.append("terminate")
+        kill = lambda self: self.calls.append("kill")
+        wait = lambda self: self.calls.append("wait")
+
+    def say(text):
+        raise KeyboardInterrupt  # The second Ctrl-C, before any trial got its SIGTERM.
+    procs, logs = [Proc(), Proc()], [open(tmp_path / n, "w") for n in "ab"]
+    sweep_run._stop([(None, p, log, 0.0, 1) for p, log in zip(procs, logs)], say)
+    assert [p.calls for p in procs] == [["kill", "wait"]] * 2
+    assert all(log.closed for log in logs)
+
+
+def test_a_failed_trial_whose_folder_was_removed_says_so(tmp_path):
+    trial = sweep_load.Trial("t", {}, str(tmp_path / "gone"), 1, [])
+    assert "its train.log is gone (was" in sweep_run._outcome(trial, 1, 3.0)
+
+
+def test_results_table_puts_non_finite_losses_last(tmp_path):
+    trials = []
+    for name, best in (("a", float("nan")), ("b", 2.0), ("c", float("inf")), ("d", 1.0)):
+        workdir = tmp_path / name
+        os.makedirs(workdir)
+        (workdir / "config.json").write_text("{}")
+        (workdir / "summary.json").write_text(json.dumps({"steps": 1, "eval/best_val_loss": best}))
+        trials.append(sweep_load.Trial(name, {}, str(workdir), 1, []))
+    experiment = sweep_load.Experiment("x", "x.py", "c.py", str(tmp_path), [], trials)
+    rows = sweep_report.results_table(experiment, {})
+    assert [r["trial"] for r in rows[:2]] == ["d", "b"]
+    assert {r["best_val_loss"] for r in rows[2:]} == {"nan", "inf"}
 
 
 def test_command_line_overrides_go_to_the_trials_and_docs_spellings_work():
@@ -340,6 +383,15 @@ def test_a_damaged_summary_is_set_aside_and_written_again(tiny_sweep, tmp_path):
     assert (tmp_path / "runs" / "tiny" / "learning_rate=0.001" / "summary.json.damaged").exists()
     again = run_cli([one, f"--runs_dir={runs}", "--dry-run"], module="smallgpt_jax.sweep")
     assert "(1 already finished)" in again.stdout
+
+
+def test_one_sweep_runner_per_folder(tiny_sweep, tmp_path):
+    from smallgpt_jax import lock
+    runs = copy_runs(tiny_sweep, tmp_path, trials=["learning_rate=0.001", "learning_rate=0.01"])
+    with lock.hold_file(str(runs / "tiny" / "sweep.lock"), lambda who: None):
+        with pytest.raises(UserError, match=f"another sweep runs in {runs / 'tiny'} "
+                                            rf"\(PID {os.getpid()} .*use another --runs_dir"):
+            sweep.run_sweep(tiny_sweep.path, [], str(runs))
 
 
 def test_launch_script_dispatches(tmp_path):
