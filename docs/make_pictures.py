@@ -1,236 +1,270 @@
-"""Regenerates the pictures in docs/images/.
+"""Regenerates the pictures in docs/images/, each with a record of what drew it.
 
-    python docs/make_pictures.py [--what=all|ideas|run] [--workdir=runs/char_cpu_pictures]
+    python docs/make_pictures.py [--what=all|ideas|run|overfit] [--workdir=runs/char_cpu_pictures]
         [--config.x.y=v ...]
 
-`--what=ideas` draws the pictures of the ideas, from their definitions (no
-training, seconds):
+`--what=ideas` draws the ideas from their definitions and char_cpu's config
+(no training, seconds): the causal mask, the heads, the residual stream and
+the KV cache (docs/pictures_of_ideas.py); the whole model, the learning-rate
+schedule, the sinusoidal table and a RoPE rotation (docs/pictures_of_model.py).
 
-- docs/images/causal_mask.png: the mask and the softmax weights it leaves;
-- docs/images/heads.png: splitting the width D into H heads;
-- docs/images/residual_stream.png: the residual stream through a block;
-- docs/images/kv_cache.png: the KV cache filling and sliding during generation.
+`--what=run` trains configs/char_cpu.py in --workdir (minutes; a finished
+run there is reused, not retrained) and draws its loss curves, every
+layer's and head's attention on PROMPT, and the 2-D PCA of the embeddings.
 
-`--what=run` trains configs/char_cpu.py in --workdir (about three minutes on
-a laptop CPU; any --config.* override is passed on, e.g. fewer steps on a
-slow machine), then draws, with `smallgpt_jax.viz`:
+`--what=notebook` runs docs/build_a_gpt.ipynb at full size (minutes) and
+saves it with its outputs.
 
-- docs/images/curves.png: the run's train/val loss curves;
-- docs/images/attention.png: every layer's and head's attention on a prompt;
-- docs/images/embeddings.png: the 2-D PCA of the 65 character embeddings.
+`--what=overfit` trains char_cpu on the first 5% of Tiny Shakespeare,
+without and with dropout (OVERFIT; docs/16-overfitting.md gives the same
+commands), in --overfit_dir, and draws both runs' curves.
 
-It trains in this process and draws from the parameters it gets back, so
-it needs no checkpoint. Run it from the repository root.
+Beside each docs/images/NAME.png goes NAME.json: the config it shows (every
+value), the functions that drew it (with a hash of their source), the
+commit it was drawn at, and the numbers read off the run. tests/test_pictures.py
+fails when a picture's config or drawing code has changed since (`stale`).
+Run it from the repository root.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
+import json
 import os
+import subprocess
 import sys
+from typing import NamedTuple
 
-import numpy as np
-from absl import flags
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, HERE]  # Works without `pip install -e .`; finds pictures_of_*.py.
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # Works without `pip install -e .`.
-
-from smallgpt_jax import cli, runtime  # noqa: E402
-from smallgpt_jax.config_files import define_config_flag  # noqa: E402
+from smallgpt_jax.config import flatten  # noqa: E402
+from smallgpt_jax.config_files import load_config  # noqa: E402
 
 PROMPT = "ROMEO:\nO, she doth teach"  # Short enough for readable axis labels.
+CHAR_CPU = "configs/char_cpu.py"
+SMALL_TEXT = "shakespeare_5pct.txt"  # The first 5% of Tiny Shakespeare (OVERFIT).
+# The overfitting runs: char_cpu on SMALL_TEXT for 1,000 steps (about 20
+# passes over its 50,192 training characters), evaluated every 100 steps.
+OVERFIT = (f"data.path={SMALL_TEXT}", "train.num_steps=1000", "train.eval_every=100",
+           "train.sample_every=1000", "train.checkpoint_every=500")
+OVERFIT_DROPOUT = (0.0, 0.2)
 
 
-# ------------------------------------------------------- pictures of the ideas
-# Drawn from the definitions (no training): each is a few matplotlib calls.
-
-def causal_mask_figure(T: int = 8) -> Figure:
-    """The mask M[t, s] and the softmax weights it leaves, for random scores."""
-    scores_TT = np.random.default_rng(0).normal(size=(T, T))
-    allowed_TT = np.tril(np.ones((T, T), bool))  # s <= t
-    masked_TT = np.where(allowed_TT, scores_TT, -np.inf)
-    weights_TT = np.exp(masked_TT - masked_TT.max(-1, keepdims=True))
-    weights_TT /= weights_TT.sum(-1, keepdims=True)
-    fig = Figure(figsize=(7.4, 3.3), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    left.imshow(allowed_TT, cmap="Greys_r", vmin=-0.3, vmax=1.0)
-    for t in range(T):
-        for s in range(T):
-            left.text(s, t, "0" if allowed_TT[t, s] else "−∞", ha="center", va="center",
-                      fontsize=7, color="black" if allowed_TT[t, s] else "white")
-    left.set_title("mask M[t, s]: 0 if s ≤ t, −∞ if s > t", fontsize=9)
-    image = right.imshow(weights_TT, cmap="viridis", vmin=0, vmax=1)
-    right.set_title("softmax(scores + M): each row sums to 1", fontsize=9)
-    for ax in (left, right):
-        ax.set_xlabel("key position s (looked at)")
-        ax.set_ylabel("query position t")
-        ax.set_xticks(range(T))
-        ax.set_yticks(range(T))
-    fig.colorbar(image, ax=right, shrink=0.8, label="attention weight")
-    return fig
+class Picture(NamedTuple):
+    part: str  # Which --what draws it.
+    code: tuple[str, ...]  # The functions that draw it: "module.function".
+    config: str | None = None  # The config file whose values it shows.
+    overrides: tuple[str, ...] = ()
 
 
-def _box(ax, x, y, w, h, text, color, fontsize=8):
-    ax.add_patch(Rectangle((x, y), w, h, facecolor=color, edgecolor="black", lw=0.6))
-    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize)
+_IDEAS, _MODEL, _VIZ = "pictures_of_ideas.", "pictures_of_model.", "smallgpt_jax.viz."
+PICTURES = {
+    "causal_mask": Picture("ideas", (_IDEAS + "causal_mask_figure",)),
+    "heads": Picture("ideas", (_IDEAS + "heads_figure",), CHAR_CPU),
+    "residual_stream": Picture("ideas", (_IDEAS + "residual_stream_figure",)),
+    "kv_cache": Picture("ideas", (_IDEAS + "kv_cache_figure", _IDEAS + "kv_cache_steps")),
+    "model": Picture("ideas", (_MODEL + "model_figure", _MODEL + "param_counts"), CHAR_CPU),
+    "schedule": Picture("ideas", (_MODEL + "schedule_figure",
+                                  "smallgpt_jax.train.learning_rate_schedule"), CHAR_CPU),
+    "sinusoidal": Picture("ideas", (_MODEL + "sinusoidal_figure",
+                                    "smallgpt_jax.positions.sinusoidal_table"), CHAR_CPU),
+    "rope": Picture("ideas", (_MODEL + "rope_figure", "smallgpt_jax.positions.apply_rope"),
+                    CHAR_CPU),
+    "curves": Picture("run", (_VIZ + "plot_curves", _VIZ + "read_scalars"), CHAR_CPU),
+    "attention": Picture("run", (_VIZ + "plot_attention", _VIZ + "attention_figure",
+                                 _VIZ + "attention_maps"), CHAR_CPU),
+    "embeddings": Picture("run", (_VIZ + "plot_embeddings", _VIZ + "embedding_pca"), CHAR_CPU),
+}
 
 
-def _arrow(ax, start, end, **kw):
-    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=0.8, **kw))
+# ------------------------------------------------------------------ records
+
+def _function(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
-def heads_figure(D: int = 128, H: int = 4) -> Figure:
-    """One position's q (width D) cut into H heads of K = D/H features."""
-    K = D // H
-    colors = plt_colors(H)
-    fig = Figure(figsize=(7.4, 2.8), layout="constrained")
-    ax = fig.subplots()
-    cell = 0.5  # One drawn cell per 8 features.
-    per = K // 8
-    for j in range(D // 8):
-        _box(ax, j * cell, 3.0, cell, 0.6, "", colors[j // per])
-    ax.text(-0.2, 3.3, f"q_t, D = {D}", ha="right", va="center", fontsize=9)
-    for h in range(H):
-        x0 = h * (per * cell + 0.9)
-        for j in range(per):
-            _box(ax, x0 + j * cell, 0.8, cell, 0.6, "", colors[h])
-        ax.text(x0 + per * cell / 2, 0.35, f"head {h}: K = {K}", ha="center", fontsize=8)
-        _arrow(ax, ((h * per + per / 2) * cell, 3.0), (x0 + per * cell / 2, 1.45))
-    ax.text(D // 16 * cell + 0.6, -0.35, "reshape [T, D] → [T, H, K]: no copy, no parameters; "
-            "each head attends with its own K features (one cell = 8 features)",
-            ha="center", fontsize=8)
-    ax.set_xlim(-3.2, D // 8 * cell + 3.2)
-    ax.set_ylim(-0.6, 4)
-    ax.axis("off")
-    ax.set_title("splitting the width D into H heads (char_cpu: D = 128, H = 4, K = 32)",
-                 fontsize=9)
-    return fig
+def code_sha256(picture: Picture) -> str:
+    """A hash of the source of the functions that draw `picture`."""
+    source = "".join(inspect.getsource(_function(name)) for name in picture.code)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def plt_colors(n: int) -> list:
-    import matplotlib
-    return [matplotlib.colormaps["tab10"](i) for i in range(n)]
+def config_values(config) -> dict:
+    """Every field of a config, dotted, as JSON values."""
+    return json.loads(json.dumps(flatten(config.to_dict())))
 
 
-def residual_stream_figure() -> Figure:
-    """A pre-norm block: each sublayer reads a normalised copy and adds back."""
-    fig = Figure(figsize=(7.4, 2.7), layout="constrained")
-    ax = fig.subplots()
-    ax.plot([0.3, 9.7], [1, 1], color="tab:gray", lw=6, alpha=0.5, solid_capstyle="butt")
-    ax.text(0.3, 0.55, "x (from the block below)", fontsize=8)
-    ax.text(9.7, 0.55, "x (to the next block)", fontsize=8, ha="right")
-    for x0, name in ((1.5, "attention\n(mixes positions)"), (5.5, "MLP\n(each position)")):
-        _box(ax, x0, 2.0, 1.2, 0.7, "LayerNorm", "#dde8f5")
-        _box(ax, x0 + 1.6, 2.0, 1.5, 0.7, name, "#f7e1c6")
-        _arrow(ax, (x0 - 0.3, 1.1), (x0 + 0.2, 2.0))
-        _arrow(ax, (x0 + 1.2, 2.35), (x0 + 1.6, 2.35))
-        _arrow(ax, (x0 + 3.1, 2.2), (x0 + 3.5, 1.15))
-        ax.text(x0 + 3.55, 1.0, "+", fontsize=16, ha="center", va="center")
-    ax.text(5.0, 3.1, "x ← x + Attn(Norm(x));   x ← x + MLP(Norm(x))", ha="center", fontsize=9)
-    ax.set_xlim(0, 10)
-    ax.set_ylim(0.3, 3.4)
-    ax.axis("off")
-    ax.set_title("the residual stream through one (pre-norm) block: sublayers read it and add to it",
-                 fontsize=9)
-    return fig
+def with_overrides(config, overrides: tuple[str, ...]):
+    """A copy of `config` with "KEY=VALUE" overrides, parsed as --config.KEY=VALUE would be."""
+    parsed = flatten(load_config(os.path.join(ROOT, CHAR_CPU), overrides).to_dict())
+    out = config.copy_and_resolve_references()
+    for override in overrides:
+        section, field = override.partition("=")[0].split(".")
+        out[section][field] = parsed[f"{section}.{field}"]
+    return out
 
 
-def kv_cache_steps(W: int, prompt: int, new: int, slide_step: int) -> list[tuple]:
-    """(kind, window token numbers, positions computed) per generated token,
-    following the rule of generation.generate."""
-    window, cached, rows = list(range(prompt)), False, []
-    for i in range(new):
-        n = len(window)
-        drop = slide_step if n == W else 0
-        if not cached:
-            kind, computed, cached = "prefill: fill the cache", range(n), True
-        else:
-            kind, computed = "cached step: one new position", [n - 1]
-        if drop:
-            kind += f"; then the window slides by {drop} (cache dropped)"
-            cached = False
-        rows.append((kind, list(window), list(computed)))
-        window = window[drop:] + [prompt + i]
-    return rows
+def current_config(picture: Picture) -> dict:
+    return config_values(load_config(os.path.join(ROOT, picture.config), picture.overrides))
 
 
-def kv_cache_figure(W: int = 8, prompt: int = 3, new: int = 12, slide_step: int = 4) -> Figure:
-    """Which window slots each generation step computes, reads from the cache, or leaves empty."""
-    rows = kv_cache_steps(W, prompt, new, slide_step)
-    fig = Figure(figsize=(7.4, 0.32 * len(rows) + 1.1), layout="constrained")
-    ax = fig.subplots()
-    colors = {"computed": "#f4a261", "cached": "#8ecae6", "empty": "white"}
-    for r, (kind, window, computed) in enumerate(rows):
-        y = len(rows) - 1 - r
-        for slot in range(W):
-            state = ("empty" if slot >= len(window) else
-                     "computed" if slot in computed else "cached")
-            _box(ax, slot, y, 1, 0.9, "" if state == "empty" else str(window[slot]),
-                 colors[state], fontsize=7)
-        ax.text(W + 0.3, y + 0.45, f"→ token {prompt + r}: {kind}", va="center", fontsize=7)
-    ax.legend(handles=[Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black", label=k)
-                       for k, c in (("run this step", colors["computed"]),
-                                    ("keys/values read from the cache", colors["cached"]),
-                                    ("empty slot (masked)", colors["empty"]))],
-              loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=7)
-    ax.set_xlim(0, W + 7.5)
-    ax.set_ylim(0, len(rows))
-    ax.axis("off")
-    ax.set_title(f"the KV cache filling and sliding (generation.generate): window of {W} slots,\n"
-                 f"prompt of {prompt} tokens, slide_step={slide_step}; numbers are token "
-                 "positions in the text", fontsize=8)
-    return fig
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
-CONCEPTS = {"causal_mask": causal_mask_figure, "heads": heads_figure,
-            "residual_stream": residual_stream_figure, "kv_cache": kv_cache_figure}
+def record(name: str, png: str, values: dict | None = None, facts: dict | None = None) -> None:
+    """Writes docs/images/NAME.json beside the picture just drawn at `png`."""
+    picture = PICTURES[name]
+    with open(png, "rb") as f:
+        png_sha = hashlib.sha256(f.read()).hexdigest()[:16]
+    out = {"picture": f"docs/images/{name}.png", "png_sha256": png_sha,
+           "command": f"python docs/make_pictures.py --what={picture.part}",
+           "drawn_by": list(picture.code), "code_sha256": code_sha256(picture),
+           "commit": _git("rev-parse", "HEAD"),
+           "uncommitted_changes": _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                        ":!docs/images") != ""}
+    if picture.config:
+        values = values if values is not None else current_config(picture)
+        out.update(config=picture.config, overrides=list(picture.overrides),
+                   config_sha256=hashlib.sha256(json.dumps(values, sort_keys=True).encode())
+                   .hexdigest()[:16], config_values=values)
+    out["facts"] = facts or {}
+    path = os.path.join(os.path.dirname(png), f"{name}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
+        f.write("\n")
 
 
-def save(figures: dict, folder: str) -> None:
+def stale(name: str, images: str = os.path.join(HERE, "images")) -> list[str]:
+    """Why docs/images/NAME.png no longer shows what it claims ([] if it does).
+
+    A config field added since the picture was drawn is not counted: a new
+    switch keeps the old behaviour by default (base_config's rule)."""
+    picture = PICTURES[name]
+    with open(os.path.join(images, f"{name}.json"), encoding="utf-8") as f:
+        rec = json.load(f)
+    with open(os.path.join(images, f"{name}.png"), "rb") as f:
+        why = ([] if hashlib.sha256(f.read()).hexdigest()[:16] == rec["png_sha256"] else
+               ["the PNG is not the one its record describes"])
+    if rec["drawn_by"] != list(picture.code) or rec["code_sha256"] != code_sha256(picture):
+        why.append(f"its drawing code changed ({', '.join(picture.code)})")
+    if picture.config:
+        now, then = current_config(picture), rec.get("config_values", {})
+        changed = [f"{k}: {then[k]!r} -> {now.get(k, '(gone)')!r}" for k in then
+                   if now.get(k, "(gone)") != then[k]]
+        if changed or rec.get("overrides") != list(picture.overrides):
+            why.append(f"{picture.config} changed since: {'; '.join(changed) or 'overrides'}")
+    return why
+
+
+def save(figures: dict, folder: str, values: dict | None = None,
+         facts: dict | None = None) -> None:
+    """Writes each figure as NAME.png into `folder`, and its record NAME.json."""
     from smallgpt_jax import viz
     for name, fig in figures.items():
         path = viz.save_figure(fig, os.path.join(folder, f"{name}.png"), dpi=100)
-        print(f"wrote {path} ({os.path.getsize(path) // 1024} KB)")
+        record(name, path, values, (facts or {}).get(name))
+        print(f"wrote {path} ({os.path.getsize(path) // 1024} KB) and its record {name}.json")
+
+
+# ----------------------------------------------------------------- notebook
+
+NOTEBOOK = os.path.join(HERE, "build_a_gpt.ipynb")
+
+
+def source_sha256(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def execute_notebook(path: str = NOTEBOOK) -> None:
+    """Runs the notebook top to bottom at full size and saves it with its
+    outputs. Each code cell keeps a hash of the source that made its outputs,
+    so tests/test_notebook.py can tell outputs that no longer match their cell."""
+    import resource
+    import time
+
+    import nbclient
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    os.environ.pop("NOTEBOOK_SMALL", None)  # The kernel inherits the environment.
+    start = time.perf_counter()
+    nbclient.NotebookClient(nb, timeout=3600, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": HERE}}).execute()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)  # The kernel's, once it has exited.
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.metadata = {"source_sha256": source_sha256(cell.source)}
+    nb.metadata["executed"] = {
+        "command": "python docs/make_pictures.py --what=notebook", "commit": _git("rev-parse", "HEAD"),
+        "wall_seconds": round(time.perf_counter() - start), "kernel_cpu_seconds":
+        round(cpu.ru_utime + cpu.ru_stime)}
+    nbformat.write(nb, path)
+    print(f"ran {path}: {nb.metadata['executed']}")
+
+
+# ------------------------------------------------------------------ command
+
+def draw_ideas(config) -> dict:
+    import pictures_of_ideas as ideas
+    import pictures_of_model as model
+    m = config.model
+    return {"causal_mask": ideas.causal_mask_figure(),
+            "heads": ideas.heads_figure(m.embed_dim, m.num_heads),
+            "residual_stream": ideas.residual_stream_figure(),
+            "kv_cache": ideas.kv_cache_figure(),
+            "model": model.model_figure(config),
+            "schedule": model.schedule_figure(config),
+            "sinusoidal": model.sinusoidal_figure(config),
+            "rope": model.rope_figure(config)}
 
 
 def _define_flags() -> None:
     """Only when run as a script: importing this file (tests do) defines no flags."""
-    define_config_flag("The run's config.", os.path.join(ROOT, "configs", "char_cpu.py"))
-    flags.DEFINE_string("workdir", "runs/char_cpu_pictures", "Where the run goes.")
-    flags.DEFINE_string("images", os.path.join(ROOT, "docs", "images"),
-                        "Folder the PNGs are written to.")
-    flags.DEFINE_enum("what", "all", ["all", "ideas", "run"],
-                      "ideas: the pictures drawn from definitions; run: those of a trained run.")
+    from absl import flags
+
+    from smallgpt_jax.config_files import define_config_flag
+    define_config_flag("The config the pictures show.", os.path.join(ROOT, CHAR_CPU))
+    flags.DEFINE_string("workdir", "runs/char_cpu_pictures", "Where the char_cpu run goes.")
+    flags.DEFINE_string("overfit_dir", "runs/overfit_pictures",
+                        "Where the overfitting runs and their 5% text go.")
+    flags.DEFINE_string("images", os.path.join(HERE, "images"), "Folder the PNGs go to.")
+    flags.DEFINE_enum("what", "all", ["all", "ideas", "run", "overfit", "notebook"],
+                      "ideas: drawn from definitions; run, overfit: from trained runs; "
+                      "notebook: docs/build_a_gpt.ipynb run and saved with its outputs.")
 
 
 def main(argv: list[str]) -> None:
-    FLAGS = flags.FLAGS
-    if FLAGS.what in ("all", "ideas"):
-        with cli.user_errors():
-            save({name: draw() for name, draw in CONCEPTS.items()}, FLAGS.images)
-    if FLAGS.what == "ideas":
-        return
-    runtime.setup_process()
-    from smallgpt_jax import loop, viz
-    config = FLAGS.config
-    with cli.user_errors():
-        result = loop.train_and_evaluate(config, FLAGS.workdir)
-        params, model_config, tok = result["params"], result["model_config"], result["tokenizer"]
-        steps = config.train.num_steps
-        val = result.get("eval/val_loss", float("nan"))
-        figures = {
-            "curves": viz.plot_curves(
-                FLAGS.workdir, title=f"configs/char_cpu.py, {steps} steps "
-                f"(final val loss {val:.3f})"),
-            "attention": viz.plot_attention(params, model_config, tok, PROMPT,
-                                            panel_inches=2.2)[0],
-            "embeddings": viz.plot_embeddings(
-                params, tok, title=f"char_cpu after {steps} steps: character embeddings, PCA"),
-        }
-        save(figures, FLAGS.images)
+    from absl import flags
 
+    from smallgpt_jax import cli, runtime
+    runtime.setup_process()
+    FLAGS = flags.FLAGS
+    config, values = FLAGS.config, config_values(FLAGS.config)
+    with cli.user_errors():
+        if FLAGS.what in ("all", "ideas"):
+            save(draw_ideas(config), FLAGS.images, values)
+        if FLAGS.what in ("all", "run", "overfit"):
+            import pictures_of_runs as runs
+            if FLAGS.what in ("all", "run"):
+                figures, facts = runs.draw_run(config, FLAGS.workdir, PROMPT)
+                save(figures, FLAGS.images, values, facts)
+            if FLAGS.what in ("all", "overfit"):
+                over = with_overrides(config, OVERFIT)
+                figures, facts = runs.draw_overfit(over, FLAGS.overfit_dir, OVERFIT_DROPOUT)
+                save(figures, FLAGS.images, config_values(over), facts)
+        if FLAGS.what in ("all", "notebook"):
+            execute_notebook()
 
 if __name__ == "__main__":
     _define_flags()
+    from smallgpt_jax import cli
     cli.run_app(main)

@@ -1,6 +1,10 @@
-"""docs/make_pictures.py's pictures of the ideas draw, stay small, and say what the code does."""
+"""docs/make_pictures.py: the pictures draw, stay small, say what the code
+does, and are not stale (each one's record still matches its config and
+drawing code)."""
 
+import json
 import os
+import shutil
 import types
 
 import jax.numpy as jnp
@@ -9,28 +13,76 @@ import pytest
 
 from conftest import ROOT, load_file
 from smallgpt_jax import generation
+from smallgpt_jax.config_files import load_config
+
+IMAGES = os.path.join(ROOT, "docs", "images")
 
 
-def _make_pictures():
+@pytest.fixture(scope="module")
+def pictures():
     return load_file("docs/make_pictures.py", "make_pictures")
 
 
-def test_pictures_of_the_ideas_draw_small_pngs_that_the_docs_show(tmp_path):
-    pictures = _make_pictures()
-    pictures.save({name: draw() for name, draw in pictures.CONCEPTS.items()}, str(tmp_path))
-    shown = "".join(open(os.path.join(ROOT, "docs", p), encoding="utf-8").read()
-                    for p in os.listdir(os.path.join(ROOT, "docs")) if p.endswith(".md"))
-    for name in pictures.CONCEPTS:
-        size = os.path.getsize(tmp_path / f"{name}.png")
-        assert 5_000 < size < 100_000, (name, size)
+def _pages() -> str:
+    docs = os.path.join(ROOT, "docs")
+    return "".join(open(os.path.join(docs, p), encoding="utf-8").read()
+                   for p in sorted(os.listdir(docs)) if p.endswith(".md"))
+
+
+def test_pictures_of_the_ideas_draw_small_pngs_that_the_docs_show(pictures, tmp_path):
+    config = load_config(os.path.join(ROOT, pictures.CHAR_CPU))
+    figures = pictures.draw_ideas(config)
+    assert set(figures) == {n for n, p in pictures.PICTURES.items() if p.part == "ideas"}
+    pictures.save(figures, str(tmp_path), pictures.config_values(config))
+    shown = _pages()
+    for name in pictures.PICTURES:
+        if name in figures:
+            size = os.path.getsize(tmp_path / f"{name}.png")
+            assert 5_000 < size < 100_000, (name, size)
+            assert pictures.stale(name, str(tmp_path)) == [], name  # What was just drawn.
         assert f"(images/{name}.png)" in shown, f"no page shows images/{name}.png"
-        assert os.path.exists(os.path.join(ROOT, "docs", "images", f"{name}.png"))
+
+
+def test_no_picture_is_stale(pictures):
+    """Every PNG in docs/images is one make_pictures.py draws, and its record
+    NAME.json still matches: the same PNG, the same config values, the same
+    drawing code. Fix a failure by running the command the record names."""
+    on_disk = {f[:-4] for f in os.listdir(IMAGES) if f.endswith(".png")}
+    assert on_disk == set(pictures.PICTURES), "docs/images holds pictures nothing draws"
+    stale = {}
+    for name in sorted(pictures.PICTURES):
+        assert os.path.exists(os.path.join(IMAGES, f"{name}.json")), f"{name}.png has no record"
+        why = pictures.stale(name)
+        if why:
+            part = pictures.PICTURES[name].part
+            stale[name] = f"{'; '.join(why)} (redraw: python docs/make_pictures.py --what={part})"
+    assert not stale, "stale pictures:\n" + "\n".join(f"{k}: {v}" for k, v in stale.items())
+
+
+def test_a_changed_config_or_drawing_makes_a_picture_stale(pictures, tmp_path, monkeypatch):
+    for name in ("schedule", "causal_mask"):
+        for ext in ("png", "json"):
+            shutil.copy(os.path.join(IMAGES, f"{name}.{ext}"), tmp_path)
+    path = tmp_path / "schedule.json"
+    rec = json.loads(path.read_text())
+    rec["config_values"]["train.num_steps"] += 1  # As if char_cpu's steps had changed since.
+    path.write_text(json.dumps(rec))
+    assert any("train.num_steps" in why for why in pictures.stale("schedule", str(tmp_path)))
+    monkeypatch.setattr(pictures, "code_sha256", lambda picture: "another drawing")
+    assert pictures.stale("causal_mask", str(tmp_path)) == [
+        "its drawing code changed (pictures_of_ideas.causal_mask_figure)"]
+
+
+def test_the_attention_picture_shows_the_prompt_of_make_pictures(pictures):
+    with open(os.path.join(IMAGES, "attention.json"), encoding="utf-8") as f:
+        assert json.load(f)["facts"]["prompt"] == pictures.PROMPT
 
 
 @pytest.mark.parametrize("prompt,slide_step", [(3, 4), (8, 1), (8, 3), (1, 8)])
-def test_kv_cache_picture_follows_generate(monkeypatch, prompt, slide_step):
+def test_kv_cache_picture_follows_generate(pictures, monkeypatch, prompt, slide_step):
     """The picture's steps are the calls generation.generate makes (its model
     steps replaced by stand-ins that record which one ran and on which window)."""
+    import pictures_of_ideas  # make_pictures put docs/ on sys.path.
     W, new, calls = 8, 14, []
 
     def stand_in(kind):
@@ -48,7 +100,7 @@ def test_kv_cache_picture_follows_generate(monkeypatch, prompt, slide_step):
         monkeypatch.setattr(generation, name, stand_in(kind))
     config = types.SimpleNamespace(block_size=W, vocab_size=5)
     generation.generate({}, config, np.arange(prompt), new, key=None, slide_step=slide_step)
-    rows = _make_pictures().kv_cache_steps(W, prompt, new, slide_step)
+    rows = pictures_of_ideas.kv_cache_steps(W, prompt, new, slide_step)
     # Token numbers: the prompt is 0..prompt-1, generated token i is number prompt + i.
     as_numbers = lambda ids: [t if t < 100 else prompt + t - 101 for t in ids]
     assert [(kind.split(":")[0].split(" ")[0], window) for kind, window, _ in rows] == [
