@@ -169,6 +169,11 @@ def load_experiment(path: str, runs_dir: str = "runs",
             validate(config)
         except UserError as e:
             raise UserError(f"{where}: {e}")
+        if config.train.resume_step != -1:  # Every relaunch would send it back there.
+            raise UserError(f"{where}: train.resume_step={config.train.resume_step} is for one "
+                            "run; a sweep's trials resume from their newest checkpoints. To "
+                            "restart one trial from step N, run its command (--dry-run "
+                            "prints it) with --config.train.resume_step=N.")
         workdir = os.path.join(sweep_dir, tname)
         command = [sys.executable, "-m", "smallgpt_jax.main", f"--config={config_path}",
                    f"--workdir={workdir}"]

@@ -10,6 +10,7 @@ that ran other settings is never counted as the trial's, nor trained on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -55,12 +56,14 @@ def _is_summary(content: Any) -> bool:
 def config_changes(saved: dict, trial: Trial) -> list[str]:
     """'field: old -> new' for each field where a folder's config.json differs
     from the trial's config. Fields only one side knows (added to the code
-    since) are left out, as on resume; model.dtype='auto' is resolved by the
-    run, so any saved dtype matches it."""
+    since) are left out, as on resume, and so is resume_step (where a run
+    started, not what it is); model.dtype='auto' is resolved by the run, so
+    any saved dtype matches it."""
     flat = flatten(saved)
     changes = []
     for field, new in trial.config.items():
-        if field not in flat or (field == "model.dtype" and new == "auto"):
+        if (field not in flat or field == "train.resume_step"
+                or (field == "model.dtype" and new == "auto")):
             continue
         # Compared as JSON writes them (a tuple is saved as a list; NaN == NaN).
         if json.dumps(flat[field], sort_keys=True) != json.dumps(new, sort_keys=True):
@@ -163,9 +166,11 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
     trial keeps its history). A trial whose workdir another process holds
     (an earlier launch's trial still running) is not started again.
 
-    Ctrl-C (or SIGTERM) gives each running trial one SIGTERM, so it saves a
-    checkpoint and stops (it resumes on the next launch), then raises
-    KeyboardInterrupt; a second Ctrl-C stops them at once, without saving.
+    Ctrl-C (or SIGTERM, or any error that ends the runner) gives each running
+    trial one SIGTERM, so it saves a checkpoint and stops (it resumes on the
+    next launch), then raises again; a second Ctrl-C stops them at once,
+    without saving. Output that cannot be written (a closed terminal) is
+    skipped: the runner goes on.
     Trials run in their own session: the terminal's Ctrl-C reaches this
     runner alone, never a trial, which would take a forwarded signal as the
     second one and quit without its save.
@@ -174,7 +179,10 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
     total, started = len(trials), 0
 
     def say(text):
-        print(text, file=out, flush=True)
+        # A closed terminal or a `| head` that stopped reading: the trials and
+        # the tables matter more than the console, so the runner goes on.
+        with contextlib.suppress(OSError):
+            print(text, file=out, flush=True)
 
     try:
         while pending or running:
@@ -222,7 +230,7 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
                 results[name] = status
                 say(f"[{index}/{total}] {_outcome(trial, status, time.time() - t0)}")
             time.sleep(0.2)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM, SIGHUP, or anything else: none left behind.
         _stop(running.values(), say)
         raise
     return results
@@ -249,11 +257,11 @@ def _stop(running, say) -> None:
     SIGTERM: none is left running on its own)."""
     running = list(running)
     try:
+        for _, proc, _, _, _ in running:
+            proc.terminate()
         if running:
             say(f"stopping {len(running)} running trial(s): each saves a checkpoint first "
                 "(Ctrl-C again to stop them at once, without saving)...")
-        for _, proc, _, _, _ in running:
-            proc.terminate()
         for _, proc, _, _, _ in running:
             proc.wait()
     except KeyboardInterrupt:

@@ -66,6 +66,8 @@ def write_sweep(tmp_path, body, name="exp"):
      "differ only in characters a folder name cannot hold)"),
     ("NAME = '../elsewhere'\ndef get_sweep():\n    return [{}]\n",
      "NAME = '../elsewhere' must be a plain folder name"),
+    ("FIXED = {'train.resume_step': 40}\ndef get_sweep():\n    return [{}]\n",
+     "train.resume_step=40 is for one run; a sweep's trials resume from their newest"),
     ("FIXED = {'model.dropout': 0.2}\ndef get_sweep():\n    return [{'model.dropout': 0.1}]\n",
      "model.dropout is both swept and fixed"),
     ("FIXED = {'train.num_step': 5}\ndef get_sweep():\n    return [{}]\n",
@@ -128,8 +130,10 @@ def test_a_trial_is_finished_when_its_folder_ran_its_settings_to_the_end(tmp_pat
     os.makedirs(trial.workdir)
     summary = os.path.join(trial.workdir, "summary.json")
     config = os.path.join(trial.workdir, "config.json")
-    with open(config, "w") as f:  # The run resolves dtype 'auto'; that is no difference.
-        json.dump(nest(dict(trial.config, **{"model.dtype": "float32"})), f)
+    with open(config, "w") as f:  # The run resolves dtype 'auto'; that is no difference,
+        # nor is the step a run by hand was restarted from.
+        json.dump(nest(dict(trial.config, **{"model.dtype": "float32",
+                                             "train.resume_step": 2})), f)
     with open(summary, "w") as f:
         json.dump({"steps": 2}, f)  # e.g. an earlier run of fewer steps, then stopped.
     assert not sweep_run.is_finished(trial)
@@ -194,11 +198,46 @@ def test_a_second_ctrl_c_at_any_moment_stops_every_trial(tmp_path):
         wait = lambda self: self.calls.append("wait")
 
     def say(text):
-        raise KeyboardInterrupt  # The second Ctrl-C, before any trial got its SIGTERM.
+        raise KeyboardInterrupt  # The second Ctrl-C, before the runner waited for any.
     procs, logs = [Proc(), Proc()], [open(tmp_path / n, "w") for n in "ab"]
     sweep_run._stop([(None, p, log, 0.0, 1) for p, log in zip(procs, logs)], say)
-    assert [p.calls for p in procs] == [["kill", "wait"]] * 2
+    assert [p.calls for p in procs] == [["terminate", "kill", "wait"]] * 2
     assert all(log.closed for log in logs)
+
+
+class ClosedTerminal:
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+    flush = write
+
+
+def test_the_runner_goes_on_when_its_output_is_gone(tmp_path):
+    import sys
+    marker = str(tmp_path / "done")
+    trial = sweep_load.Trial("t", {}, str(tmp_path / "t"), 1,
+                             [sys.executable, "-c", f"open({marker!r}, 'w').close()"])
+    assert sweep_run.run_trials([trial], parallel=1, out=ClosedTerminal()) == {"t": 0}
+    assert os.path.exists(marker)
+
+
+def test_a_runner_ended_by_an_error_stops_its_trials_first(tmp_path, monkeypatch):
+    import sys
+    import time
+    workdir = str(tmp_path / "t")
+    trial = sweep_load.Trial("t", {}, workdir, 1, [sys.executable, "-c", SIGNAL_RECORDER, workdir])
+    sleep = time.sleep
+
+    def fail_once_started(seconds):  # Something the runner did not expect, mid-sweep.
+        log = os.path.join(workdir, "train.log")
+        deadline = time.time() + 60
+        while "handlers set" not in open(log).read():
+            assert time.time() < deadline
+            sleep(0.05)
+        raise RuntimeError("unexpected")
+    monkeypatch.setattr(sweep_run.time, "sleep", fail_once_started)
+    with pytest.raises(RuntimeError):
+        sweep_run.run_trials([trial], parallel=1, out=ClosedTerminal())
+    assert open(os.path.join(workdir, "signals")).read() == "SIGTERM"  # It saved and stopped.
 
 
 def test_a_failed_trial_whose_folder_was_removed_says_so(tmp_path):
