@@ -66,8 +66,9 @@ def fused_implementation(platform: str, dtype, head_size: int, decode: bool) -> 
     return None
 
 
-def _varying_axes(a) -> frozenset:
-    """The shard_map mesh axes `a` varies over (empty outside shard_map)."""
+def varying_axes(a) -> frozenset:
+    """The shard_map mesh axes `a` varies over, as its type records them
+    (empty outside shard_map, on a one-device axis, or with check_vma off)."""
     if a is None:
         return frozenset()
     aval = jax.typeof(a)
@@ -84,7 +85,7 @@ def _vary_like(*arrays):
     cast has to happen before the call, explicitly; outside shard_map it is
     a no-op. None entries (no bias) pass through.
     """
-    vmas = [_varying_axes(a) for a in arrays]
+    vmas = [varying_axes(a) for a in arrays]
     union = frozenset().union(*vmas)
     if not union:
         return arrays

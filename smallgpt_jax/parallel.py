@@ -57,8 +57,9 @@ def make_sharded_steps(model_config, tx, schedule, seed: int,
     The state is replicated (spec P(): every device holds all of it); the
     batch [devices, A, b, T+1] is split along its first axis over 'data', so
     each device sees [1, A, b, T+1]: the same rows pmap would give it. Inside,
-    each device runs `train_step` on its block, with pmean over 'data'.
-    """
+    each device runs `train_step` on its block, with pmean over 'data'
+    (`train.own_copy` keeps autodiff from summing the replicated parameters'
+    gradients before it)."""
     P = jax.sharding.PartitionSpec
 
     def train_body(state, batch_1ABT1):

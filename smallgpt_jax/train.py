@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from smallgpt_jax.kernels import varying_axes
 from smallgpt_jax.model import GPT
 
 AXIS = "batch"  # Name of the device axis that pmean averages over (pmap).
@@ -89,6 +90,23 @@ def loss_fn(params, model_config, batch_BT1: jax.Array, dropout_key=None) -> jax
     return cross_entropy(logits_BTV, targets_BT)
 
 
+def own_copy(params, batch, axis_name: str | None) -> Any:
+    """The parameters typed as varying over the device axis whenever this
+    device's batch is, so that their gradient is this device's alone and the
+    pmean in `train_step` averages N of them.
+
+    Under shard_map, replicated parameters (in_specs P()) are typed as the
+    same on every device; autodiff then already sums their gradient over the
+    axis (the transpose of the implicit cast to meet the varying batch), and
+    a pmean after it returned N times the mean. The cast only changes the
+    type: nothing moves. pmap's parameters are mapped, varying already."""
+    if axis_name is None or axis_name not in varying_axes(batch):
+        return params
+    return jax.tree_util.tree_map(
+        lambda p: p if axis_name in varying_axes(p)
+        else jax.lax.pcast(p, axis_name, to="varying"), params)
+
+
 def train_step(state: TrainState, batch_ABT1: jax.Array, *, model_config,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                seed: int, axis_name: str | None = AXIS) -> tuple[TrainState, dict]:
@@ -98,15 +116,16 @@ def train_step(state: TrainState, batch_ABT1: jax.Array, *, model_config,
     if axis_name is not None:
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     grad_fn = jax.value_and_grad(loss_fn)
+    params = own_copy(state.params, batch_ABT1, axis_name)
 
     def micro_step(grads_sum, i_and_batch):
         i, batch_BT1 = i_and_batch
         dropout_key = jax.random.fold_in(key, i)
-        loss, grads = grad_fn(state.params, model_config, batch_BT1, dropout_key)
+        loss, grads = grad_fn(params, model_config, batch_BT1, dropout_key)
         return jax.tree_util.tree_map(jnp.add, grads_sum, grads), loss
 
     A = batch_ABT1.shape[0]
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     grads, losses_A = jax.lax.scan(micro_step, zeros, (jnp.arange(A), batch_ABT1))
     grads = jax.tree_util.tree_map(lambda g: g / A, grads)
     loss = losses_A.mean()

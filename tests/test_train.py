@@ -76,51 +76,98 @@ def test_gradient_accumulation_equals_one_big_batch():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-PMAP_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import jax, jax.numpy as jnp, numpy as np
-    from flax.jax_utils import replicate, unreplicate
+# One optimizer step on the same global batch, on one device and data-parallel
+# (pmap, shard_map) over the devices this process has; saves what each gives.
+# The gradient itself is compared, not only the loss and new parameters: after
+# one step AdamW's update is about -lr * sign(gradient), the same for a gradient
+# N times too large. opt_state's first moment is (1 - beta1) x the gradient after
+# clipping, so it shows the gradient that the update used, clipped or not.
+STEP_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp, numpy as np, optax
     sys.path.insert(0, "tests")
     from conftest import tiny_config
     from smallgpt_jax import data, parallel, train
     from smallgpt_jax.model import model_config
-    assert jax.local_device_count() == 4, jax.devices()
-    c = tiny_config()
-    cfg = model_config(c, 13)
-    tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
-    state = train.init_state(cfg, tx, 0)
+    devices, out_path = int(sys.argv[1]), sys.argv[2]
+    assert jax.device_count() == devices, jax.devices()
     tokens = np.random.default_rng(0).integers(0, 13, 800).astype(np.int32)
-    p_train, p_eval = parallel.make_parallel_steps(cfg, tx, schedule, 0)
-    single = jax.jit(lambda s, b: train.train_step(
-        s, b, model_config=cfg, tx=tx, schedule=schedule, seed=0, axis_name=None))
-    rstate, out = replicate(state), {"pmap": [], "single": [], "eval": []}
-    for step in range(3):
-        batch = data.sample_batch(tokens, 0, step, 8, cfg.block_size)
-        rstate, m = p_train(rstate, parallel.shard_batch(batch, 1))
-        state, m1 = single(state, jnp.asarray(batch[None]))
-        out["pmap"].append(float(m["loss"][0]))
-        out["single"].append(float(m1["loss"]))
-    out["eval_pmap"] = float(p_eval(rstate.params, parallel.shard_batch(batch, 1))[0, 0])
-    out["eval_single"] = float(train.eval_step(state.params, jnp.asarray(batch[None]),
-                                               model_config=cfg, axis_name=None)[0])
-    diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()),
-                                   unreplicate(rstate.params), state.params)
-    out["max_param_diff"] = max(jax.tree_util.tree_leaves(diffs))
-    print("RESULT" + json.dumps(out))
+    A = 2  # Two accumulated micro-batches: the gradient is summed over them too.
+    saved, norm = {}, None
+    # grad_clip so small that every gradient is clipped; then 1.5x the true
+    # gradient norm: a gradient summed over 2 or more devices would be
+    # clipped, the true one is not.
+    for clip in ("tiny", "between"):
+        grad_clip = 1e-3 if clip == "tiny" else 1.5 * norm
+        c = tiny_config(**{"model.num_layers": 1, "train.grad_clip": grad_clip})
+        cfg = model_config(c, 13)
+        tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
+        batch = data.sample_batch(tokens, 0, 0, 8, cfg.block_size)
+        if norm is None:  # grad_clip is stateless: one initial state serves both.
+            state0 = jax.device_get(train.init_state(cfg, tx, 0))
+        single = jax.jit(lambda s, b: train.train_step(
+            s, b, model_config=cfg, tx=tx, schedule=schedule, seed=0, axis_name=None))
+        results = {"single": single(state0, batch.reshape(A, -1, batch.shape[-1]))}
+        for kind in ("pmap", "shard_map"):
+            par = parallel.data_parallel(kind, cfg, tx, schedule, 0)
+            state, m = par.train_step(par.put_state(state0), par.put_batch(batch, A))
+            results[kind] = par.unreplicate((state, m))
+            if clip == "tiny":  # Evaluation has no gradient: once is enough.
+                saved[f"eval/{kind}"] = np.asarray(par.unreplicate(
+                    par.eval_step(state.params, par.put_batch(batch, 1))))
+        if clip == "tiny":
+            saved["eval/single"] = np.asarray(train.eval_step(
+                results["single"][0].params, jnp.asarray(batch[None]), model_config=cfg,
+                axis_name=None))
+        for mode, (state, m) in results.items():
+            grads = jax.tree.map(lambda mu: mu / (1 - c.train.beta1),
+                                 optax.tree_utils.tree_get(state.opt_state, "mu"))
+            for name, tree in (("grads", grads), ("params", state.params)):
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+                    saved[f"{clip}/{mode}/{name}{jax.tree_util.keystr(path)}"] = np.asarray(leaf)
+            saved[f"{clip}/{mode}/grad_norm"] = np.asarray(m["grad_norm"])
+            saved[f"{clip}/{mode}/loss"] = np.asarray(m["loss"])
+        norm = float(results["single"][1]["grad_norm"])
+    np.savez(out_path, **saved)
 """)
 
 
-def test_pmap_on_four_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4 " + FAST_COMPILE,
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", PMAP_SCRIPT], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def one_step_on(devices: int, out_path) -> dict:
+    """STEP_SCRIPT's arrays from a process with `devices` CPU devices."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
+    proc = subprocess.run([sys.executable, "-c", STEP_SCRIPT, str(devices), str(out_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.split("RESULT")[1])
-    np.testing.assert_allclose(out["pmap"], out["single"], rtol=1e-5)
-    assert out["eval_pmap"] == pytest.approx(out["eval_single"], rel=1e-5)
-    assert out["max_param_diff"] < 1e-5
-    assert out["pmap"][-1] < out["pmap"][0]  # It did train.
+    with np.load(out_path) as saved:
+        return dict(saved)
+
+
+@pytest.mark.parametrize("devices", [1, 2, 4])
+def test_data_parallel_gradients_equal_one_device(devices, tmp_path):
+    """pmap and shard_map average the devices' gradients: the same gradient
+    (raw and clipped), gradient norm, loss, new parameters and evaluation as
+    one device on the whole batch, whether grad_clip acts or not."""
+    saved = one_step_on(devices, tmp_path / "step.npz")
+    for clip in ("tiny", "between"):
+        single = {k.split("/", 2)[2]: v for k, v in saved.items()
+                  if k.startswith(f"{clip}/single/")}
+        assert len([k for k in single if k.startswith("grads")]) > 5
+        for kind in ("pmap", "shard_map"):
+            for key, want in single.items():
+                got = saved[f"{clip}/{kind}/{key}"]
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(),
+                                           err_msg=f"{kind}, grad_clip {clip}: {key}")
+    for kind in ("pmap", "shard_map"):
+        np.testing.assert_allclose(saved[f"eval/{kind}"], saved["eval/single"], rtol=1e-5)
+    # The cases are what they claim: the tiny grad_clip scaled the gradient
+    # down to its norm; 1.5x the norm left it alone (the two runs' gradients
+    # are of the same parameters and batch).
+    norm = float(saved["tiny/single/grad_norm"])
+    assert float(saved["between/single/grad_norm"]) == pytest.approx(norm, rel=1e-6)
+    for key in [k.split("/", 2)[2] for k in saved if k.startswith("tiny/single/grads")]:
+        np.testing.assert_allclose(saved[f"tiny/single/{key}"] * norm / 1e-3,
+                                   saved[f"between/single/{key}"], rtol=1e-4, atol=1e-9)
 
 
 def test_batch_that_does_not_split_over_devices_is_refused():
