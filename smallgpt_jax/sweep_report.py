@@ -48,7 +48,7 @@ def results_table(experiment: Experiment, statuses: dict[str, int]) -> list[dict
         if found.finished:
             status = "done"
         elif found.conflict:
-            status = f"{found.clash} in its folder"
+            status = found.clash
         elif found.damaged:
             status = "summary.json damaged"
         elif statuses.get(trial.name) == RUNNING_ELSEWHERE:

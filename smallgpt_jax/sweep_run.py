@@ -77,7 +77,7 @@ class Found:
 
     summary: dict | None = None  # The final metrics: set only when finished, with its settings.
     conflict: str = ""  # Why the folder is not this trial's ('ran with other settings (...)').
-    clash: str = ""  # The same in two words, for the table: 'other settings', 'settings unknown'.
+    clash: str = ""  # The same in a few words, the table's status.
     damaged: str = ""  # Its summary.json cannot be read: set aside, the trial runs again.
 
     @property
@@ -87,27 +87,34 @@ class Found:
 
 def examine(trial: Trial) -> Found:
     """Is the trial's folder new, unfinished, finished, or another run's?"""
-    path = os.path.join(trial.workdir, "config.json")
-    saved, why = read_json(path)
+    if os.path.lexists(trial.workdir) and not os.path.isdir(trial.workdir):
+        return Found(conflict="is a file, not a folder", clash="its folder is a file")
+    saved, why = read_json(os.path.join(trial.workdir, "config.json"))
     if why == "is missing":
         if _has_results(trial.workdir):  # Not a run that failed before it started.
             return Found(conflict="has results but no config.json: the settings it ran "
-                         "with are unknown", clash="settings unknown")
+                         "with are unknown", clash="its settings unknown")
         return Found()
-    if why or not isinstance(saved, dict):
+    if why or not _is_config(saved):
         return Found(conflict=f"has a config.json that {why or 'is damaged'}: the settings "
-                     "it ran with are unknown", clash="settings unknown")
+                     "it ran with are unknown", clash="its settings unknown")
     changes = config_changes(saved, trial)
     if changes:
         more = f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
         return Found(conflict=f"ran with other settings ({'; '.join(changes[:4])}{more})",
-                     clash="other settings")
+                     clash="other settings in its folder")
     summary, why = read_summary(trial.workdir)
     if why:
         return Found(damaged=f"{os.path.join(trial.workdir, 'summary.json')} {why}")
     if summary is not None and summary["steps"] >= trial.num_steps:
         return Found(summary=summary)
     return Found()
+
+
+def _is_config(content: Any) -> bool:
+    """Is it a config.json as a run writes it? ('{}' would match any trial.)"""
+    return isinstance(content, dict) and all(
+        isinstance(content.get(part), dict) for part in ("model", "train", "data"))
 
 
 def _has_results(workdir: str) -> bool:

@@ -148,9 +148,14 @@ def test_a_trial_is_finished_when_its_folder_ran_its_settings_to_the_end(tmp_pat
                               f"{trial.config['train.learning_rate']!r})")
     os.remove(config)  # Results, but no record of what made them.
     assert "has results but no config.json" in sweep_run.examine(trial).conflict
-    with open(config, "w") as f:
-        f.write("{")
-    assert "has a config.json that is damaged" in sweep_run.examine(trial).conflict
+    for damaged in ("{", "{}", '{"model": {}, "train": 1, "data": {}}'):
+        with open(config, "w") as f:
+            f.write(damaged)
+        assert "has a config.json that is damaged" in sweep_run.examine(trial).conflict
+    shutil.rmtree(trial.workdir)
+    with open(trial.workdir, "w") as f:  # Not even a folder.
+        f.write("x")
+    assert sweep_run.examine(trial).conflict == "is a file, not a folder"
 
 
 @pytest.mark.parametrize("content", ['{"steps": ', '[]', '{"steps": "4"}', '{"steps": 4.0}',
@@ -178,7 +183,7 @@ def test_a_trial_whose_folder_changed_since_the_check_is_not_started(tmp_path):
                              [sys.executable, "-c", f"open({marker!r}, 'w').close()"],
                              {"train.learning_rate": 1e-3})
     with open(os.path.join(workdir, "config.json"), "w") as f:  # Another run's, since.
-        json.dump({"train": {"learning_rate": 1e-2}}, f)
+        json.dump({"model": {}, "train": {"learning_rate": 1e-2}, "data": {}}, f)
     out = io.StringIO()
     assert sweep_run.run_trials([trial], parallel=1, out=out) == {"trial": sweep_run.CONFLICT}
     assert not os.path.exists(marker)
@@ -250,7 +255,7 @@ def test_results_table_puts_non_finite_losses_last(tmp_path):
     for name, best in (("a", float("nan")), ("b", 2.0), ("c", float("inf")), ("d", 1.0)):
         workdir = tmp_path / name
         os.makedirs(workdir)
-        (workdir / "config.json").write_text("{}")
+        (workdir / "config.json").write_text('{"model": {}, "train": {}, "data": {}}')
         (workdir / "summary.json").write_text(json.dumps({"steps": 1, "eval/best_val_loss": best}))
         trials.append(sweep_load.Trial(name, {}, str(workdir), 1, []))
     experiment = sweep_load.Experiment("x", "x.py", "c.py", str(tmp_path), [], trials)
