@@ -164,8 +164,8 @@ def _examine(experiment: Experiment) -> dict[str, sweep_run.Found]:
         others = f" ({len(clashes)} of {len(found)} trials clash)" if len(clashes) > 1 else ""
         raise UserError(
             f"sweep {experiment.name}: trial {first.name} in {first.workdir} "
-            f"{found[first.name].conflict}{others}; its results are not this sweep's: use "
-            "another --runs_dir, or move that folder away to run the trial again.")
+            f"{found[first.name].conflict}{others}, so it is not this sweep's trial: use "
+            "another --runs_dir, or move it away to run the trial again.")
     return found
 
 

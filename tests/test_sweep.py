@@ -406,7 +406,7 @@ def test_a_finished_trial_with_other_settings_is_refused_not_reported(tiny_sweep
             assert ("trial learning_rate=0.001 in " in message
                     and f"ran with other settings (data.path: {str(tiny_sweep.corpus)!r} -> "
                         f"{str(other)!r})" in message), message
-            assert "use another --runs_dir, or move that folder away" in message
+            assert "not this sweep's trial: use another --runs_dir, or move it away" in message
     # Fewer steps than the trial ran: its numbers are for 4 steps, not for 2.
     with pytest.raises(UserError, match=r"train.num_steps: 4 -> 2\) \(2 of 3 trials clash\)"):
         sweep.run_sweep(tiny_sweep.path, ["train.num_steps=2"], str(runs))
