@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from smallgpt_jax import corpus, data, lock, prepare_child, runtime, store_manifest
+from smallgpt_jax import (corpus, corpus_paths, data, lock, prepare_child, runtime,
+                          store_manifest)
 from smallgpt_jax import tokenizer as tokenizer_lib
 from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.store_manifest import NEW, digest, why_stale
@@ -52,7 +53,7 @@ def root(data_config) -> str:
 def corpus_files(data_config) -> tuple[str, list[str]]:
     """(the name of the corpus, its files): `data.path` or the named dataset."""
     if data_config.path:
-        return os.path.abspath(data_config.path), data.resolve_paths(data_config.path)
+        return os.path.abspath(data_config.path), corpus_paths.resolve_paths(data_config.path)
     path = data.find_dataset(data_config.dataset)
     return os.path.abspath(path), [path]
 

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from smallgpt_jax import data
+from smallgpt_jax import corpus_paths, data
 from smallgpt_jax.errors import UserError
 
 
@@ -70,12 +70,12 @@ def test_path_may_be_file_directory_or_glob(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("second")
     (tmp_path / "c.md").write_text("ignored")
-    assert data.resolve_paths(str(tmp_path / "a.txt")) == [str(tmp_path / "a.txt")]
-    assert data.resolve_paths(str(tmp_path)) == [str(tmp_path / "a.txt"),
+    assert corpus_paths.resolve_paths(str(tmp_path / "a.txt")) == [str(tmp_path / "a.txt")]
+    assert corpus_paths.resolve_paths(str(tmp_path)) == [str(tmp_path / "a.txt"),
                                                  str(tmp_path / "sub" / "b.txt")]
-    assert data.resolve_paths(str(tmp_path / "*.md")) == [str(tmp_path / "c.md")]
+    assert corpus_paths.resolve_paths(str(tmp_path / "*.md")) == [str(tmp_path / "c.md")]
     with pytest.raises(UserError, match="no such file"):
-        data.resolve_paths(str(tmp_path / "nope.txt"))
+        corpus_paths.resolve_paths(str(tmp_path / "nope.txt"))
 
 
 def test_a_path_that_exists_is_that_path_and_each_file_is_read_once(tmp_path):
@@ -84,7 +84,8 @@ def test_a_path_that_exists_is_that_path_and_each_file_is_read_once(tmp_path):
     (tmp_path / "data1" / "sibling.txt").write_text("not this")
     (tmp_path / "data[1]").mkdir()
     (tmp_path / "data[1]" / "mine.txt").write_text("this")
-    assert data.resolve_paths(str(tmp_path / "data[1]")) == [str(tmp_path / "data[1]" / "mine.txt")]
+    assert corpus_paths.resolve_paths(str(tmp_path / "data[1]")) == [
+        str(tmp_path / "data[1]" / "mine.txt")]
     # A loop (a link to the folder above) and a second name for a file: each
     # real file once, by the first of its names in order.
     top = tmp_path / "loop"
@@ -95,15 +96,15 @@ def test_a_path_that_exists_is_that_path_and_each_file_is_read_once(tmp_path):
     os.symlink("..", top / "sub" / "up2")  # Two loops: a walk that follows both never ends.
     os.symlink("a.txt", top / "z.txt")
     expected = [str(top / "a.txt"), str(top / "sub" / "b.txt")]
-    assert data.resolve_paths(str(top)) == expected
-    assert data.resolve_paths(str(top / "**" / "*.txt")) == expected
-    assert data.resolve_paths(str(top / "*.txt")) == expected[:1]
+    assert corpus_paths.resolve_paths(str(top)) == expected
+    assert corpus_paths.resolve_paths(str(top / "**" / "*.txt")) == expected
+    assert corpus_paths.resolve_paths(str(top / "*.txt")) == expected[:1]
     # A folder linked from elsewhere is walked, once.
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "c.txt").write_text("c")
     os.symlink(tmp_path / "other", top / "linked")
-    assert data.resolve_paths(str(top)) == [str(top / "a.txt"), str(top / "linked" / "c.txt"),
-                                            str(top / "sub" / "b.txt")]
+    assert corpus_paths.resolve_paths(str(top)) == [
+        str(top / "a.txt"), str(top / "linked" / "c.txt"), str(top / "sub" / "b.txt")]
 
 
 def test_bad_files_give_clear_errors(tmp_path):

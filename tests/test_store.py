@@ -13,8 +13,8 @@ import pytest
 from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
 # loop: imported here, not in a test that captures stderr (its progress bar
 # binds sys.stderr when reporting.py is first imported).
-from smallgpt_jax import (bpe, checkpoint, corpus, data, loop, passes, store, store_manifest,
-                          tokenizer as tok_lib)
+from smallgpt_jax import (bpe, checkpoint, corpus, corpus_paths, data, loop, passes, store,
+                          store_manifest, tokenizer as tok_lib)
 from smallgpt_jax.errors import UserError
 
 WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "war", "naïve",
@@ -39,7 +39,7 @@ def in_memory(config):
     """The data path before the store (loop.prepare_data as it was): the whole
     text joined and split in memory, the tokenizer built on the training text."""
     d = config.data
-    paths = data.resolve_paths(d.path) if d.path else [data.find_dataset(d.dataset)]
+    paths = corpus_paths.resolve_paths(d.path) if d.path else [data.find_dataset(d.dataset)]
     separator = bpe.END_OF_TEXT if d.end_of_text else "\n\n"
     text = separator.join(data.read_text(p) for p in paths)
     train_text, val_text = data.split_text(text, d.train_fraction)
@@ -252,9 +252,9 @@ def test_corpus_too_small_and_fifo(tmp_path):
                                         "block_size\\+1=17"):
         store.load_splits(config, workdir)
     os.mkfifo(tmp_path / "pipe.txt")  # Would block for ever if opened.
-    assert data.resolve_paths(str(tmp_path)) == [str(tmp_path / "a.txt")]
+    assert corpus_paths.resolve_paths(str(tmp_path)) == [str(tmp_path / "a.txt")]
     with pytest.raises(UserError, match="not a regular file"):
-        data.resolve_paths(str(tmp_path / "pipe.txt"))
+        corpus_paths.resolve_paths(str(tmp_path / "pipe.txt"))
 
 
 def test_prepare_command_prepares_once(tmp_path):
