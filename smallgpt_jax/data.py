@@ -197,11 +197,17 @@ def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndar
     else:
         size = tokens.dtype.itemsize
         rows = b"".join(os.pread(fd, length * size, int(s) * size) for s in starts)
+        if len(rows) != len(starts) * length * size:
+            _damaged(tokens, "is shorter than when it was opened")
         out = np.frombuffer(rows, tokens.dtype).reshape(len(starts), length)
     vocab_size = getattr(tokens, "vocab_size", 0)
     if vocab_size and out.size and (top := int(out.max())) >= vocab_size:
-        folder = os.path.dirname(tokens.path)  # Its store: data must not be used.
-        raise UserError(f"the token store {folder} is damaged: {os.path.basename(tokens.path)} "
-                        f"holds id {top}, past its vocabulary of {vocab_size}; a store is a "
-                        "cache: delete that folder and run the same command again.")
+        _damaged(tokens, f"holds id {top}, past its vocabulary of {vocab_size}")
     return out
+
+
+def _damaged(tokens: np.ndarray, what: str) -> None:
+    """Refuses a store's file (from `map_tokens`): its data must not be used."""
+    raise UserError(f"the token store {os.path.dirname(tokens.path)} is damaged: "
+                    f"{os.path.basename(tokens.path)} {what}; a store is a cache: delete that "
+                    "folder and run the same command again.")

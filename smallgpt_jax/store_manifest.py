@@ -151,9 +151,10 @@ def why_stale(directory: str, sources: list[corpus.Source], full: bool = False) 
     try:
         if _file_sha256(os.path.join(directory, "tokenizer.json")) != m["tokenizer_file_sha256"]:
             return "its tokenizer.json is damaged (its sha256 differs)"
-    except FileNotFoundError:
-        return "its tokenizer.json is missing (damaged)"
-    for name in passes.FILES:
-        if bad := _bad_block(os.path.join(directory, name), crcs[name], block, full):
-            return bad
+        for name in passes.FILES:
+            if bad := _bad_block(os.path.join(directory, name), crcs[name], block, full):
+                return bad
+    except OSError as e:  # e.g. missing, or a folder where a file should be.
+        name = os.path.basename(e.filename or "") or "files"
+        return f"its {name} cannot be read ({e.strerror or e}): damaged"
     return None

@@ -382,6 +382,12 @@ def test_a_damaged_store_is_found_and_prepared_again(tmp_path, capfd):
     s = store.open_store(config.data)
     assert "again: its tokenizer.json is damaged" in capfd.readouterr().err
     np.testing.assert_array_equal(s.splits().train, want)
+    os.remove(os.path.join(first.directory, "tokenizer.json"))
+    os.mkdir(os.path.join(first.directory, "tokenizer.json"))  # Not even a file.
+    s = store.open_store(config.data)
+    assert "again: its tokenizer.json cannot be read (Is a directory): damaged" in \
+        capfd.readouterr().err
+    np.testing.assert_array_equal(s.splits().train, want)
 
 
 def test_ids_past_the_vocabulary_are_refused_when_a_batch_is_drawn(tmp_path):
@@ -397,6 +403,10 @@ def test_ids_past_the_vocabulary_are_refused_when_a_batch_is_drawn(tmp_path):
     _poke(os.path.join(s.directory, "train.bin"), len(tokens) // 2, 200)
     with pytest.raises(UserError, match=rf"the token store {s.directory} is damaged: train.bin "
                                         rf"holds id 200, past its vocabulary of 7; .*delete"):
+        for step in range(200):
+            data.sample_batch(tokens, 0, step, 64, 16)
+    os.truncate(os.path.join(s.directory, "train.bin"), 100)  # Cut while a run reads it.
+    with pytest.raises(UserError, match="train.bin is shorter than when it was opened"):
         for step in range(200):
             data.sample_batch(tokens, 0, step, 64, 16)
 
