@@ -72,12 +72,13 @@ def hold(workdir: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def hold_file(path: str, on_wait: Callable[[str], None],
-              check: Callable[[], None] = lambda: None) -> Iterator[None]:
+              check: Callable[[], None] = lambda: None) -> Iterator[bool]:
     """Holds the lock file `path` exclusively, waiting for another holder:
     `on_wait(who)` is told once, `check()` is called while waiting (it may
-    raise to give up). Where this process cannot write (a store shared
-    read-only), it can only read: it holds an existing lock file shared (a
-    writer preparing there still excludes it), or none if there is none."""
+    raise to give up). Gives whether it holds it exclusively: where this
+    process cannot write the file (a store shared read-only) it may only
+    read, and holds an existing lock file shared (a writer still excludes
+    it), or none if there is none."""
     told = []
 
     def wait(who: str) -> None:
@@ -88,10 +89,10 @@ def hold_file(path: str, on_wait: Callable[[str], None],
         time.sleep(0.2)
     fd, mode = _open_file(path)
     if fd is None:
-        yield
+        yield False
         return
     with _held(fd, path, wait, mode):
-        yield
+        yield mode == fcntl.LOCK_EX
 
 
 def _open_file(path: str) -> tuple[int | None, int]:

@@ -137,9 +137,9 @@ def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
                         return st
         s = settings(data_config, name, tokenizer)
         directory = folder_for(data_config, name, s)
-        with _locked(directory, say, stop):
+        with _locked(directory, say, stop) as exclusive:
             return _open_or_prepare(directory, paths, sources, s, data_config, tokenizer,
-                                    verbose, say, lambda: _check_stop(stop), verify)
+                                    verbose, say, lambda: _check_stop(stop), verify, exclusive)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             advice = "free disk space, or set --config.data.cache_dir to a folder with room"
@@ -173,10 +173,12 @@ def _check_unchanged(paths: list[str], sources: list[corpus.Source],
 
 
 def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbose, say,
-                     check_stop, verify) -> Store:
+                     check_stop, verify, exclusive) -> Store:
+    """`exclusive`: whether this process holds the store's lock alone (else
+    it may only read: others may be preparing, see lock.hold_file)."""
     left = sorted(e for e in os.listdir(os.path.dirname(directory))
                   if e.startswith(os.path.basename(directory) + ".tmp-"))
-    if left:  # We hold the lock: nobody is still writing these.
+    if left and exclusive:  # We hold the lock: nobody is still writing these.
         say(f"a preparation of this store was cut off earlier (kill, crash or full disk); "
             f"starting it over: {directory}")
         for e in left:
@@ -184,13 +186,18 @@ def _open_or_prepare(directory, paths, sources, s, data_config, tokenizer, verbo
     why = why_stale(directory, sources, verify)
     if why is None:
         return Store(directory)
-    try:
-        tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-",
-                               dir=os.path.dirname(directory))
-    except OSError as e:  # e.g. a store shared read-only: usable as it is, or not at all.
+    # A store shared read-only is used as it is, or not at all.
+    refused = None if exclusive else f"this process cannot write {directory}.lock"
+    if not refused:
+        try:
+            tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-",
+                                   dir=os.path.dirname(directory))
+        except OSError as e:
+            refused = e.strerror or str(e)
+    if refused:
         raise UserError(f"the token store {directory} cannot be used ({why}) nor prepared "
-                        f"there ({e.strerror or e}); set --config.data.cache_dir to a folder "
-                        f"you can write ({CACHE}).") from e
+                        f"there ({refused}); set --config.data.cache_dir to a folder you can "
+                        f"write ({CACHE}).")
     say(f"preparing the token store {directory}" + (
         "" if why == NEW else f" again: {why}" + (f"; {CACHE}" if "damaged" in why else "")))
     try:

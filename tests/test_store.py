@@ -455,9 +455,17 @@ def test_a_read_only_store_is_used_as_it_is(tmp_path, monkeypatch, capfd):
     with open(tmp_path / "a.txt", "a") as f:
         f.write("that is the question")
     with pytest.raises(UserError, match=r"the token store .* cannot be used \(.*changed size.*\) "
-                                        r"nor prepared there \(Read-only file system\); set "
-                                        r"--config.data.cache_dir"):
+                                        r"nor prepared there \(this process cannot write .*"
+                                        r"\.lock\); set --config.data.cache_dir"):
         store.open_store(config.data)
+    # Its lock file read-only, its folder writable: a reader only, which must
+    # not prepare (or clean up) beside a preparation that holds the lock.
+    monkeypatch.setattr(os, "mkdir", real_mkdir)
+    open(first.directory + ".lock", "w").close()
+    os.mkdir(first.directory + ".tmp-inflight")  # Another process's, being written.
+    with pytest.raises(UserError, match=r"cannot be used .* nor prepared there \(this process"):
+        store.open_store(config.data)
+    assert os.path.isdir(first.directory + ".tmp-inflight")
 
 
 def test_a_character_appended_while_preparing_is_a_change(tmp_path, monkeypatch):
