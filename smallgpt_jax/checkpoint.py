@@ -16,6 +16,10 @@ Crash safety comes from Orbax: a checkpoint is written into
 on disk, so a save cut off by a crash is never mistaken for a complete one.
 Saves run in a background thread, so training does not wait for the disk.
 
+`config.train.resume_step=N` goes back to step N once: newer checkpoints are
+deleted, the ones written after record N (`branch_points`), and the same
+command again continues from them (resume_compat.continues_branch).
+
 Which checkpoints stay: the `keep_checkpoints` newest, plus the one with the
 lowest validation loss, which is never deleted while it is the best. A
 checkpoint is deleted by first renaming its folder into `checkpoints/deleted/`
@@ -45,7 +49,8 @@ from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax import checkpoint_faults as faults, checksum, tokenizer as tokenizer_lib
 from smallgpt_jax.errors import UserError
-from smallgpt_jax.resume_compat import check_resumable, check_same_shapes
+from smallgpt_jax.resume_compat import (branch_points, check_resumable, check_same_shapes,
+                                        continues_branch)
 from smallgpt_jax.workdir import CHECKPOINT_DIR, STEP, TRASH
 
 FORMAT = 1  # Version of the `meta` layout, for future readers.
@@ -121,6 +126,9 @@ class Checkpointer:
             enable_async_checkpointing=True)
         self._manager = open_manager(self.directory, options, ocp.StandardCheckpointHandler())
         self._saving: int | None = None  # Step of the save in flight, if any.
+        # The steps this run's line of checkpoints went back to with
+        # config.train.resume_step, oldest first; set by resume_point.
+        self.branch_points: list[int] = []
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -155,13 +163,17 @@ class Checkpointer:
     def resume_point(self, config: ml_collections.ConfigDict) -> Resume | None:
         """Picks the checkpoint to resume from (None: start at step 0).
 
-        The newest one, or `config.train.resume_step`. Refuses a config that
+        The newest one, or `config.train.resume_step` (unless this same command
+        went back to that step before: then its newest). Refuses a config that
         changes the model's or tokenizer's shape; logs the allowed changes.
         The Resume carries the checkpoint's tokenizer: the run keeps the
         vocabulary it was trained with.
         """
         steps = self.steps()
         wanted = config.train.resume_step
+        if wanted >= 0 and continues_branch(self._branch_of(steps, wanted), wanted,
+                                            config.to_dict(), self.directory):
+            wanted = -1  # This command ran before: its own checkpoints are newer.
         if wanted >= 0 and wanted not in steps:
             raise UserError(
                 f"config.train.resume_step={wanted}: there is no checkpoint for that step in "
@@ -170,6 +182,20 @@ class Checkpointer:
             return None
         step = wanted if wanted >= 0 else steps[-1]
         where = f"{self.directory}/{step}"
+        meta = self._meta(step)
+        # The checkpoints of a run that went back to a step say which (see save()).
+        self.branch_points = branch_points(meta) + ([wanted] if wanted >= 0 else [])
+        allowed = check_resumable(meta["config"], config.to_dict(), where)
+        if allowed:
+            faults.say(f"resuming with changed settings: {'; '.join(allowed)}")
+        if meta.get("device_count") not in (None, jax.device_count()):
+            faults.say(f"note: the checkpoint was written with {meta['device_count']} device(s), this "
+                 f"run has {jax.device_count()}: training continues, but not bit for bit as "
+                 "an uninterrupted run would.")
+        return Resume(step, meta, tokenizer_lib.from_dict(meta["tokenizer"]))
+
+    def _meta(self, step: int) -> dict:
+        """Checkpoint `step`'s meta item; UserError if it cannot be read."""
         problems = self._problems.get(step, [])
         if problems:
             raise UserError(self._damaged(step, faults.summary(problems)))
@@ -179,16 +205,18 @@ class Checkpointer:
         except Exception as e:
             raise UserError(self._damaged(step, faults.reason(e)))
         if not is_ours(meta):
-            raise UserError(f"checkpoint {where} has no smallgpt_jax metadata; "
+            raise UserError(f"checkpoint {self.directory}/{step} has no smallgpt_jax metadata; "
                             "is this workdir from another program?")
-        allowed = check_resumable(meta["config"], config.to_dict(), where)
-        if allowed:
-            faults.say(f"resuming with changed settings: {'; '.join(allowed)}")
-        if meta.get("device_count") not in (None, jax.device_count()):
-            faults.say(f"note: the checkpoint was written with {meta['device_count']} device(s), this "
-                 f"run has {jax.device_count()}: training continues, but not bit for bit as "
-                 "an uninterrupted run would.")
-        return Resume(step, meta, tokenizer_lib.from_dict(meta["tokenizer"]))
+        return meta
+
+    def _branch_of(self, steps: list[int], wanted: int) -> tuple[int, dict] | None:
+        """(step, meta) of the newest readable checkpoint after step `wanted`."""
+        for step in reversed([s for s in steps if s > wanted]):
+            try:
+                return step, self._meta(step)
+            except UserError:  # Damaged: the one before it tells as well.
+                continue
+        return None
 
     def restore_state(self, resume: Resume, target: Any) -> Any:
         """Loads the saved TrainState, onto the first local device.
@@ -215,7 +243,8 @@ class Checkpointer:
         newer = [s for s in self.steps() if s > resume.step]
         if newer:  # resume_step went back in time: those futures are replaced.
             faults.say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
-                 f"config.train.resume_step={resume.step}; leave resume_step out next time.")
+                       f"config.train.resume_step={resume.step} (only this once: the same "
+                       "command again continues this run).")
             for s in newer:
                 self._manager.delete(s)
             self._empty_trash()
@@ -275,6 +304,7 @@ class Checkpointer:
             "config": config.to_dict(),
             "tokenizer": tokenizer.to_dict(),
             "data_fingerprint": data_fingerprint,  # Corpus and split (store.py manifest).
+            "branch_points": self.branch_points,  # A rerun of resume_step=N continues.
         }
         metrics = {} if val_loss is None else {"val_loss": float(val_loss)}
         try:

@@ -95,7 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sample_every = 0
     c.train.checkpoint_every = 500  # Save a checkpoint every N steps.
     c.train.keep_checkpoints = 2  # Newest checkpoints kept (plus the best).
-    c.train.resume_step = -1  # -1: resume from the newest; N: from step N (newer deleted).
+    # -1: resume from the newest; N: go back to step N, once (newer ones deleted;
+    # the same command again continues from its own newest, see checkpoint.py).
+    c.train.resume_step = -1
     # Resume even though the corpus or its split changed since the checkpoint
     # (refused otherwise); the best validation loss so far is then forgotten.
     c.train.allow_data_change = False

@@ -37,7 +37,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Trains `config` in `workdir`; returns the final metrics.
 
     Re-running with the same workdir resumes from its newest complete
-    checkpoint. SIGTERM or SIGINT saves a checkpoint, then raises Interrupted.
+    checkpoint. SIGTERM, SIGHUP or SIGINT saves a checkpoint, then raises
+    Interrupted; before the first step (nothing to save) it stops at once.
     `hooks` (see profiling.py) let a tool time the run.
     """
     validate(config)
@@ -47,16 +48,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config.model.dtype = runtime.resolve_dtype(config.model.dtype, jax.default_backend())
     settings = (f"compute dtype {config.model.dtype}{' (auto)' if auto else ''}; "
                 f"XLA_FLAGS {applied['xla_flags'][0]!r} ({applied['xla_flags'][1]})")
+    # A signal during the setup stops at once. Not in a multi-host job, whose
+    # processes stop together at a step (stopping.agreed_stop): one leaving
+    # alone would leave the others waiting for it.
+    with stopping.StopSignals(at_once=jax.process_count() == 1) as stop:
+        try:
+            return _run(config, workdir, stop, settings, hooks or profiling.Hooks())
+        except stopping.StopNow as e:
+            raise Interrupted(
+                f"stopped by {signal.Signals(e.signum).name} before training started; "
+                "nothing new to save: run the same command again to go on.", e.signum) from None
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, stop: stopping.StopSignals,
+         settings: str, hooks: profiling.Hooks) -> dict:
+    """train_and_evaluate in its workdir, once the process is set up."""
     prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
     # One run per workdir (process 0 holds it for the job); a second is refused at once.
     owner = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with owner, stopping.StopSignals() as stop, \
-            checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
+    with owner, checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
         progress = reporting.ProgressBar(config.train.num_steps, config.train.eval_every)
         run = setup(config, workdir, ckpt, stop, progress, settings)
         if run.start_step >= config.train.num_steps:
             return nothing_to_train(run, ckpt, progress)
-        return _train(run, ckpt, stop, progress, hooks or profiling.Hooks())
+        return _train(run, ckpt, stop, progress, hooks)
 
 
 def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
@@ -70,6 +85,7 @@ def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
             contextlib.closing(profiling.ProfileWindow(t.profile_steps, workdir)) as profile, \
             contextlib.closing(warmup.Warmup()) as warm:
         trainer = Trainer(run, ckpt, writer, progress, hooks)
+        stop.save_first()  # From here on a signal saves a checkpoint, then stops.
         for step in range(run.start_step, t.num_steps):
             done = step + 1  # Steps count from 1 in logs, checkpoints and hooks.
             trainer.step(done, profile, warm)

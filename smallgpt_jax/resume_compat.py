@@ -70,6 +70,41 @@ def check_resumable(old: dict, new: dict, where: str) -> list[str]:
     return allowed
 
 
+def branch_points(meta: dict) -> list[int]:
+    """The steps that the runs leading to checkpoint `meta` went back to with
+    config.train.resume_step, oldest first (saved by checkpoint.save)."""
+    points = meta.get("branch_points")
+    return [p for p in points if isinstance(p, int)] if isinstance(points, list) else []
+
+
+def continues_branch(newest: tuple[int, dict] | None, wanted: int, new: dict,
+                     directory: str) -> bool:
+    """Whether a run given config.train.resume_step=`wanted` is the same
+    command again: the newest checkpoint after `wanted` (`newest`: its step
+    and meta, None if there is none) descends from a run that went back to
+    `wanted` already. Then this run continues from the newest instead of
+    going back again and deleting that work (a printed "run the same command
+    again to resume" must never lose work); with other settings than the
+    newest's (`new`: the config), it is refused: going back once more, or
+    continuing with the changes, is for the user to choose.
+    """
+    if newest is None or wanted not in branch_points(newest[1]):
+        return False  # Nothing newer, or another run's: go back to `wanted`.
+    step, meta = newest
+    refused, allowed = config_changes(meta["config"], new)
+    if refused or allowed:
+        raise UserError(
+            f"config.train.resume_step={wanted}: the checkpoints after step {wanted} in "
+            f"{directory} (the newest is {step}) were trained from step {wanted} already, "
+            f"with other settings ({'; '.join(refused + allowed)}). To continue them, leave "
+            f"resume_step out; to go back to step {wanted} again, first move the checkpoints "
+            f"after it out of {directory}.")
+    checkpoint_faults.say(
+        f"config.train.resume_step={wanted} was applied by an earlier run of this command; "
+        f"continuing its checkpoints from step {step}.")
+    return True
+
+
 def _param_shapes(tree: Any) -> dict[str, tuple]:
     """{'block_0/attn/qkv/kernel': shape} for arrays or Orbax array metadata."""
     leaves = jax.tree_util.tree_flatten_with_path(

@@ -1,8 +1,10 @@
 """Why training stops early: a signal, or a loss that is no longer finite.
 
-- SIGTERM or Ctrl-C saves a checkpoint, then stops: `StopSignals` catches
-  the signal, and the loop asks `agreed_stop` after every step whether to
-  save and stop (the same answer in every process).
+- SIGTERM, SIGHUP (a closed terminal) or Ctrl-C saves a checkpoint, then
+  stops: `StopSignals` catches the signal, and the loop asks `agreed_stop`
+  after every step whether to save and stop (the same answer in every
+  process). Before the first step there is nothing to save: a signal then
+  stops the run at once (`StopNow`), whatever phase of the setup it is in.
 - A NaN or infinite loss or gradient norm stops at once, saving nothing
   (`FiniteCheck`).
 """
@@ -23,20 +25,41 @@ from smallgpt_jax import parallel
 from smallgpt_jax.errors import UserError
 
 
+class StopNow(BaseException):
+    """A stop signal before training started: nothing to save, so the run
+    ends at once. Not an Exception: no `except Exception` on the way (one that
+    turns an Orbax error into a message, say) takes it for another error."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StopSignals:
-    """Turns the first SIGTERM or SIGINT into a request to save and stop.
+    """Turns the first SIGTERM, SIGHUP or SIGINT into a request to save and stop.
 
     The training loop looks at `signum` after every step: when set, it saves a
-    checkpoint and stops cleanly. A second signal acts as it normally would
-    (Ctrl-C twice quits at once, without saving). Handlers can only be
-    installed from the main thread; elsewhere this does nothing.
+    checkpoint and stops cleanly. With `at_once`, until `save_first()` (the
+    setup: reading the data, compiling), the signal raises StopNow where the
+    program is instead: a loop there that never asks (a slow preparation of
+    something large) cannot make the signal wait. A second signal acts as it
+    normally would (Ctrl-C twice quits at once, without saving). Handlers can
+    only be installed from the main thread; elsewhere this does nothing.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, at_once: bool = False):
         self.signum: int | None = None
+        self.at_once = at_once
         self._previous: dict[int, Any] = {}
+
+    def save_first(self) -> None:
+        """From now on a signal waits for the step to end and is saved first;
+        one that came before (and was not acted on yet) stops now."""
+        self.at_once = False
+        if self.signum is not None:
+            raise StopNow(self.signum)
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -55,6 +78,8 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
             self.signum = signum  # No printing here: the loop says what happens.
+            if self.at_once:
+                raise StopNow(signum)
             return
         previous = self._previous.get(signum, signal.SIG_DFL)
         self._restore()

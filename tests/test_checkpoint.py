@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import FAST_COMPILE, ROOT, tiny_config
-from smallgpt_jax import checkpoint, loading, loop, train
-from smallgpt_jax.errors import UserError
+from smallgpt_jax import checkpoint, loading, loop, profiling, train
+from smallgpt_jax.errors import Interrupted, UserError
 from smallgpt_jax.model import model_config
 from smallgpt_jax.tokenizer import CharTokenizer
 from smallgpt_jax.workdir import prepare_workdir
@@ -241,6 +241,85 @@ def test_sigterm_saves_a_final_checkpoint_and_stops(tmp_path):
     assert e.value.signum == signal.SIGTERM and "run the same command again" in str(e.value)
     assert stopped in on_disk(workdir) and stopped > 3 - 1
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Handler put back.
+
+
+class SignalAt(profiling.Hooks):
+    """Sends this process `signum` as step `step` is launched: a real signal, mid-run."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        self.step, self.signum = step, signum
+
+    def step_launched(self, step, metrics):
+        if step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_signal_before_the_first_step_stops_at_once(tmp_path, monkeypatch):
+    # A long setup (here: the evaluation batches) that never asks about signals.
+    from smallgpt_jax import evaluation
+    real, slow = evaluation.eval_batches, []
+
+    def slow_eval_batches(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(300):  # 3 s, then on: a run that ignored the signal goes on.
+            slow.append(time.sleep(0.01))
+        return real(*args)
+
+    monkeypatch.setattr(evaluation, "eval_batches", slow_eval_batches)
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+    with pytest.raises(Interrupted, match=r"stopped by SIGTERM before training started; "
+                                          r"nothing new to save: run the same command again"):
+        loop.train_and_evaluate(train_config(corpus), workdir)
+    assert len(slow) < 300 and on_disk(workdir) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.fixture
+def sighup_not_handled():
+    """SIGHUP's handler outside a run: an error (its default would end pytest)."""
+    def not_handled(signum, frame):
+        raise AssertionError("SIGHUP reached the handler outside the run")
+
+    previous = signal.signal(signal.SIGHUP, not_handled)
+    yield not_handled
+    signal.signal(signal.SIGHUP, previous)
+
+
+def test_the_same_resume_step_command_again_continues_and_deletes_nothing(
+        tmp_path, capsys, sighup_not_handled):
+    """resume_step goes back once: the printed 'run the same command again'
+    continues that run; it neither deletes its checkpoints nor starts over.
+    (Stopped by SIGHUP, a closed terminal: saved and said, as for SIGTERM.)"""
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+
+    def config(**overrides):
+        return train_config(corpus, **{"train.checkpoint_every": 2, "train.log_every": 1,
+                                       "train.eval_every": 100, "train.keep_checkpoints": 20,
+                                       **overrides})
+
+    loop.train_and_evaluate(config(**{"train.num_steps": 8}), workdir)
+    assert on_disk(workdir) == [2, 4, 6, 8]
+    branch = {"train.num_steps": 12, "train.resume_step": 4}
+    with pytest.raises(Interrupted, match=r"stopped by SIGHUP at step 7, after saving "
+                                          r"checkpoint .*/7; run the same command again"):
+        loop.train_and_evaluate(config(**branch), workdir, SignalAt(7, signal.SIGHUP))
+    assert signal.getsignal(signal.SIGHUP) is sighup_not_handled  # Put back.
+    assert on_disk(workdir) == [2, 4, 6, 7]  # 6 and 8 of the first run went; 6 is new.
+    capsys.readouterr()
+    loop.train_and_evaluate(config(**branch), workdir)  # The same command again.
+    err = capsys.readouterr().err
+    assert "resuming from checkpoint step 7" in err and "deleting" not in err, err
+    assert on_disk(workdir) == [2, 4, 6, 7, 8, 10, 12]
+    # Once more, with step 4 gone (a keep policy deletes it): nothing to do, nothing lost.
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+    assert loop.train_and_evaluate(config(**branch), workdir)["steps"] == 12
+    assert "continuing its checkpoints from step 12" in capsys.readouterr().err
+    # Other settings with the same step: going back again would delete that work.
+    with pytest.raises(UserError, match=r"resume_step=4: the checkpoints after step 4 .*"
+                                        r"trained from step 4 already, with other settings "
+                                        r"\(train.learning_rate: .*leave resume_step out"):
+        loop.train_and_evaluate(config(**branch, **{"train.learning_rate": 0.5}), workdir)
+    assert on_disk(workdir) == [2, 6, 7, 8, 10, 12]
 
 
 def test_cli_exits_with_128_plus_signal_after_an_interrupt(capsys):

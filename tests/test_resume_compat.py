@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_config
 from smallgpt_jax import loop
 from smallgpt_jax.errors import UserError
-from smallgpt_jax.resume_compat import config_changes
+from smallgpt_jax.resume_compat import config_changes, continues_branch
 from test_checkpoint import fresh_state, save_steps
 
 
@@ -27,6 +27,24 @@ def test_switching_the_end_of_text_token_is_refused():
     new = tiny_config(**{"data.tokenizer": "bpe", "data.end_of_text": True}).to_dict()
     refused, allowed = config_changes(old, new)
     assert refused == ["data.end_of_text: False -> True"] and allowed == []
+
+
+def test_resume_step_goes_back_once_along_a_line_of_checkpoints():
+    # (The whole story, with real runs: test_checkpoint.py.)
+    config = tiny_config(**{"train.resume_step": 4}).to_dict()
+    newest = lambda points, **changes: (30, {"branch_points": points, "config": tiny_config(
+        **{"train.resume_step": 8, **changes}).to_dict()})
+    assert not continues_branch(None, 4, config, "ck")  # Nothing after step 4.
+    assert not continues_branch(newest([]), 4, config, "ck")  # Another run's: go back.
+    assert not continues_branch(newest([8]), 4, config, "ck")
+    assert not continues_branch((30, {"branch_points": "4", "config": config}), 4, config, "ck")
+    # Went back to 4, then (another command) to 8: the first command again goes on too.
+    assert continues_branch(newest([4, 8]), 4, config, "ck")
+    with pytest.raises(UserError, match=r"resume_step=4: the checkpoints after step 4 in ck "
+                                        r"\(the newest is 30\) were trained from step 4 already, "
+                                        r"with other settings \(train.num_steps: 20 -> 99\)"):
+        continues_branch(newest([4], **{"train.num_steps": 20}), 4,
+                         tiny_config(**{"train.num_steps": 99}).to_dict(), "ck")
 
 
 def test_resuming_with_a_different_model_shape_is_refused(tmp_path):
