@@ -15,7 +15,7 @@ layer's and head's attention on PROMPT, and the 2-D PCA of the embeddings.
 `--what=notebook` runs docs/build_a_gpt.ipynb at full size (minutes) and
 saves it with its outputs.
 
-`--what=overfit` trains char_cpu on the first 5% of Tiny Shakespeare,
+`--what=overfit` trains char_cpu on the first 1% of Tiny Shakespeare,
 without and with dropout (OVERFIT; docs/16-overfitting.md gives the same
 commands), in --overfit_dir, and draws both runs' curves.
 
@@ -46,9 +46,9 @@ from smallgpt_jax.config_files import load_config  # noqa: E402
 
 PROMPT = "ROMEO:\nO, she doth teach"  # Short enough for readable axis labels.
 CHAR_CPU = "configs/char_cpu.py"
-SMALL_TEXT = "shakespeare_5pct.txt"  # The first 5% of Tiny Shakespeare (OVERFIT).
-# The overfitting runs: char_cpu on SMALL_TEXT for 1,000 steps (about 20
-# passes over its 50,192 training characters), evaluated every 100 steps.
+SMALL_TEXT = "shakespeare_1pct.txt"  # The first 1% of Tiny Shakespeare (OVERFIT).
+# The overfitting runs: char_cpu on SMALL_TEXT for 1,000 steps (about 100
+# passes over its 10,037 training characters), evaluated every 100 steps.
 OVERFIT = (f"data.path={SMALL_TEXT}", "train.num_steps=1000", "train.eval_every=100",
            "train.sample_every=1000", "train.checkpoint_every=500")
 OVERFIT_DROPOUT = (0.0, 0.2)
@@ -78,6 +78,7 @@ PICTURES = {
     "attention": Picture("run", (_VIZ + "plot_attention", _VIZ + "attention_figure",
                                  _VIZ + "attention_maps"), CHAR_CPU),
     "embeddings": Picture("run", (_VIZ + "plot_embeddings", _VIZ + "embedding_pca"), CHAR_CPU),
+    "overfit": Picture("overfit", ("pictures_of_runs.overfit_figure",), CHAR_CPU, OVERFIT),
 }
 
 
@@ -235,7 +236,7 @@ def _define_flags() -> None:
     define_config_flag("The config the pictures show.", os.path.join(ROOT, CHAR_CPU))
     flags.DEFINE_string("workdir", "runs/char_cpu_pictures", "Where the char_cpu run goes.")
     flags.DEFINE_string("overfit_dir", "runs/overfit_pictures",
-                        "Where the overfitting runs and their 5% text go.")
+                        "Where the overfitting runs and their 1% text go.")
     flags.DEFINE_string("images", os.path.join(HERE, "images"), "Folder the PNGs go to.")
     flags.DEFINE_enum("what", "all", ["all", "ideas", "run", "overfit", "notebook"],
                       "ideas: drawn from definitions; run, overfit: from trained runs; "

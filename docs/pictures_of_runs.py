@@ -48,14 +48,14 @@ def draw_run(config: ml_collections.ConfigDict, workdir: str, prompt: str
 
 
 def small_text(folder: str, name: str) -> str:
-    """Writes the first 5% of Tiny Shakespeare to folder/name (once); returns its path."""
+    """Writes the first 1% of Tiny Shakespeare to folder/name (once); returns its path."""
     path = os.path.join(folder, name)
     if not os.path.exists(path):
         with open(data.find_dataset("tinyshakespeare"), encoding="utf-8") as f:
             text = f.read()
         os.makedirs(folder, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(text[:len(text) // 20])
+            f.write(text[:len(text) // 100])
     return path
 
 
@@ -92,6 +92,6 @@ def overfit_figure(runs: dict[float, dict], config: ml_collections.ConfigDict) -
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("cross-entropy (nats per character)")
     np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.suptitle(f"char_cpu on the first 5% of Tiny Shakespeare, {config.train.num_steps} steps",
+    fig.suptitle(f"char_cpu on the first 1% of Tiny Shakespeare, {config.train.num_steps} steps",
                  fontsize=9)
     return fig

@@ -4,6 +4,7 @@ drawing code)."""
 
 import json
 import os
+import re
 import shutil
 import types
 
@@ -76,6 +77,34 @@ def test_a_changed_config_or_drawing_makes_a_picture_stale(pictures, tmp_path, m
 def test_the_attention_picture_shows_the_prompt_of_make_pictures(pictures):
     with open(os.path.join(IMAGES, "attention.json"), encoding="utf-8") as f:
         assert json.load(f)["facts"]["prompt"] == pictures.PROMPT
+
+
+def _numbers(tree) -> list[float]:
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _numbers(v)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in _numbers(v)]
+    return [float(tree)] if isinstance(tree, (int, float)) else []
+
+
+def test_the_overfitting_page_runs_the_pictures_runs_and_quotes_their_numbers(pictures):
+    """docs/16's commands are make_pictures' OVERFIT runs, and each number it
+    quotes with two or more decimals is, to its rounding, one recorded by
+    the runs that drew curves.png and overfit.png."""
+    with open(os.path.join(ROOT, "docs", "16-overfitting.md"), encoding="utf-8") as f:
+        page = f.read()
+    for override in pictures.OVERFIT:
+        assert f"--config.{override}" in page, override
+    assert f"for rate in {' '.join(map(str, pictures.OVERFIT_DROPOUT))}; do" in page
+    recorded = []
+    for name in ("curves", "overfit"):
+        with open(os.path.join(IMAGES, f"{name}.json"), encoding="utf-8") as f:
+            recorded += _numbers(json.load(f)["facts"])
+    quoted = re.findall(r"\d+\.\d{2,}", page)
+    assert len(quoted) > 10
+    unmeasured = [q for q in quoted if not any(
+        abs(float(q) - x) <= 0.5001 * 10.0 ** -len(q.split(".")[1]) for x in recorded)]
+    assert not unmeasured, f"numbers no picture's record holds: {unmeasured}"
 
 
 @pytest.mark.parametrize("prompt,slide_step", [(3, 4), (8, 1), (8, 3), (1, 8)])
