@@ -19,6 +19,10 @@ start-up on a prepared store, and the cost of drawing a batch.
     # Drawing batches (64 x 257 tokens) from the memory-mapped store.
     python -m benchmarks.data_prep draw --corpus /tmp/corpus300 --cache /tmp/stores
 
+    # Opening the prepared store (its checks on a sample of blocks, or on
+    # every block with --verify), 11 times in one process.
+    python -m benchmarks.data_prep open --corpus /tmp/corpus300 --cache /tmp/stores
+
 Each prints one JSON line. Figures depend on the machine and its load:
 report them with the conditions they were taken in.
 """
@@ -116,13 +120,18 @@ def _child_cpu_and_peak() -> tuple[float, int]:
     return r.ru_utime + r.ru_stime, r.ru_maxrss * 1024
 
 
-def prepare(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
-    """Times a cold preparation in a fresh process (its store is removed first)."""
-    from smallgpt_jax import store
+def _config(corpus: str, tokenizer: str, vocab: int, cache: str):
     from smallgpt_jax.config import base_config
     c = base_config()
     c.data.path, c.data.cache_dir, c.data.tokenizer, c.data.vocab_size = (
         corpus, cache, tokenizer, vocab)
+    return c
+
+
+def prepare(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
+    """Times a cold preparation in a fresh process (its store is removed first)."""
+    from smallgpt_jax import store
+    c = _config(corpus, tokenizer, vocab, cache)
     name, _ = store.corpus_files(c.data)
     folder = store.folder_for(c.data, name, store.settings(c.data, name, None))
     subprocess.run(["rm", "-rf", folder], check=True)
@@ -174,11 +183,8 @@ def startup(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
 
 def draw(corpus: str, tokenizer: str, vocab: int, cache: str, steps: int = 2000) -> dict:
     from smallgpt_jax import data, store
-    from smallgpt_jax.config import base_config
-    c = base_config()
-    c.data.path, c.data.cache_dir, c.data.tokenizer, c.data.vocab_size = (
-        corpus, cache, tokenizer, vocab)
-    splits = store.open_store(c.data, verbose=False).splits()
+    splits = store.open_store(_config(corpus, tokenizer, vocab, cache).data,
+                              verbose=False).splits()
     times = []
     for step in range(steps):
         t0 = time.perf_counter()
@@ -190,9 +196,24 @@ def draw(corpus: str, tokenizer: str, vocab: int, cache: str, steps: int = 2000)
             "first_ms": float(ms[0])}
 
 
+def open_store(corpus: str, tokenizer: str, vocab: int, cache: str, verify: bool,
+               repeats: int = 11) -> dict:
+    """Times `store.open_store` on the prepared store, `repeats` times."""
+    from smallgpt_jax import store
+    c = _config(corpus, tokenizer, vocab, cache)
+    store.open_store(c.data, verbose=False)  # Prepared if it was not (not timed).
+    ms = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        store.open_store(c.data, verbose=False, verify=verify)
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return {"what": "open", "verify": verify, "median_ms": float(np.median(ms)),
+            "min_ms": min(ms), "max_ms": max(ms)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["make", "prepare", "startup", "draw"])
+    p.add_argument("command", choices=["make", "prepare", "startup", "draw", "open"])
     p.add_argument("--mb", type=float, default=300, help="make: corpus size in MB")
     p.add_argument("--out", default="/tmp/smallgpt_corpus", help="make: output folder")
     p.add_argument("--corpus", help="the corpus file or folder")
@@ -200,10 +221,13 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=8192, help="bpe/word vocabulary size")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "smallgpt_stores"),
                    help="the store folder (data.cache_dir)")
+    p.add_argument("--verify", action="store_true", help="open: check every block")
     a = p.parse_args()
     with cli.user_errors():  # One line for a user's mistake, e.g. no Tiny Shakespeare.
         if a.command == "make":
             out = make_corpus(a.out, a.mb)
+        elif a.command == "open":
+            out = open_store(a.corpus, a.tokenizer, a.vocab, a.cache, a.verify)
         else:
             out = {"prepare": prepare, "startup": startup, "draw": draw}[a.command](
                 a.corpus, a.tokenizer, a.vocab, a.cache)
