@@ -207,6 +207,9 @@ class Checkpointer:
         if not is_ours(meta):
             raise UserError(f"checkpoint {self.directory}/{step} has no smallgpt_jax metadata; "
                             "is this workdir from another program?")
+        why = faults.meta_problem(meta)
+        if why:
+            raise UserError(self._damaged(step, why))
         return meta
 
     def _branch_of(self, steps: list[int], wanted: int) -> tuple[int, dict] | None:

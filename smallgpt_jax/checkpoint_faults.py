@@ -17,7 +17,8 @@ come with noise:
   are skipped (with a warning), not an error.
 
 Flipped bits inside an array file are found after the restore, by the
-checksums saved with it (checksum.py).
+checksums saved with it (checksum.py); a JSON file edited by hand (valid JSON,
+but not the types written) is damage too (`meta_problem`, `_opened_files`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from typing import Any
 
 import jax
 
-from smallgpt_jax import checksum
+from smallgpt_jax import checksum, tokenizer as tokenizer_lib
+from smallgpt_jax.config import base_config, flatten
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.workdir import INCOMPLETE, STEP, read_json
 
@@ -44,6 +46,8 @@ def reason(e: BaseException) -> str:
     """One line for an exception from Orbax. TensorStore's run to kilobytes:
     'CODE: context: ...: context: what went wrong [payload=...]'; the code and
     the last two parts say what happened (and name the file)."""
+    if e.__cause__ is not None and "See full TensorStore details" in str(e):
+        return reason(e.__cause__)  # Orbax's wrapper: the cause names the array and file.
     line = re.split(r" \[\w+=", (str(e).strip() or type(e).__name__).splitlines()[0])[0]
     code, sep, rest = line.partition(": ")
     if sep and re.fullmatch(r"[A-Z_]{4,}", code):
@@ -79,8 +83,16 @@ def _opened_files(folder: str) -> list[str]:
     names = ["_CHECKPOINT_METADATA"]
     if os.path.isdir(os.path.join(folder, "metrics")):
         names.append("metrics/metrics")
-    return [f"{name} {why}" for name in names
-            if (why := read_json(os.path.join(folder, name))[1])]
+    problems = []
+    for name in names:
+        content, why = read_json(os.path.join(folder, name))
+        # JSON, but not what Orbax wrote (a dict; metrics: numbers): edited.
+        if why is None and not (isinstance(content, dict) and (name != "metrics/metrics" or all(
+                _is(v, _NUMBER) for v in content.values()))):
+            why = "is damaged"
+        if why:
+            problems.append(f"{name} {why}")
+    return problems
 
 
 @dataclasses.dataclass
@@ -115,6 +127,48 @@ def scan(directory: str) -> Scan:
             raise UserError(move_away(os.path.join(directory, str(step)), opened[step]))
     return Scan({s: p for s, p in problems.items() if s not in debris}, debris,
                 sorted(e for e in names if INCOMPLETE.match(e)))
+
+
+# The fields of a checkpoint's meta item (checkpoint.save) and their JSON
+# types. A field that an older checkpoint lacks, or null, is fine.
+_NUMBER = (int, float)
+_META = {"step": int, "seed": int, "device_count": int, "val_loss": _NUMBER,
+         "best_val_loss": _NUMBER, "train_time_s": _NUMBER, "eval": dict, "checksums": dict,
+         "data_fingerprint": str, "branch_points": list, "config": dict, "tokenizer": dict}
+
+
+def _is(value: Any, kind: type | tuple) -> bool:
+    """isinstance, where a JSON true/false is no number."""
+    return kind is bool if isinstance(value, bool) else isinstance(value, kind)
+
+
+def meta_problem(meta: dict) -> str | None:
+    """Why a checkpoint's meta item (JSON, which anyone can edit) cannot be
+    used: a field of the wrong type, a config field whose type is not the
+    base config's, a tokenizer that cannot be rebuilt. None when it can."""
+    def field(name: str, value: Any) -> str:
+        return f"meta/metadata is damaged: {name} is {str(value)[:40]!r}"
+    for key, kind in _META.items():
+        if meta.get(key) is not None and not _is(meta[key], kind):
+            return field(key, meta[key])
+    for key, value in {**(meta.get("eval") or {}), **(meta.get("checksums") or {})}.items():
+        if not _is(value, _NUMBER):
+            return field(key, value)
+    base = base_config().to_dict()
+    for key, value in meta["config"].items():  # A section (model, train...) must stay one.
+        if isinstance(base.get(key), dict) and not isinstance(value, dict):
+            return field(f"config.{key}", value)
+    base = flatten(base)
+    for key, value in flatten(meta["config"]).items():
+        default = base.get(key)  # (None: a field from another version, or without a type.)
+        if default is not None and not _is(
+                value, _NUMBER if isinstance(default, float) else type(default)):
+            return field(f"config.{key}", value)
+    try:
+        tokenizer_lib.from_dict(meta["tokenizer"])
+    except Exception as e:  # Whatever a tokenizer's own library makes of its fields.
+        return f"meta/metadata is damaged: its tokenizer cannot be rebuilt ({str(e)[:80]})"
+    return None
 
 
 def say(text: str) -> None:

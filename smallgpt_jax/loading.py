@@ -24,7 +24,11 @@ import orbax.checkpoint as ocp
 from smallgpt_jax import checkpoint, checkpoint_faults as faults, tokenizer as tokenizer_lib
 from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import model_config
-from smallgpt_jax.workdir import CHECKPOINT_DIR
+from smallgpt_jax.workdir import CHECKPOINT_DIR, STEP
+
+# Reads of a workdir whose training run saves and deletes meanwhile: each
+# attempt that fails because of it has a newer checkpoint to read.
+_ATTEMPTS = 5
 
 
 def load_params(workdir: str, step: str | int = "latest"
@@ -47,14 +51,27 @@ def load_checkpoint(workdir: str, step: str | int = "latest"
     if not os.path.isdir(directory):
         raise UserError(f"no checkpoints in {workdir} (expected {directory}); "
                         "is this the --workdir of a training run?")
-    for attempt in range(3):
+    for attempt in range(_ATTEMPTS):
+        before = _step_folders(directory)
         try:
             return _load(directory, step)
         except _Vanished as e:
-            if attempt == 2:
+            if attempt == _ATTEMPTS - 1:
                 raise UserError(f"checkpoint {e} was deleted while it was read (the training "
                                 "run keeps only its newest ones); run the same command again.")
+        except UserError:
+            # A step came or went meanwhile (the training run saves, its keep policy
+            # deletes): the error may be about a folder that moved away. Read again.
+            if attempt == _ATTEMPTS - 1 or _step_folders(directory) == before:
+                raise
     raise AssertionError("unreachable")
+
+
+def _step_folders(directory: str) -> list[str] | None:
+    try:
+        return sorted(e for e in os.listdir(directory) if STEP.match(e))
+    except OSError:
+        return None
 
 
 class _Vanished(Exception):
@@ -121,6 +138,8 @@ def _load(directory: str, step: str | int):
     if not checkpoint.is_ours(meta):
         raise UserError(f"checkpoint {folder} has no smallgpt_jax metadata (meta/metadata "
                         f"lacks the config or tokenizer); {pick}.")
+    if why := faults.meta_problem(meta):  # Edited by hand, say.
+        raise UserError(faults.not_read(folder, [why], pick))
     changed = faults.changed_on_disk(meta, restored["state"])
     if changed:
         raise UserError(faults.not_read(folder, [changed], pick))

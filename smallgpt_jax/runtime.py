@@ -214,10 +214,14 @@ _QUIET_ORBAX_ERRORS = _QuietOrbaxErrors()  # One instance: adding it again is a 
 def _ignore_closed_event_loop(unraisable) -> None:
     """After a restore fails (damaged files), TensorStore finishes the reads
     still in flight and reports them to Orbax's asyncio loop, closed by then;
-    Python would print a traceback for each. Our error line already says what
-    failed, so those are dropped; anything else is printed as usual."""
+    Python would print a traceback for each (and one, with a page of
+    TensorStore spec, for each read of a missing array file whose coroutine is
+    dropped). Our error line already says what failed, so those are dropped;
+    anything else is printed as usual."""
     error = unraisable.exc_value
     if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    if "See full TensorStore details" in str(error):
         return
     sys.__unraisablehook__(unraisable)
 
