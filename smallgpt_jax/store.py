@@ -126,8 +126,11 @@ def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if verbose else (lambda _: None)
     name, paths = corpus_files(data_config)
     try:
-        os.makedirs(root(data_config), exist_ok=True)
         sources = [corpus.Source.of(p) for p in paths]
+    except OSError as e:  # Gone since it was listed.
+        raise UserError(f"cannot read {e.filename} ({e.strerror or e}).") from e
+    try:
+        os.makedirs(root(data_config), exist_ok=True)
         if tokenizer is not None:  # Usually the store built from the settings has it.
             usual = folder_for(data_config, name, settings(data_config, name, None))
             with _locked(usual, say, stop):

@@ -468,6 +468,16 @@ def test_a_read_only_store_is_used_as_it_is(tmp_path, monkeypatch, capfd):
     assert os.path.isdir(first.directory + ".tmp-inflight")
 
 
+def test_a_file_gone_since_it_was_listed_is_named(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("to be or not to be " * 300, encoding="utf-8")
+    config = tiny_config(**{"data.path": str(tmp_path), "data.cache_dir": str(tmp_path / "s")})
+    listed = corpus_paths.resolve_paths(str(tmp_path))
+    monkeypatch.setattr(corpus_paths, "resolve_paths", lambda path: listed)
+    os.remove(tmp_path / "a.txt")
+    with pytest.raises(UserError, match=r"cannot read .*a.txt \(No such file or directory\)\.$"):
+        store.open_store(config.data, verbose=False)
+
+
 def test_a_character_appended_while_preparing_is_a_change(tmp_path, monkeypatch):
     path = tmp_path / "a.txt"
     path.write_text("to be or not to be " * 300, encoding="utf-8")
