@@ -20,6 +20,7 @@ from typing import Any
 
 import ml_collections
 
+from smallgpt_jax import footprint
 from smallgpt_jax.errors import UserError
 
 
@@ -27,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Returns the default configuration (a small CPU-sized character GPT)."""
     c = ml_collections.ConfigDict()
     c.name = "default"  # Run name; the default workdir is runs/<name>.
-    c.seed = 0  # One seed drives init, batch sampling and dropout.
+    c.seed = 0  # One seed drives init, batch sampling and dropout (0 to 2**32 - 1).
     # How the train step is spread over devices: 'pmap' (one replica per local
     # device) or 'shard_map' (jit over a device mesh, batch sharded on 'data').
     c.parallel = "pmap"
@@ -89,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 250  # Evaluate (and write a sample) every N steps.
     c.train.eval_steps = 20  # Batches averaged per split at each evaluation.
     c.train.log_every = 10  # Write train scalars every N steps.
-    c.train.sample_tokens = 200  # Length of the text sample at each eval / end.
+    c.train.sample_tokens = 200  # Length of the text sample at each eval / end (<= 100,000).
     # Write the text sample and the attention image every N steps, at an
     # evaluation (0: at every evaluation); always at the end.
     c.train.sample_every = 0
@@ -130,6 +131,20 @@ _NON_NEGATIVE = (
     "train.weight_decay", "train.grad_clip", "train.sample_tokens", "data.fit_max_chars",
     "train.sample_every",
 )
+# Upper limits of integer fields: (fields, limit, why). Steps are counted in
+# int32 (TrainState.step); past 2**31 - 1 a schedule's arithmetic fails or
+# the count wraps. Sizes that only memory bounds (batch, model, evaluation)
+# are footprint.py's.
+_INT32 = 2**31 - 1
+_AT_MOST = (
+    (("train.num_steps", "train.warmup_steps", "train.eval_every", "train.log_every",
+      "train.checkpoint_every", "train.sample_every", "train.resume_step"), _INT32,
+     "the step counter is a 32-bit integer"),
+    (("data.vocab_size",), _INT32, "token ids are 32-bit integers"),
+    (("train.sample_tokens",), 100_000,
+     "the sample of every evaluation; python -m smallgpt_jax.sample writes longer texts"),
+)
+_SEED_RANGE = (0, 2**32 - 1)  # jax.random.key keeps 32 bits: 2**32 would repeat seed 0.
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -191,8 +206,10 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
                             f"{default!r}).")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks the config up front; raises UserError naming the bad field."""
+def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
+    """Checks the config up front; raises UserError naming the bad field.
+    `machine`: also that a run fits this machine's memory (footprint.py);
+    tools that only trace shapes or prepare data pass False."""
     _check_fields(config)
     for field, choices in _CHOICES.items():
         value = _get(config, field)
@@ -209,6 +226,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not 0 <= value < math.inf:  # NaN and inf too: training would only diverge.
             raise UserError(f"config.{field}={value!r} must not be negative, nor NaN or "
                             "infinite.")
+    seed = config.seed
+    if not isinstance(seed, int) or not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
+        raise UserError(f"config.seed={seed!r} must be an integer from {_SEED_RANGE[0]} to "
+                        f"{_SEED_RANGE[1]:,} (JAX keeps 32 bits of a seed).")
+    for fields, limit, why in _AT_MOST:
+        for field in fields:
+            value = _get(config, field)
+            if value > limit:
+                raise UserError(f"config.{field}={value} is too large: at most {limit:,} "
+                                f"({why}).")
     m, t = config.model, config.train
     if t.resume_step < -1:
         raise UserError(f"config.train.resume_step={t.resume_step} must be -1 (the newest "
@@ -244,3 +271,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"config.train.batch_size={t.batch_size} is not divisible by "
             f"config.train.grad_accum_steps={t.grad_accum_steps}.")
+    if machine:
+        footprint.check(config)

@@ -24,14 +24,17 @@ def eval_batches(par: parallel.DataParallel, splits: data.Splits, config) -> jax
     process's rows are ordered so that batch s of device d is what `put_batch`
     would give device d for that batch alone."""
     t, m = config.train, config.model
-    batches = [parallel.process_rows(data.sample_batch(tokens, config.seed, i, t.batch_size,
-                                                       m.block_size, stream))
-               for stream, tokens in ((1, splits.train), (2, splits.val))
-               for i in range(t.eval_steps)]
-    n_SDbT1 = np.stack(batches).reshape(len(batches), jax.local_device_count(), -1,
-                                        m.block_size + 1)
-    rows = n_SDbT1.transpose(1, 0, 2, 3).reshape(-1, m.block_size + 1)
-    return par.put_batch(rows, 2 * t.eval_steps)
+    S, D = 2 * t.eval_steps, jax.local_device_count()
+    # Each batch goes straight to its place: one host copy of them all (a
+    # list, its stack and a transposed stack held three; footprint.py counts one).
+    out_DSbT1 = np.empty((D, S, t.batch_size // jax.process_count() // D, m.block_size + 1),
+                         np.int32)
+    for s in range(S):  # The train split's eval_steps batches, then the validation's.
+        stream, tokens = ((1, splits.train), (2, splits.val))[s // t.eval_steps]
+        rows = parallel.process_rows(data.sample_batch(
+            tokens, config.seed, s % t.eval_steps, t.batch_size, m.block_size, stream))
+        out_DSbT1[:, s] = rows.reshape(D, -1, m.block_size + 1)
+    return par.put_batch(out_DSbT1.reshape(-1, m.block_size + 1), S)
 
 
 def evaluate(par: parallel.DataParallel, rparams, batches: jax.Array,

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     from smallgpt_jax import store  # After the flags: a fast --help.
     config = _CONFIG.value
     with cli.user_errors():
-        validate(config)
+        validate(config, machine=False)
         prepared = store.open_store(config.data, verify=_VERIFY.value)
         m = prepared.manifest
         if _VERIFY.value:

@@ -142,7 +142,7 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS
     config = FLAGS.config
     with cli.user_errors():
-        validate(config)
+        validate(config, machine=False)
         m = model_config(config, vocab_size(config, FLAGS.vocab_size))
         batch = FLAGS.batch_size or config.train.batch_size
         outputs, params = forward_shapes(m, batch)

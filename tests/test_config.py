@@ -13,7 +13,9 @@ def test_default_and_shipped_configs_are_valid():
     from smallgpt_jax.config_files import load_config
     validate(tiny_config())
     for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
-        validate(load_config(path))
+        # Whether each fits this machine's memory is not the point here (gpt1.py
+        # is for a GPU: on a CPU it needs more than 20 GB).
+        validate(load_config(path), machine=False)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -92,3 +94,98 @@ def test_load_config_reads_overrides_as_the_command_line_does(tmp_path):
         load_config(path, ["model.num_layers=x"])
     with pytest.raises(UserError, match="config file .*nope.py does not exist"):
         load_config(str(tmp_path / "nope.py"))
+
+
+# --- Hostile sizes: refused by validate, with one line, before any work ---
+
+HUGE = 2**70  # Past 64 bits.
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("seed", -1, "config.seed=-1 must be an integer from 0 to 4,294,967,295"),
+    ("seed", 2**32, "config.seed=4294967296 must be an integer from 0 to 4,294,967,295"),
+    ("seed", HUGE, f"config.seed={HUGE} must be an integer from 0"),
+    ("train.num_steps", 2**31, "config.train.num_steps=2147483648 is too large: at most "
+                               "2,147,483,647 (the step counter is a 32-bit integer)"),
+    ("train.warmup_steps", HUGE, f"config.train.warmup_steps={HUGE} is too large"),
+    ("train.eval_every", HUGE, f"config.train.eval_every={HUGE} is too large"),
+    ("train.resume_step", HUGE, f"config.train.resume_step={HUGE} is too large"),
+    ("train.sample_tokens", 10**9, "config.train.sample_tokens=1000000000 is too large: at "
+                                   "most 100,000"),
+    ("data.vocab_size", HUGE, f"config.data.vocab_size={HUGE} is too large"),
+    # Sizes that only memory limits: the line names the largest part and its fields.
+    ("train.batch_size", 10**9, "activations (train.batch_size=1000000000"),
+    ("train.batch_size", HUGE, f"activations (train.batch_size={HUGE}"),
+    ("train.eval_steps", 10**9, "the evaluation batches (train.eval_steps=1000000000"),
+    ("train.eval_steps", HUGE, f"the evaluation batches (train.eval_steps={HUGE}"),
+    ("model.block_size", 10**8, "model.block_size=100000000"),
+    ("model.embed_dim", 10**6, "the parameters and AdamW state (model.num_layers=2, "
+                               "model.embed_dim=1000000"),
+    ("model.embed_dim", HUGE, "the parameters and AdamW state"),
+    ("model.num_layers", 10**9, "model.num_layers=1000000000"),
+    ("model.mlp_ratio", 10**8, "model.mlp_ratio=100000000"),
+])
+def test_hostile_values_are_refused_in_one_line(field, value, message):
+    with pytest.raises(UserError) as e:
+        validate(tiny_config(**{field: value}), machine=True)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_vocabulary_too_large_for_memory_is_refused_before_it_is_learned():
+    config = tiny_config(**{"data.tokenizer": "bpe", "data.vocab_size": 10**9})
+    with pytest.raises(UserError, match=r"data.vocab_size=1000000000\).*; "
+                                        r"config.data.vocab_size fits up to [\d,]+ here"):
+        validate(config)
+
+
+def test_the_memory_line_says_how_far_each_size_can_go():
+    """With 1 GB: the need of the largest part's field at the value the line
+    gives fits, one more does not; on a GPU the activations do not count."""
+    from smallgpt_jax import footprint
+    cpu, gb = {"JAX_PLATFORMS": "cpu"}, 10**9
+    config = tiny_config(**{"train.eval_steps": 10**6})
+    with pytest.raises(UserError) as e:
+        footprint.check(config, cpu, available=gb)
+    fits = int(str(e.value).split("train.eval_steps fits up to ")[1].split(" ")[0]
+               .replace(",", ""))
+    footprint.check(tiny_config(**{"train.eval_steps": fits}), cpu, available=gb)
+    with pytest.raises(UserError):
+        footprint.check(tiny_config(**{"train.eval_steps": fits + 1}), cpu, available=gb)
+    attention = tiny_config(**{"model.block_size": 4096})  # [8, 2, 4096, 4096] per layer.
+    with pytest.raises(UserError, match="activations"):
+        footprint.check(attention, cpu, available=gb)
+    footprint.check(attention, {"JAX_PLATFORMS": "cuda"}, available=gb)
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"model.activation": "swiglu", "model.tie_embeddings": False},
+    {"model.pos_encoding": "rope", "model.use_bias": False, "data.tokenizer": "bpe",
+     "data.vocab_size": 300},
+])
+def test_the_parameter_count_it_uses_is_a_close_lower_bound(overrides):
+    import jax
+    from smallgpt_jax import footprint, train
+    from smallgpt_jax.model import model_config
+    config = tiny_config(**overrides)
+    vocab = footprint.vocabulary_floor(config.data) or 13
+    shapes = jax.eval_shape(lambda: train.init_state(model_config(config, vocab),
+                                                     train.make_optimizer(config.train), 0))
+    actual = sum(p.size for p in jax.tree_util.tree_leaves(shapes.params))
+    floor = footprint.parameter_floor(config) + (vocab * 32 if config.data.tokenizer == "char"
+                                                 else 0)
+    assert 0.9 * actual <= floor <= actual
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.eval_steps=1000000000", "for the evaluation batches"),
+    (f"--config.seed={HUGE}", f"config.seed={HUGE} must be an integer from 0"),
+])
+def test_hostile_values_on_the_command_line_write_nothing(override, message, tmp_path):
+    from conftest import run_cli
+    workdir = tmp_path / "run"
+    proc = run_cli(["--config=configs/char_cpu.py", f"--workdir={workdir}", override])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
+    assert message in proc.stderr
+    assert not workdir.exists()
