@@ -1,0 +1,296 @@
+"""Reading XLA's HLO text: which operations move the bytes of a step, and how
+many times a loop body runs.
+
+`compiled.cost_analysis()` gives one total per program and counts the body of
+a `while` loop once, however many times it runs (`nn.scan` over layers,
+gradient accumulation). This module reads the program's text
+(`compiled.as_text()`, or `lowered.as_text(dialect="hlo")` before
+optimisation) to put those right:
+- `parse` splits it into computations and instructions;
+- `multiplicities` says how many times each computation runs per step (a
+  loop body: its trip count, read from the loop's condition);
+- `instruction_bytes` is what one instruction reads and writes in memory
+  (its operands and its output; a fusion's internal values stay on chip);
+- `dot_flops` counts matrix-multiply FLOPs (2 per multiply-add).
+The figures are estimates of the same kind as XLA's own: they assume every
+operand is read once and every output written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+_ITEMSIZE = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2,
+             "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
+             "f64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"\b(pred|[su](?:4|8|16|32|64)|bf16|f16|f32|f64|c64|c128|f8\w*)"
+                    r"\[([\d,]*)\](?:\{([^}]*)\})?")
+_INSTR = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.*)$")
+_HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{$")
+# Opcodes that move no data of their own (their called computations are
+# counted where they run) or only rename a buffer.
+_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
+         "call", "conditional", "after-all", "partition-id", "replica-id",
+         "opt-barrier", "add-dependency"}
+# TPU custom calls that only reserve a buffer or view adjacent slices as one.
+_FREE_CALLS = ("AllocateBuffer", "ConcatBitcast")
+
+
+@dataclasses.dataclass
+class Instr:
+    name: str
+    shape: str  # The output shape as printed, layouts included.
+    opcode: str
+    operands: list[str]  # Operand names (or literals, for a constant).
+    attrs: str  # Everything after the operands.
+
+    def attr(self, key: str) -> str | None:
+        m = re.search(rf"\b{key}=%?([\w.\-]+)", self.attrs)
+        return m.group(1) if m else None
+
+    @property
+    def op_name(self) -> str:
+        m = re.search(r'op_name="([^"]*)"', self.attrs)
+        return m.group(1) if m else ""
+
+
+@dataclasses.dataclass
+class Computation:
+    name: str
+    entry: bool
+    instrs: list[Instr]
+
+    def __post_init__(self):
+        self.by_name = {i.name: i for i in self.instrs}
+
+
+def _balanced(text: str, start: int) -> int:
+    """The index just past the parenthesis that closes text[start] == '('."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i + 1
+    return len(text)
+
+
+def _split_top(text: str) -> list[str]:
+    """`text` split at the commas that are outside any brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _instruction(name: str, rest: str) -> Instr | None:
+    if rest.startswith("("):  # A tuple shape, which may hold parentheses (tiles).
+        end = _balanced(rest, 0)
+    else:
+        end = rest.find(" ")
+    shape, after = rest[:end], rest[end:].lstrip()
+    m = re.match(r"([\w\-]+)\(", after)
+    if not m:
+        return None
+    close = _balanced(after, m.end() - 1)
+    operands = [p.split()[-1].lstrip("%") for p in _split_top(after[m.end():close - 1])]
+    return Instr(name, shape, m.group(1), operands, after[close:])
+
+
+def parse(text: str) -> dict[str, Computation]:
+    """{computation name: Computation} of an HLO module's text."""
+    comps, current = {}, None
+    for line in text.splitlines():
+        header = _HEADER.match(line)
+        if header and not line.startswith(" "):
+            current = Computation(header.group(2), bool(header.group(1)), [])
+            comps[current.name] = current
+            continue
+        m = _INSTR.match(line) if current is not None else None
+        if m:
+            instr = _instruction(m.group(1), m.group(2))
+            if instr:
+                current.instrs.append(instr)
+    for c in comps.values():
+        c.__post_init__()
+    return comps
+
+
+def arrays(shape: str) -> list[tuple[str, tuple[int, ...], str]]:
+    """(dtype, dims, layout) of every array in a (tuple) shape."""
+    return [(m.group(1), tuple(int(d) for d in m.group(2).split(",") if d), m.group(3) or "")
+            for m in _ARRAY.finditer(shape)]
+
+
+def shape_bytes(shape: str, padded: bool = False) -> float:
+    """Bytes of a shape; `padded`: with its minor dimensions rounded up to the
+    first tile of its layout (e.g. T(8,128) on TPU), as memory holds it."""
+    total = 0.0
+    for dtype, dims, layout in arrays(shape):
+        dims = list(dims)
+        if padded and ":" in layout:
+            minor_to_major, tiling = layout.split(":", 1)
+            order = [int(d) for d in minor_to_major.split(",") if d]
+            tile = re.match(r"T\(([\d,]+)\)", tiling)
+            if tile and order:
+                sizes = [int(t) for t in tile.group(1).split(",")][::-1]
+                for dim, size in zip(order, sizes):
+                    dims[dim] = -(-dims[dim] // size) * size
+        total += math.prod(dims) * _ITEMSIZE.get(dtype, 1)
+    return total
+
+
+def trip_count(while_instr: Instr, comps: dict[str, Computation]) -> int | None:
+    """How many times a `while` runs its body: XLA's own known_trip_count, else
+    the N of a condition `i < N` on a counter from 0 (how lax.scan and
+    fori_loop lower); None if neither is there."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', while_instr.attrs)
+    if known:
+        return int(known.group(1))
+    cond = comps.get(while_instr.attr("condition") or "")
+    if cond is None or not cond.instrs:
+        return None
+    root = cond.instrs[-1]
+    direction = re.search(r"direction=(\w+)", root.attrs)
+    if root.opcode != "compare" or not direction or len(root.operands) != 2:
+        return None
+    side = {"LT": 1, "GT": 0}.get(direction.group(1))
+    const = cond.by_name.get(root.operands[side]) if side is not None else None
+    if const is None or const.opcode != "constant":
+        return None
+    try:
+        return int(const.operands[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def multiplicities(comps: dict[str, Computation]) -> tuple[dict[str, int], bool]:
+    """({computation: runs per program run}, every loop's trip count known).
+    Only computations that run as a sequence of operations are listed (the
+    entry, loop bodies and conditions, called and branch computations), not
+    the insides of fusions or reductions."""
+    entry = next(c for c in comps.values() if c.entry)
+    runs, known, todo = {entry.name: 1}, True, [entry.name]
+    while todo:
+        comp = comps[todo.pop()]
+        for instr in comp.instrs:
+            called = []
+            if instr.opcode == "while":
+                n = trip_count(instr, comps)
+                known &= n is not None
+                called = [(instr.attr("body"), n or 1), (instr.attr("condition"), n or 1)]
+            elif instr.opcode in ("call", "async-start"):
+                called = [(instr.attr("to_apply") or instr.attr("calls"), 1)]
+            elif instr.opcode == "conditional":
+                names = re.search(r"branch_computations=\{([^}]*)\}", instr.attrs)
+                branches = ([b.strip().lstrip("%") for b in names.group(1).split(",")]
+                            if names else [instr.attr("true_computation"),
+                                           instr.attr("false_computation")])
+                called = [(b, 1) for b in branches]
+            for name, n in called:
+                if name in comps and name not in runs:
+                    runs[name] = runs[comp.name] * n
+                    todo.append(name)
+    return runs, known
+
+
+def _sliced_operands(fused: Computation | None, index: int) -> float | None:
+    """Bytes a fusion reads of operand `index` when the fused computation only
+    slices it (a scanned layer's weights out of the stack): the slices' sizes."""
+    if fused is None:
+        return None
+    param = next((i for i in fused.instrs if i.opcode == "parameter"
+                  and i.operands == [str(index)]), None)
+    if param is None:
+        return None
+    users = [i for i in fused.instrs if param.name in i.operands]
+    if users and all(u.opcode in ("slice", "dynamic-slice") and u.operands[0] == param.name
+                     for u in users):
+        return sum(shape_bytes(u.shape) for u in users)
+    return None
+
+
+def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computation],
+                      padded: bool = False) -> float:
+    """Bytes one run of `instr` reads and writes in memory (0 for those that
+    move nothing: parameters, tuples, loops whose bodies count on their own)."""
+    if (instr.opcode in _FREE or instr.opcode.endswith("-done")
+            or re.search(r'custom_call_target="({})"'.format("|".join(_FREE_CALLS)), instr.attrs)):
+        return 0.0
+    if instr.opcode == "slice-start":  # Reads its slice, writes it elsewhere (VMEM on TPU).
+        return 2 * shape_bytes(_split_top(instr.shape[1:-1])[1], padded)
+    fused = comps.get(instr.attr("calls") or "") if instr.opcode == "fusion" else None
+    operands = 0.0
+    for k, name in enumerate(instr.operands):
+        source = comp.by_name.get(name)
+        if source is None:
+            continue
+        sliced = _sliced_operands(fused, k)
+        operands += sliced if sliced is not None else shape_bytes(source.shape, padded)
+    if instr.opcode.endswith("-start"):  # An async copy: read once, written once.
+        return 2 * operands
+    root = fused.instrs[-1] if fused and fused.instrs else None
+    if root is not None and root.opcode == "dynamic-update-slice" and len(instr.operands) > 0:
+        # Updated in place: only the update is written, the buffer not read.
+        update = fused.by_name.get(root.operands[1])
+        buffer = comp.by_name.get(instr.operands[0])
+        if update is not None and buffer is not None:
+            return operands - shape_bytes(buffer.shape, padded) + shape_bytes(update.shape)
+    return operands + shape_bytes(instr.shape, padded)
+
+
+def dot_flops(instr: Instr, comp: Computation) -> float:
+    """2 x (output elements) x (contracted size) for a `dot`, else 0."""
+    if instr.opcode != "dot":
+        return 0.0
+    lhs = comp.by_name.get(instr.operands[0])
+    dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", instr.attrs)
+    if lhs is None or not dims or not arrays(lhs.shape) or not arrays(instr.shape):
+        return 0.0
+    lhs_dims = arrays(lhs.shape)[0][1]
+    contracted = math.prod(lhs_dims[int(d)] for d in dims.group(1).split(",") if d)
+    return 2.0 * math.prod(arrays(instr.shape)[0][1]) * contracted
+
+
+def _short(op_name: str) -> str:
+    """A JAX op path, shortened: the step's wrappers dropped, every layer's
+    index made '*' so the layers' copies of an operation group together."""
+    name = op_name.split(";")[0]
+    for wrapper in ("jit(train_body)/", "jit(eval_body)/", "while/body/", "closed_call/",
+                    "jit(shmap_body)/", "shard_map/"):
+        name = name.replace(wrapper, "")
+    name = name.replace("transpose(jvp(GPT))", "backward").replace("jvp(GPT)", "forward")
+    return re.sub(r"block_\d+", "block_*", name)
+
+
+def contributors(text: str) -> list[dict]:
+    """Bytes per step by operation, largest first: each top-level instruction
+    of the optimised program (fusions whole) times its runs, grouped by JAX op
+    path, instruction kind and output shape."""
+    comps = parse(text)
+    runs, _ = multiplicities(comps)
+    groups: dict[tuple, dict] = {}
+    for cname, n in runs.items():
+        comp = comps[cname]
+        for instr in comp.instrs:
+            moved = instruction_bytes(instr, comp, comps)
+            if not moved:
+                continue
+            out = arrays(instr.shape)
+            shape = (f"{out[0][0]}[{','.join(map(str, out[0][1]))}]" if out else instr.shape)
+            shape += f" +{len(out) - 1}" if len(out) > 1 else ""
+            kind = re.sub(r"\.\d+$", "", instr.name)
+            key = (_short(instr.op_name), kind, shape)
+            g = groups.setdefault(key, {"op": key[0], "kind": kind, "shape": shape,
+                                        "dtype": out[0][0] if out else "",
+                                        "bytes": 0.0, "padded_bytes": 0.0, "count": 0})
+            g["bytes"] += n * moved
+            g["padded_bytes"] += n * instruction_bytes(instr, comp, comps, padded=True)
+            g["count"] += n
+    return sorted(groups.values(), key=lambda g: -g["bytes"])

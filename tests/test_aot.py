@@ -1,0 +1,143 @@
+"""The compile check (aot.py, hlo_cost.py, `python -m smallgpt_jax.compile`):
+the real steps compiled for a TPU topology on this CPU, with libtpu's
+compile-only devices. Those tests skip where libtpu is not installed; the
+one-line errors are checked everywhere."""
+
+import importlib.util
+import json
+
+import pytest
+
+from conftest import run_cli, tiny_config
+from smallgpt_jax import aot, hlo_cost
+from smallgpt_jax.errors import UserError
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason='no libtpu: pip install -e ".[tpu]" to compile for TPU targets')
+KEYS = {"target", "devices", "fits", "device_memory_bytes", "state_bytes", "temp_bytes",
+        "flops_per_step", "bytes_per_step", "flop_bound_ms", "memory_bound_ms",
+        "tokens_per_s", "programs", "compile_s"}
+V5E = aot.target("tpu:v5e-1")
+TINY = ["--config=configs/char_cpu.py", "--config.model.num_layers=2",
+        "--config.model.num_heads=2", "--config.model.embed_dim=32",
+        "--config.model.block_size=16", "--config.train.batch_size=8",
+        "--config.train.eval_steps=2"]
+
+
+def compile_cli(*args):
+    return run_cli([*TINY, *args], module="smallgpt_jax.compile")
+
+
+def analytic_flops(c, n_params: int) -> float:
+    """6 N per token for the weights (forward and backward), and 12 L T D per
+    token for the attention scores and their use."""
+    m, tokens = c.model, c.train.batch_size * c.model.block_size
+    return tokens * (6 * n_params + 12 * m.num_layers * m.block_size * m.embed_dim)
+
+
+@pytest.fixture(scope="module")
+def unrolled():
+    return aot.compile_steps(tiny_config(), 65, V5E)
+
+
+@needs_libtpu
+def test_a_tiny_model_compiles_for_a_v5e_and_fits(unrolled):
+    s = aot.summary(unrolled, V5E)
+    assert set(s) == KEYS and s["programs"] == 2 and s["compile_s"] > 0
+    assert s["fits"] and s["devices"] == 1 and s["device_memory_bytes"] == 16e9
+    # bfloat16 compute and the plain kernels: 'auto' resolved for the TPU, not this CPU.
+    assert unrolled["model"].dtype == "bfloat16"
+    assert unrolled["config"].model.fast_backward == "off"
+    # Parameters and AdamW's two moments, float32.
+    assert s["state_bytes"] >= 3 * 4 * unrolled["params"]
+    analytic = analytic_flops(unrolled["config"], unrolled["params"])
+    assert analytic / 2 < s["flops_per_step"] < 2 * analytic
+    assert s["bytes_per_step"] > 0 and s["memory_bound_ms"] > 0
+    assert s["tokens_per_s"] == pytest.approx(
+        8 * 16 / max(s["flop_bound_ms"], s["memory_bound_ms"]) * 1e3)
+
+
+@needs_libtpu
+def test_scanned_layers_are_counted_once_per_layer(unrolled):
+    """XLA's cost analysis counts a loop body once; the figures times the trip
+    count come close to the same model compiled unrolled."""
+    scanned = aot.compile_steps(tiny_config(**{"model.scan_layers": True}), 65, V5E,
+                                eval_step=False)["programs"][0]
+    flat = unrolled["programs"][0]
+    assert scanned.trip_counts_known and scanned.loop_flops > 0
+    raw = scanned.cost["flops"]
+    assert raw < 0.8 * flat.flops  # What the correction is for.
+    assert scanned.flops == pytest.approx(flat.flops, rel=0.15)
+    assert scanned.bytes == pytest.approx(flat.bytes, rel=0.3)
+
+
+@needs_libtpu
+def test_the_breakdown_adds_up_to_about_xla_bytes(unrolled):
+    from smallgpt_jax.compile import breakdown
+    program = unrolled["programs"][0]
+    groups = hlo_cost.contributors(program.hlo)
+    assert groups and groups[0]["bytes"] >= groups[-1]["bytes"] > 0
+    assert any("attn" in g["op"] for g in groups)
+    padded = sum(g["padded_bytes"] for g in groups)
+    assert 0.3 < padded / program.bytes < 3
+    text = breakdown(program)
+    assert "XLA's bytes accessed" in text and text.count("\n| ") >= 10
+
+
+@needs_libtpu
+def test_the_command_prints_one_json_object():
+    proc = compile_cli("--target=tpu:v5e-1", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = json.loads(proc.stdout)
+    assert set(s) == KEYS and s["target"] == "tpu:v5e-1" and s["fits"] is True
+
+
+def test_trip_counts_are_read_from_a_loop_condition():
+    text = """HloModule m
+%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]) parameter(0)
+  ROOT %t = (s32[], f32[4]) tuple(%i, %x)
+}
+%cond (p: (s32[], f32[4])) -> pred[] {
+  %p = (s32[], f32[4]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(6)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %w = (s32[], f32[4]) while(%init), condition=%cond, body=%body
+  ROOT %e = f32[4]{0} exponential(%a)
+}
+"""
+    comps = hlo_cost.parse(text)
+    runs, known = hlo_cost.multiplicities(comps)
+    assert known and runs == {"main": 1, "body": 6, "cond": 6}
+    main = comps["main"]
+    assert hlo_cost.instruction_bytes(main.by_name["e"], main, comps) == 32
+
+
+def test_errors_are_one_line(tmp_path):
+    for args, message in [(["--target=tpu:v9-1"], "known: tpu:v5e-1"),
+                          (["--target=gpu"], "a GPU without one is not supported"),
+                          (["--target=tpu:v4-8", "--config.train.batch_size=6"],
+                           "does not split evenly over the target's 4 device(s)")]:
+        proc = compile_cli(*args)
+        err = proc.stderr.strip()
+        assert proc.returncode == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_targets():
+    assert aot.target("tpu:v4-8").devices == 4  # Four chips, one device each (megacore).
+    cpu = aot.target("cpu:4")
+    assert cpu.devices == 4 and cpu.peak_flops is None and cpu.memory_bytes > 0
+    with pytest.raises(UserError, match="known: tpu:v5e-1, tpu:v5e-8, tpu:v4-8"):
+        aot.target("cpu:0")
+
+
+def test_a_missing_libtpu_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
+    with pytest.raises(UserError, match=r'pip install -e "\.\[tpu\]"'):
+        aot.devices(V5E)
