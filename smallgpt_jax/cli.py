@@ -29,6 +29,21 @@ def quiet_ctrl_c() -> None:
     signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 
+def _stopped_outside_training(signum, frame) -> NoReturn:
+    print(f"stopped by {signal.Signals(signum).name}; run the same command again to go on "
+          "(from the newest checkpoint, if any).", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
+def quiet_stop_signals() -> None:
+    """SIGTERM or SIGHUP while a training command loads its libraries, reads
+    its flags, or prints its results: one line and 128 + N, not a silent end.
+    (While the run itself runs, stopping.StopSignals replaces this; a second
+    signal, which stops at once, reaches it again.)"""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stopped_outside_training)
+
+
 def _quiet_broken_pipe() -> NoReturn:
     """The reader of our output went away (`... | head`): stop quietly, as Unix
     tools do, with the status of a process killed by SIGPIPE."""

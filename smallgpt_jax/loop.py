@@ -55,9 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         try:
             return _run(config, workdir, stop, settings, hooks or profiling.Hooks())
         except stopping.StopNow as e:
-            raise Interrupted(
-                f"stopped by {signal.Signals(e.signum).name} before training started; "
-                "nothing new to save: run the same command again to go on.", e.signum) from None
+            raise Interrupted(str(e), e.signum) from None
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str, stop: stopping.StopSignals,

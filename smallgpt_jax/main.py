@@ -14,6 +14,7 @@ from smallgpt_jax import cli, runtime
 
 if __name__ == "__main__":  # Before the slower imports below.
     cli.quiet_ctrl_c()
+    cli.quiet_stop_signals()
 
 from absl import flags  # noqa: E402
 

@@ -46,6 +46,7 @@ and the Threefry lowering as they are, e.g. to measure what they bring.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import logging
@@ -211,19 +212,39 @@ class _QuietOrbaxErrors(logging.Filter):
 _QUIET_ORBAX_ERRORS = _QuietOrbaxErrors()  # One instance: adding it again is a no-op.
 
 
-def _ignore_closed_event_loop(unraisable) -> None:
-    """After a restore fails (damaged files), TensorStore finishes the reads
-    still in flight and reports them to Orbax's asyncio loop, closed by then;
-    Python would print a traceback for each (and one, with a page of
-    TensorStore spec, for each read of a missing array file whose coroutine is
-    dropped). Our error line already says what failed, so those are dropped;
-    anything else is printed as usual."""
+def _quiet_unraisable(unraisable) -> None:
+    """Exceptions Python cannot raise (in a gc callback, a __del__):
+
+    - After a restore fails (damaged files), TensorStore finishes the reads
+      still in flight and reports them to Orbax's asyncio loop, closed by then,
+      and each read of a missing array file whose coroutine is dropped reports
+      a page of TensorStore spec. Our error line already says what failed:
+      those are dropped.
+    - A signal's handler that raised to end the process (SystemExit,
+      KeyboardInterrupt, stopping.StopNow: an `exit_status`) while a gc
+      callback ran would be dropped, and the process would go on as if no
+      signal came: it ends here instead, at once, with the exception's line.
+
+    Anything else is printed as usual."""
     error = unraisable.exc_value
     if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
         return
     if "See full TensorStore details" in str(error):
         return
-    sys.__unraisablehook__(unraisable)
+    if isinstance(error, SystemExit):  # Its handler printed its line already.
+        status, line = error.code if isinstance(error.code, int) else 1, ""
+    elif isinstance(error, KeyboardInterrupt):
+        status, line = 130, "error: interrupted"
+    elif isinstance(getattr(error, "exit_status", None), int):
+        status, line = error.exit_status, str(error)
+    else:
+        sys.__unraisablehook__(unraisable)
+        return
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        if line:
+            print(line, file=sys.stderr, flush=True)
+    os._exit(status)
 
 
 def quiet_library_logs() -> None:
@@ -236,7 +257,7 @@ def quiet_library_logs() -> None:
     # After a failed restore, Orbax leaves reads in flight whose errors asyncio
     # would log as "Future exception was never retrieved"; ours is reported.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    sys.unraisablehook = _ignore_closed_event_loop
+    sys.unraisablehook = _quiet_unraisable
     logging.getLogger("smallgpt_jax").setLevel(logging.INFO)
 
 

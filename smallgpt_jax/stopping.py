@@ -28,11 +28,14 @@ from smallgpt_jax.errors import UserError
 class StopNow(BaseException):
     """A stop signal before training started: nothing to save, so the run
     ends at once. Not an Exception: no `except Exception` on the way (one that
-    turns an Orbax error into a message, say) takes it for another error."""
+    turns an Orbax error into a message, say) takes it for another error.
+    Raised in a gc callback, where Python drops it, the command line's
+    unraisable hook ends the process with its line and `exit_status`."""
 
     def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} before training started; "
+                         "nothing new to save: run the same command again to go on.")
+        self.signum, self.exit_status = signum, 128 + signum
 
 
 class StopSignals:

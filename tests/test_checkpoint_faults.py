@@ -39,7 +39,7 @@ def test_an_incomplete_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
 
 # After the failed restore, TensorStore finishes its reads in flight onto Orbax's
 # asyncio loop, closed by then; Python reports each as unraisable (the command
-# line drops them: runtime._ignore_closed_event_loop). Nothing else is filtered.
+# line drops them: runtime._quiet_unraisable). Nothing else is filtered.
 # (A missing array file: the reads of the other arrays, dropped, report theirs too.)
 @pytest.mark.filterwarnings(
     "ignore:(?s).*RuntimeError. Event loop is closed:pytest.PytestUnraisableExceptionWarning")
@@ -122,7 +122,7 @@ def test_the_reads_a_failed_restore_drops_print_nothing_on_the_command_line(
     # Each dropped read of a missing array file: a traceback with a page of spec.
     import sys
     from smallgpt_jax import runtime
-    monkeypatch.setattr(sys, "unraisablehook", runtime._ignore_closed_event_loop)
+    monkeypatch.setattr(sys, "unraisablehook", runtime._quiet_unraisable)
 
     class Dropped:  # Python reports an error in __del__ as unraisable.
         def __init__(self, error):

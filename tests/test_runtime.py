@@ -80,7 +80,7 @@ _MAIN_UNTIL_THE_RUN = _MEASURE_REFILL + textwrap.dedent("""
         rule = mlir._platform_specific_lowerings["cpu"][tf.threefry2x32_p].rule
         seen.update(faults=refill_faults(64 << 20),
                     unrolled_threefry=rule is tf._threefry2x32_lowering_rule,
-                    hook=sys.unraisablehook is runtime._ignore_closed_event_loop)
+                    hook=sys.unraisablehook is runtime._quiet_unraisable)
         print(json.dumps(seen), flush=True)
         raise SystemExit(0)
     sys.modules["smallgpt_jax.loop"] = types.ModuleType("smallgpt_jax.loop")
@@ -204,3 +204,31 @@ def test_auto_dtype_is_the_default_and_resolves_in_the_model_config():
     from smallgpt_jax.model import model_config
     assert base_config().model.dtype == "auto"
     assert model_config(base_config(), 65).dtype == "float32"  # This is a CPU.
+
+
+_DROPPED_STOP = textwrap.dedent("""
+    import signal, sys, time
+    from smallgpt_jax import cli, runtime, stopping
+    runtime.quiet_library_logs()  # The command lines' unraisable hook, as setup_process sets it.
+    cli.quiet_stop_signals()
+    class Dropped:  # Where Python drops exceptions, as in a gc callback (JAX has one).
+        def __del__(self):
+            if sys.argv[1] == "stop_now":
+                raise stopping.StopNow(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # Its handler runs here, in __del__.
+    Dropped()
+    time.sleep(10)
+    print("went on as if no signal came")
+""")
+
+
+@pytest.mark.parametrize("where,message", [
+    ("stop_now", "stopped by SIGTERM before training started; nothing new to save"),
+    ("loading", "stopped by SIGTERM; run the same command again"),
+])
+def test_a_stop_raised_where_python_drops_exceptions_still_ends_the_process(where, message):
+    # (A SIGTERM while JAX was imported was dropped this way, and the run trained on.)
+    out = subprocess.run([sys.executable, "-c", _DROPPED_STOP, where], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 143 and out.stdout == "", out
+    assert out.stderr.startswith(message) and out.stderr.count("\n") == 1, out.stderr

@@ -220,3 +220,22 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, module, args):
     proc.send_signal(signal.SIGINT)
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 130 and err == "error: interrupted\n", err
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_while_a_run_loads_its_libraries_is_one_line(tmp_path, signum):
+    # (It ended the process silently; once the run starts, StopSignals takes over.)
+    import signal
+    import subprocess
+    import sys
+    (tmp_path / "sitecustomize.py").write_text(SLOW_JAX_IMPORT)
+    proc = subprocess.Popen([sys.executable, "-m", "smallgpt_jax.main",
+                             "--config=configs/char_cpu.py"], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline() == "importing jax\n"
+    proc.send_signal(getattr(signal, signum))
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + getattr(signal, signum), err
+    assert err == (f"stopped by {signum}; run the same command again to go on (from the "
+                   "newest checkpoint, if any).\n")
