@@ -41,7 +41,7 @@ import time
 
 import numpy as np
 
-from smallgpt_jax import cli
+from smallgpt_jax.cli import app as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,12 +55,16 @@ STARTUP = r"""
 import os, resource, sys, time
 t_parent = float(sys.argv[1])
 marks = {"interpreter": time.time() - t_parent}
-from smallgpt_jax import main, runtime
+from smallgpt_jax.cli import main
+from smallgpt_jax.system import runtime
 setup_process = runtime.setup_process
 def probed_setup_process(*args, **kwargs):
     out = setup_process(*args, **kwargs)
     marks["main_called"] = time.time() - t_parent
-    from smallgpt_jax import checkpoint, data, loop, parallel, store, train
+    from smallgpt_jax import data, parallel, train
+    from smallgpt_jax.checkpoint import writer as checkpoint
+    from smallgpt_jax.store import store
+    from smallgpt_jax.training import loop
     marks["imports"] = time.time() - t_parent
     def timed(module, name):
         inner = getattr(module, name)
@@ -130,7 +134,7 @@ def _config(corpus: str, tokenizer: str, vocab: int, cache: str):
 
 def prepare(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
     """Times a cold preparation in a fresh process (its store is removed first)."""
-    from smallgpt_jax import store
+    from smallgpt_jax.store import store
     c = _config(corpus, tokenizer, vocab, cache)
     name, _ = store.corpus_files(c.data)
     folder = store.folder_for(c.data, name, store.settings(c.data, name, None))
@@ -182,7 +186,8 @@ def startup(corpus: str, tokenizer: str, vocab: int, cache: str) -> dict:
 
 
 def draw(corpus: str, tokenizer: str, vocab: int, cache: str, steps: int = 2000) -> dict:
-    from smallgpt_jax import data, store
+    from smallgpt_jax import data
+    from smallgpt_jax.store import store
     splits = store.open_store(_config(corpus, tokenizer, vocab, cache).data,
                               verbose=False).splits()
     times = []
@@ -199,7 +204,7 @@ def draw(corpus: str, tokenizer: str, vocab: int, cache: str, steps: int = 2000)
 def open_store(corpus: str, tokenizer: str, vocab: int, cache: str, verify: bool,
                repeats: int = 11) -> dict:
     """Times `store.open_store` on the prepared store, `repeats` times."""
-    from smallgpt_jax import store
+    from smallgpt_jax.store import store
     c = _config(corpus, tokenizer, vocab, cache)
     store.open_store(c.data, verbose=False)  # Prepared if it was not (not timed).
     ms = []

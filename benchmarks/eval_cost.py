@@ -27,8 +27,9 @@ import time
 
 from absl import flags
 
-from smallgpt_jax import cli, runtime
-from smallgpt_jax.config_files import define_config_flag
+from smallgpt_jax.cli import app as cli
+from smallgpt_jax.cli.config_files import define_config_flag
+from smallgpt_jax.system import runtime
 
 _CONFIG = define_config_flag()
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per piece; the median is reported.")
@@ -55,7 +56,7 @@ def median_cost(fn, repeats: int) -> tuple[float, float]:
 def run_counts(t) -> dict[str, int]:
     """Evaluations, samples and saves of a run of `t` (config.train), if every
     evaluation is a new best."""
-    from smallgpt_jax.loop import due
+    from smallgpt_jax.training.loop import due
     steps = range(1, t.num_steps + 1)
     evals = [s for s in steps if due(s, t.eval_every, t.num_steps)]
     return {"evaluate": len(evals),
@@ -66,9 +67,12 @@ def run_counts(t) -> dict[str, int]:
 
 def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before NumPy or JAX start threads.
-    from smallgpt_jax import checkpoint, data, evaluation, parallel, store, train
+    from smallgpt_jax import data, parallel, train
+    from smallgpt_jax.checkpoint import writer as checkpoint
+    from smallgpt_jax.checkpoint.workdir import prepare_workdir
     from smallgpt_jax.model import model_config
-    from smallgpt_jax.workdir import prepare_workdir
+    from smallgpt_jax.store import store
+    from smallgpt_jax.training import evaluation
 
     config, n = _CONFIG.value, _REPEATS.value
     runtime.setup_run(config)

@@ -45,7 +45,7 @@ if ls "$DEV"/wheels/*.whl >/dev/null 2>&1 && [ "$TINY" != 1 ]; then
     "$DEV"/wheels/*.whl >>"$OUT/summary.txt" 2>&1
   export PYTHONPATH=/tmp/site:$ROOT
 fi
-"$PY" -c "import smallgpt_jax.loop" >>"$OUT/summary.txt" 2>&1 || say "import failed: see summary.txt"
+"$PY" -c "import smallgpt_jax.training.loop" >>"$OUT/summary.txt" 2>&1 || say "import failed: see summary.txt"
 
 ttl() { # name, time limit, time_to_loss flags...: the table and JSON line go to the summary.
   local name=$1 lim; lim=$(limit "$2"); shift 2

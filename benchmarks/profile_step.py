@@ -2,7 +2,7 @@
 
     python -m benchmarks.profile_step --config=configs/char_cpu.py --config.train.batch_size=12 [--steps=10]
 
-Compiles the step exactly as `benchmarks.train_step` does (the step loop.py
+Compiles the step exactly as `benchmarks.train_step` does (the step training/loop.py
 runs), runs `--warmup` steps, then records `--steps` more with
 `jax.profiler`, and sums the time of every XLA operation by category. An
 operation's time is its fastest run among the recorded steps, an estimate of
@@ -19,7 +19,7 @@ layers, as in `train_step.py`) over their time.
 from __future__ import annotations
 
 if __name__ == "__main__":  # First: the allocator, before NumPy starts threads.
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     runtime.setup_process()
 
 import collections  # noqa: E402
@@ -102,7 +102,8 @@ def profile(jstep, steps: int) -> tuple[dict[str, float], float]:
 
 
 def main(argv: list[str]) -> None:
-    from smallgpt_jax import cli, runtime
+    from smallgpt_jax.cli import app as cli
+    from smallgpt_jax.system import runtime
 
     with cli.user_errors():
         config = train_step._CONFIG.value
@@ -128,6 +129,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from smallgpt_jax import cli
+    from smallgpt_jax.cli import app as cli
     flags.mark_flag_as_required("config")
     cli.run_app(main)

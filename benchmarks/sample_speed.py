@@ -21,8 +21,9 @@ import time
 
 from absl import flags
 
-from smallgpt_jax import cli, runtime
-from smallgpt_jax.config_files import define_config_flag
+from smallgpt_jax.cli import app as cli
+from smallgpt_jax.cli.config_files import define_config_flag
+from smallgpt_jax.system import runtime
 
 _CONFIG = define_config_flag()
 _VOCAB = flags.DEFINE_integer("vocab_size", 65, "Vocabulary size (65: Tiny Shakespeare characters).")

@@ -32,7 +32,7 @@ import time
 T0 = time.time()  # Process start, nearly: before JAX or the project is imported.
 
 if __name__ == "__main__":  # First: the allocator, before NumPy starts threads.
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     runtime.setup_process()
 
 import collections  # noqa: E402
@@ -46,9 +46,9 @@ from typing import Any  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks import train_step  # noqa: E402  Its flags: --config, --warmup, --repeats, --json_out.
-from smallgpt_jax import profiling  # noqa: E402
-from smallgpt_jax.errors import UserError  # noqa: E402
-from smallgpt_jax.workdir import CHECKPOINT_DIR  # noqa: E402
+from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR  # noqa: E402
+from smallgpt_jax.system.errors import UserError  # noqa: E402
+from smallgpt_jax.training import profiling  # noqa: E402
 
 _TARGET = flags.DEFINE_float("target_val_loss", None, "Validation loss to reach (nats/token).")
 _KEEP_GOING = flags.DEFINE_boolean(
@@ -128,7 +128,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     import jax
     from jax import monitoring
 
-    from smallgpt_jax import loop
+    from smallgpt_jax.training import loop
 
     watcher = Watcher(_TARGET.value, not _KEEP_GOING.value)
     monitoring.register_event_duration_secs_listener(watcher.compile_event)
@@ -183,7 +183,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
 def _vocab(workdir: str) -> int:
     """The run's vocabulary size (from the tokenizer it saved)."""
-    from smallgpt_jax import tokenizer
+    from smallgpt_jax.tokenizers import tokenizer
     return tokenizer.load(os.path.join(workdir, "tokenizer.json")).vocab_size
 
 
@@ -221,7 +221,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from smallgpt_jax import cli
+    from smallgpt_jax.cli import app as cli
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="time_to_loss_")
     with cli.user_errors():
         if os.path.exists(os.path.join(workdir, CHECKPOINT_DIR)):
@@ -240,6 +240,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from smallgpt_jax import cli
+    from smallgpt_jax.cli import app as cli
     flags.mark_flag_as_required("config")
     cli.run_app(main)

@@ -3,7 +3,7 @@
     python -m benchmarks.train_step --config=configs/char_cpu.py \
         [--config.train.batch_size=16] [--repeats=20] [--rounds=4] [--skip_torch]
 
-It times the step that `loop.py` runs (`parallel.make_parallel_steps`: forward,
+It times the step that `training/loop.py` runs (`parallel.make_parallel_steps`: forward,
 backward, gradient clipping, AdamW) on a fixed batch, and reports compile
 time, the median step time, tokens/s, model FLOPs per token, achieved FLOP/s,
 MFU and peak memory; then the same model, batch and optimizer in PyTorch
@@ -22,7 +22,7 @@ for the model's dtype looked up by device kind.
 from __future__ import annotations
 
 if __name__ == "__main__":  # First: the allocator, before NumPy starts threads.
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     runtime.setup_process()
 
 import json  # noqa: E402
@@ -37,7 +37,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from smallgpt_jax.config_files import define_config_flag  # noqa: E402
+from smallgpt_jax.cli.config_files import define_config_flag  # noqa: E402
 
 _CONFIG = define_config_flag("Path to a config file, e.g. configs/char_cpu.py.")
 _WARMUP = flags.DEFINE_integer(
@@ -89,7 +89,7 @@ def torch_mismatch(config) -> str | None:
               "activation": "gelu", "tie_embeddings": True, "mlp_ratio": 4,
               "dtype": "float32"}
     import jax  # Here, not at the top: XLA flags are set before JAX starts.
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     # The dtype JAX will compute in ('auto' is float32 on a CPU).
     chosen = dict(m, dtype=runtime.resolve_dtype(m.dtype, jax.default_backend()))
     for field, value in wanted.items():
@@ -154,7 +154,7 @@ class JaxStep:
             from smallgpt_jax import parallel
         except ImportError:  # Older code: the device placement was part of train.py.
             parallel = train
-        if hasattr(parallel, "data_parallel"):  # The step loop.py runs (config.parallel).
+        if hasattr(parallel, "data_parallel"):  # The step training/loop.py runs (config.parallel).
             par = parallel.data_parallel(config.parallel, self.model_cfg, tx, schedule,
                                          config.seed)
             p_train, put_state, put_batch = par.train_step, par.put_state, par.put_batch
@@ -283,7 +283,7 @@ def benchmark(config) -> dict[str, Any]:
 
     validate(config)
     try:
-        from smallgpt_jax import runtime
+        from smallgpt_jax.system import runtime
     except ImportError:  # Older code (to measure "before" figures): no tweaks.
         runtime = None
     # As a run has them (run as a script, runtime.setup_process applied them
@@ -376,7 +376,7 @@ def benchmark(config) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    from smallgpt_jax import cli
+    from smallgpt_jax.cli import app as cli
     with cli.user_errors():
         record = benchmark(_CONFIG.value)
     print(render(record))
@@ -387,6 +387,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from smallgpt_jax import cli
+    from smallgpt_jax.cli import app as cli
     flags.mark_flag_as_required("config")
     cli.run_app(main)

@@ -4,7 +4,7 @@ make: rotary position embeddings, RMSNorm, a SwiGLU feed-forward layer (with
 
 import os
 
-from smallgpt_jax.config_files import load_config
+from smallgpt_jax.cli.config_files import load_config
 
 
 def get_config():

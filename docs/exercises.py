@@ -79,7 +79,7 @@ def bpe_merge(ids: list[int], new_id: int) -> tuple[tuple[int, int], list[int]]:
     """Page 2: one byte-pair-encoding merge by hand. Count every adjacent
     pair of ids, take the most frequent (no ties in the test), and replace
     each of its occurrences, left to right, by `new_id`. Returns (the pair,
-    the merged ids). Checked against smallgpt_jax.bpe.BPETokenizer.train
+    the merged ids). Checked against smallgpt_jax.tokenizers.bpe.BPETokenizer.train
     asked for one merge (256 + 1 tokens) on a text of one word.
     """
     raise NotImplementedError

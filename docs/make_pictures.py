@@ -41,8 +41,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]  # Works without `pip install -e .`; finds pictures_of_*.py.
 
+from smallgpt_jax.cli.config_files import load_config  # noqa: E402
 from smallgpt_jax.config import flatten  # noqa: E402
-from smallgpt_jax.config_files import load_config  # noqa: E402
 
 PROMPT = "ROMEO:\nO, she doth teach"  # Short enough for readable axis labels.
 CHAR_CPU = "configs/char_cpu.py"
@@ -61,7 +61,7 @@ class Picture(NamedTuple):
     overrides: tuple[str, ...] = ()
 
 
-_IDEAS, _MODEL, _VIZ = "pictures_of_ideas.", "pictures_of_model.", "smallgpt_jax.viz."
+_IDEAS, _MODEL, _VIZ = "pictures_of_ideas.", "pictures_of_model.", "smallgpt_jax.analysis.pictures."
 PICTURES = {
     "causal_mask": Picture("ideas", (_IDEAS + "causal_mask_figure",)),
     "heads": Picture("ideas", (_IDEAS + "heads_figure",), CHAR_CPU),
@@ -170,7 +170,7 @@ def stale(name: str, images: str = os.path.join(HERE, "images")) -> list[str]:
 def save(figures: dict, folder: str, values: dict | None = None,
          facts: dict | None = None) -> None:
     """Writes each figure as NAME.png into `folder`, and its record NAME.json."""
-    from smallgpt_jax import viz
+    from smallgpt_jax.analysis import pictures as viz
     for name, fig in figures.items():
         path = viz.save_figure(fig, os.path.join(folder, f"{name}.png"), dpi=100)
         record(name, path, values, (facts or {}).get(name))
@@ -232,7 +232,7 @@ def _define_flags() -> None:
     """Only when run as a script: importing this file (tests do) defines no flags."""
     from absl import flags
 
-    from smallgpt_jax.config_files import define_config_flag
+    from smallgpt_jax.cli.config_files import define_config_flag
     define_config_flag("The config the pictures show.", os.path.join(ROOT, CHAR_CPU))
     flags.DEFINE_string("workdir", "runs/char_cpu_pictures", "Where the char_cpu run goes.")
     flags.DEFINE_string("overfit_dir", "runs/overfit_pictures",
@@ -246,7 +246,8 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     from absl import flags
 
-    from smallgpt_jax import cli, runtime
+    from smallgpt_jax.cli import app as cli
+    from smallgpt_jax.system import runtime
     runtime.setup_process()
     FLAGS = flags.FLAGS
     config, values = FLAGS.config, config_values(FLAGS.config)
@@ -267,5 +268,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    from smallgpt_jax import cli
+    from smallgpt_jax.cli import app as cli
     cli.run_app(main)

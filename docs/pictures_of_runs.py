@@ -15,7 +15,9 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from smallgpt_jax import data, loop, viz
+from smallgpt_jax import data
+from smallgpt_jax.analysis import pictures as viz
+from smallgpt_jax.training import loop
 
 
 def eval_losses(workdir: str) -> dict:

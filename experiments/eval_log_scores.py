@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from smallgpt_jax import cli  # noqa: E402
-from smallgpt_jax.errors import UserError  # noqa: E402
+from smallgpt_jax.cli import app as cli  # noqa: E402
+from smallgpt_jax.system.errors import UserError  # noqa: E402
 
 COLUMNS = ("bits_per_char", "max_bits", "bits")
 
@@ -64,7 +64,7 @@ def read(scores_path: str, labels_path: str):
 
 def _define_flags() -> None:
     """Defined only when run as a command, so importing this file defines none."""
-    flags.DEFINE_string("scores", None, "Per-line CSV from smallgpt_jax.score.")
+    flags.DEFINE_string("scores", None, "Per-line CSV from smallgpt_jax.cli.score.")
     flags.DEFINE_string("labels", None, "test_labels.csv from make_logs.py.")
     flags.DEFINE_integer("top", 0, "k for precision/recall (0: the number of anomalies).")
     flags.mark_flags_as_required(["scores", "labels"])

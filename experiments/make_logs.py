@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from smallgpt_jax import cli  # noqa: E402
-from smallgpt_jax.errors import UserError  # noqa: E402
+from smallgpt_jax.cli import app as cli  # noqa: E402
+from smallgpt_jax.system.errors import UserError  # noqa: E402
 
 WEB, DB, WORKERS = ["web-01", "web-02", "web-03", "web-04"], ["db-01", "db-02"], [
     "worker-01", "worker-02", "worker-03"]

@@ -5,7 +5,7 @@ r"""What does each layer know? Linear probes on a Tiny Shakespeare model.
 Task: for every character of held-out text, is it part of a speaker's name
 line ("ROMEO:", "First Citizen:")? The model never saw these labels; a
 logistic regression ("probe") is trained on the hidden state of each layer
-(smallgpt_jax.representations) to predict them, and tested on other text.
+(smallgpt_jax.analysis.representations) to predict them, and tested on other text.
 Baselines, given the same causal view as the model: the current character
 alone (one-hot), and the bag of characters of the last block_size characters
 (counts, order thrown away) plus the current one. The model is causal: at
@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from smallgpt_jax import cli, runtime  # noqa: E402
+from smallgpt_jax.cli import app as cli  # noqa: E402
+from smallgpt_jax.system import runtime  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/char_cpu",
                                "A char model trained on Tiny Shakespeare.")
@@ -93,8 +94,9 @@ def probe(x_train, y_train, x_test, y_test, steps: int) -> tuple[float, float]:
 
 def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before JAX starts threads.
-    from smallgpt_jax import data, representations  # After flags: fast --help.
-    from smallgpt_jax.loading import load_params
+    from smallgpt_jax import data  # After flags: fast --help.
+    from smallgpt_jax.analysis import representations
+    from smallgpt_jax.checkpoint.reader import load_params
     with cli.user_errors():
         params, model_config, tok = load_params(_WORKDIR.value)
         if tok.kind != "char":

@@ -3,5 +3,5 @@
 Importing the package, or any module of it, changes nothing in the process:
 the command lines apply their process-wide settings (allocator, logs, the
 Threefry lowering) through one call, `runtime.setup_process()`; see
-runtime.py and docs/architecture.md.
+system/runtime.py and docs/architecture.md.
 """

@@ -20,8 +20,8 @@ from typing import Any
 
 import ml_collections
 
-from smallgpt_jax import footprint
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.system import footprint
+from smallgpt_jax.system.errors import UserError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     # <|endoftext|> token instead of a blank line.
     c.data.end_of_text = False
     c.data.train_fraction = 0.9  # First 90% trains, the last 10% validates.
-    # Where prepared token stores go (see store.py); '' is the user cache,
+    # Where prepared token stores go (see store/store.py); '' is the user cache,
     # $XDG_CACHE_HOME or ~/.cache, under smallgpt_jax/stores.
     c.data.cache_dir = ""
     # Only for 'bpe' and 'word': learn the vocabulary from at most this many
@@ -97,18 +97,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500  # Save a checkpoint every N steps.
     c.train.keep_checkpoints = 2  # Newest checkpoints kept (plus the best).
     # -1: resume from the newest; N: go back to step N, once (newer ones deleted;
-    # the same command again continues from its own newest, see checkpoint.py).
+    # the same command again continues from its own newest, see checkpoint/writer.py).
     c.train.resume_step = -1
     # Resume even though the corpus or its split changed since the checkpoint
     # (refused otherwise); the best validation loss so far is then forgotten.
     c.train.allow_data_change = False
     # 'A:B': write a jax.profiler trace of steps A to B into the workdir, for
-    # TensorBoard's profile tab (see profiling.py); 'A': one step; '': off.
+    # TensorBoard's profile tab (see training/profiling.py); 'A': one step; '': off.
     c.train.profile_steps = ""
     return c
 
 
-TOKENIZERS = ("char", "byte", "bpe", "word")  # tokenizer.py builds and loads each.
+TOKENIZERS = ("char", "byte", "bpe", "word")  # tokenizers/tokenizer.py builds and loads each.
 _CHOICES = {
     "parallel": ("pmap", "shard_map"),
     "data.tokenizer": TOKENIZERS,
@@ -134,7 +134,7 @@ _NON_NEGATIVE = (
 # Upper limits of integer fields: (fields, limit, why). Steps are counted in
 # int32 (TrainState.step); past 2**31 - 1 a schedule's arithmetic fails or
 # the count wraps. Sizes that only memory bounds (batch, model, evaluation)
-# are footprint.py's.
+# are system/footprint.py's.
 _INT32 = 2**31 - 1
 _AT_MOST = (
     (("train.num_steps", "train.warmup_steps", "train.eval_every", "train.log_every",
@@ -208,7 +208,7 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
     """Checks the config up front; raises UserError naming the bad field.
-    `machine`: also that a run fits this machine's memory (footprint.py);
+    `machine`: also that a run fits this machine's memory (system/footprint.py);
     tools that only trace shapes or prepare data pass False."""
     _check_fields(config)
     for field, choices in _CHOICES.items():

@@ -1,9 +1,9 @@
 """Text corpora and batches.
 
-Where the text comes from (`config.data`; store.py tokenizes it once into a
+Where the text comes from (`config.data`; store/store.py tokenizes it once into a
 memory-mapped token store):
 - `path`: a UTF-8 .txt file, a directory of .txt files, or a glob
-  (corpus_paths.py);
+  (store/corpus_paths.py);
 - otherwise the named `dataset`, found in `$SMALLGPT_DATA_DIR/<name>/`, then
   in the user cache (`~/.cache/smallgpt_jax`), then downloaded (with a
   progress bar, a checksum check and an atomic write).
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smallgpt_jax.errors import UserError
-from smallgpt_jax.runtime import cache_dir
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.system.runtime import cache_dir
 
 # name -> (url, file name, size in bytes, sha256)
 DATASETS = {
@@ -128,7 +128,7 @@ def split_text(text: str, train_fraction: float) -> tuple[str, str]:
 @dataclass
 class Splits:
     """Token ids of the training and validation splits (memory-mapped when
-    they come from the token store, store.py)."""
+    they come from the token store, store/store.py)."""
 
     train: np.ndarray
     val: np.ndarray

@@ -48,9 +48,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT
 from smallgpt_jax.sampling import check_options, sample_logits
+from smallgpt_jax.system.errors import UserError
 
 Array = jax.Array
 _IN_FLIGHT = 16  # Generation steps queued on the device before their tokens are read.

@@ -36,7 +36,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from smallgpt_jax import normalization, runtime
+from smallgpt_jax import normalization
+from smallgpt_jax.system import runtime
 
 Array = jax.Array
 

@@ -37,10 +37,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from smallgpt_jax import kernels, runtime
-from smallgpt_jax.errors import UserError
+from smallgpt_jax import kernels
 from smallgpt_jax.normalization import Norm
 from smallgpt_jax.positions import apply_rope, sinusoidal_table
+from smallgpt_jax.system import runtime
+from smallgpt_jax.system.errors import UserError
 
 Array = jax.Array
 _init = nn.initializers.normal(stddev=0.02)

@@ -22,7 +22,7 @@ import numpy as np
 from flax import jax_utils
 
 from smallgpt_jax import train
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.train import AXIS
 
 DATA = "data"  # Name of the mesh axis the batch is split along (shard_map).

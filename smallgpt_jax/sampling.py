@@ -14,7 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.system.errors import UserError
 
 Array = jax.Array
 

@@ -1,59 +1,9 @@
-r"""Command line: draw a picture of a trained run as a PNG.
+"""`python -m smallgpt_jax.visualize`: runs smallgpt_jax/cli/visualize.py (see its --help).
 
-    python -m smallgpt_jax.visualize --workdir=runs/char_cpu --what=attention \
-        --prompt="ROMEO: " --output=attention.png
-    python -m smallgpt_jax.visualize --workdir=runs/char_cpu --what=curves --output=curves.png
-    python -m smallgpt_jax.visualize --workdir=runs/char_cpu --what=embeddings --output=emb.png
-
-`attention` and `embeddings` read the parameters from a checkpoint
-(`--step=latest|best|N`); `curves` reads only the TensorBoard event files.
-The pictures themselves are drawn by `smallgpt_jax.viz`.
+Only the documented command's name lives here; importing this module does nothing.
 """
 
-from __future__ import annotations
-
-import os
-
-from absl import flags
-
-from smallgpt_jax import cli, runtime
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir.")
-_WHAT = flags.DEFINE_enum("what", "attention", ["attention", "curves", "embeddings"],
-                          "Which picture to draw.")
-_PROMPT = flags.DEFINE_string("prompt", "ROMEO:\nBut soft", "Text whose attention to draw.")
-_OUTPUT = flags.DEFINE_string("output", None, "PNG file to write (default <workdir>/<what>.png).")
-_STEP = flags.DEFINE_string("step", "latest", "Checkpoint: 'latest', 'best' or a step number.")
-_DPI = flags.DEFINE_integer("dpi", 100, "Resolution of the PNG (dots per inch).")
-
-
-def main(argv: list[str]) -> None:
-    workdir = _WORKDIR.value
-    if not os.path.isdir(workdir):
-        cli.fail(f"--workdir={workdir} is not a directory; pass a training run's workdir.")
-    output = _OUTPUT.value or os.path.join(workdir, f"{_WHAT.value}.png")
-    runtime.setup_process()  # First: before NumPy or JAX start threads.
-    from smallgpt_jax import viz  # Imported after flags: keeps --help fast.
-    with cli.user_errors():
-        step = cli.parse_step(_STEP.value)
-        name = os.path.basename(os.path.normpath(workdir))
-        if _WHAT.value == "curves":
-            fig = viz.plot_curves(workdir, title=name)
-        else:
-            from smallgpt_jax import loading  # Only for the model's pictures: loads orbax.
-            params, model_config, tokenizer = loading.load_params(workdir, step)
-            if _WHAT.value == "attention":
-                fig, _ = viz.plot_attention(params, model_config, tokenizer, _PROMPT.value)
-            else:
-                fig = viz.plot_embeddings(params, tokenizer, title=f"{name}: token embeddings, PCA")
-        viz.save_figure(fig, output, dpi=_DPI.value)
-    print(f"wrote {output}")
-
-
-def run() -> None:
-    flags.mark_flag_as_required("workdir")
-    cli.run_app(main)
-
+import runpy
 
 if __name__ == "__main__":
-    run()
+    runpy.run_module("smallgpt_jax.cli.visualize", run_name="__main__", alter_sys=True)

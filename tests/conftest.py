@@ -59,7 +59,7 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 # sets (runtime.setup_process); not its log settings and unraisable hook,
 # which would replace pytest's. After the variables above: JAX reads them
 # when it is imported.
-from smallgpt_jax import runtime  # noqa: E402 (imports no JAX itself)
+from smallgpt_jax.system import runtime  # noqa: E402 (imports no JAX itself)
 
 # No size limit in any test process, runs included (runtime leaves a limit
 # set here alone): with one, JAX locks the folder and reads every entry's
@@ -70,7 +70,7 @@ os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = "-1"
 
 runtime.tune_host_allocator()
 # Token stores are prepared in the test process, as `prepare` does (a
-# tuned process prepares in a child: prepare_child.py): tests patch the
+# tuned process prepares in a child: store/prepare_child.py): tests patch the
 # passes, which a child would not see. test_prepare_child.py turns it on.
 os.environ.setdefault("SMALLGPT_PREPARE_IN_PROCESS", "1")
 if runtime.tweaks_enabled():
@@ -120,7 +120,7 @@ def tiny_config(**overrides):
 
 def load_file(path: str, name: str = "script"):
     """A Python file that is not in a package (a docs or experiments script), as a module."""
-    from smallgpt_jax.config_files import load_module
+    from smallgpt_jax.cli.config_files import load_module
     return load_module(os.path.join(ROOT, path), name)
 
 

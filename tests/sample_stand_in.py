@@ -1,6 +1,6 @@
-"""The sampling CLI with a stand-in for `smallgpt_jax.loading`.
+"""The sampling CLI with a stand-in for `smallgpt_jax.checkpoint.reader`.
 
-    PYTHONPATH=tests python -m sample_stand_in --workdir=... [sample.py flags]
+    PYTHONPATH=tests python -m sample_stand_in --workdir=... [cli/sample.py flags]
 
 A real checkpoint needs a training run; this stand-in lets
 test_sample_cli.py run the CLI end to end on a model the test built and saved
@@ -17,8 +17,8 @@ import types
 import flax.serialization
 import ml_collections
 
-from smallgpt_jax import tokenizer as tokenizer_lib
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 
 PARAMS_FILE = "stand_in_params.msgpack"
 
@@ -47,8 +47,8 @@ def load_checkpoint(workdir: str, step: str | int = "latest"):
 
 
 if __name__ == "__main__":
-    stand_in = types.ModuleType("smallgpt_jax.loading")
+    stand_in = types.ModuleType("smallgpt_jax.checkpoint.reader")
     stand_in.load_checkpoint = load_checkpoint
-    sys.modules["smallgpt_jax.loading"] = stand_in
-    from smallgpt_jax import sample
+    sys.modules["smallgpt_jax.checkpoint.reader"] = stand_in
+    from smallgpt_jax.cli import sample
     sample.run()

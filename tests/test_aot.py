@@ -1,4 +1,4 @@
-"""The compile check (aot.py, hlo_cost.py, `python -m smallgpt_jax.compile`):
+"""The compile check (analysis/aot.py, analysis/hlo_cost.py, `python -m smallgpt_jax.compile`):
 the real steps compiled for a TPU topology on this CPU, with libtpu's
 compile-only devices. Those tests skip where libtpu is not installed; the
 one-line errors are checked everywhere."""
@@ -9,8 +9,8 @@ import json
 import pytest
 
 from conftest import run_cli, tiny_config
-from smallgpt_jax import aot, hlo_cost
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.analysis import aot, hlo_cost
+from smallgpt_jax.system.errors import UserError
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
@@ -74,7 +74,7 @@ def test_scanned_layers_are_counted_once_per_layer(unrolled):
 
 @needs_libtpu
 def test_the_breakdown_adds_up_to_about_xla_bytes(unrolled):
-    from smallgpt_jax.compile import breakdown
+    from smallgpt_jax.cli.compile import breakdown
     program = unrolled["programs"][0]
     groups = hlo_cost.contributors(program.hlo)
     assert groups and groups[0]["bytes"] >= groups[-1]["bytes"] > 0

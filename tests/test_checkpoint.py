@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from conftest import FAST_COMPILE, ROOT, tiny_config
-from smallgpt_jax import checkpoint, loading, loop, profiling, train
-from smallgpt_jax.errors import Interrupted, UserError
+from smallgpt_jax import train
+from smallgpt_jax.checkpoint import writer as checkpoint, reader as loading
+from smallgpt_jax.checkpoint.workdir import prepare_workdir
 from smallgpt_jax.model import model_config
-from smallgpt_jax.tokenizer import CharTokenizer
-from smallgpt_jax.workdir import prepare_workdir
+from smallgpt_jax.system.errors import Interrupted, UserError
+from smallgpt_jax.tokenizers.tokenizer import CharTokenizer
+from smallgpt_jax.training import loop, profiling
 from test_cli import read_events
 
 TOK = CharTokenizer("\n .abcdefghijklmnopqrstuvwxyz")
@@ -223,7 +225,7 @@ def test_a_full_disk_at_start_up_is_one_error_naming_the_file(tmp_path, monkeypa
 
 def test_sigterm_saves_a_final_checkpoint_and_stops(tmp_path):
     import threading
-    from smallgpt_jax.errors import Interrupted
+    from smallgpt_jax.system.errors import Interrupted
     corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
     config = train_config(corpus, **{"train.checkpoint_every": 3, "train.log_every": 1,
                                      "train.num_steps": 1000, "train.eval_every": 1000})
@@ -256,7 +258,7 @@ class SignalAt(profiling.Hooks):
 
 def test_a_signal_before_the_first_step_stops_at_once(tmp_path, monkeypatch):
     # A long setup (here: the evaluation batches) that never asks about signals.
-    from smallgpt_jax import evaluation
+    from smallgpt_jax.training import evaluation
     real, slow = evaluation.eval_batches, []
 
     def slow_eval_batches(*args):
@@ -323,8 +325,8 @@ def test_the_same_resume_step_command_again_continues_and_deletes_nothing(
 
 
 def test_cli_exits_with_128_plus_signal_after_an_interrupt(capsys):
-    from smallgpt_jax import cli
-    from smallgpt_jax.errors import Interrupted
+    from smallgpt_jax.cli import app as cli
+    from smallgpt_jax.system.errors import Interrupted
     with pytest.raises(SystemExit) as e:
         with cli.user_errors():
             raise Interrupted("stopped by SIGTERM at step 7, after saving checkpoint x/7; "
@@ -426,7 +428,7 @@ def test_sigkill_during_a_save_then_resume_matches_an_uninterrupted_run(tmp_path
 
 def test_a_second_run_on_a_workdir_is_refused_at_once_naming_the_holder(tmp_path):
     import socket
-    from smallgpt_jax import lock
+    from smallgpt_jax.system import lock
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     with lock.hold(workdir):  # The first run (here: this process, another open file).
@@ -438,7 +440,7 @@ def test_a_second_run_on_a_workdir_is_refused_at_once_naming_the_holder(tmp_path
     assert lock.holder(workdir) is None
     # The kernel drops the lock of a process that dies, even by SIGKILL.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from smallgpt_jax import lock\n"
+        [sys.executable, "-c", "import sys, time; from smallgpt_jax.system import lock\n"
          f"with lock.hold({workdir!r}): print('held', flush=True); time.sleep(60)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -452,7 +454,7 @@ def test_summary_follows_the_final_checkpoint_and_a_rerun_rewrites_a_lost_one(
         tmp_path, monkeypatch):
     import json
     import orbax.checkpoint as ocp
-    from smallgpt_jax import reporting
+    from smallgpt_jax.training import reporting
     corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
     config = train_config(corpus, **{"train.num_steps": 6, "train.eval_every": 6,
                                      "train.log_every": 3, "train.checkpoint_every": 3})

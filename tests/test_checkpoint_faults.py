@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from smallgpt_jax import checkpoint, checkpoint_faults as faults, loading
-from smallgpt_jax.errors import UserError
-from smallgpt_jax.workdir import prepare_workdir
+from smallgpt_jax.checkpoint import writer as checkpoint, faults, reader as loading
+from smallgpt_jax.checkpoint.workdir import prepare_workdir
+from smallgpt_jax.system.errors import UserError
 from test_checkpoint import (TOK, assert_trees_identical, fresh_state, on_disk, perturbed_state,
                              save_steps, small_tree)
 
@@ -121,7 +121,7 @@ def test_the_reads_a_failed_restore_drops_print_nothing_on_the_command_line(
         capsys, monkeypatch):
     # Each dropped read of a missing array file: a traceback with a page of spec.
     import sys
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     monkeypatch.setattr(sys, "unraisablehook", runtime._quiet_unraisable)
 
     class Dropped:  # Python reports an error in __del__ as unraisable.

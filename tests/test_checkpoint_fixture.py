@@ -15,8 +15,10 @@ import jax
 import pytest
 
 from conftest import ROOT, load_file, needs_shakespeare
-from smallgpt_jax import checkpoint, checksum, loading, loop, train
+from smallgpt_jax import train
+from smallgpt_jax.checkpoint import writer as checkpoint, checksum, reader as loading
 from smallgpt_jax.model import model_config
+from smallgpt_jax.training import loop
 from test_checkpoint import assert_trees_identical
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "checkpoint_format1")

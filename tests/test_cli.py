@@ -84,7 +84,7 @@ def test_too_short_corpus_is_refused(tmp_path):
     corpus = tmp_path / "short.txt"
     corpus.write_text("tiny text, far shorter than the context window\n" * 2)
     # As a user's run does, the store is prepared in a child process
-    # (prepare_child.py; "spawn" imports smallgpt_jax.main there too).
+    # (store/prepare_child.py; "spawn" imports smallgpt_jax.main there too).
     proc = run_cli(["--config=configs/char_cpu.py", f"--workdir={tmp_path / 'w'}",
                     f"--config.data.path={corpus}"], {"SMALLGPT_PREPARE_IN_PROCESS": "0"})
     assert proc.returncode != 0

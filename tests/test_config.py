@@ -4,13 +4,13 @@ import pytest
 
 from conftest import tiny_config
 from smallgpt_jax.config import validate
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.system.errors import UserError
 
 
 def test_default_and_shipped_configs_are_valid():
     import glob, os
     from conftest import ROOT
-    from smallgpt_jax.config_files import load_config
+    from smallgpt_jax.cli.config_files import load_config
     validate(tiny_config())
     for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
         # Whether each fits this machine's memory is not the point here (gpt1.py
@@ -79,7 +79,7 @@ def test_config_files_that_cannot_be_used_are_one_line_naming_the_file(
 def test_load_config_reads_overrides_as_the_command_line_does(tmp_path):
     import os
     from conftest import ROOT
-    from smallgpt_jax.config_files import load_config
+    from smallgpt_jax.cli.config_files import load_config
     path = os.path.join(ROOT, "configs", "char_cpu.py")
     base = load_config(path)
     c = load_config(path, ["model.num_layers=2", "model.use_bias=false",
@@ -142,7 +142,7 @@ def test_a_vocabulary_too_large_for_memory_is_refused_before_it_is_learned():
 def test_the_memory_line_says_how_far_each_size_can_go():
     """With 1 GB: the need of the largest part's field at the value the line
     gives fits, one more does not; on a GPU the activations do not count."""
-    from smallgpt_jax import footprint
+    from smallgpt_jax.system import footprint
     cpu, gb = {"JAX_PLATFORMS": "cpu"}, 10**9
     config = tiny_config(**{"train.eval_steps": 10**6})
     with pytest.raises(UserError) as e:
@@ -165,8 +165,9 @@ def test_the_memory_line_says_how_far_each_size_can_go():
 ])
 def test_the_parameter_count_it_uses_is_a_close_lower_bound(overrides):
     import jax
-    from smallgpt_jax import footprint, train
+    from smallgpt_jax import train
     from smallgpt_jax.model import model_config
+    from smallgpt_jax.system import footprint
     config = tiny_config(**overrides)
     vocab = footprint.vocabulary_floor(config.data) or 13
     shapes = jax.eval_shape(lambda: train.init_state(model_config(config, vocab),

@@ -9,8 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from smallgpt_jax import corpus_paths, data
-from smallgpt_jax.errors import UserError
+from smallgpt_jax import data
+from smallgpt_jax.store import corpus_paths
+from smallgpt_jax.system.errors import UserError
 
 
 def test_sampler_is_a_pure_function_of_seed_and_step():

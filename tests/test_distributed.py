@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import FAST_COMPILE, ROOT
-from smallgpt_jax import distributed
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.system import distributed
+from smallgpt_jax.system.errors import UserError
 from test_cli import read_events
 
 

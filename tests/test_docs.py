@@ -37,9 +37,9 @@ from fractions import Fraction
 import pytest
 
 from conftest import NO_CORPUS, ROOT, has_shakespeare
-from smallgpt_jax.config_files import load_config
-from smallgpt_jax.errors import UserError
-from smallgpt_jax.sweep_load import load_experiment
+from smallgpt_jax.cli.config_files import load_config
+from smallgpt_jax.sweep.load import load_experiment
+from smallgpt_jax.system.errors import UserError
 
 DOCS = os.path.join(ROOT, "docs")
 PAGES = sorted(glob.glob(os.path.join(DOCS, "*.md")))
@@ -180,8 +180,8 @@ def test_python_examples_run(page):
 @functools.cache
 def letter_values() -> dict[str, int]:
     """The shape letters' values for configs/char_cpu.py (V: Tiny Shakespeare's 65 characters)."""
+    from smallgpt_jax.cli.shapes import letter_values as values_for
     from smallgpt_jax.model import model_config
-    from smallgpt_jax.shapes import letter_values as values_for
     c = load_config(os.path.join(ROOT, "configs", "char_cpu.py"))
     return {**values_for(model_config(c, 65), c.train.batch_size),
             "A": c.train.grad_accum_steps}

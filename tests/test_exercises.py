@@ -19,8 +19,8 @@ import pytest
 from conftest import ROOT, load_file
 from smallgpt_jax import model as M
 from smallgpt_jax import normalization, positions, sampling, train
-from smallgpt_jax.bpe import BPETokenizer
 from smallgpt_jax.config import base_config
+from smallgpt_jax.tokenizers.bpe import BPETokenizer
 
 
 def _answers() -> types.ModuleType:

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import tiny_config
 from smallgpt_jax import generation, train
-from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT, model_config
-from smallgpt_jax.tokenizer import ByteTokenizer, CharTokenizer
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.tokenizers.tokenizer import ByteTokenizer, CharTokenizer
 
 V = 11
 

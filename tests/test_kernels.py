@@ -16,9 +16,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
-from smallgpt_jax import kernels, runtime
+from smallgpt_jax import kernels
 from smallgpt_jax.model import GPT, model_config
 from smallgpt_jax.normalization import layer_norm
+from smallgpt_jax.system import runtime
 
 TOL = dict(rtol=2e-5, atol=2e-6)
 

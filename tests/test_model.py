@@ -156,7 +156,7 @@ def test_bfloat16_compute_keeps_float32_params():
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
 def test_longer_than_block_size_is_a_clear_error(pos):
     """Position tables have block_size rows; JAX's gather would clamp silently."""
-    from smallgpt_jax.errors import UserError
+    from smallgpt_jax.system.errors import UserError
     cfg, params, _ = make({"model.pos_encoding": pos}, batch=1)
     too_long = jnp.zeros((1, cfg.block_size + 1), jnp.int32)
     with pytest.raises(UserError, match=f"longer than the model's context.*block_size={cfg.block_size}"):

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, load_file
 from smallgpt_jax import generation
-from smallgpt_jax.config_files import load_config
+from smallgpt_jax.cli.config_files import load_config
 
 IMAGES = os.path.join(ROOT, "docs", "images")
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from smallgpt_jax import passes, prepare_child, runtime, store
-from smallgpt_jax.errors import Interrupted, UserError
+from smallgpt_jax.store import passes, prepare_child, store
+from smallgpt_jax.system import runtime
+from smallgpt_jax.system.errors import Interrupted, UserError
 
 WORDS = np.array(["the", "king", "shall", "speak", "of", "naïve", "café", "日本語", "🙂", "war"])
 SEPARATORS = np.array([" ", " ", ", ", ".\n", "\n\n"])

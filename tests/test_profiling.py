@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import needs_shakespeare, run_cli, tiny_config
-from smallgpt_jax import data, evaluation, parallel, train
+from smallgpt_jax import data, parallel, train
 from smallgpt_jax.config import parse_steps, validate
-from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import model_config
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.training import evaluation
 
 TINY = ["--config.model.num_layers=1", "--config.model.embed_dim=32",
         "--config.model.num_heads=2", "--config.model.block_size=16",

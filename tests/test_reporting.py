@@ -4,7 +4,7 @@ summary, and which config fields TensorBoard lists as hyperparameters."""
 import io
 
 from conftest import tiny_config
-from smallgpt_jax import reporting
+from smallgpt_jax.training import reporting
 
 
 def test_evaluations_left_count_the_final_one():

@@ -3,9 +3,9 @@
 import pytest
 
 from conftest import tiny_config
-from smallgpt_jax import loop
-from smallgpt_jax.errors import UserError
-from smallgpt_jax.resume_compat import config_changes, continues_branch
+from smallgpt_jax.checkpoint.compat import config_changes, continues_branch
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.training import loop
 from test_checkpoint import fresh_state, save_steps
 
 

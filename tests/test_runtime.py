@@ -1,4 +1,4 @@
-"""The process settings of smallgpt_jax/runtime.py do what they claim, the
+"""The process settings of smallgpt_jax/system/runtime.py do what they claim, the
 command line applies them before NumPy and JAX start, and importing the
 package applies none of them."""
 
@@ -29,7 +29,7 @@ _MEASURE_REFILL = textwrap.dedent("""
 # the allocator setting every command line applies first, then the measurement.
 _REFILL = _MEASURE_REFILL + textwrap.dedent("""
     import sys
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     runtime.tune_host_allocator()  # SMALLGPT_RUNTIME_TWEAKS=0: no allocator change.
     print(*refill_faults(int(sys.argv[1])))
 """)
@@ -67,7 +67,7 @@ def test_without_the_tweak_the_refill_faults():
 # allocator was tuned, and whether the tuning holds.
 _MAIN_UNTIL_THE_RUN = _MEASURE_REFILL + textwrap.dedent("""
     import json, runpy, sys, types
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     seen = {}
     tune = runtime.tune_host_allocator
     def spy():
@@ -83,8 +83,8 @@ _MAIN_UNTIL_THE_RUN = _MEASURE_REFILL + textwrap.dedent("""
                     hook=sys.unraisablehook is runtime._quiet_unraisable)
         print(json.dumps(seen), flush=True)
         raise SystemExit(0)
-    sys.modules["smallgpt_jax.loop"] = types.ModuleType("smallgpt_jax.loop")
-    sys.modules["smallgpt_jax.loop"].train_and_evaluate = train_and_evaluate
+    sys.modules["smallgpt_jax.training.loop"] = types.ModuleType("smallgpt_jax.training.loop")
+    sys.modules["smallgpt_jax.training.loop"].train_and_evaluate = train_and_evaluate
     sys.argv = ["main", "--config=configs/char_cpu.py", "--workdir=" + sys.argv[1]]
     runpy.run_module("smallgpt_jax.main", run_name="__main__", alter_sys=True)
 """)
@@ -136,9 +136,9 @@ _IMPORT_CHANGES_NOTHING = _MEASURE_REFILL + textwrap.dedent("""
 
     before = state()
     import smallgpt_jax
-    for m in pkgutil.iter_modules(smallgpt_jax.__path__):
+    for m in pkgutil.walk_packages(smallgpt_jax.__path__, "smallgpt_jax."):
         try:
-            importlib.import_module("smallgpt_jax." + m.name)
+            importlib.import_module(m.name)
         except flags.DuplicateFlagError:  # See above: another command line's flag.
             pass
     after = state()
@@ -148,7 +148,7 @@ _IMPORT_CHANGES_NOTHING = _MEASURE_REFILL + textwrap.dedent("""
     faults, pages = refill_faults(64 << 20)
     if faults < pages // 2:
         print("changed: the allocator keeps freed blocks")
-    if sys.modules["smallgpt_jax.runtime"]._allocator_tuned:
+    if sys.modules["smallgpt_jax.system.runtime"]._allocator_tuned:
         print("changed: runtime says the allocator is tuned")
 """)
 
@@ -164,7 +164,7 @@ def test_importing_the_package_changes_nothing_in_the_process():
 # ---------------------------------------------------------------- GPU defaults, tested on CPU
 
 def test_xla_flags_default_only_on_a_gpu_and_never_over_the_users():
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     assert runtime.xla_flags_for({}, gpu=True) == (runtime.GPU_XLA_FLAGS,
                                                    "smallgpt_jax's GPU default")
     assert "triton_gemm=false" in runtime.GPU_XLA_FLAGS
@@ -174,14 +174,14 @@ def test_xla_flags_default_only_on_a_gpu_and_never_over_the_users():
 
 
 def test_cuda_is_ruled_out_by_jax_platforms():
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     assert not runtime.may_use_cuda({"JAX_PLATFORMS": "cpu"})
     assert not runtime.may_use_cuda({"JAX_PLATFORMS": "tpu,cpu"})
 
 
 def test_on_this_cpu_machine_a_run_leaves_xla_flags_alone():
     # A fresh process without XLA_FLAGS (the tests set some): nothing is added.
-    code = ("import os, smallgpt_jax.runtime as r; print(r.use_default_xla_flags(), "
+    code = ("import os, smallgpt_jax.system.runtime as r; print(r.use_default_xla_flags(), "
             "'XLA_FLAGS' in os.environ)")
     env = {"PATH": "", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
@@ -191,7 +191,7 @@ def test_on_this_cpu_machine_a_run_leaves_xla_flags_alone():
 
 
 def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
-    from smallgpt_jax import runtime
+    from smallgpt_jax.system import runtime
     assert runtime.resolve_dtype("auto", "gpu") == "bfloat16"
     assert runtime.resolve_dtype("auto", "tpu") == "bfloat16"
     assert runtime.resolve_dtype("auto", "cpu") == "float32"
@@ -208,7 +208,9 @@ def test_auto_dtype_is_the_default_and_resolves_in_the_model_config():
 
 _DROPPED_STOP = textwrap.dedent("""
     import signal, sys, time
-    from smallgpt_jax import cli, runtime, stopping
+    from smallgpt_jax.cli import app as cli
+    from smallgpt_jax.system import runtime
+    from smallgpt_jax.training import stopping
     runtime.quiet_library_logs()  # The command lines' unraisable hook, as setup_process sets it.
     cli.quiet_stop_signals()
     class Dropped:  # Where Python drops exceptions, as in a gc callback (JAX has one).

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from smallgpt_jax import generation
-from smallgpt_jax.tokenizer import CharTokenizer, save as save_tokenizer
+from smallgpt_jax.tokenizers.tokenizer import CharTokenizer, save as save_tokenizer
 from test_generation import random_model
 
 CHARS = "\n :EMORabcd"  # 11 characters: the random model's vocabulary.
@@ -19,7 +19,7 @@ def run_sample(args):
 
 
 def run_with_stand_in(args):
-    """The CLI with tests/sample_stand_in.py in place of smallgpt_jax.loading."""
+    """The CLI with tests/sample_stand_in.py in place of smallgpt_jax.checkpoint.reader."""
     return run_cli(args, module="sample_stand_in", env_extra={"PYTHONPATH": TESTS})
 
 
@@ -124,7 +124,7 @@ def test_uncached_greedy_to_a_file_matches_the_library(saved_model, tmp_path):
 
 def test_a_real_checkpoint_end_to_end(tmp_path):
     """Train a tiny run with the training CLI, then sample it (through the real
-    smallgpt_jax.loading)."""
+    smallgpt_jax.checkpoint.reader)."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("ROMEO: What light through yonder window breaks?\n" * 40)
     workdir = tmp_path / "run"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from smallgpt_jax import sampling
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.system.errors import UserError
 
 
 def kept(filtered_BV) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Scoring text (smallgpt_jax.scoring, the `score` command) and hidden states
-(smallgpt_jax.representations): surprise is -log2 softmax, windows give
+"""Scoring text (smallgpt_jax.analysis.scoring, the `score` command) and hidden states
+(smallgpt_jax.analysis.representations): surprise is -log2 softmax, windows give
 every token its context, aggregates add up, bad input is one line, and a
 model trained on normal logs ranks injected anomalies high."""
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import load_file, run_cli, tiny_config
-from smallgpt_jax import representations, scoring
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.analysis import representations, scoring
 from smallgpt_jax.model import GPT, model_config
-from smallgpt_jax.tokenizer import ByteTokenizer, CharTokenizer, save as save_tokenizer
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.tokenizers.tokenizer import ByteTokenizer, CharTokenizer, save as save_tokenizer
 from test_sample_cli import assert_one_clear_line
 from test_generation import random_model
 
@@ -82,7 +82,7 @@ def test_aggregates_add_up_with_multibyte_characters():
 
 
 def test_tokens_map_to_their_characters_for_every_tokenizer():
-    from smallgpt_jax import bpe, words
+    from smallgpt_jax.tokenizers import bpe, words
     corpus = "the cat sat on the mat; the dog sat on the log.\n" * 20
     text = "the cat sat on a log: déjà vu ☃\nthe end"
     for tok in (CharTokenizer("".join(sorted(set(text)))), ByteTokenizer(),
@@ -160,7 +160,7 @@ def _make_logs():
 @pytest.fixture(scope="module")
 def log_run(tmp_path_factory):
     """A tiny byte model trained on 4,000 generated normal log lines (~10 CPU s)."""
-    from smallgpt_jax import loop
+    from smallgpt_jax.training import loop
     root = tmp_path_factory.mktemp("logs")
     _make_logs().generate(str(root), train_lines=4000, test_lines=400, anomalies=4, seed=1)
     c = tiny_config(**{"data.path": str(root / "train.log"), "data.tokenizer": "byte",
@@ -198,7 +198,7 @@ def test_injected_log_anomalies_score_above_the_median_normal_line(log_run):
 
 
 def test_per_token_csv_and_table(log_run, tmp_path):
-    from smallgpt_jax.score import TOKEN_COLUMNS, token_rows, write_csv
+    from smallgpt_jax.cli.score import TOKEN_COLUMNS, token_rows, write_csv
     cfg, params = random_model()
     tok = CharTokenizer(CHARS)
     s = scoring.score_text(params, cfg, tok, "ROMEO: x abc\n", unknown="skip")
@@ -219,8 +219,8 @@ def test_per_token_csv_and_table(log_run, tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    from smallgpt_jax.loading import load_params
-    from smallgpt_jax.score import read_text
+    from smallgpt_jax.checkpoint.reader import load_params
+    from smallgpt_jax.cli.score import read_text
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "binary.bin").write_bytes(b"\x7fELF\x02\x01\x00\x00abc")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))

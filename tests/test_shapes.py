@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 
 from conftest import run_cli, tiny_config
+from smallgpt_jax.cli.shapes import forward_shapes, markdown
 from smallgpt_jax.model import GPT, count_params, model_config
-from smallgpt_jax.shapes import forward_shapes, markdown
 
 
 def test_shapes_match_the_model_and_its_parameters():

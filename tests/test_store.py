@@ -12,10 +12,13 @@ import pytest
 
 from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
 # loop: imported here, not in a test that captures stderr (its progress bar
-# binds sys.stderr when reporting.py is first imported).
-from smallgpt_jax import (bpe, checkpoint, corpus, corpus_paths, data, loop, passes, store,
-                          store_manifest, tokenizer as tok_lib)
-from smallgpt_jax.errors import UserError
+# binds sys.stderr when training/reporting.py is first imported).
+from smallgpt_jax import data
+from smallgpt_jax.checkpoint import writer as checkpoint
+from smallgpt_jax.store import corpus, corpus_paths, passes, store, manifest as store_manifest
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.tokenizers import bpe, tokenizer as tok_lib
+from smallgpt_jax.training import loop
 
 WORDS = ["the", "king", "queen", "shall", "speak", "of", "love", "and", "war", "naïve",
          "café", "日本語", "🙂", "to", "be", "or", "not", "is", "it", "Ünïcødé"]
@@ -172,7 +175,7 @@ def test_full_disk_and_bad_bytes_leave_no_store(tmp_path, small_pieces, monkeypa
 
 KILLED_PREPARATION = """
 import os, sys, time
-from smallgpt_jax import corpus, store
+from smallgpt_jax.store import corpus, store
 from conftest import tiny_config
 corpus.READ_BYTES = 4096
 real_add = corpus.Progress.add
@@ -309,7 +312,7 @@ def test_resume_on_other_data_is_refused_unless_allowed(tmp_path, capfd, monkeyp
 
 
 def test_a_resumed_runs_own_tokenizer_and_a_stop_signal(tmp_path):
-    from smallgpt_jax.errors import Interrupted
+    from smallgpt_jax.system.errors import Interrupted
     (tmp_path / "a.txt").write_text("abc " * 300)
     config = tiny_config(**{"data.path": str(tmp_path / "a.txt"),
                             "data.cache_dir": str(tmp_path / "s")})

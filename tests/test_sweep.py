@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from smallgpt_jax import sweep, sweep_load, sweep_report, sweep_run
-from smallgpt_jax.errors import UserError
+from smallgpt_jax import sweep
+from smallgpt_jax.sweep import command as sweep_command
+from smallgpt_jax.sweep import load as sweep_load, report as sweep_report, run as sweep_run
+from smallgpt_jax.system.errors import UserError
 
 
 def test_values_product_and_zipit():
@@ -265,13 +267,13 @@ def test_results_table_puts_non_finite_losses_last(tmp_path):
 
 
 def test_command_line_overrides_go_to_the_trials_and_docs_spellings_work():
-    argv, overrides = sweep.split_overrides(
+    argv, overrides = sweep_command.split_overrides(
         ["sweep.py", "exp.py", "--dry-run", "--runs-dir=d", "--config.model.dropout=0.1",
          "--parallel=2"])
     assert argv == ["sweep.py", "exp.py", "--dry_run", "--runs_dir=d", "--parallel=2"]
     assert overrides == ["model.dropout=0.1"]
     with pytest.raises(UserError, match="extra settings look like --config.train.num_steps=100"):
-        sweep.split_overrides(["sweep.py", "exp.py", "--config.model.dropout"])
+        sweep_command.split_overrides(["sweep.py", "exp.py", "--config.model.dropout"])
 
 
 def test_bad_sweep_on_the_command_line_is_one_line(tmp_path):
@@ -401,7 +403,7 @@ def test_a_finished_trial_with_other_settings_is_refused_not_reported(tiny_sweep
     for path, overrides in ((tiny_sweep.path, [f"data.path={other}"]), (renamed, [])):
         for dry_run in (False, True):
             with pytest.raises(UserError) as e:
-                sweep.run_sweep(path, overrides, str(runs), dry_run=dry_run)
+                sweep_command.run_sweep(path, overrides, str(runs), dry_run=dry_run)
             message = str(e.value)
             assert ("trial learning_rate=0.001 in " in message
                     and f"ran with other settings (data.path: {str(tiny_sweep.corpus)!r} -> "
@@ -409,7 +411,7 @@ def test_a_finished_trial_with_other_settings_is_refused_not_reported(tiny_sweep
             assert "not this sweep's trial: use another --runs_dir, or move it away" in message
     # Fewer steps than the trial ran: its numbers are for 4 steps, not for 2.
     with pytest.raises(UserError, match=r"train.num_steps: 4 -> 2\) \(2 of 3 trials clash\)"):
-        sweep.run_sweep(tiny_sweep.path, ["train.num_steps=2"], str(runs))
+        sweep_command.run_sweep(tiny_sweep.path, ["train.num_steps=2"], str(runs))
     assert {n: (runs / "tiny" / n).read_text() for n in tables} == tables  # Not rewritten.
 
 
@@ -430,12 +432,12 @@ def test_a_damaged_summary_is_set_aside_and_written_again(tiny_sweep, tmp_path):
 
 
 def test_one_sweep_runner_per_folder(tiny_sweep, tmp_path):
-    from smallgpt_jax import lock
+    from smallgpt_jax.system import lock
     runs = copy_runs(tiny_sweep, tmp_path, trials=["learning_rate=0.001", "learning_rate=0.01"])
     with lock.hold_file(str(runs / "tiny" / "sweep.lock"), lambda who: None):
         with pytest.raises(UserError, match=f"another sweep runs in {runs / 'tiny'} "
                                             rf"\(PID {os.getpid()} .*use another --runs_dir"):
-            sweep.run_sweep(tiny_sweep.path, [], str(runs))
+            sweep_command.run_sweep(tiny_sweep.path, [], str(runs))
 
 
 def test_launch_script_dispatches(tmp_path):
@@ -457,7 +459,7 @@ def test_launch_script_dispatches(tmp_path):
     for args, message in [(["configs/nope.py"], "config file configs/nope.py does not exist"),
                           (["--multihost", "experiments/lr_sweep.py"], "a sweep runs its trials"),
                           (["nonsense"], "don't know what to do with 'nonsense'"),
-                          ([os.path.join(ROOT, "smallgpt_jax", "errors.py")],
+                          ([os.path.join(ROOT, "smallgpt_jax", "system", "errors.py")],
                            "defines neither get_config() (a config) nor get_sweep()"),
                           (["./experiments/missing.py"], "sweep file ./experiments/missing.py does not exist")]:
         proc = launch(*args)
@@ -504,8 +506,8 @@ import signal, sys
 # inherited (a shell's background job starts with SIGINT ignored).
 signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-from smallgpt_jax.sweep_load import Trial
-from smallgpt_jax.sweep_run import run_trials
+from smallgpt_jax.sweep.load import Trial
+from smallgpt_jax.sweep.run import run_trials
 trials = [Trial(w, {}, w, 1, [sys.executable, "-c", sys.argv[1], w]) for w in sys.argv[2:]]
 try:
     run_trials(trials, parallel=len(trials))
@@ -539,7 +541,7 @@ def test_one_ctrl_c_gives_every_running_trial_one_signal_to_save(tmp_path):
 def test_a_trial_that_another_process_runs_is_not_started_again(tmp_path):
     import io
     import sys
-    from smallgpt_jax import lock
+    from smallgpt_jax.system import lock
     workdir = str(tmp_path / "trial")
     os.makedirs(workdir)
     marker = os.path.join(workdir, "started")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from smallgpt_jax import tokenizer as tok_lib
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.tokenizers import tokenizer as tok_lib
 
 
 def test_char_vocabulary_is_sorted_distinct_characters():

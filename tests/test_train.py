@@ -171,7 +171,7 @@ def test_data_parallel_gradients_equal_one_device(devices, tmp_path):
 
 
 def test_batch_that_does_not_split_over_devices_is_refused():
-    from smallgpt_jax.errors import UserError
+    from smallgpt_jax.system.errors import UserError
     with pytest.raises(UserError, match="does not split evenly"):
         parallel.per_device_batch(global_batch=7, grad_accum=2)
     assert parallel.per_device_batch(global_batch=8, grad_accum=2) == 4 // jax.device_count()

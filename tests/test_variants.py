@@ -18,13 +18,15 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
-from smallgpt_jax import bpe, generation, normalization, positions, store, train
-from smallgpt_jax import tokenizer as tok_lib
+from smallgpt_jax import generation, normalization, positions, train
 from smallgpt_jax import model as model_lib
+from smallgpt_jax.cli.config_files import load_config
 from smallgpt_jax.config import validate
-from smallgpt_jax.config_files import load_config
-from smallgpt_jax.errors import UserError
 from smallgpt_jax.model import GPT, model_config
+from smallgpt_jax.store import store
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.tokenizers import bpe
+from smallgpt_jax.tokenizers import tokenizer as tok_lib
 
 # ---------------------------------------------------------------- positions
 
@@ -442,7 +444,7 @@ def test_gpt1_starts_and_trains_on_cpu_with_overrides(tmp_path, shakespeare):
 def test_variants_sweep_trials_are_valid_configs():
     """Every trial of experiments/variants_sweep.py names real fields and validates
     (load_experiment raises UserError otherwise)."""
-    from smallgpt_jax.sweep_load import load_experiment
+    from smallgpt_jax.sweep.load import load_experiment
     exp = load_experiment(os.path.join(ROOT, "experiments", "variants_sweep.py"))
     assert os.path.abspath(exp.config_path) == os.path.join(ROOT, "configs", "char_cpu.py")
     assert {} in [trial.overrides for trial in exp.trials]

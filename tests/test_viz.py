@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, tiny_config
-from smallgpt_jax import reporting, viz
-from smallgpt_jax.errors import UserError
+from smallgpt_jax.analysis import pictures as viz
 from smallgpt_jax.model import GPT, model_config
-from smallgpt_jax.tokenizer import CharTokenizer
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.tokenizers.tokenizer import CharTokenizer
+from smallgpt_jax.training import reporting
 
 TEXT = "to be or not to be\nthat is the question"
 
@@ -171,7 +172,7 @@ def test_visualize_cli_needs_a_workdir(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 10-step run on a small text, trained in this process: its workdir."""
-    from smallgpt_jax import loop
+    from smallgpt_jax.training import loop
     root = tmp_path_factory.mktemp("viz_run")
     corpus = root / "corpus.txt"
     corpus.write_text((TEXT + "\n") * 60)
@@ -205,7 +206,7 @@ def test_visualize_curves_cli_plots_the_run(tiny_run, tmp_path):
 
 @pytest.mark.parametrize("what", ["attention", "embeddings"])
 def test_visualize_cli_draws_from_the_checkpoint(tiny_run, tmp_path, what):
-    """Loads the params through smallgpt_jax.loading, as a user would."""
+    """Loads the params through smallgpt_jax.checkpoint.reader, as a user would."""
     out = tmp_path / f"{what}.png"
     proc = run_cli([f"--workdir={tiny_run}", f"--what={what}", "--prompt=to be",
                     f"--output={out}"], module="smallgpt_jax.visualize", timeout=180)

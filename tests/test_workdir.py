@@ -6,9 +6,9 @@ import os
 import pytest
 
 from conftest import tiny_config
-from smallgpt_jax import loop
-from smallgpt_jax.errors import UserError
-from smallgpt_jax.workdir import prepare_workdir
+from smallgpt_jax.checkpoint.workdir import prepare_workdir
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.training import loop
 from test_checkpoint import save_steps, small_tree
 
 

@@ -1,0 +1,271 @@
+"""The real train and eval steps compiled ahead of time for a target machine
+that is not here (a TPU slice, N CPU devices), and XLA's estimates of what
+one step costs there: memory per device, FLOPs and bytes moved, and the step
+time the target's published peaks allow.
+
+Nothing runs and no array is made: the steps are `parallel.make_sharded_steps`
+over a `Mesh` of the target's devices, lowered from shapes alone
+(`jax.ShapeDtypeStruct`s with shardings) and compiled. For a TPU the devices
+are compile-only ones that libtpu describes from a topology name; no TPU is
+needed, only the library (`pip install -e ".[tpu]"`).
+
+The 'auto' settings are resolved for the target, not for this host: a CPU
+host would otherwise compile float32 and the CPU kernels for a TPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from smallgpt_jax import parallel, train
+from smallgpt_jax.analysis import hlo_cost
+from smallgpt_jax.model import count_params, model_config
+from smallgpt_jax.system import runtime
+from smallgpt_jax.system.errors import UserError
+
+GB, GiB = 1e9, 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str  # As on the command line: 'tpu:v5e-1', 'cpu:4'.
+    platform: str  # 'tpu', 'cpu' or 'gpu'.
+    devices: int  # JAX devices (a v4 or v5p chip in megacore mode is one device).
+    topology: str = ""  # libtpu's name, e.g. 'v5e:2x4'.
+    chip_config: str = "default"  # 'megacore': both TensorCores of a chip as one device.
+    chips_per_host: tuple = (1, 1, 1)
+    peak_flops: float | None = None  # Published peak bf16 FLOP/s per device.
+    hbm_bytes_per_s: float | None = None  # Published memory bandwidth per device.
+    memory_bytes: float | None = None  # Published memory per device.
+
+
+# Peaks per chip as Google publishes them in the Cloud TPU documentation
+# (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e, "key specifications"):
+# published peaks, which real steps do not reach; a v4 or v5p chip counts
+# once (megacore). Memory in the units of those pages (v4: GiB; others: GB).
+_CHIPS = {
+    "v4": dict(peak_flops=275e12, hbm_bytes_per_s=1200 * GB, memory_bytes=32 * GiB),
+    "v5e": dict(peak_flops=197e12, hbm_bytes_per_s=819 * GB, memory_bytes=16 * GB),
+    "v5p": dict(peak_flops=459e12, hbm_bytes_per_s=2765 * GB, memory_bytes=95 * GB),
+    "v6e": dict(peak_flops=918e12, hbm_bytes_per_s=1638 * GB, memory_bytes=32 * GB),
+}
+TARGETS = {t.name: t for t in [
+    Target("tpu:v5e-1", "tpu", 1, "v5e:1x1", "default", (1, 1, 1), **_CHIPS["v5e"]),
+    Target("tpu:v5e-8", "tpu", 8, "v5e:2x4", "default", (2, 4, 1), **_CHIPS["v5e"]),
+    Target("tpu:v4-8", "tpu", 4, "v4:2x2x1", "megacore", (2, 2, 1), **_CHIPS["v4"]),
+    Target("tpu:v5p-8", "tpu", 4, "v5p:2x2x1", "megacore", (2, 2, 1), **_CHIPS["v5p"]),
+    Target("tpu:v6e-8", "tpu", 8, "v6e:2x4", "default", (2, 4, 1), **_CHIPS["v6e"]),
+]}
+KNOWN = ", ".join([*TARGETS, "cpu:N", "gpu"])
+NO_GPU = ("--target=gpu: compiling for a GPU without one is not supported; on a machine "
+          "with a GPU, benchmarks/gpu_check.sh measures the real step.")
+
+
+def target(name: str) -> Target:
+    """The Target named `name`; a UserError listing the known ones otherwise."""
+    if name in TARGETS:
+        return TARGETS[name]
+    if name == "gpu":
+        raise UserError(NO_GPU)
+    if name.startswith("cpu:") and name[4:].isdigit() and int(name[4:]) > 0:
+        # This host's CPU as N devices sharing its memory; no published peak.
+        n = int(name[4:])
+        return Target(name, "cpu", n, memory_bytes=os.sysconf("SC_PAGE_SIZE")
+                      * os.sysconf("SC_PHYS_PAGES") // n)
+    raise UserError(f"--target={name!r} is not a known target; known: {KNOWN}.")
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """libtpu prints its start-up complaints of a host without TPU chips (no
+    accelerator type, no worker names) straight to file descriptor 2; they
+    say nothing about a compile-only topology. Any error still comes as an
+    exception."""
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def devices(t: Target) -> list:
+    """The target's devices: compile-only TPU devices from libtpu, or this
+    host's CPU devices (set `jax_num_cpu_devices` before JAX starts)."""
+    if t.platform == "cpu":
+        found = jax.devices("cpu")
+        if len(found) < t.devices:
+            raise UserError(f"--target={t.name}: this process has {len(found)} CPU devices.")
+        return found[:t.devices]
+    if importlib.util.find_spec("libtpu") is None and not os.environ.get("TPU_LIBRARY_PATH"):
+        raise UserError(f"--target={t.name} needs libtpu, which is not installed: "
+                        'pip install -e ".[tpu]"')
+    from jax.experimental import topologies  # Loads libtpu: only for a TPU target.
+    # A compile-only client uses no chip; without this, a second process
+    # (another compile, a test worker) is refused libtpu's machine-wide lock.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        with _quiet_stderr():
+            topo = topologies.get_topology_desc(
+                topology_name=t.topology, platform="tpu", chip_config_name=t.chip_config,
+                chips_per_host_bounds=t.chips_per_host)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--target={t.name}: libtpu cannot describe topology "
+                        f"{t.topology!r}: {str(e).splitlines()[0]}") from e
+    return list(topo.devices)
+
+
+def for_target(config: ml_collections.ConfigDict, t: Target) -> ml_collections.ConfigDict:
+    """`config` with the 'auto' settings resolved for the target's platform:
+    model.py and kernels.py resolve them from the host's backend."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    m = config.model
+    m.dtype = runtime.resolve_dtype(m.dtype, t.platform)
+    if m.fast_backward == "auto":  # As kernels.fast_ops: the kernels on CPU only.
+        m.fast_backward = "on" if t.platform == "cpu" else "off"
+    return config
+
+
+def batch_split(config, n_devices: int) -> tuple[int, int]:
+    """(sequences per device per micro-batch, per device per eval batch)."""
+    t = config.train
+    if t.batch_size % (n_devices * t.grad_accum_steps):
+        raise UserError(
+            f"config.train.batch_size={t.batch_size} does not split evenly over the "
+            f"target's {n_devices} device(s) x {t.grad_accum_steps} accumulation step(s); "
+            f"use a multiple of {n_devices * t.grad_accum_steps}.")
+    return t.batch_size // (n_devices * t.grad_accum_steps), t.batch_size // n_devices
+
+
+@dataclasses.dataclass
+class Program:
+    name: str
+    compile_s: float
+    cost: dict  # cost_analysis(): 'flops', 'bytes accessed', ...
+    memory: object  # memory_analysis()
+    hlo: str  # The optimised program, as text.
+    loop_flops: float  # FLOPs the loop bodies add beyond their one counted run.
+    loop_bytes: float
+    trip_counts_known: bool
+
+    @property
+    def flops(self) -> float:
+        return float(self.cost.get("flops", 0.0)) + self.loop_flops
+
+    @property
+    def bytes(self) -> float:
+        return float(self.cost.get("bytes accessed", 0.0)) + self.loop_bytes
+
+
+def _loop_extra(comps: dict, runs: dict, per_instr) -> float:
+    """What the loop bodies add beyond the one run XLA's totals count."""
+    return sum((runs[c] - 1) * sum(per_instr(i, comps[c]) for i in comps[c].instrs)
+               for c in runs if runs[c] > 1)
+
+
+def compile_program(name: str, fn, *args) -> Program:
+    """Lowers and compiles `fn` for `args` (shapes), with the loop corrections:
+    matmul FLOPs from the program before optimisation (its dots are plain),
+    bytes from the optimised one (as XLA's own total)."""
+    start = time.perf_counter()
+    lowered = fn.lower(*args)
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    before = hlo_cost.parse(lowered.as_text(dialect="hlo"))
+    runs_before, known_before = hlo_cost.multiplicities(before)
+    hlo = compiled.as_text()
+    after = hlo_cost.parse(hlo)
+    runs_after, known_after = hlo_cost.multiplicities(after)
+    return Program(
+        name, seconds, dict(cost or {}), compiled.memory_analysis(), hlo,
+        _loop_extra(before, runs_before, hlo_cost.dot_flops),
+        _loop_extra(after, runs_after,
+                    lambda i, c: hlo_cost.instruction_bytes(i, c, after)),
+        known_before and known_after)
+
+
+def _nbytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
+
+
+def _spec(tree, sharding):
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def compile_steps(config: ml_collections.ConfigDict, vocab_size: int, t: Target,
+                  eval_step: bool = True) -> dict:
+    """Compiles the train step (and the eval step) of `config` for target `t`.
+    Returns {'config' (resolved), 'model', 'params' (count), 'state_bytes',
+    'params_bytes' (per device: the state is replicated), 'programs': [Program]}."""
+    config = for_target(config, t)
+    micro, eval_rows = batch_split(config, t.devices)
+    found = devices(t)
+    mesh = jax.sharding.Mesh(np.array(found), (parallel.DATA,))
+    m = model_config(config, vocab_size)
+    tx, schedule = train.make_optimizer(config.train), train.learning_rate_schedule(config.train)
+    s_train, s_eval = parallel.make_sharded_steps(m, tx, schedule, config.seed, mesh)
+    shapes = jax.eval_shape(lambda: train.init_state(m, tx, config.seed))
+    state = _spec(shapes, jax.NamedSharding(mesh, jax.P()))
+    split = jax.NamedSharding(mesh, jax.P(parallel.DATA))
+    T1 = m.block_size + 1
+    batch = jax.ShapeDtypeStruct((t.devices, config.train.grad_accum_steps, micro, T1),
+                                 jnp.int32, sharding=split)
+    programs = [compile_program("train step", s_train, state, batch)]
+    if eval_step:
+        batches = jax.ShapeDtypeStruct((t.devices, 2 * config.train.eval_steps, eval_rows, T1),
+                                       jnp.int32, sharding=split)
+        programs.append(compile_program("eval step", s_eval, state.params, batches))
+    return {"config": config, "model": m, "params": count_params(shapes.params),
+            "state_bytes": _nbytes(shapes), "params_bytes": _nbytes(shapes.params),
+            "programs": programs}
+
+
+def needed_bytes(result: dict) -> float:
+    """Device memory the run needs at its fullest, per device: the train
+    step's arguments, outputs (less those written into donated arguments),
+    temporaries and code; or the eval step's, with the train state that stays
+    on the device meanwhile (its parameter argument is the state's own)."""
+    def own(ma):
+        return (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+                + ma.temp_size_in_bytes + ma.generated_code_size_in_bytes)
+    train_p, *rest = result["programs"]
+    resident = result["state_bytes"] - result["params_bytes"]
+    return max([own(train_p.memory)] + [own(p.memory) + resident for p in rest])
+
+
+def summary(result: dict, t: Target) -> dict:
+    """The figures for one target, per device and per train step (the keys of
+    `--json`)."""
+    train_p = result["programs"][0]
+    c = result["config"]
+    tokens = c.train.batch_size * c.model.block_size  # All devices together.
+    flop_ms = train_p.flops / t.peak_flops * 1e3 if t.peak_flops else None
+    mem_ms = train_p.bytes / t.hbm_bytes_per_s * 1e3 if t.hbm_bytes_per_s else None
+    bound = max(flop_ms or 0, mem_ms or 0)
+    return {
+        "target": t.name, "devices": t.devices,
+        "fits": bool(t.memory_bytes is None or needed_bytes(result) <= t.memory_bytes),
+        "device_memory_bytes": None if t.memory_bytes is None else int(t.memory_bytes),
+        "state_bytes": result["state_bytes"],
+        "temp_bytes": train_p.memory.temp_size_in_bytes,
+        "flops_per_step": train_p.flops, "bytes_per_step": train_p.bytes,
+        "flop_bound_ms": flop_ms, "memory_bound_ms": mem_ms,
+        "tokens_per_s": tokens / bound * 1e3 if bound else None,
+        "programs": len(result["programs"]),
+        "compile_s": sum(p.compile_s for p in result["programs"]),
+    }

@@ -1,0 +1,147 @@
+"""What a resumed run may change from its checkpoint.
+
+A run resumed with another config keeps its checkpoint's parameters and
+optimizer state, so a change to anything that shapes them (the model's
+sizes, the tokenizer and its vocabulary) is refused with the list of
+fields; everything else (step counts, evaluation cadence, the learning-rate
+schedule, logging, dropout) may change, and the run logs what did. Before
+the state is read, the saved parameters' shapes are compared with the new
+model's too (a checkpoint whose config missed a field that matters). A
+resume on other text (the store's fingerprint) is refused unless allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from smallgpt_jax.checkpoint import faults as checkpoint_faults
+from smallgpt_jax.config import flatten
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
+
+# Model fields that change neither the parameters' shapes nor their meaning;
+# every other model field does, and changing it on resume is refused.
+_FREE_MODEL_FIELDS = ("dropout", "attention", "dtype", "fast_backward")
+
+
+def is_structural(field: str, new: dict[str, Any]) -> bool:
+    """Does changing `field` (flattened, e.g. 'model.num_layers') change the
+    shapes (or the meaning) of the state? `new`: the new flattened config."""
+    if field.startswith("model."):
+        return field.split(".", 1)[1] not in _FREE_MODEL_FIELDS
+    if field in ("data.tokenizer", "data.end_of_text"):  # The vocabulary changes.
+        return True
+    if field == "data.vocab_size":  # Only BPE and word learn a vocabulary of this size.
+        return new.get("data.tokenizer") in tokenizer_lib.LEARNED
+    return False
+
+
+def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """Differences between a checkpoint's config and a new one, as
+    'field: old -> new' lines: (refused, allowed).
+
+    Refused: anything that changes the model's or the tokenizer's shape.
+    Allowed: everything else (num_steps, eval cadence, schedule, logging...).
+    Fields the old config did not have (added to the code since) are skipped.
+    """
+    flat_old, flat_new = flatten(old), flatten(new)
+    refused, allowed = [], []
+    for field in sorted(flat_new):
+        if field not in flat_old or field == "train.resume_step":
+            continue
+        before, after = flat_old[field], flat_new[field]
+        if before == after:
+            continue
+        line = f"{field}: {before!r} -> {after!r}"
+        (refused if is_structural(field, flat_new) else allowed).append(line)
+    return refused, allowed
+
+
+def check_resumable(old: dict, new: dict, where: str) -> list[str]:
+    """The allowed changes from `old` (the config saved in checkpoint
+    `where`) to `new`; UserError naming the fields if any is refused."""
+    refused, allowed = config_changes(old, new)
+    if refused:
+        raise UserError(
+            f"cannot resume from {where}: the config changes the shape of the model or "
+            f"tokenizer ({'; '.join(refused)}). Use the old values, or a new --workdir to "
+            "start a new run.")
+    return allowed
+
+
+def branch_points(meta: dict) -> list[int]:
+    """The steps that the runs leading to checkpoint `meta` went back to with
+    config.train.resume_step, oldest first (saved by checkpoint.save)."""
+    points = meta.get("branch_points")
+    return [p for p in points if isinstance(p, int)] if isinstance(points, list) else []
+
+
+def continues_branch(newest: tuple[int, dict] | None, wanted: int, new: dict,
+                     directory: str) -> bool:
+    """Whether a run given config.train.resume_step=`wanted` is the same
+    command again: the newest checkpoint after `wanted` (`newest`: its step
+    and meta, None if there is none) descends from a run that went back to
+    `wanted` already. Then this run continues from the newest instead of
+    going back again and deleting that work (a printed "run the same command
+    again to resume" must never lose work); with other settings than the
+    newest's (`new`: the config), it is refused: going back once more, or
+    continuing with the changes, is for the user to choose.
+    """
+    if newest is None or wanted not in branch_points(newest[1]):
+        return False  # Nothing newer, or another run's: go back to `wanted`.
+    step, meta = newest
+    refused, allowed = config_changes(meta["config"], new)
+    if refused or allowed:
+        raise UserError(
+            f"config.train.resume_step={wanted}: the checkpoints after step {wanted} in "
+            f"{directory} (the newest is {step}) were trained from step {wanted} already, "
+            f"with other settings ({'; '.join(refused + allowed)}). To continue them, leave "
+            f"resume_step out; to go back to step {wanted} again, first move the checkpoints "
+            f"after it out of {directory}.")
+    checkpoint_faults.say(
+        f"config.train.resume_step={wanted} was applied by an earlier run of this command; "
+        f"continuing its checkpoints from step {step}.")
+    return True
+
+
+def _param_shapes(tree: Any) -> dict[str, tuple]:
+    """{'block_0/attn/qkv/kernel': shape} for arrays or Orbax array metadata."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
+            tuple(leaf.shape) for path, leaf in leaves}
+
+
+def check_same_shapes(saved: Any, ours: Any, where: str) -> None:
+    """UserError naming the parameters whose shapes differ between checkpoint
+    `where` (`saved`: its params, arrays or Orbax metadata) and this run's."""
+    theirs, ours = _param_shapes(saved), _param_shapes(ours)
+    if theirs != ours:
+        diff = [f"{k}: {theirs.get(k, 'absent')} -> {ours.get(k, 'absent')}"
+                for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        raise UserError(f"cannot resume from {where}: parameter shapes differ "
+                        f"({'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}).")
+
+
+def data_changed(resume_meta: dict | None, fingerprint: str, config) -> bool:
+    """Whether a resumed run now trains on other text than its checkpoint was.
+
+    Refused (one line) unless `config.train.allow_data_change`; then logged,
+    and True: the best validation loss so far was on other validation text,
+    so its history restarts. A checkpoint that recorded no data says nothing.
+    """
+    before = (resume_meta or {}).get("data_fingerprint")
+    if not before or before == fingerprint:
+        return False
+    if not config.train.allow_data_change:
+        raise UserError(
+            "cannot resume: the corpus or its train/validation split differs from what the "
+            "checkpoint was trained on (other file contents, files, or train_fraction). Train "
+            "on the old data, use a new --workdir, or pass "
+            "--config.train.allow_data_change=True to go on with the new data.")
+    checkpoint_faults.say("resuming on different data (config.train.allow_data_change=True): "
+                          "the best validation loss so far is forgotten, since it was "
+                          "measured on other text.")
+    return True

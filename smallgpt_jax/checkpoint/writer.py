@@ -1,0 +1,344 @@
+"""Orbax checkpoints of a training run: save the state, keep the newest and the best, resume.
+
+A run's checkpoints live in `<workdir>/checkpoints/<step>/`, one folder per
+saved step, each with two items:
+
+- `state`: the TrainState (step, params, optimizer state). One copy only:
+  under pmap every device holds the same values, so device 0's are saved.
+- `meta`: JSON with everything else needed to continue or to sample: the full
+  config, the tokenizer with its vocabulary, the seed and step (together they
+  are the whole RNG state, since batches and dropout keys are pure functions
+  of them), this step's validation loss if it was evaluated, and the best
+  validation loss so far.
+
+Crash safety comes from Orbax: a checkpoint is written into
+`<step>.orbax-checkpoint-tmp` and renamed to `<step>` only once every file is
+on disk, so a save cut off by a crash is never mistaken for a complete one.
+Saves run in a background thread, so training does not wait for the disk.
+
+`config.train.resume_step=N` goes back to step N once: newer checkpoints are
+deleted, the ones written after record N (`branch_points`), and the same
+command again continues from them (resume_compat.continues_branch).
+
+Which checkpoints stay: the `keep_checkpoints` newest, plus the one with the
+lowest validation loss, which is never deleted while it is the best. A
+checkpoint is deleted by first renaming its folder into `checkpoints/deleted/`
+(one atomic step: a reader sees the whole folder or none of it), which is
+emptied later. Damaged and half-deleted folders: checkpoint/faults.py.
+
+Each save records a checksum of every array (see checkpoint/checksum.py), and every
+restore verifies them: bits flipped on disk are one clear error, not a model
+that silently differs. A training run holds its workdir exclusively (system/lock.py).
+
+Loading a trained model for sampling, scoring and pictures: checkpoint/reader.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from smallgpt_jax.checkpoint import faults, checksum
+from smallgpt_jax.system.errors import UserError
+from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
+from smallgpt_jax.checkpoint.compat import (branch_points, check_resumable, check_same_shapes,
+                                        continues_branch)
+from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP, TRASH
+
+FORMAT = 1  # Version of the `meta` layout, for future readers.
+
+
+def val_loss(metrics: dict) -> float:
+    """Orbax ranks checkpoints by this; unevaluated ones rank last."""
+    value = (metrics or {}).get("val_loss")
+    return math.inf if value is None else float(value)
+
+
+def is_ours(meta: Any) -> bool:
+    """Whether a checkpoint's `meta` item is one this package wrote."""
+    return isinstance(meta, dict) and {"config", "tokenizer"} <= meta.keys()
+
+
+def open_manager(directory: str, options: ocp.CheckpointManagerOptions,
+                 state: ocp.CheckpointHandler) -> ocp.CheckpointManager:
+    """An Orbax CheckpointManager for `directory`'s two items: `state`, read
+    and written by the handler `state`, and `meta` as JSON."""
+    try:
+        return ocp.CheckpointManager(directory, options=options, item_handlers={
+            "state": state, "meta": ocp.JsonCheckpointHandler()})
+    except Exception as e:  # e.g. a step folder with unreadable metadata.
+        raise UserError(f"cannot read the checkpoints in {directory}: {faults.reason(e)}")
+
+
+@dataclasses.dataclass
+class Resume:
+    """Where a resumed run starts: a checkpoint's step, its meta JSON, and
+    the tokenizer it was trained with (the data is encoded with it again)."""
+
+    step: int
+    meta: dict
+    tokenizer: tokenizer_lib.Tokenizer
+
+    @property
+    def best_val_loss(self) -> float:
+        value = self.meta.get("best_val_loss")
+        return math.inf if value is None else float(value)
+
+    @property
+    def train_time_s(self) -> float:
+        """Seconds spent training up to this checkpoint (earlier runs included)."""
+        return float(self.meta.get("train_time_s") or 0.0)
+
+
+class Checkpointer:
+    """Saves and restores a run's checkpoints with an Orbax CheckpointManager.
+
+    Use as a context manager: leaving it waits for a save still being written
+    (so the newest checkpoint is complete before the process exits).
+    """
+
+    def __init__(self, workdir: str, keep: int):
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        # Each step's problems, for the resume point (the run owns the workdir:
+        # nothing changes them meanwhile).
+        self._problems = faults.skip_broken(self.directory, clean=True).problems
+        self._empty_trash()
+        # Keep the newest `keep`, and the best one by validation loss (BestN sorts
+        # worst first and keeps the last n; unevaluated checkpoints never count).
+        policy = checkpoint_managers.AnyPreservationPolicy([
+            checkpoint_managers.LatestN(n=keep),
+            checkpoint_managers.BestN(get_metric_fn=val_loss, reverse=True, n=1,
+                                      keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=val_loss, best_mode="min",  # Makes Orbax store each step's metrics.
+            # Deleting is a rename into TRASH: never a half-deleted step folder.
+            todelete_subdir=TRASH,
+            enable_async_checkpointing=True)
+        self._manager = open_manager(self.directory, options, ocp.StandardCheckpointHandler())
+        self._saving: int | None = None  # Step of the save in flight, if any.
+        # The steps this run's line of checkpoints went back to with
+        # config.train.resume_step, oldest first; set by resume_point.
+        self.branch_points: list[int] = []
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # Already failing: finish what can be finished, keep the first error.
+            self.close()
+        except Exception as e:
+            faults.say(f"warning: {e}")
+
+    def _empty_trash(self) -> None:
+        """Removes the checkpoints that the keep policy deleted (renamed away)."""
+        if jax.process_index() == 0:
+            shutil.rmtree(os.path.join(self.directory, TRASH), ignore_errors=True)
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def _on_disk(self) -> list[int]:
+        """Complete checkpoints as the directory shows them right now."""
+        return sorted(int(e) for e in os.listdir(self.directory) if STEP.match(e))
+
+    # -- resuming ---------------------------------------------------------
+
+    def resume_point(self, config: ml_collections.ConfigDict) -> Resume | None:
+        """Picks the checkpoint to resume from (None: start at step 0).
+
+        The newest one, or `config.train.resume_step` (unless this same command
+        went back to that step before: then its newest). Refuses a config that
+        changes the model's or tokenizer's shape; logs the allowed changes.
+        The Resume carries the checkpoint's tokenizer: the run keeps the
+        vocabulary it was trained with.
+        """
+        steps = self.steps()
+        wanted = config.train.resume_step
+        if wanted >= 0 and continues_branch(self._branch_of(steps, wanted), wanted,
+                                            config.to_dict(), self.directory):
+            wanted = -1  # This command ran before: its own checkpoints are newer.
+        if wanted >= 0 and wanted not in steps:
+            raise UserError(
+                f"config.train.resume_step={wanted}: there is no checkpoint for that step in "
+                f"{self.directory} (complete ones: {', '.join(map(str, steps)) or 'none'}).")
+        if not steps:
+            return None
+        step = wanted if wanted >= 0 else steps[-1]
+        where = f"{self.directory}/{step}"
+        meta = self._meta(step)
+        # The checkpoints of a run that went back to a step say which (see save()).
+        self.branch_points = branch_points(meta) + ([wanted] if wanted >= 0 else [])
+        allowed = check_resumable(meta["config"], config.to_dict(), where)
+        if allowed:
+            faults.say(f"resuming with changed settings: {'; '.join(allowed)}")
+        if meta.get("device_count") not in (None, jax.device_count()):
+            faults.say(f"note: the checkpoint was written with {meta['device_count']} device(s), this "
+                 f"run has {jax.device_count()}: training continues, but not bit for bit as "
+                 "an uninterrupted run would.")
+        return Resume(step, meta, tokenizer_lib.from_dict(meta["tokenizer"]))
+
+    def _meta(self, step: int) -> dict:
+        """Checkpoint `step`'s meta item; UserError if it cannot be read."""
+        problems = self._problems.get(step, [])
+        if problems:
+            raise UserError(self._damaged(step, faults.summary(problems)))
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise UserError(self._damaged(step, faults.reason(e)))
+        if not is_ours(meta):
+            raise UserError(f"checkpoint {self.directory}/{step} has no smallgpt_jax metadata; "
+                            "is this workdir from another program?")
+        why = faults.meta_problem(meta)
+        if why:
+            raise UserError(self._damaged(step, why))
+        return meta
+
+    def _branch_of(self, steps: list[int], wanted: int) -> tuple[int, dict] | None:
+        """(step, meta) of the newest readable checkpoint after step `wanted`."""
+        for step in reversed([s for s in steps if s > wanted]):
+            try:
+                return step, self._meta(step)
+            except UserError:  # Damaged: the one before it tells as well.
+                continue
+        return None
+
+    def restore_state(self, resume: Resume, target: Any) -> Any:
+        """Loads the saved TrainState, onto the first local device.
+
+        `target` is a fresh state of the config (arrays, or just their shapes
+        from `jax.eval_shape`): it says which structure and shapes to expect.
+        """
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
+        try:
+            saved = self._manager.item_metadata(resume.step)["state"].tree["params"]
+        except Exception as e:
+            raise UserError(self._damaged(resume.step, faults.reason(e)))
+        check_same_shapes(saved, target.params, f"{self.directory}/{resume.step}")
+        try:
+            state = self._manager.restore(resume.step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract)))["state"]
+        except Exception as e:
+            raise UserError(self._damaged(resume.step, faults.reason(e)))
+        changed = faults.changed_on_disk(resume.meta, state)
+        if changed:
+            raise UserError(self._damaged(resume.step, changed))
+        newer = [s for s in self.steps() if s > resume.step]
+        if newer:  # resume_step went back in time: those futures are replaced.
+            faults.say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
+                       f"config.train.resume_step={resume.step} (only this once: the same "
+                       "command again continues this run).")
+            for s in newer:
+                self._manager.delete(s)
+            self._empty_trash()
+        faults.say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
+        return state
+
+    def finished_summary(self, resume: Resume) -> dict[str, Any]:
+        """summary.json's content for a run whose final checkpoint is `resume`."""
+        meta = resume.meta
+        old = {"eval/val_loss": meta.get("val_loss"), "eval/best_val_loss":
+               meta.get("best_val_loss")}  # Checkpoints from before meta["eval"].
+        return {**{k: v for k, v in old.items() if v is not None}, **(meta.get("eval") or {}),
+                "steps": resume.step, "wall_time_s": resume.train_time_s}
+
+    def _damaged(self, step: int, why: str) -> str:
+        earlier = [s for s in self._on_disk() if s < step]
+        return faults.not_restored(f"{self.directory}/{step}", why, earlier)
+
+    # -- saving -----------------------------------------------------------
+
+    def save(self, step: int, state: Any, *, config: ml_collections.ConfigDict,
+             tokenizer: tokenizer_lib.Tokenizer, best_val_loss: float,
+             val_loss: float | None = None, train_time_s: float | None = None,
+             eval_metrics: dict[str, float] | None = None,
+             data_fingerprint: str = "") -> None:
+        """Starts writing a checkpoint of `state` (one, unreplicated copy).
+
+        Returns once the arrays are copied to host memory (Orbax copies jax
+        arrays before its save() returns); the files are written in the
+        background, so the next train step may reuse (donate) the buffers.
+        Raises UserError if an earlier background save failed (e.g. the disk
+        is full). `eval_metrics`: the newest evaluation's numbers, kept so
+        that a finished run's summary.json can be written again from its
+        final checkpoint.
+        """
+        self.wait()
+        self._empty_trash()  # What the last save's keep policy deleted.
+        # Summed where the arrays are (on the device), before any host copy.
+        sums = checksum.checksums(state)
+        # One process: jax arrays, which Orbax copies to the host itself.
+        # Several: host copies, which Orbax treats as replicated and process 0
+        # writes (it cannot save an array that lives on one process's device).
+        keep_jax = jax.process_count() == 1
+        state = jax.tree.map(
+            lambda x: x if keep_jax and isinstance(x, jax.Array) else np.asarray(x), state)
+        meta = {
+            "format": FORMAT,
+            "step": step,
+            "seed": config.seed,  # With `step`, the whole RNG state.
+            "device_count": jax.device_count(),
+            "val_loss": val_loss,
+            "best_val_loss": best_val_loss if math.isfinite(best_val_loss) else None,
+            "train_time_s": train_time_s,  # Wall time of training so far, over resumes.
+            "eval": eval_metrics or {},
+            # Verified by every restore: data changed on disk is an error, not a surprise.
+            "checksums": sums,
+            "config": config.to_dict(),
+            "tokenizer": tokenizer.to_dict(),
+            "data_fingerprint": data_fingerprint,  # Corpus and split (store/store.py manifest).
+            "branch_points": self.branch_points,  # A rerun of resume_step=N continues.
+        }
+        metrics = {} if val_loss is None else {"val_loss": float(val_loss)}
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                metrics=metrics, force=True)
+        except Exception as e:
+            raise UserError(self._save_failed(step, e))
+        self._saving = step
+
+    def poll(self) -> None:
+        """Reports a failed background save without waiting for one in flight."""
+        if self._saving is not None and not self._manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self) -> None:
+        """Waits for the save in flight; UserError if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise UserError(self._save_failed(self._saving, e))
+        finally:
+            self._saving = None
+
+    def _save_failed(self, step: int | None, e: BaseException) -> str:
+        return faults.not_saved(self.directory, step, faults.reason(e), self._on_disk())
+
+    def close(self) -> None:
+        try:
+            self.wait()
+            self._empty_trash()
+        finally:
+            self._manager.close()

@@ -1,0 +1,141 @@
+r"""Command line: generate text from a trained run.
+
+    python -m smallgpt_jax.sample --workdir=runs/char_cpu --prompt="ROMEO:" \
+        --max_new_tokens=500 --num_samples=3 --temperature=0.8 --top_k=200 \
+        --top_p=0.95 --seed=1
+
+The config, tokenizer and parameters all come from the workdir's checkpoint.
+The first sample streams to the terminal as it is generated (all samples are
+generated together, as one batch); `--output=FILE` writes them to a file
+instead. This file only parses and checks flags and calls library code
+(`loading.load_checkpoint`, `generation.sample_texts`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from smallgpt_jax.cli import app as cli
+from smallgpt_jax.system import runtime
+
+if __name__ == "__main__":  # Before the slower imports below.
+    cli.quiet_ctrl_c()
+
+from absl import flags  # noqa: E402
+
+from smallgpt_jax.cli.app import check_output, parse_step  # noqa: E402
+from smallgpt_jax.system.errors import UserError  # noqa: E402
+from smallgpt_jax.system.errors import write_atomic  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
+_STEP = flags.DEFINE_string("step", "latest", "Checkpoint to load: 'latest', 'best' or a step.")
+_PROMPT = flags.DEFINE_string("prompt", "", "Text to continue; empty starts from a newline.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 500, "Tokens to generate per sample.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples, generated as one batch.")
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature", 0.8, "Divides the logits: <1 is more conservative, 0 is greedy decoding.")
+_TOP_K = flags.DEFINE_integer(
+    "top_k", None, "Sample only among the k most likely tokens (default: no top-k filter).")
+_TOP_P = flags.DEFINE_float(
+    "top_p", 1.0, "Nucleus sampling: the smallest set of tokens with probability >= p.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same text.")
+_USE_CACHE = flags.DEFINE_enum(
+    "use_cache", "auto", ["auto", "true", "false"],
+    "Key/value cache: 'true' always; 'false' re-runs the whole context for each token; "
+    "'auto' uses the cache when it saves more time than compiling its step costs.")
+_SLIDE_STEP = flags.DEFINE_integer(
+    "slide_step", 1, "Past the context window, slide it this many tokens at a time: 1 is "
+    "exact; N>1 re-fills the cache once per N tokens (faster; the context is then "
+    "between block_size-N+1 and block_size tokens).")
+_OUTPUT = flags.DEFINE_string("output", None, "Write the samples to this file instead.")
+
+
+def check_prompt_early(workdir: str, prompt: str) -> None:
+    """Checks the prompt's characters against the run's saved tokenizer, if
+    there is one, before the (slower) checkpoint load."""
+    from smallgpt_jax import generation  # Here: see main().
+    from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
+    path = os.path.join(workdir, "tokenizer.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        tokenizer = tokenizer_lib.load(path)
+    except UserError:
+        raise
+    except Exception as e:  # Only a copy: the checkpoint holds the tokenizer itself.
+        why = "cannot be read" if isinstance(e, OSError) else "is damaged"
+        print(f"warning: {path} {why} ({type(e).__name__}); sampling uses the checkpoint's "
+              "own copy of the tokenizer (resuming the run writes this file again).",
+              file=sys.stderr)
+        return
+    generation.encode_prompt(tokenizer, prompt)
+
+
+def main(argv: list[str]) -> None:
+    runtime.setup_process()  # First: before NumPy or JAX start threads.
+    # Imported after flags: keeps --help fast.
+    from smallgpt_jax import generation, sampling
+    workdir, prompt, n = _WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value
+    knobs = dict(num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,
+                 top_k=_TOP_K.value, top_p=_TOP_P.value, slide_step=_SLIDE_STEP.value)
+    with cli.user_errors():
+        # Everything that can be checked without the checkpoint, first.
+        step = parse_step(_STEP.value)
+        sampling.check_options(max_new_tokens=n, **knobs)
+        if not os.path.exists(workdir):
+            raise UserError(f"workdir {workdir} does not exist; pass a training run's --workdir.")
+        if not os.path.isdir(workdir):
+            raise UserError(f"workdir {workdir} is a file; pass a training run's --workdir.")
+        if _OUTPUT.value:
+            check_output(_OUTPUT.value)
+        check_prompt_early(workdir, prompt)
+
+        from smallgpt_jax.checkpoint import reader as loading  # Lazy: loads orbax.
+        # Programs compiled by earlier runs (of this command or of training)
+        # load from the user's compilation cache instead of compiling again.
+        runtime.enable_compilation_cache(runtime.default_compilation_cache_dir())
+        params, model_config, tokenizer, step = loading.load_checkpoint(workdir, step)
+        # The checks that need the model (slide_step <= block_size), before any output.
+        sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
+        print(f"checkpoint step {step} of {workdir}", file=sys.stderr, flush=True)
+        use_cache = {"auto": "auto", "true": True, "false": False}[_USE_CACHE.value]
+        generate = lambda stream=None: generation.sample_texts(
+            params, model_config, tokenizer, prompt, n, _SEED.value, stream=stream,
+            use_cache=use_cache, **knobs)
+        header = lambda i: f"--- sample {i + 1} of {knobs['num_samples']} ---\n"
+        start = time.time()
+        if _OUTPUT.value:
+            texts = generate()
+            write_atomic(_OUTPUT.value,
+                         "".join(header(i) + text + "\n" for i, text in enumerate(texts)))
+        else:  # Sample 1 streams; the others are ready when it is (one batch).
+            first = []  # When the first token arrived.
+
+            def write(text: str) -> None:
+                if text and not first:
+                    first.append(time.time())
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+            sys.stdout.write(header(0) + prompt)
+            texts = generate(stream=write)
+            write("\n" + "".join(header(i) + t + "\n" for i, t in enumerate(texts) if i))
+        seconds = time.time() - start
+        total = knobs["num_samples"] * n
+        way = {"auto": "KV cache where it pays", "true": "KV cache",
+               "false": "no cache"}[_USE_CACHE.value]
+        print(f"{total} tokens in {seconds:.1f}s, compiling included ({total / seconds:.0f} "
+              f"tokens/s, {way})"
+              + (f"; first token after {first[0] - start:.1f}s" if not _OUTPUT.value and first
+                 else f"; wrote {_OUTPUT.value}" if _OUTPUT.value else ""), file=sys.stderr)
+
+
+def run() -> None:
+    flags.mark_flag_as_required("workdir")
+    cli.run_app(main)
+
+
+if __name__ == "__main__":
+    run()

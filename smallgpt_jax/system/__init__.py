@@ -1,0 +1,5 @@
+"""Process plumbing every part uses: the one error type for a user's mistake
+and atomic writes (errors), process and run settings (runtime), file locks
+(lock), joining a multi-host job (distributed), the least memory a config
+needs against this machine's (footprint, which config.validate calls).
+"""

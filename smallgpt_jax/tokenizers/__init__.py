@@ -1,0 +1,3 @@
+"""Text to token ids and back: the interface (base), the char and byte
+tokenizers and loading any kind (tokenizer), byte-level BPE (bpe), words.
+"""

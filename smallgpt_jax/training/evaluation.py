@@ -1,0 +1,99 @@
+"""The evaluation phase of the loop: losses on fixed batches, a sample, a picture.
+
+Every evaluation measures the mean loss over the same `eval_steps` batches
+of each split (one program runs them all), so its numbers are comparable
+from one evaluation to the next. The process that writes TensorBoard also
+writes a text sample and a picture of the attention now and then.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+from smallgpt_jax import data, generation, parallel, train
+from smallgpt_jax.training import reporting
+
+PICTURE_TOKENS = 16  # Validation tokens the attention picture shows.
+
+
+def eval_batches(par: parallel.DataParallel, splits: data.Splits, config) -> jax.Array:
+    """The `eval_steps` batches of both splits (train first), on the devices:
+    made and put once, since every evaluation uses the same ones. This
+    process's rows are ordered so that batch s of device d is what `put_batch`
+    would give device d for that batch alone."""
+    t, m = config.train, config.model
+    S, D = 2 * t.eval_steps, jax.local_device_count()
+    # Each batch goes straight to its place: one host copy of them all (a
+    # list, its stack and a transposed stack held three; system/footprint.py counts one).
+    out_DSbT1 = np.empty((D, S, t.batch_size // jax.process_count() // D, m.block_size + 1),
+                         np.int32)
+    for s in range(S):  # The train split's eval_steps batches, then the validation's.
+        stream, tokens = ((1, splits.train), (2, splits.val))[s // t.eval_steps]
+        rows = parallel.process_rows(data.sample_batch(
+            tokens, config.seed, s % t.eval_steps, t.batch_size, m.block_size, stream))
+        out_DSbT1[:, s] = rows.reshape(D, -1, m.block_size + 1)
+    return par.put_batch(out_DSbT1.reshape(-1, m.block_size + 1), S)
+
+
+def evaluate(par: parallel.DataParallel, rparams, batches: jax.Array,
+             config) -> dict[str, float]:
+    """Mean loss over the same `eval_steps` batches of each split every time
+    (`batches` from `eval_batches`): one program runs them all."""
+    S = config.train.eval_steps
+    losses = parallel.host_values(par.eval_step(rparams, batches)).reshape(-1)
+    return {"train": float(np.mean(losses[:S])), "val": float(np.mean(losses[S:]))}
+
+
+def eval_metrics(losses: dict[str, float], best_val: float,
+                 tokens_per_char: float) -> dict[str, float]:
+    """An evaluation's TensorBoard scalars (also kept for summary.json)."""
+    return {"eval/train_loss": losses["train"], "eval/val_loss": losses["val"],
+            "eval/val_perplexity": math.exp(losses["val"]),
+            "eval/val_bpc": train.bits_per_char(losses["val"], tokens_per_char),
+            "eval/best_val_loss": best_val}
+
+
+def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
+    """A short sample from the model, starting from a newline (or token 0)."""
+    return generation.sample_texts(params, model_cfg, tok, "", n_tokens, seed,
+                                   temperature=0.8)[0]
+
+
+def attention_picture(params, model_cfg, tok, splits: data.Splits) -> np.ndarray:
+    """Every layer's and head's attention on the first validation tokens."""
+    # Imported here: matplotlib only when a picture is drawn.
+    from smallgpt_jax.analysis import pictures as viz
+    return viz.attention_image(params, model_cfg, tok,
+                               splits.val[:min(PICTURE_TOKENS, model_cfg.block_size)])
+
+
+def write_sample(writer: reporting.Writer, step: int, params, model_cfg, tok,
+                 splits: data.Splits, config) -> None:
+    """The sample and the attention picture of `params` (one copy) at `step`."""
+    text = sample_text(params, model_cfg, tok, config.train.sample_tokens, config.seed + step)
+    writer.text(step, "sample", text)
+    # Tagged so that its group sorts after the eval and train groups:
+    # TensorBoard's first screen then shows the losses.
+    writer.image(step, "views/attention", attention_picture(params, model_cfg, tok, splits))
+
+
+def warmup_tasks(par: parallel.DataParallel, rstate, params, batches: jax.Array, model_cfg,
+                 tok, splits: data.Splits, config, draws: bool) -> list:
+    """What the first evaluation compiles, as warmup.Warmup tasks: the
+    evaluation program (from shapes: `rstate` is donated to the next step),
+    and on the process that draws, the sampler and the attention picture, run
+    once on `params` (the initial ones, on one device, as the evaluation will
+    pass them; copying `rstate`'s here would compile the copies' programs on
+    this thread)."""
+    spec = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), rstate.params)
+    tasks = [lambda: par.eval_step.lower(spec, batches).compile()]
+    if draws:
+        from smallgpt_jax.analysis import pictures as viz  # noqa: F401  Imported on this thread, not the warm-up's.
+        tasks += [lambda: sample_text(params, model_cfg, tok, config.train.sample_tokens,
+                                      config.seed),
+                  lambda: attention_picture(params, model_cfg, tok, splits)]
+    return tasks

@@ -1,0 +1,250 @@
+"""What a run shows: a console progress bar and TensorBoard event files.
+
+Only process 0 of a multi-host job writes; the others get silent stand-ins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import sys
+import time
+
+import jax
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.summary import custom_scalars, image, scalar
+from tensorboardX.summary import hparams as hparams_summary
+from tensorboardX.summary import text as text_summary
+
+from smallgpt_jax.config import flatten
+from smallgpt_jax.store.corpus import clock
+from smallgpt_jax.system.errors import UserError, write_atomic
+from smallgpt_jax.tokenizers.tokenizer import LEARNED
+
+
+class ProgressBar:
+    """step, loss, tokens/s and ETA on one line (redrawn in a terminal; in a
+    log file, printed as a new line about every 10% of the run).
+
+    Evaluation pauses training; `paused(seconds)` reports each pause, so the
+    step rate (and tokens/s) counts training only, and the ETA adds the
+    evaluations still to come at their measured mean cost."""
+
+    def __init__(self, total_steps: int, eval_every: int = 0, stream=sys.stderr):
+        self.total = total_steps
+        self.eval_every = eval_every
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.t0 = self.step0 = None  # Timing starts after the first (compiling) step.
+        self.last_print = -1
+        self.paused_s, self.pauses = 0.0, 0  # Time spent evaluating since t0.
+
+    def paused(self, seconds: float) -> None:
+        if self.t0 is not None:
+            self.paused_s += seconds
+            self.pauses += 1
+
+    def evals_left(self, step: int) -> int:
+        """Evaluations after `step`: every eval_every steps, and one at the end."""
+        if not self.eval_every:
+            return 0
+        left = self.total // self.eval_every - step // self.eval_every
+        return left + (1 if self.total % self.eval_every and step < self.total else 0)
+
+    def eta(self, step: int, now: float) -> str:
+        done = step - (self.step0 or 0)
+        if self.t0 is None or done <= 0:
+            return "--:--"
+        train_s = (now - self.t0 - self.paused_s) / done * (self.total - step)
+        if self.pauses:
+            return clock(train_s + self.paused_s / self.pauses * self.evals_left(step))
+        return clock(train_s) + ("+eval" if self.evals_left(step) else "")
+
+    def update(self, step: int, loss: float, tokens_per_sec: float) -> None:
+        if jax.process_index() != 0:
+            return
+        now = time.time()
+        if self.t0 is None:
+            self.t0, self.step0 = now, step
+        frac = step / max(self.total, 1)
+        bar = "#" * int(20 * frac)
+        line = (f"step {step:>6}/{self.total} [{bar:<20}] loss {loss:.4f} "
+                f"{tokens_per_sec:,.0f} tok/s ETA {self.eta(step, now)}")
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+            self.stream.flush()
+        elif int(10 * frac) != self.last_print or step == self.total:
+            self.last_print = int(10 * frac)
+            print(line, file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        """Prints a full line without garbling the bar."""
+        if jax.process_index() != 0:
+            return
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+        print(text, file=self.stream, flush=True)
+
+
+class Writer:
+    """Writes TensorBoard scalars, text, images and hparams under the workdir.
+
+    Events go to the file from the calling thread (tensorboardX's
+    `SummaryWriter` hands them to a background thread instead: when a write
+    fails there, e.g. on a full disk, that thread dies and the training loop
+    then blocks forever on its full queue). Here a failed write raises a
+    UserError at once. The writes are small and buffered, so this costs
+    nothing measurable. Use as a context manager, or call `close()`.
+    """
+
+    FLUSH_SECS = 10  # A live TensorBoard sees new points at least this often.
+
+    def __init__(self, logdir: str, purge_step: int | None = None):
+        self.enabled = jax.process_index() == 0  # Only process 0 writes.
+        self.logdir = logdir
+        self._events = None
+        self._failed = False
+        self._last_flush = time.time()
+        if not self.enabled:
+            return
+        with self._guard():
+            self._events = EventsWriter(os.path.join(logdir, "events"))
+            if purge_step is not None:
+                # A resumed run tells TensorBoard to drop what an earlier (killed)
+                # process logged from that step on, so curves do not double.
+                self._events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
+                self._events.write_event(Event(
+                    step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:  # Already failing: close quietly, keep the first error.
+            self._failed = True
+        self.close()
+
+    @contextlib.contextmanager
+    def _guard(self):
+        try:
+            yield
+        except OSError as e:
+            self._failed = True
+            raise UserError(
+                f"cannot write TensorBoard logs in {self.logdir} ({e.strerror or e}); free "
+                "disk space (or fix the directory), then run the same command again to "
+                "resume from the newest checkpoint.") from e
+
+    def _add(self, summary, step: int) -> None:
+        if self._events is None or self._failed:
+            return
+        with self._guard():
+            self._events.write_event(
+                Event(summary=summary, step=step, wall_time=time.time()))
+            if time.time() - self._last_flush > self.FLUSH_SECS:
+                self.flush()
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._add(scalar(name, float(value)), step)
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        # Markdown: indent by 4 spaces so TensorBoard keeps line breaks.
+        self._add(text_summary(tag, "    " + text.replace("\n", "\n    ")), step)
+
+    def loss_chart(self, step: int, tags: list[str]) -> None:
+        """One chart with all the loss curves `tags`, in TensorBoard's CUSTOM
+        SCALARS view (its other views draw one chart per tag)."""
+        self._add(custom_scalars({"loss": {"train and validation loss": ["Multiline", tags]}}),
+                  step)
+
+    def image(self, step: int, tag: str, image_HWC) -> None:
+        if self.enabled:  # Encoding a PNG is work; the other processes skip it.
+            self._add(image(tag, image_HWC, dataformats="HWC"), step)
+
+    def hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:
+        """Records the run's hyperparameters for TensorBoard's HPARAMS tab.
+
+        The hparams plugin reads each metric's value from this run's scalars
+        with the same tag, so these are written into the run's own directory
+        (tensorboardX's add_hparams would start a separate sub-run). Only the
+        run's own record (session start and end) is written, not an
+        "experiment" summary: with several runs under one logdir TensorBoard
+        would use one arbitrary run's; without it, TensorBoard builds the
+        table from all runs and lists the hparams that differ first (a sweep
+        writes its own experiment summary naming its swept fields).
+        """
+        _, session_start, session_end = hparams_summary(hparams, metrics)
+        for summary in (session_start, session_end):
+            self._add(summary, step)
+
+    def flush(self) -> None:
+        if self._events is not None and not self._failed:
+            with self._guard():
+                self._events.flush()
+            self._last_flush = time.time()
+
+    def close(self) -> None:
+        if self._events is None:
+            return
+        events, self._events = self._events, None
+        if self._failed:  # The error is already on its way; do not raise another.
+            try:
+                events.close()
+            except OSError:
+                pass
+            return
+        with self._guard():
+            events.close()
+
+
+def end_of_run(final: dict, workdir: str) -> str:
+    """What a finished run prints last: its result, where things are, what to run next."""
+    q = shlex.quote(workdir)
+    evals = (f", evaluation {clock(final['eval_time_s'])} of it" if "eval_time_s" in final
+             else " (all runs of this workdir)")
+    lines = [f"--- done: {final['steps']} steps in {clock(final.get('wall_time_s', 0.0))}{evals} ---"]
+    if "eval/val_loss" in final:
+        lines.append(f"final loss: train {final['eval/train_loss']:.4f}, "
+                     f"val {final['eval/val_loss']:.4f} nats/token "
+                     f"({final['eval/val_bpc']:.3f} bits per character)")
+    lines += [f"checkpoints: {os.path.join(workdir, 'checkpoints')}",
+              f"TensorBoard logs, config.json, summary.json: {workdir}",
+              "next:",
+              f"  python -m smallgpt_jax.sample --workdir={q} --prompt=\"ROMEO:\"",
+              f"  tensorboard --logdir {q}"]
+    lines += [f"  python -m smallgpt_jax.visualize --workdir={q} --what={what}"
+              for what in ("attention", "curves", "embeddings")]
+    return "\n".join(lines)
+
+
+# How a run is carried out, not what is trained: left out of TensorBoard's HPARAMS.
+NOT_HPARAMS = ("name", "compilation_cache", "parallel", "train.eval_every", "train.eval_steps",
+               "train.log_every", "train.sample_tokens", "train.sample_every",
+               "train.checkpoint_every", "train.keep_checkpoints", "train.resume_step",
+               "train.allow_data_change", "data.cache_dir")
+
+
+def flat_hparams(config) -> dict:
+    """The hyperparameters, flattened to {'model.num_layers': 4, ...} for
+    TensorBoard: the model, optimizer, data and tokenizer choices and the seed.
+    Settings that do not change what is trained (NOT_HPARAMS), and data
+    fields the run does not use (the dataset name when a path is given, BPE
+    fields for other tokenizers), are left out."""
+    flat = flatten(config.to_dict())
+    unused = {"data.dataset" if flat.get("data.path") else "data.path"}
+    if flat.get("data.tokenizer") not in LEARNED:  # Only these use data.vocab_size.
+        unused |= {"data.vocab_size", "data.fit_max_chars"}
+    if flat.get("data.tokenizer") != "bpe":
+        unused.add("data.end_of_text")
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in flat.items() if k not in NOT_HPARAMS and k not in unused}
+
+
+def write_json(path: str, obj) -> None:
+    """Atomic JSON write (temporary file, then rename); a failed write (a full
+    disk) is a UserError."""
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False))
