@@ -86,7 +86,10 @@ def step_losses(overrides: dict) -> list[float]:
     except ImportError:  # Older code: the device placement was part of train.py.
         parallel = train
     from smallgpt_jax.model import model_config
-    from smallgpt_jax.tokenizers.tokenizer import CharTokenizer
+    try:
+        from smallgpt_jax.tokenizers.tokenizer import CharTokenizer
+    except ImportError:  # An old commit's code (_use_code_from): the flat package.
+        from smallgpt_jax.tokenizer import CharTokenizer
 
     c = small_config(**overrides)
     text = corpus_text()
@@ -106,7 +109,10 @@ def step_losses(overrides: dict) -> list[float]:
 
 def loop_losses() -> dict[str, float]:
     """Final evaluation losses of `loop.train_and_evaluate` on the same corpus."""
-    from smallgpt_jax.training import loop
+    try:
+        from smallgpt_jax.training import loop
+    except ImportError:  # An old commit's code (_use_code_from): the flat package.
+        from smallgpt_jax import loop
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "corpus.txt")
         with open(path, "w") as f:
@@ -145,9 +151,12 @@ def main() -> None:
                                cwd=ROOT, capture_output=True, text=True).stdout.strip()
         commit = head + (" (with uncommitted changes in smallgpt_jax/)" if dirty else "")
     try:  # The settings of a run (under pytest, conftest.py applies them).
-        from smallgpt_jax.system import runtime
+        try:
+            from smallgpt_jax.system import runtime
+        except ImportError:  # An old commit's code: the flat package.
+            from smallgpt_jax import runtime
         (getattr(runtime, "setup_process", None) or runtime.setup)()  # setup(): older code.
-    except ImportError:  # system/runtime.py did not exist before the speed-ups.
+    except ImportError:  # runtime.py did not exist before the speed-ups.
         pass
     import jax
     record = {
