@@ -94,8 +94,8 @@ def test_save_restore_round_trip_is_bit_exact(tmp_path):
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
         resume = ckpt.resume_point(config)
         assert resume.step == 7 and resume.best_val_loss == 1.25
-        assert resume.meta["seed"] == config.seed and resume.meta["step"] == 7
-        assert resume.meta["config"] == config.to_dict()
+        assert resume.meta.seed == config.seed and resume.meta.step == 7
+        assert resume.meta.config == config.to_dict()
         assert resume.tokenizer.to_dict() == TOK.to_dict()  # The data is encoded with it.
         restored = ckpt.restore_state(resume, fresh_state(config))
     assert_trees_identical(restored, state)

@@ -58,7 +58,7 @@ def test_fixture_restores_for_resuming(workdir):
         state = ckpt.restore_state(resume, shapes)
     assert int(state.step) == EXPECTED["step"]
     # Every array of the state (optimizer included) has its saved checksum, and matches it.
-    assert checksum.checksums(state) == resume.meta["checksums"]
+    assert checksum.checksums(state) == resume.meta.checksums
     assert_trees_identical(state.params, loading.load_params(workdir)[0])
 
 

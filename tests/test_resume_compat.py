@@ -4,6 +4,7 @@ import pytest
 
 from conftest import tiny_config
 from smallgpt_jax.checkpoint.compat import config_changes, continues_branch
+from smallgpt_jax.checkpoint.meta import Meta
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.training import loop
 from test_checkpoint import fresh_state, save_steps
@@ -32,12 +33,12 @@ def test_switching_the_end_of_text_token_is_refused():
 def test_resume_step_goes_back_once_along_a_line_of_checkpoints():
     # (The whole story, with real runs: test_checkpoint.py.)
     config = tiny_config(**{"train.resume_step": 4}).to_dict()
-    newest = lambda points, **changes: (30, {"branch_points": points, "config": tiny_config(
-        **{"train.resume_step": 8, **changes}).to_dict()})
+    newest = lambda points, **changes: (30, Meta.from_json({"branch_points": points, "config":
+        tiny_config(**{"train.resume_step": 8, **changes}).to_dict()}))
     assert not continues_branch(None, 4, config, "ck")  # Nothing after step 4.
     assert not continues_branch(newest([]), 4, config, "ck")  # Another run's: go back.
     assert not continues_branch(newest([8]), 4, config, "ck")
-    assert not continues_branch((30, {"branch_points": "4", "config": config}), 4, config, "ck")
+    assert not continues_branch((30, Meta.from_json({"branch_points": "4", "config": config})), 4, config, "ck")
     # Went back to 4, then (another command) to 8: the first command again goes on too.
     assert continues_branch(newest([4, 8]), 4, config, "ck")
     with pytest.raises(UserError, match=r"resume_step=4: the checkpoints after step 4 in ck "

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 
 from smallgpt_jax.checkpoint import faults as checkpoint_faults
+from smallgpt_jax.checkpoint.meta import Meta
 from smallgpt_jax.config import flatten
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
@@ -71,14 +72,7 @@ def check_resumable(old: dict, new: dict, where: str) -> list[str]:
     return allowed
 
 
-def branch_points(meta: dict) -> list[int]:
-    """The steps that the runs leading to checkpoint `meta` went back to with
-    config.train.resume_step, oldest first (saved by checkpoint.save)."""
-    points = meta.get("branch_points")
-    return [p for p in points if isinstance(p, int)] if isinstance(points, list) else []
-
-
-def continues_branch(newest: tuple[int, dict] | None, wanted: int, new: dict,
+def continues_branch(newest: tuple[int, Meta] | None, wanted: int, new: dict,
                      directory: str) -> bool:
     """Whether a run given config.train.resume_step=`wanted` is the same
     command again: the newest checkpoint after `wanted` (`newest`: its step
@@ -89,10 +83,10 @@ def continues_branch(newest: tuple[int, dict] | None, wanted: int, new: dict,
     newest's (`new`: the config), it is refused: going back once more, or
     continuing with the changes, is for the user to choose.
     """
-    if newest is None or wanted not in branch_points(newest[1]):
+    if newest is None or wanted not in newest[1].branch_points:
         return False  # Nothing newer, or another run's: go back to `wanted`.
     step, meta = newest
-    refused, allowed = config_changes(meta["config"], new)
+    refused, allowed = config_changes(meta.config, new)
     if refused or allowed:
         raise UserError(
             f"config.train.resume_step={wanted}: the checkpoints after step {wanted} in "
@@ -125,14 +119,14 @@ def check_same_shapes(saved: Any, ours: Any, where: str) -> None:
                         f"({'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}).")
 
 
-def data_changed(resume_meta: dict | None, fingerprint: str, config) -> bool:
+def data_changed(resume_meta: Meta | None, fingerprint: str, config) -> bool:
     """Whether a resumed run now trains on other text than its checkpoint was.
 
     Refused (one line) unless `config.train.allow_data_change`; then logged,
     and True: the best validation loss so far was on other validation text,
     so its history restarts. A checkpoint that recorded no data says nothing.
     """
-    before = (resume_meta or {}).get("data_fingerprint")
+    before = resume_meta.data_fingerprint if resume_meta else ""
     if not before or before == fingerprint:
         return False
     if not config.train.allow_data_change:

@@ -18,7 +18,7 @@ come with noise:
 
 Flipped bits inside an array file are found after the restore, by the
 checksums saved with it (checkpoint/checksum.py); a JSON file edited by hand (valid JSON,
-but not the types written) is damage too (`meta_problem`, `_opened_files`).
+but not the types written) is damage too (checkpoint/meta.py, `_opened_files`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,7 @@ import jax
 
 from smallgpt_jax.checkpoint import checksum
 from smallgpt_jax.checkpoint.workdir import INCOMPLETE, STEP, read_json
-from smallgpt_jax.config import base_config, flatten
 from smallgpt_jax.system.errors import UserError
-from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 
 # What a restore reads first (`*`: one folder per process that wrote).
 _REQUIRED = ("meta/metadata", "state/_METADATA", "state/manifest.ocdbt", "state/ocdbt.process_*")
@@ -89,7 +87,7 @@ def _opened_files(folder: str) -> list[str]:
         content, why = read_json(os.path.join(folder, name))
         # JSON, but not what Orbax wrote (a dict; metrics: numbers): edited.
         if why is None and not (isinstance(content, dict) and (name != "metrics/metrics" or all(
-                _is(v, _NUMBER) for v in content.values()))):
+                is_a(v, NUMBER) for v in content.values()))):
             why = "is damaged"
         if why:
             problems.append(f"{name} {why}")
@@ -130,46 +128,12 @@ def scan(directory: str) -> Scan:
                 sorted(e for e in names if INCOMPLETE.match(e)))
 
 
-# The fields of a checkpoint's meta item (checkpoint.save) and their JSON
-# types. A field that an older checkpoint lacks, or null, is fine.
-_NUMBER = (int, float)
-_META = {"step": int, "seed": int, "device_count": int, "val_loss": _NUMBER,
-         "best_val_loss": _NUMBER, "train_time_s": _NUMBER, "eval": dict, "checksums": dict,
-         "data_fingerprint": str, "branch_points": list, "config": dict, "tokenizer": dict}
+NUMBER = (int, float)  # A JSON number.
 
 
-def _is(value: Any, kind: type | tuple) -> bool:
+def is_a(value: Any, kind: type | tuple) -> bool:
     """isinstance, where a JSON true/false is no number."""
     return kind is bool if isinstance(value, bool) else isinstance(value, kind)
-
-
-def meta_problem(meta: dict) -> str | None:
-    """Why a checkpoint's meta item (JSON, which anyone can edit) cannot be
-    used: a field of the wrong type, a config field whose type is not the
-    base config's, a tokenizer that cannot be rebuilt. None when it can."""
-    def field(name: str, value: Any) -> str:
-        return f"meta/metadata is damaged: {name} is {str(value)[:40]!r}"
-    for key, kind in _META.items():
-        if meta.get(key) is not None and not _is(meta[key], kind):
-            return field(key, meta[key])
-    for key, value in {**(meta.get("eval") or {}), **(meta.get("checksums") or {})}.items():
-        if not _is(value, _NUMBER):
-            return field(key, value)
-    base = base_config().to_dict()
-    for key, value in meta["config"].items():  # A section (model, train...) must stay one.
-        if isinstance(base.get(key), dict) and not isinstance(value, dict):
-            return field(f"config.{key}", value)
-    base = flatten(base)
-    for key, value in flatten(meta["config"]).items():
-        default = base.get(key)  # (None: a field from another version, or without a type.)
-        if default is not None and not _is(
-                value, _NUMBER if isinstance(default, float) else type(default)):
-            return field(f"config.{key}", value)
-    try:
-        tokenizer_lib.from_dict(meta["tokenizer"])
-    except Exception as e:  # Whatever a tokenizer's own library makes of its fields.
-        return f"meta/metadata is damaged: its tokenizer cannot be rebuilt ({str(e)[:80]})"
-    return None
 
 
 def say(text: str) -> None:
@@ -210,10 +174,10 @@ def move_away(folder: str, problems: list[str]) -> str:
             "same command again.")
 
 
-def changed_on_disk(meta: dict, tree: Any) -> str | None:
-    """Why `tree`, just restored, is not what was saved with `meta`: its
+def changed_on_disk(checksums: dict[str, int], tree: Any) -> str | None:
+    """Why `tree`, just restored, is not what was saved with `checksums`: its
     arrays whose checksums differ (see checkpoint/checksum.py); None when all match."""
-    arrays = checksum.mismatches(meta.get("checksums"), tree)
+    arrays = checksum.mismatches(checksums, tree)
     if not arrays:
         return None
     more = f" and {len(arrays) - 1} more" if len(arrays) > 1 else ""

@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from smallgpt_jax.checkpoint import writer as checkpoint, faults
+from smallgpt_jax.checkpoint.meta import Unreadable, read_meta
 from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP
 from smallgpt_jax.model import model_config
 from smallgpt_jax.system.errors import UserError
@@ -135,18 +136,18 @@ def _load(directory: str, step: str | int):
             if not os.path.isdir(folder):
                 raise _Vanished(folder)
             raise UserError(faults.not_read(folder, [faults.reason(e)], pick))
-    meta = restored["meta"]
-    if not checkpoint.is_ours(meta):
-        raise UserError(f"checkpoint {folder} has no smallgpt_jax metadata (meta/metadata "
-                        f"lacks the config or tokenizer); {pick}.")
-    if why := faults.meta_problem(meta):  # Edited by hand, say.
-        raise UserError(faults.not_read(folder, [why], pick))
-    changed = faults.changed_on_disk(meta, restored["state"])
+    try:
+        meta = read_meta(restored["meta"], folder)
+    except Unreadable as e:
+        if e.foreign:
+            raise UserError(f"checkpoint {folder} has no smallgpt_jax metadata ({e}); {pick}.")
+        raise UserError(faults.not_read(folder, [str(e)], pick))  # Edited by hand, say.
+    changed = faults.changed_on_disk(meta.checksums, restored["state"])
     if changed:
         raise UserError(faults.not_read(folder, [changed], pick))
     try:
-        tok = tokenizer_lib.from_dict(meta["tokenizer"])
-        config = ml_collections.ConfigDict(meta["config"])
+        tok = tokenizer_lib.from_dict(meta.tokenizer)
+        config = ml_collections.ConfigDict(meta.config)
         mc = model_config(config, tok.vocab_size)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"checkpoint {folder} has damaged metadata ({type(e).__name__}: "

@@ -5,11 +5,8 @@ saved step, each with two items:
 
 - `state`: the TrainState (step, params, optimizer state). One copy only:
   under pmap every device holds the same values, so device 0's are saved.
-- `meta`: JSON with everything else needed to continue or to sample: the full
-  config, the tokenizer with its vocabulary, the seed and step (together they
-  are the whole RNG state, since batches and dropout keys are pure functions
-  of them), this step's validation loss if it was evaluated, and the best
-  validation loss so far.
+- `meta`: JSON with everything else needed to continue or to sample
+  (checkpoint/meta.py).
 
 Crash safety comes from Orbax: a checkpoint is written into
 `<step>.orbax-checkpoint-tmp` and renamed to `<step>` only once every file is
@@ -48,24 +45,16 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax.checkpoint import faults, checksum
+from smallgpt_jax.checkpoint.meta import FORMAT, Meta, Unreadable, read_meta
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
-from smallgpt_jax.checkpoint.compat import (branch_points, check_resumable, check_same_shapes,
-                                        continues_branch)
+from smallgpt_jax.checkpoint.compat import check_resumable, check_same_shapes, continues_branch
 from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP, TRASH
-
-FORMAT = 1  # Version of the `meta` layout, for future readers.
-
 
 def val_loss(metrics: dict) -> float:
     """Orbax ranks checkpoints by this; unevaluated ones rank last."""
     value = (metrics or {}).get("val_loss")
     return math.inf if value is None else float(value)
-
-
-def is_ours(meta: Any) -> bool:
-    """Whether a checkpoint's `meta` item is one this package wrote."""
-    return isinstance(meta, dict) and {"config", "tokenizer"} <= meta.keys()
 
 
 def open_manager(directory: str, options: ocp.CheckpointManagerOptions,
@@ -85,18 +74,17 @@ class Resume:
     the tokenizer it was trained with (the data is encoded with it again)."""
 
     step: int
-    meta: dict
+    meta: Meta
     tokenizer: tokenizer_lib.Tokenizer
 
     @property
     def best_val_loss(self) -> float:
-        value = self.meta.get("best_val_loss")
-        return math.inf if value is None else float(value)
+        return self.meta.best
 
     @property
     def train_time_s(self) -> float:
         """Seconds spent training up to this checkpoint (earlier runs included)."""
-        return float(self.meta.get("train_time_s") or 0.0)
+        return float(self.meta.train_time_s or 0.0)
 
 
 class Checkpointer:
@@ -185,17 +173,17 @@ class Checkpointer:
         where = f"{self.directory}/{step}"
         meta = self._meta(step)
         # The checkpoints of a run that went back to a step say which (see save()).
-        self.branch_points = branch_points(meta) + ([wanted] if wanted >= 0 else [])
-        allowed = check_resumable(meta["config"], config.to_dict(), where)
+        self.branch_points = list(meta.branch_points) + ([wanted] if wanted >= 0 else [])
+        allowed = check_resumable(meta.config, config.to_dict(), where)
         if allowed:
             faults.say(f"resuming with changed settings: {'; '.join(allowed)}")
-        if meta.get("device_count") not in (None, jax.device_count()):
-            faults.say(f"note: the checkpoint was written with {meta['device_count']} device(s), this "
+        if meta.device_count not in (None, jax.device_count()):
+            faults.say(f"note: the checkpoint was written with {meta.device_count} device(s), this "
                  f"run has {jax.device_count()}: training continues, but not bit for bit as "
                  "an uninterrupted run would.")
-        return Resume(step, meta, tokenizer_lib.from_dict(meta["tokenizer"]))
+        return Resume(step, meta, tokenizer_lib.from_dict(meta.tokenizer))
 
-    def _meta(self, step: int) -> dict:
+    def _meta(self, step: int) -> Meta:
         """Checkpoint `step`'s meta item; UserError if it cannot be read."""
         problems = self._problems.get(step, [])
         if problems:
@@ -205,15 +193,15 @@ class Checkpointer:
                 meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:
             raise UserError(self._damaged(step, faults.reason(e)))
-        if not is_ours(meta):
-            raise UserError(f"checkpoint {self.directory}/{step} has no smallgpt_jax metadata; "
-                            "is this workdir from another program?")
-        why = faults.meta_problem(meta)
-        if why:
-            raise UserError(self._damaged(step, why))
-        return meta
+        try:
+            return read_meta(meta, f"{self.directory}/{step}")
+        except Unreadable as e:
+            if e.foreign:
+                raise UserError(f"checkpoint {self.directory}/{step} has no smallgpt_jax "
+                                "metadata; is this workdir from another program?")
+            raise UserError(self._damaged(step, str(e)))
 
-    def _branch_of(self, steps: list[int], wanted: int) -> tuple[int, dict] | None:
+    def _branch_of(self, steps: list[int], wanted: int) -> tuple[int, Meta] | None:
         """(step, meta) of the newest readable checkpoint after step `wanted`."""
         for step in reversed([s for s in steps if s > wanted]):
             try:
@@ -241,7 +229,7 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract)))["state"]
         except Exception as e:
             raise UserError(self._damaged(resume.step, faults.reason(e)))
-        changed = faults.changed_on_disk(resume.meta, state)
+        changed = faults.changed_on_disk(resume.meta.checksums, state)
         if changed:
             raise UserError(self._damaged(resume.step, changed))
         newer = [s for s in self.steps() if s > resume.step]
@@ -257,11 +245,7 @@ class Checkpointer:
 
     def finished_summary(self, resume: Resume) -> dict[str, Any]:
         """summary.json's content for a run whose final checkpoint is `resume`."""
-        meta = resume.meta
-        old = {"eval/val_loss": meta.get("val_loss"), "eval/best_val_loss":
-               meta.get("best_val_loss")}  # Checkpoints from before meta["eval"].
-        return {**{k: v for k, v in old.items() if v is not None}, **(meta.get("eval") or {}),
-                "steps": resume.step, "wall_time_s": resume.train_time_s}
+        return {**resume.meta.eval, "steps": resume.step, "wall_time_s": resume.train_time_s}
 
     def _damaged(self, step: int, why: str) -> str:
         earlier = [s for s in self._on_disk() if s < step]

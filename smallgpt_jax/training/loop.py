@@ -209,7 +209,7 @@ class Trainer:
         carried = resume is not None and not run.data_changed
         self.best_val = resume.best_val_loss if carried else math.inf
         # The newest evaluation (for summary.json); none carries over to other data.
-        self.last = dict(resume.meta.get("eval") or {}) if carried else {}
+        self.last = dict(resume.meta.eval) if carried else {}
         self.eval_s = 0.0  # Time this process spent evaluating (and sampling, drawing).
         self.finite = stopping.FiniteCheck(ckpt.latest_step)
         self.eval_data = evaluation.eval_batches(run.par, run.splits, config)  # Made once.
