@@ -69,6 +69,7 @@ def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before NumPy or JAX start threads.
     from smallgpt_jax import data, parallel, train
     from smallgpt_jax.checkpoint import writer as checkpoint
+    from smallgpt_jax.checkpoint.meta import Meta
     from smallgpt_jax.checkpoint.workdir import prepare_workdir
     from smallgpt_jax.model import model_config
     from smallgpt_jax.store import store
@@ -107,8 +108,9 @@ def main(argv: list[str]) -> None:
 
             def save():
                 s = next(step)
-                ckpt.save(s, par.unreplicate(rstate), config=config, tokenizer=tok,
-                          best_val_loss=1.0 / s, val_loss=1.0 / s)
+                ckpt.save(s, par.unreplicate(rstate), Meta(
+                    step=s, seed=config.seed, config=config.to_dict(), tokenizer=tok.to_dict(),
+                    best_val_loss=1.0 / s, val_loss=1.0 / s))
                 ckpt.wait()
             cost["save"] = median_cost(save, n)
         step_wall, step_cpu = median_cost(train_step, 4 * n)

@@ -18,6 +18,7 @@ import pytest
 from conftest import FAST_COMPILE, ROOT, tiny_config
 from smallgpt_jax import train
 from smallgpt_jax.checkpoint import writer as checkpoint, reader as loading
+from smallgpt_jax.checkpoint.meta import Meta
 from smallgpt_jax.checkpoint.workdir import prepare_workdir
 from smallgpt_jax.model import model_config
 from smallgpt_jax.system.errors import Interrupted, UserError
@@ -72,8 +73,13 @@ def save_steps(workdir, config, states, keep=2):
         best = np.inf
         for step, (state, val) in states.items():
             best = min(best, val) if val is not None else best
-            ckpt.save(step, state, config=config, tokenizer=TOK, best_val_loss=best,
-                      val_loss=val)
+            ckpt.save(step, state, run_meta(config, step, best, val))
+
+
+def run_meta(config, step, best=np.inf, val=None):
+    """A Meta as the loop's saves make it."""
+    return Meta(step=step, seed=config.seed, config=config.to_dict(), tokenizer=TOK.to_dict(),
+                best_val_loss=best, val_loss=val)
 
 
 def assert_trees_identical(a, b):

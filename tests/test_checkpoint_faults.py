@@ -15,8 +15,8 @@ from conftest import tiny_config
 from smallgpt_jax.checkpoint import writer as checkpoint, faults, reader as loading
 from smallgpt_jax.checkpoint.workdir import prepare_workdir
 from smallgpt_jax.system.errors import UserError
-from test_checkpoint import (TOK, assert_trees_identical, fresh_state, on_disk, perturbed_state,
-                             save_steps, small_tree)
+from test_checkpoint import (assert_trees_identical, fresh_state, on_disk, perturbed_state,
+                             run_meta, save_steps, small_tree)
 
 
 def test_an_incomplete_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
@@ -211,7 +211,7 @@ def test_a_half_deleted_older_checkpoint_is_skipped_and_removed(tmp_path, capsys
     # The training run skips and removes it; no folder of deletions is left behind.
     with checkpoint.Checkpointer(workdir, 1) as ckpt:
         assert ckpt.steps() == [2, 3] and ckpt.resume_point(config).step == 3
-        ckpt.save(4, small_tree(4), config=config, tokenizer=TOK, best_val_loss=np.inf)
+        ckpt.save(4, small_tree(4), run_meta(config, 4))
     assert "removing it" in capsys.readouterr().err
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
 

@@ -33,22 +33,24 @@ class Meta:
 
     step: int
     seed: int
-    device_count: int | None = None  # Devices that wrote it (a resume on others is noted).
+    device_count: int | None = None  # Devices that wrote it (set by save).
     val_loss: float | None = None  # This step's, if it was evaluated.
-    best_val_loss: float | None = None  # None: none yet.
+    best_val_loss: float | None = None  # None (or inf, saved as None): none yet.
     train_time_s: float | None = None  # Wall time of training so far, over resumes.
     eval: dict[str, float] = dataclasses.field(default_factory=dict)  # The newest evaluation.
     # Verified by every restore: data changed on disk is an error, not a surprise.
-    checksums: dict[str, int] = dataclasses.field(default_factory=dict)
+    checksums: dict[str, int] = dataclasses.field(default_factory=dict)  # Set by save.
     config: dict[str, Any]
     tokenizer: dict[str, Any]
     data_fingerprint: str = ""  # Corpus and split (store/manifest.py).
-    branch_points: tuple[int, ...] = ()  # Steps gone back to with resume_step, oldest first.
+    # Steps gone back to with resume_step, oldest first (set by save).
+    branch_points: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The `meta` item as saved."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {"format": FORMAT, **fields, "branch_points": list(self.branch_points)}
+        return {"format": FORMAT, **fields, "branch_points": list(self.branch_points),
+                "best_val_loss": self.best_val_loss if math.isfinite(self.best) else None}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Meta":

@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax.checkpoint import faults, checksum
-from smallgpt_jax.checkpoint.meta import FORMAT, Meta, Unreadable, read_meta
+from smallgpt_jax.checkpoint.meta import Meta, Unreadable, read_meta
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 from smallgpt_jax.checkpoint.compat import check_resumable, check_same_shapes, continues_branch
@@ -243,30 +243,22 @@ class Checkpointer:
         faults.say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
         return state
 
-    def finished_summary(self, resume: Resume) -> dict[str, Any]:
-        """summary.json's content for a run whose final checkpoint is `resume`."""
-        return {**resume.meta.eval, "steps": resume.step, "wall_time_s": resume.train_time_s}
-
     def _damaged(self, step: int, why: str) -> str:
         earlier = [s for s in self._on_disk() if s < step]
         return faults.not_restored(f"{self.directory}/{step}", why, earlier)
 
     # -- saving -----------------------------------------------------------
 
-    def save(self, step: int, state: Any, *, config: ml_collections.ConfigDict,
-             tokenizer: tokenizer_lib.Tokenizer, best_val_loss: float,
-             val_loss: float | None = None, train_time_s: float | None = None,
-             eval_metrics: dict[str, float] | None = None,
-             data_fingerprint: str = "") -> None:
-        """Starts writing a checkpoint of `state` (one, unreplicated copy).
+    def save(self, step: int, state: Any, meta: Meta) -> None:
+        """Starts writing a checkpoint of `state` (one, unreplicated copy) with
+        the run's `meta`; the checksums, device count and branch points are
+        added here.
 
         Returns once the arrays are copied to host memory (Orbax copies jax
         arrays before its save() returns); the files are written in the
         background, so the next train step may reuse (donate) the buffers.
         Raises UserError if an earlier background save failed (e.g. the disk
-        is full). `eval_metrics`: the newest evaluation's numbers, kept so
-        that a finished run's summary.json can be written again from its
-        final checkpoint.
+        is full).
         """
         self.wait()
         self._empty_trash()  # What the last save's keep policy deleted.
@@ -278,26 +270,13 @@ class Checkpointer:
         keep_jax = jax.process_count() == 1
         state = jax.tree.map(
             lambda x: x if keep_jax and isinstance(x, jax.Array) else np.asarray(x), state)
-        meta = {
-            "format": FORMAT,
-            "step": step,
-            "seed": config.seed,  # With `step`, the whole RNG state.
-            "device_count": jax.device_count(),
-            "val_loss": val_loss,
-            "best_val_loss": best_val_loss if math.isfinite(best_val_loss) else None,
-            "train_time_s": train_time_s,  # Wall time of training so far, over resumes.
-            "eval": eval_metrics or {},
-            # Verified by every restore: data changed on disk is an error, not a surprise.
-            "checksums": sums,
-            "config": config.to_dict(),
-            "tokenizer": tokenizer.to_dict(),
-            "data_fingerprint": data_fingerprint,  # Corpus and split (store/store.py manifest).
-            "branch_points": self.branch_points,  # A rerun of resume_step=N continues.
-        }
-        metrics = {} if val_loss is None else {"val_loss": float(val_loss)}
+        meta = dataclasses.replace(meta, step=step, checksums=sums,
+                                   device_count=jax.device_count(),
+                                   branch_points=tuple(self.branch_points))
+        metrics = {} if meta.val_loss is None else {"val_loss": float(meta.val_loss)}
         try:
             self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta.to_json())),
                 metrics=metrics, force=True)
         except Exception as e:
             raise UserError(self._save_failed(step, e))

@@ -26,6 +26,7 @@ import ml_collections
 
 from smallgpt_jax import data, parallel, train
 from smallgpt_jax.checkpoint import writer as checkpoint, compat as resume_compat
+from smallgpt_jax.checkpoint.meta import Meta
 from smallgpt_jax.checkpoint.workdir import prepare_workdir
 from smallgpt_jax.config import validate
 from smallgpt_jax.model import count_params, model_config as make_model_config
@@ -184,7 +185,7 @@ def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
                      "train longer.")
     summary = os.path.join(run.workdir, "summary.json")
     if jax.process_index() == 0 and not os.path.exists(summary):  # Killed before writing it.
-        reporting.write_json(summary, ckpt.finished_summary(run.resume))
+        reporting.write_json(summary, reporting.finished_summary(run.resume.meta))
     return {"steps": run.start_step, "params": run.state.params,
             "model_config": run.model_cfg, "tokenizer": run.tok}
 
@@ -285,10 +286,10 @@ class Trainer:
         """Starts a checkpoint of step `done` (written in the background)."""
         run = self.run
         self.finite.flush()  # A broken state is never saved.
-        self.ckpt.save(done, run.par.unreplicate(self.rstate), config=run.config,
-                       tokenizer=run.tok, best_val_loss=self.best_val, val_loss=val_loss,
-                       eval_metrics=self.last, train_time_s=self.wall_time(),
-                       data_fingerprint=run.splits.fingerprint)
+        self.ckpt.save(done, run.par.unreplicate(self.rstate), Meta(
+            step=done, seed=run.config.seed, val_loss=val_loss, best_val_loss=self.best_val,
+            train_time_s=self.wall_time(), eval=self.last, config=run.config.to_dict(),
+            tokenizer=run.tok.to_dict(), data_fingerprint=run.splits.fingerprint))
         self.hooks.saved(done)
         self.writer.flush()  # After a crash, the logs reach at least this checkpoint.
 

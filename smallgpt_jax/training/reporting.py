@@ -244,6 +244,12 @@ def flat_hparams(config) -> dict:
             for k, v in flat.items() if k not in NOT_HPARAMS and k not in unused}
 
 
+def finished_summary(meta) -> dict:
+    """summary.json's content for a run whose final checkpoint's metadata is
+    `meta` (a checkpoint/meta.Meta)."""
+    return {**meta.eval, "steps": meta.step, "wall_time_s": float(meta.train_time_s or 0.0)}
+
+
 def write_json(path: str, obj) -> None:
     """Atomic JSON write (temporary file, then rename); a failed write (a full
     disk) is a UserError."""
