@@ -2,8 +2,12 @@
 summary, and which config fields TensorBoard lists as hyperparameters."""
 
 import io
+import sys
+
+import jax
 
 from conftest import tiny_config
+from smallgpt_jax.system import console
 from smallgpt_jax.training import reporting
 
 
@@ -54,3 +58,28 @@ def test_hparams_are_what_is_trained_not_how_the_run_is_carried_out():
     h = reporting.flat_hparams(c)
     assert h["data.path"] == "corpus.txt" and "data.dataset" not in h
     assert {"data.vocab_size", "data.end_of_text"} <= set(h)
+
+
+def test_say_is_silent_off_process_0(monkeypatch, capsys):
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    console.say("resuming from checkpoint step 5")
+    reporting.ProgressBar(10, stream=sys.stderr).message("nothing to train")
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    console.say("resuming from checkpoint step 5")
+    assert capsys.readouterr() == ("", "resuming from checkpoint step 5\n")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_message_clears_the_bar_drawn_in_a_terminal_once():
+    terminal = _Terminal()
+    bar = reporting.ProgressBar(10, stream=terminal)
+    bar.update(1, 2.0, 1.0)
+    console.say("a note", terminal)
+    console.say("another", terminal)
+    drawn, note = terminal.getvalue().rsplit("\r\x1b[K", 1)
+    assert drawn.startswith("\rstep      1/10") and note == "a note\nanother\n"

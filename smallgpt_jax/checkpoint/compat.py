@@ -16,9 +16,9 @@ from typing import Any
 
 import jax
 
-from smallgpt_jax.checkpoint import faults as checkpoint_faults
 from smallgpt_jax.checkpoint.meta import Meta
 from smallgpt_jax.config import flatten
+from smallgpt_jax.system import console
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 
@@ -94,7 +94,7 @@ def continues_branch(newest: tuple[int, Meta] | None, wanted: int, new: dict,
             f"with other settings ({'; '.join(refused + allowed)}). To continue them, leave "
             f"resume_step out; to go back to step {wanted} again, first move the checkpoints "
             f"after it out of {directory}.")
-    checkpoint_faults.say(
+    console.say(
         f"config.train.resume_step={wanted} was applied by an earlier run of this command; "
         f"continuing its checkpoints from step {step}.")
     return True
@@ -135,7 +135,7 @@ def data_changed(resume_meta: Meta | None, fingerprint: str, config) -> bool:
             "checkpoint was trained on (other file contents, files, or train_fraction). Train "
             "on the old data, use a new --workdir, or pass "
             "--config.train.allow_data_change=True to go on with the new data.")
-    checkpoint_faults.say("resuming on different data (config.train.allow_data_change=True): "
+    console.say("resuming on different data (config.train.allow_data_change=True): "
                           "the best validation loss so far is forgotten, since it was "
                           "measured on other text.")
     return True

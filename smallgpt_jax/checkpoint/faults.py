@@ -28,13 +28,13 @@ import glob
 import os
 import re
 import shutil
-import sys
 from typing import Any
 
 import jax
 
 from smallgpt_jax.checkpoint import checksum
 from smallgpt_jax.checkpoint.workdir import INCOMPLETE, STEP, read_json
+from smallgpt_jax.system import console
 from smallgpt_jax.system.errors import UserError
 
 # What a restore reads first (`*`: one folder per process that wrote).
@@ -136,12 +136,6 @@ def is_a(value: Any, kind: type | tuple) -> bool:
     return kind is bool if isinstance(value, bool) else isinstance(value, kind)
 
 
-def say(text: str) -> None:
-    """A line for the user on stderr (from process 0 only, which speaks for all)."""
-    if jax.process_index() == 0:
-        print(text, file=sys.stderr, flush=True)
-
-
 def skip_broken(directory: str, clean: bool) -> Scan:
     """`scan`, saying which folders are skipped. `clean` (a training run,
     which owns the workdir) removes them, and skips saves that never finished
@@ -151,10 +145,10 @@ def skip_broken(directory: str, clean: bool) -> Scan:
     if jax.process_index() != 0:  # Process 0 speaks and cleans up for all.
         return found
     for name in skipped:
-        say(f"warning: skipping incomplete checkpoint {os.path.join(directory, name)} "
+        console.say(f"warning: skipping incomplete checkpoint {os.path.join(directory, name)} "
             "(a save that never finished, e.g. cut off by a crash); removing it.")
     for step, why in sorted(found.debris.items()):
-        say(f"warning: skipping {os.path.join(directory, str(step))}: {why}"
+        console.say(f"warning: skipping {os.path.join(directory, str(step))}: {why}"
             + ("; removing it." if clean else "."))
     if clean:
         for name in [*skipped, *map(str, found.debris)]:

@@ -46,6 +46,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax.checkpoint import faults, checksum
 from smallgpt_jax.checkpoint.meta import Meta, Unreadable, read_meta
+from smallgpt_jax.system import console
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 from smallgpt_jax.checkpoint.compat import check_resumable, check_same_shapes, continues_branch
@@ -129,7 +130,7 @@ class Checkpointer:
         try:  # Already failing: finish what can be finished, keep the first error.
             self.close()
         except Exception as e:
-            faults.say(f"warning: {e}")
+            console.say(f"warning: {e}")
 
     def _empty_trash(self) -> None:
         """Removes the checkpoints that the keep policy deleted (renamed away)."""
@@ -176,9 +177,9 @@ class Checkpointer:
         self.branch_points = list(meta.branch_points) + ([wanted] if wanted >= 0 else [])
         allowed = check_resumable(meta.config, config.to_dict(), where)
         if allowed:
-            faults.say(f"resuming with changed settings: {'; '.join(allowed)}")
+            console.say(f"resuming with changed settings: {'; '.join(allowed)}")
         if meta.device_count not in (None, jax.device_count()):
-            faults.say(f"note: the checkpoint was written with {meta.device_count} device(s), this "
+            console.say(f"note: the checkpoint was written with {meta.device_count} device(s), this "
                  f"run has {jax.device_count()}: training continues, but not bit for bit as "
                  "an uninterrupted run would.")
         return Resume(step, meta, tokenizer_lib.from_dict(meta.tokenizer))
@@ -234,13 +235,13 @@ class Checkpointer:
             raise UserError(self._damaged(resume.step, changed))
         newer = [s for s in self.steps() if s > resume.step]
         if newer:  # resume_step went back in time: those futures are replaced.
-            faults.say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
+            console.say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
                        f"config.train.resume_step={resume.step} (only this once: the same "
                        "command again continues this run).")
             for s in newer:
                 self._manager.delete(s)
             self._empty_trash()
-        faults.say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
+        console.say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
         return state
 
     def _damaged(self, step: int, why: str) -> str:

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Callable, Iterable, Iterator
 
+from smallgpt_jax.system.console import clock
 from smallgpt_jax.system.errors import UserError
 
 READ_BYTES = 1 << 24  # 16 MB per read: fast to decode, small next to memory.
@@ -206,12 +207,3 @@ class Progress:
             self.stream.flush()
         else:
             print(line, file=self.stream, flush=True)
-
-
-def clock(seconds: float) -> str:
-    """Seconds as MM:SS or H:MM:SS ('--:--' when not known yet)."""
-    if seconds != seconds:  # NaN: not known yet.
-        return "--:--"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

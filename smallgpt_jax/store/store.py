@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from typing import Any, Callable
 
@@ -39,7 +38,7 @@ import numpy as np
 from smallgpt_jax import data
 from smallgpt_jax.store import corpus, corpus_paths, prepare_child, manifest as store_manifest
 from smallgpt_jax.store.manifest import NEW, digest, why_stale
-from smallgpt_jax.system import lock, runtime
+from smallgpt_jax.system import console, lock, runtime
 from smallgpt_jax.system.errors import Interrupted, UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 
@@ -124,7 +123,7 @@ def open_store(data_config, tokenizer: tokenizer_lib.Tokenizer | None = None,
     `stop` (a stopping.StopSignals) ends a preparation at the next piece.
     `verify`: every block is checked against its checksum, not a sample.
     """
-    say = (lambda text: print(text, file=sys.stderr, flush=True)) if verbose else (lambda _: None)
+    say = console.say if verbose else (lambda _: None)
     name, paths = corpus_files(data_config)
     try:
         sources = [corpus.Source.of(p) for p in paths]

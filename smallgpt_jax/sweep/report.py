@@ -10,7 +10,7 @@ import io
 import math
 import os
 
-from smallgpt_jax.store.corpus import clock
+from smallgpt_jax.system.console import clock
 from smallgpt_jax.sweep.load import Experiment
 from smallgpt_jax.sweep.run import CONFLICT, RUNNING_ELSEWHERE, examine
 from smallgpt_jax.system.errors import write_atomic

@@ -24,9 +24,9 @@ from typing import Any, Sequence
 
 from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP, read_json
 from smallgpt_jax.config import flatten
-from smallgpt_jax.store.corpus import clock
 from smallgpt_jax.sweep.load import REPO_ROOT, Trial
-from smallgpt_jax.system import lock
+from smallgpt_jax.system.console import clock
+from smallgpt_jax.system import console, lock
 
 RUNNING_ELSEWHERE = -1000  # A status for a trial another process was running.
 CONFLICT = -1001  # A status for a trial whose folder turned out to hold another run.
@@ -189,7 +189,7 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
         # A closed terminal or a `| head` that stopped reading: the trials and
         # the tables matter more than the console, so the runner goes on.
         with contextlib.suppress(OSError):
-            print(text, file=out, flush=True)
+            console.say(text, out)
 
     try:
         while pending or running:

@@ -20,7 +20,8 @@ from tensorboardX.summary import hparams as hparams_summary
 from tensorboardX.summary import text as text_summary
 
 from smallgpt_jax.config import flatten
-from smallgpt_jax.store.corpus import clock
+from smallgpt_jax.system import console
+from smallgpt_jax.system.console import clock
 from smallgpt_jax.system.errors import UserError, write_atomic
 from smallgpt_jax.tokenizers.tokenizer import LEARNED
 
@@ -76,17 +77,14 @@ class ProgressBar:
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
             self.stream.flush()
+            console.drawing(self.stream)
         elif int(10 * frac) != self.last_print or step == self.total:
             self.last_print = int(10 * frac)
             print(line, file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
-        """Prints a full line without garbling the bar."""
-        if jax.process_index() != 0:
-            return
-        if self.tty:
-            self.stream.write("\r\x1b[K")
-        print(text, file=self.stream, flush=True)
+        """A full line on the bar's stream; `console.say` clears the bar first."""
+        console.say(text, self.stream)
 
 
 class Writer:
