@@ -27,7 +27,9 @@ from smallgpt_jax.system.errors import UserError
 def base_config() -> ml_collections.ConfigDict:
     """Returns the default configuration (a small CPU-sized character GPT)."""
     c = ml_collections.ConfigDict()
-    c.name = "default"  # Run name; the default workdir is runs/<name>.
+    # The run's name, kept in config.json and the checkpoints' config (not a
+    # hyperparameter). The default workdir is runs/<config file name>, not this.
+    c.name = "default"
     c.seed = 0  # One seed drives init, batch sampling and dropout (0 to 2**32 - 1).
     # How the train step is spread over devices: 'pmap' (one replica per local
     # device) or 'shard_map' (jit over a device mesh, batch sharded on 'data').

@@ -154,7 +154,7 @@ def sample_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int,
     """
     rng = np.random.default_rng([seed, stream, step])
     starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
-    # int32 whatever the store's type (uint8/16/32): the same batches as ever.
+    # int32 whatever the store's type (uint8/16/32): the batches do not depend on it.
     return read_windows(tokens, starts, block_size + 1).astype(np.int32, copy=False)
 
 

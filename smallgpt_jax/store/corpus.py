@@ -2,8 +2,8 @@
 
 The text a run trains on is its files joined by a separator (a blank line,
 or the end-of-text mark), split by characters: the first
-int(characters * train_fraction) train, the rest validate (`data.split_text`
-on the joined text, the rule runs always had). Here that text is produced in
+int(characters * train_fraction) train, the rest validate (the rule of
+`data.split_text` on the joined text). Here that text is produced in
 pieces: files are read READ_BYTES at a time, decoded as UTF-8 (a bad byte is
 an error naming the file and its offset, found as soon as it is read), and
 cut at the split point. `store/store.py` runs the passes over it.

@@ -30,9 +30,9 @@ Each piece is measured in benchmarks/README.md:
   step from disk instead of compiling it again.
 * `use_default_xla_flags`: on an NVIDIA GPU, when the user has not set
   XLA_FLAGS, matrix products come from cuBLAS instead of XLA's Triton GEMMs
-  (`GPU_XLA_FLAGS`): in the issue's H100 measurement (the shared device
-  log) the shakespeare_char step compiled several times faster so, at the
-  same step time; not yet re-measured here. XLA reads XLA_FLAGS once,
+  (`GPU_XLA_FLAGS`): in one measurement on a shared H100, the
+  shakespeare_char step compiled several times faster so, at the same step
+  time. XLA reads XLA_FLAGS once,
   when JAX starts its backend, so this runs before anything touches a device.
 * `cache_dir`: the user's cache folder (`$XDG_CACHE_HOME/smallgpt_jax`), for
   downloaded corpora, token stores and the compilation cache.
