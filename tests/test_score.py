@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import load_file, run_cli, tiny_config
-from smallgpt_jax.analysis import representations, scoring
+from smallgpt_jax.analysis import representations, scoring, windows
 from smallgpt_jax.model import GPT, model_config
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers.tokenizer import ByteTokenizer, CharTokenizer, save as save_tokenizer
@@ -120,15 +120,32 @@ def test_unknown_characters_are_an_error_or_skipped_and_reported():
         scoring.score_text(params, cfg, tok, "")
 
 
+@pytest.mark.parametrize("n,T,stride", [(0, 8, 4), (1, 8, 4), (5, 8, 4), (8, 8, 4), (9, 8, 4),
+                                        (100, 8, 4), (100, 8, 1), (100, 8, 7), (61, 7, 3)])
+def test_streamed_windows_are_the_plan_whatever_the_pieces(n, T, stride):
+    from types import SimpleNamespace
+    seq = np.arange(n, dtype=np.int32) + 100
+    cuts = np.sort(np.random.default_rng(n).integers(0, n + 1, size=12))
+    pieces = np.split(seq, cuts)  # Empty pieces among them.
+    echo = lambda cfg, params, batch_BT: batch_BT  # The "model" returns its input.
+    out = list(windows.stream_windows(echo, None, SimpleNamespace(block_size=T), pieces,
+                                      stride, batch_size=4))
+    plan = windows.window_plan(n, T, stride) if n else []
+    assert [w[:3] for w in out] == plan
+    for start, first, end, tokens_T in out:
+        assert tokens_T.tolist() == seq[start:start + T].tolist() + [0] * (start + T - n)
+
+
 def test_hidden_state_shapes_and_windows():
     cfg, params = random_model()
     tok = CharTokenizer(CHARS)
     L, D = cfg.num_layers, cfg.embed_dim
     states = representations.hidden_states(params, cfg, tok, TEXT)
     assert states.shape == (L + 1, len(TEXT), D)
-    # Tokens of the first window get the same states as the text cut to fit it.
+    # Tokens of the first window get the same states as the text cut to fit it
+    # (up to float32 rounding: one window is a batch of 1, the long text of 16).
     np.testing.assert_allclose(representations.hidden_states(params, cfg, tok, TEXT[:15]),
-                               states[:, :15], atol=1e-5)
+                               states[:, :15], atol=1e-5, rtol=1e-5)
     lines = representations.line_states(params, cfg, tok, TEXT, layers=[-1, 0])
     assert lines.shape == (2, 6, D)
     np.testing.assert_allclose(lines[0, 1], states[L, 19:39].mean(0), atol=1e-5)

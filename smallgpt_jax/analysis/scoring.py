@@ -5,12 +5,13 @@ a token the model was sure of, log2(V) for a uniform guess, more for a token
 it thought unlikely. Averaged over characters it is the bits per character
 of docs page 8; 2 ** (mean bits per token) is the perplexity.
 
-Texts longer than the context are scored with a sliding window (see
-`window_plan`): windows of `block_size` tokens, `stride` = block_size // 2
-apart, each scoring only the tokens its predecessor did not reach, so every
-token after the first window sees at least block_size - stride (at least
-half a window) tokens of context. All windows have the same shape, so the
-model is compiled once per batch shape.
+Texts longer than the context are scored with a sliding window (windows.py):
+windows of `block_size` tokens, `stride` = block_size // 2 apart, each
+scoring only the tokens its predecessor did not reach, so every token after
+the first window sees at least block_size - stride (at least half a window)
+tokens of context. All windows have the same shape, so the model is compiled
+once per batch shape. A text can arrive in pieces (`score_pieces`): a file
+of any size is scored in the memory of a few pieces.
 
 The text is scored as if it followed a newline (the sampler's empty prompt
 does the same): the model then has a context for the very first token.
@@ -18,63 +19,22 @@ does the same): the model then has a context for the very first token.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from functools import partial
+from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smallgpt_jax.analysis.windows import run_windows, stream_windows, window_plan  # noqa: F401
 from smallgpt_jax.model import GPT
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers.words import PIECE
 
 LN2 = math.log(2.0)
-
-
-def window_plan(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
-    """(start, first, end) per window for a sequence of `n` tokens.
-
-    Window w reads tokens [start, start + block_size) and owns positions
-    [first, end): the first window owns 1..block_size-1 (position 0 has no
-    past), each later one the positions its predecessor did not reach. The
-    last window is moved back to end exactly at `n` (more context, not less).
-    """
-    if not 1 <= stride <= block_size - 1:
-        raise UserError(f"stride={stride} must be between 1 and block_size-1={block_size - 1}.")
-    plan = [(0, 1, min(block_size, n))]
-    while plan[-1][2] < n:
-        start = min(plan[-1][0] + stride, n - block_size)
-        plan.append((start, plan[-1][2], start + block_size))
-    return plan
-
-
-def run_windows(fn, params, model_config, ids_N: np.ndarray, stride: int | None,
-                batch_size: int = 16) -> tuple[list[tuple[int, int, int]], list[np.ndarray]]:
-    """Runs `fn(model_config, params, windows_BT)` over the sliding windows of
-    `ids_N`, batched, and returns (plan, one output array per window).
-
-    Every batch has the same shape [batch, block_size] (short windows and the
-    last batch are padded; the model is causal, so padding after a token
-    changes nothing before it): one compile per batch size, which is the
-    smallest power of two >= the window count, at most `batch_size`.
-    """
-    T = model_config.block_size
-    stride = T // 2 if stride is None else stride
-    plan = window_plan(len(ids_N), T, stride)
-    windows_WT = np.zeros((len(plan), T), np.int32)
-    for w, (start, _, end) in enumerate(plan):
-        windows_WT[w, :end - start] = ids_N[start:end]
-    B = min(batch_size, 1 << (len(plan) - 1).bit_length())
-    outputs = []
-    for i in range(0, len(plan), B):
-        batch_BT = np.zeros((B, T), np.int32)
-        chunk = windows_WT[i:i + B]
-        batch_BT[:len(chunk)] = chunk
-        out = jax.device_get(fn(model_config, params, jnp.asarray(batch_BT)))
-        outputs.extend(jax.tree.map(lambda a, j=j: a[j], out) for j in range(len(chunk)))
-    return plan, outputs
 
 
 @partial(jax.jit, static_argnums=(0,))
@@ -103,7 +63,9 @@ def token_byte_lengths(tokenizer, ids, text: str) -> np.ndarray:
 def _bytes(tokenizer, ids, text: str) -> tuple[np.ndarray, np.ndarray]:
     """(UTF-8 bytes of each token [n], character index of each byte of `text`)."""
     nbytes = token_byte_lengths(tokenizer, ids, text)
-    char_of_byte = np.repeat(np.arange(len(text)), [len(c.encode("utf-8")) for c in text])
+    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    utf8_bytes = 1 + (codes >= 0x80) + (codes >= 0x800) + (codes >= 0x10000)
+    char_of_byte = np.repeat(np.arange(len(text)), utf8_bytes)
     if nbytes.sum() != len(char_of_byte):
         raise RuntimeError("the tokens' bytes do not add up to the text's: a tokenizer mismatch")
     return nbytes, char_of_byte
@@ -135,16 +97,15 @@ def newline_prefix(tokenizer) -> np.ndarray:
         return np.zeros(0, np.int32)
 
 
-def unknown_characters(tokenizer, text: str) -> list[str]:
-    """The distinct characters of `text` the vocabulary cannot encode (only a
-    character tokenizer has any)."""
+def unknown_characters(tokenizer, text: str | Iterable[str]) -> list[str]:
+    """The distinct characters of `text` (or of a set of characters) the
+    vocabulary cannot encode (only a character tokenizer has any)."""
     if tokenizer.kind != "char":
         return []
-    known = set(tokenizer.chars)
-    return sorted({c for c in text if c not in known})
+    return sorted(set(text) - set(tokenizer.chars))
 
 
-def check_known(tokenizer, text: str) -> None:
+def check_known(tokenizer, text: str | Iterable[str]) -> None:
     """Raises UserError naming the characters of `text` the vocabulary lacks."""
     missing = unknown_characters(tokenizer, text)
     if missing:
@@ -155,7 +116,8 @@ def check_known(tokenizer, text: str) -> None:
 
 @dataclasses.dataclass
 class Scores:
-    """Per-token and per-character surprise of one text.
+    """Per-token and per-character surprise of one text (or one piece of it:
+    see `score_pieces`; offsets are then within the piece).
 
     n tokens, C characters. `token_bits` is NaN for a token nothing was
     scored for (the first one, when the vocabulary has no newline). With
@@ -186,34 +148,130 @@ def score_text(params, model_config, tokenizer, text: str, *, unknown: str = "er
     missing = unknown_characters(tokenizer, text)
     if missing and unknown != "skip":
         check_known(tokenizer, text)  # Its error names them.
-    skip = set(missing)
-    char_unknown = np.array([c in skip for c in text], bool)
-    known_at = np.flatnonzero(~char_unknown)  # Index in `text` of each character read.
-    read = "".join(text[i] for i in known_at) if missing else text
-    if not read:
+    if len(missing) == len(set(text)):
         raise UserError("every character of the text is unknown to the model's vocabulary.")
-    ids = np.asarray(tokenizer.encode(read), np.int32)
-    prefix = newline_prefix(tokenizer)
-    seq_N = np.concatenate([prefix, ids])
-    bits_N = np.full(len(seq_N), np.nan)
-    predicted_N = np.full(len(seq_N), -1, np.int32)
-    if len(seq_N) > 1:
-        plan, outs = run_windows(_surprise, params, model_config, seq_N, stride, batch_size)
-        for (start, first, end), (bits_T, pred_T) in zip(plan, outs):
-            bits_N[first:end] = bits_T[first - start - 1:end - start - 1]
-            predicted_N[first:end] = pred_T[first - start - 1:end - start - 1]
-    bits, predicted = bits_N[len(prefix):], predicted_N[len(prefix):]
+    [scores] = score_pieces(params, model_config, tokenizer, [text], missing, stride, batch_size)
+    return scores
 
-    # Spread each token's bits evenly over its bytes, then sum bytes per character.
-    nbytes, char_of_byte = _bytes(tokenizer, ids, read)
-    byte_bits = np.repeat(np.nan_to_num(bits) / nbytes, nbytes)
-    read_bits = np.bincount(char_of_byte, byte_bits, minlength=len(read))
-    if np.isnan(bits[0]):  # An unscored first token leaves its characters unscored.
-        read_bits[char_of_byte[:nbytes[0]]] = np.nan
-    char_bits = np.full(len(text), np.nan)
-    char_bits[known_at] = read_bits
-    token_start = known_at[_starts(nbytes, char_of_byte)]
-    return Scores(text, ids, bits, predicted, token_start, char_bits, char_unknown, missing)
+
+def score_pieces(params, model_config, tokenizer, pieces: Iterable[str],
+                 skip: Iterable[str] = (), stride: int | None = None,
+                 batch_size: int = 16) -> Iterator[Scores]:
+    """Scores a text that arrives in pieces: one Scores per piece, in order,
+    each as soon as its tokens are scored; memory holds a few pieces and a
+    batch of windows, never the whole text.
+
+    The characters in `skip` are left out of what the model reads. Pieces
+    must be cut where the tokenizer splits anyway (corpus.cut does): the
+    tokens, windows and numbers are then those of the text scored whole.
+    """
+    skip = set(skip)
+    prefix = newline_prefix(tokenizer)
+    waiting: collections.deque[_Piece] = collections.deque()  # Not all scored yet.
+
+    def ids():
+        yield prefix
+        at = len(prefix)  # Sequence position of the next piece's first token.
+        for text in pieces:
+            waiting.append(_Piece(tokenizer, text, skip, at))
+            at += len(waiting[-1].ids)
+            yield waiting[-1].ids
+
+    done = 1  # Positions before this are final (position 0 has no past: never scored).
+    for start, first, end, (bits_T, pred_T) in stream_windows(
+            _surprise, params, model_config, ids(), stride, batch_size):
+        for piece in waiting:  # A window's owned positions fall in one piece or a few.
+            lo, hi = max(first, piece.at), min(end, piece.at + len(piece.ids))
+            if lo >= hi:
+                continue
+            piece.bits[lo - piece.at:hi - piece.at] = bits_T[lo - start - 1:hi - start - 1]
+            piece.predicted[lo - piece.at:hi - piece.at] = pred_T[lo - start - 1:hi - start - 1]
+        done = end
+        while waiting and waiting[0].at + len(waiting[0].ids) <= done:
+            yield waiting.popleft().scores(tokenizer)
+    while waiting:  # The end: every position is final.
+        yield waiting.popleft().scores(tokenizer)
+
+
+class _Piece:
+    """A piece of text, the tokens it was read as and, as windows are run, their bits."""
+
+    def __init__(self, tokenizer, text: str, skip: set[str], at: int):
+        self.text, self.at = text, at
+        missing = skip & set(text)
+        self.unknown = sorted(missing)
+        self.char_unknown = np.array([c in missing for c in text], bool) if missing else \
+            np.zeros(len(text), bool)
+        self.known_at = np.flatnonzero(~self.char_unknown)  # Index of each character read.
+        self.read = "".join(text[i] for i in self.known_at) if missing else text
+        self.ids = np.asarray(tokenizer.encode(self.read), np.int32)
+        self.bits = np.full(len(self.ids), np.nan)
+        self.predicted = np.full(len(self.ids), -1, np.int32)
+
+    def scores(self, tokenizer) -> Scores:
+        # Spread each token's bits evenly over its bytes, then sum bytes per character.
+        bits, read = self.bits, self.read
+        nbytes, char_of_byte = _bytes(tokenizer, self.ids, read)
+        byte_bits = np.repeat(np.nan_to_num(bits) / nbytes, nbytes)
+        read_bits = np.bincount(char_of_byte, byte_bits, minlength=len(read))
+        if len(bits) and np.isnan(bits[0]):  # An unscored first token: its characters too.
+            read_bits[char_of_byte[:nbytes[0]]] = np.nan
+        char_bits = np.full(len(self.text), np.nan)
+        char_bits[self.known_at] = read_bits
+        token_start = self.known_at[_starts(nbytes, char_of_byte)] if len(bits) else \
+            np.zeros(0, np.int64)
+        return Scores(self.text, self.ids, bits, self.predicted, token_start, char_bits,
+                      self.char_unknown, self.unknown)
+
+
+@dataclasses.dataclass
+class Tally:
+    """What a row of `lines` or `file_summary` adds up, kept as sums, so
+    that the parts of a line (or text) scored in different pieces add up."""
+
+    chars: int = 0
+    unknown: int = 0
+    scored_chars: int = 0
+    bits: float = 0.0         # Over the scored characters.
+    tokens: int = 0           # That start here.
+    scored_tokens: int = 0
+    token_bits: float = 0.0   # Over the scored tokens.
+    max_bits: float = math.nan
+    max_token: str = ""
+
+    @classmethod
+    def of(cls, scores: Scores, span: slice, tokens: np.ndarray) -> "Tally":
+        """Of characters `span` and `tokens` (indices) of `scores`."""
+        bits_C, bits_K = scores.char_bits[span], scores.token_bits[tokens]
+        scored_C, scored_K = bits_C[~np.isnan(bits_C)], tokens[~np.isnan(bits_K)]
+        t = cls(len(bits_C), int(scores.char_unknown[span].sum()), len(scored_C),
+                scored_C.sum(), len(tokens), len(scored_K), scores.token_bits[scored_K].sum())
+        if len(scored_K):
+            i = scored_K[np.argmax(scores.token_bits[scored_K])]
+            t.max_bits, t.max_token = float(scores.token_bits[i]), token_text(scores, i)
+        return t
+
+    def add(self, other: "Tally") -> None:
+        """Adds `other`, which follows this part in the text."""
+        if other.max_bits > self.max_bits or math.isnan(self.max_bits):  # First max wins.
+            self.max_bits, self.max_token = other.max_bits, other.max_token
+        self.chars += other.chars
+        self.unknown += other.unknown
+        self.scored_chars += other.scored_chars
+        self.bits += other.bits
+        self.tokens += other.tokens
+        self.scored_tokens += other.scored_tokens
+        self.token_bits += other.token_bits
+
+    def row(self, **extra) -> dict:
+        """The fields `lines` describes (extra ones first)."""
+        mean_bits = (np.float64(self.token_bits) / self.scored_tokens if self.scored_tokens
+                     else np.float64("nan"))
+        return dict(extra, bits_per_char=float(np.float64(self.bits) / self.scored_chars)
+                    if self.scored_chars else float("nan"),
+                    perplexity=float(2 ** mean_bits), tokens=self.tokens, chars=self.chars,
+                    bits=float(self.bits), unknown=self.unknown,
+                    max_bits=self.max_bits, max_token=self.max_token)
 
 
 def lines(scores: Scores) -> list[dict]:
@@ -222,15 +280,19 @@ def lines(scores: Scores) -> list[dict]:
     bits_per_char (over the line's scored characters), perplexity (2 ** mean
     bits per token), tokens (that start in the line), chars, bits, unknown
     (characters), max_bits and max_token (its most surprising token), text."""
+    return [tally.row(line_number=i + 1, text=text.rstrip("\r\n"))
+            for i, (text, tally) in enumerate(line_tallies(scores))]
+
+
+def line_tallies(scores: Scores) -> list[tuple[str, Tally]]:
+    """(text, Tally) of each line of `scores.text` (the last one may lack its newline)."""
     texts = split_lines(scores.text)
     ends = np.cumsum([len(t) for t in texts])
     token_line = line_index(scores.text, scores.token_start)
-    rows = []
-    for i, line in enumerate(texts):
-        span = slice(ends[i] - len(line), ends[i])
-        rows.append(_summary(scores, span, np.flatnonzero(token_line == i),
-                             line_number=i + 1, text=line.rstrip("\r\n")))
-    return rows
+    firsts = np.searchsorted(token_line, np.arange(len(texts) + 1))  # Tokens are in text order.
+    return [(line, Tally.of(scores, slice(ends[i] - len(line), ends[i]),
+                            np.arange(firsts[i], firsts[i + 1])))
+            for i, line in enumerate(texts)]
 
 
 def split_lines(text: str) -> list[str]:
@@ -243,26 +305,7 @@ def split_lines(text: str) -> list[str]:
 
 def file_summary(scores: Scores) -> dict:
     """The `lines` fields, but for the whole text (no line_number or text)."""
-    return _summary(scores, slice(None), np.arange(len(scores.token_ids)))
-
-
-def _summary(scores: Scores, span: slice, tokens: np.ndarray, **extra) -> dict:
-    bits_C = scores.char_bits[span]
-    scored_C = ~np.isnan(bits_C)
-    token_bits = scores.token_bits[tokens]
-    scored_tokens = tokens[~np.isnan(token_bits)]
-    row = dict(extra)
-    row["bits_per_char"] = (float(bits_C[scored_C].mean()) if scored_C.any()
-                            else float("nan"))
-    mean_bits = scores.token_bits[scored_tokens].mean() if len(scored_tokens) else float("nan")
-    row.update(perplexity=float(2 ** mean_bits), tokens=len(tokens), chars=len(bits_C),
-               bits=float(bits_C[scored_C].sum()), unknown=int(scores.char_unknown[span].sum()))
-    if len(scored_tokens):
-        i = scored_tokens[np.argmax(scores.token_bits[scored_tokens])]
-        row.update(max_bits=float(scores.token_bits[i]), max_token=token_text(scores, i))
-    else:
-        row.update(max_bits=float("nan"), max_token="")
-    return row
+    return Tally.of(scores, slice(None), np.arange(len(scores.token_ids))).row()
 
 
 def token_text(scores: Scores, i: int) -> str:
