@@ -4,6 +4,8 @@ every token its context, aggregates add up, bad input is one line, and a
 model trained on normal logs ranks injected anomalies high."""
 
 import csv
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -136,6 +138,94 @@ def test_streamed_windows_are_the_plan_whatever_the_pieces(n, T, stride):
         assert tokens_T.tolist() == seq[start:start + T].tolist() + [0] * (start + T - n)
 
 
+def test_a_file_read_in_many_pieces_gives_the_numbers_of_the_whole_text(tmp_path,
+                                                                         monkeypatch):
+    from smallgpt_jax.analysis import score_file
+    cfg, params = random_model()
+    tok = CharTokenizer(CHARS)
+    # Unknown characters (skipped), an empty line, a last line without newline.
+    text = ("ROMEO: abc dab x cab\nMORE: bad a cab dab\n\nzz E cab\n" * 8) + "MORE: ab"
+    path = tmp_path / "in.txt"
+    path.write_text(text)
+    whole = scoring.score_text(params, cfg, tok, text, unknown="skip", batch_size=4)
+    expected = {"token": score_file.token_rows(whole, tok), "line": scoring.lines(whole),
+                "file": [dict(file=str(path), **scoring.file_summary(whole))]}
+    monkeypatch.setattr(score_file, "READ_BYTES", 7)
+    monkeypatch.setattr(score_file, "PIECE_CHARS", 5)  # Lines and windows cross pieces.
+    found = score_file.survey(str(path))
+    unknown = scoring.unknown_characters(tok, found.distinct)
+    assert unknown == ["x", "z"] and found.chars == len(text)
+    for per in ("token", "line", "file"):
+        rows, got, pulled = score_file.Rows(per, tok), [], []
+        texts = score_file.pieces(str(path), found.size)
+        counted = (pulled.append(t) or t for t in texts)
+        for scores in scoring.score_pieces(params, cfg, tok, counted, unknown, batch_size=4):
+            if not got and per == "line":  # The first piece is done long before the end.
+                assert len(pulled) < 10
+            got += rows.add(scores)
+        got += rows.finish(file=str(path))
+        assert len(pulled) > 40
+        assert len(got) == len(expected[per])
+        for a, b in zip(got, expected[per]):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert a[k] == (pytest.approx(b[k], rel=1e-12, nan_ok=True)
+                                if isinstance(b[k], float) else b[k]), (per, k)
+        if per == "line":
+            top = score_file.Top(4, "bits_per_char")
+            for row in got:
+                top.add(row)
+            ranked = sorted(expected["line"], key=lambda r: -r["bits_per_char"])
+            assert [r["line_number"] for r in top.rows()] == [r["line_number"] for r in ranked[:4]]
+            assert top.count == len(ranked)
+
+
+def test_pieces_are_cut_where_every_tokenizer_splits(tmp_path, monkeypatch):
+    from smallgpt_jax.analysis import score_file
+    from smallgpt_jax.tokenizers import bpe, words
+    corpus = "the cat sat on the mat; the dog sat on the log.\n  déjà vu ☃\n\n" * 20
+    path = tmp_path / "in.txt"
+    path.write_text(corpus, encoding="utf-8")
+    monkeypatch.setattr(score_file, "READ_BYTES", 7)  # Multi-byte characters cut by reads.
+    monkeypatch.setattr(score_file, "PIECE_CHARS", 16)
+    pieces = list(score_file.pieces(str(path), path.stat().st_size))
+    assert len(pieces) > 50 and "".join(pieces) == corpus
+    for tok in (bpe.BPETokenizer.train(corpus, 270), words.WordTokenizer.train(corpus, 12)):
+        assert np.concatenate([tok.encode(p) for p in pieces]).tolist() == \
+            tok.encode(corpus).tolist(), tok.kind
+
+
+def test_the_streamed_page_is_the_whole_texts_and_its_scale_numpys(tmp_path, monkeypatch):
+    from smallgpt_jax.analysis import score_file
+    cfg, params = random_model()
+    tok = CharTokenizer(CHARS)
+    text = "x ROMEO: <abc> & dab\n" * 20  # Starts with an unknown character; HTML's own.
+    path = tmp_path / "in.txt"
+    path.write_text(text)
+    pages = []
+    for piece_chars in (1 << 16, 3):
+        monkeypatch.setattr(score_file, "PIECE_CHARS", piece_chars)
+        page = score_file.Page(str(tmp_path))
+        texts = score_file.pieces(str(path), len(text))
+        for scores in scoring.score_pieces(params, cfg, tok, texts, ["x", "<", ">", "&"]):
+            page.add(scores)
+        monkeypatch.setattr(score_file, "READ_BYTES", 5)  # Markers cut by the reads.
+        page.write(str(tmp_path / f"{piece_chars}.html"), "title")
+        page.close()
+        pages.append((tmp_path / f"{piece_chars}.html").read_text(encoding="utf-8"))
+    assert pages[0] == pages[1] and "\0" not in pages[0]
+    assert pages[0].count('class="u"') == 80 and pages[0].count("<span") == len(text)
+    assert "&lt;abc&gt; &amp;" not in pages[0] and "&lt;" in pages[0]
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 99, 100, 101, 1234):
+        values = np.round(rng.exponential(3.0, size=k), 1)  # Ties too.
+        page = score_file.Page(str(tmp_path))
+        page.bits.write(values.tobytes())
+        page.scored = k
+        assert page._percentile_99() == np.percentile(values, 99), k
+        page.close()
+
+
 def test_hidden_state_shapes_and_windows():
     cfg, params = random_model()
     tok = CharTokenizer(CHARS)
@@ -215,7 +305,8 @@ def test_injected_log_anomalies_score_above_the_median_normal_line(log_run):
 
 
 def test_per_token_csv_and_table(log_run, tmp_path):
-    from smallgpt_jax.cli.score import TOKEN_COLUMNS, token_rows, write_csv
+    from smallgpt_jax.analysis.score_file import token_rows
+    from smallgpt_jax.cli.score import TOKEN_COLUMNS, write_csv
     cfg, params = random_model()
     tok = CharTokenizer(CHARS)
     s = scoring.score_text(params, cfg, tok, "ROMEO: x abc\n", unknown="skip")
@@ -236,8 +327,8 @@ def test_per_token_csv_and_table(log_run, tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path):
+    from smallgpt_jax.analysis.score_file import survey as read_text
     from smallgpt_jax.checkpoint.reader import load_params
-    from smallgpt_jax.cli.score import read_text
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "binary.bin").write_bytes(b"\x7fELF\x02\x01\x00\x00abc")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
@@ -249,13 +340,52 @@ def test_bad_input_is_one_line(tmp_path):
         read_text(str(tmp_path / "latin1.txt"))
     with pytest.raises(UserError, match="no checkpoints in"):
         load_params(str(tmp_path))
-    # Through the command: one line, before the checkpoint is loaded (the
-    # saved tokenizer is enough to find unknown characters).
-    (tmp_path / "snow.txt").write_text("2026 ☃ web-01\n")
-    save_tokenizer(CharTokenizer("\n -0123456789bew"), str(tmp_path / "tokenizer.json"))
-    proc = run_cli([f"--workdir={tmp_path}", f"--input={tmp_path / 'snow.txt'}"],
-                   module="smallgpt_jax.score")
-    assert_one_clear_line(proc, "1 character(s) not in the model's vocabulary: '☃'")
+    # Through the command: one line, before the checkpoint is loaded.
     proc = run_cli([f"--workdir={tmp_path}", f"--input={tmp_path / 'binary.bin'}"],
                    module="smallgpt_jax.score")
     assert_one_clear_line(proc, "looks binary")
+    (tmp_path / "text.txt").write_text("some text\n")
+    proc = run_cli([f"--workdir={tmp_path}", f"--input={tmp_path / 'text.txt'}",
+                    f"--html={tmp_path / 'no' / 'page.html'}"], module="smallgpt_jax.score")
+    assert_one_clear_line(proc, f"--html={tmp_path / 'no' / 'page.html'}: folder")
+    # Results written over the text they are of would lose it.
+    proc = run_cli([f"--workdir={tmp_path}", f"--input={tmp_path / 'text.txt'}",
+                    f"--output={tmp_path / 'text.txt'}"], module="smallgpt_jax.score")
+    assert_one_clear_line(proc, "is the --input file")
+    assert (tmp_path / "text.txt").read_text() == "some text\n"
+
+
+@pytest.fixture(scope="module")
+def char_run(tmp_path_factory):
+    """A workdir with a real checkpoint of the random model (no training)."""
+    from smallgpt_jax.checkpoint import writer as checkpoint
+    from smallgpt_jax.checkpoint.meta import Meta
+    _, params = random_model()
+    workdir, config = str(tmp_path_factory.mktemp("char_run")), tiny_config()
+    with checkpoint.Checkpointer(workdir, 1) as ckpt:
+        ckpt.save(1, {"params": params}, Meta(step=1, seed=config.seed, config=config.to_dict(),
+                                              tokenizer=CharTokenizer(CHARS).to_dict()))
+    save_tokenizer(CharTokenizer(CHARS), os.path.join(workdir, "tokenizer.json"))
+    return workdir
+
+
+def test_the_checkpoint_tokenizer_is_used_not_the_workdir_copy(char_run, tmp_path):
+    """The workdir's tokenizer.json is only a copy: an edited one (here
+    without 'R') neither refuses text the model reads nor changes a number."""
+    workdir = tmp_path / "run"
+    shutil.copytree(char_run, workdir)
+    save_tokenizer(CharTokenizer(CHARS.replace("R", "")), str(workdir / "tokenizer.json"))
+    (tmp_path / "in.txt").write_text(TEXT)
+    proc = run_cli([f"--workdir={workdir}", f"--input={tmp_path / 'in.txt'}", "--per=file",
+                    f"--output={tmp_path / 'file.csv'}"], module="smallgpt_jax.score")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "file.csv", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    cfg, params = random_model()
+    expected = scoring.file_summary(scoring.score_text(params, cfg, CharTokenizer(CHARS), TEXT))
+    assert float(row["bits"]) == pytest.approx(expected["bits"], abs=1e-4)
+    # A character the model's vocabulary lacks is still one clear line.
+    (tmp_path / "snow.txt").write_text("ROMEO ☃ abc\n")
+    proc = run_cli([f"--workdir={workdir}", f"--input={tmp_path / 'snow.txt'}"],
+                   module="smallgpt_jax.score")
+    assert_one_clear_line(proc, "1 character(s) not in the model's vocabulary: '☃'")

@@ -81,14 +81,15 @@ def parse_step(value: str) -> str | int:
     return step
 
 
-def check_output(path: str) -> None:
-    """Fails now, not after the work, if --output cannot be written (an
-    existing file is left as it is until the results are ready)."""
+def check_output(path: str, flag: str = "output") -> None:
+    """Fails now, not after the work, if --output (or the file flag `flag`)
+    cannot be written (an existing file is left as it is until the results
+    are ready)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise UserError(f"--output={path}: folder {folder} does not exist.")
+        raise UserError(f"--{flag}={path}: folder {folder} does not exist.")
     if os.path.isdir(path):
-        raise UserError(f"--output={path} is a folder; name a file.")
+        raise UserError(f"--{flag}={path} is a folder; name a file.")
     existed = os.path.exists(path)
     with writing(path):
         open(path, "a", encoding="utf-8").close()

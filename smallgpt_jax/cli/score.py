@@ -14,18 +14,19 @@ texts longer than the context are windowed). --per picks the rows:
 surprising rows are printed as a table. --html=FILE writes the text with
 each character shaded by its surprise (open it in a browser; hover for bits).
 Characters a character vocabulary lacks are an error, or with --unknown=skip
-are left out of what the model reads and reported as unknown.
+are left out of what the model reads and reported as unknown. The file is
+read in pieces (analysis/score_file.py): any size fits in memory. The vocabulary is
+the checkpoint's own, not the workdir's copy (tokenizer.json).
 """
 
 from __future__ import annotations
 
 import csv
-import html
-import io
 import math
 import os
 import sys
 import time
+from typing import Iterable
 
 from smallgpt_jax.cli import app as cli
 from smallgpt_jax.system import runtime
@@ -35,7 +36,7 @@ if __name__ == "__main__":  # Before the slower imports below.
 
 from absl import flags  # noqa: E402
 
-from smallgpt_jax.system.errors import UserError, write_atomic  # noqa: E402
+from smallgpt_jax.system.errors import UserError, atomic_file  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (with checkpoints).")
 _INPUT = flags.DEFINE_string("input", None, "The UTF-8 text file to score.")
@@ -54,50 +55,23 @@ TOKEN_COLUMNS = ("position", "line_number", "char_offset", "token", "bits", "pre
 LINE_COLUMNS = ("line_number", "bits_per_char", "perplexity", "tokens", "chars", "bits", "unknown",
                 "max_bits", "max_token", "text")
 FILE_COLUMNS = ("file",) + LINE_COLUMNS[1:-1]
+COLUMNS = {"token": TOKEN_COLUMNS, "line": LINE_COLUMNS, "file": FILE_COLUMNS}
 
 
-def read_text(path: str) -> str:
-    """The file's text; a missing, empty, binary or non-UTF-8 file is a UserError."""
-    if not os.path.isfile(path):
-        raise UserError(f"--input={path} is {'a folder' if os.path.isdir(path) else 'not a file'}; "
-                        "pass a text file.")
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data:
-        raise UserError(f"--input={path} is empty; there is nothing to score.")
-    if b"\0" in data:
-        raise UserError(f"--input={path} looks binary (it holds NUL bytes); pass a text file.")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"--input={path} is not UTF-8 text (byte {e.start} is "
-                        f"{data[e.start]:#04x}); pass a text file, or convert it first "
-                        "(iconv -t UTF-8).")
-
-
-def token_rows(scores, tokenizer) -> list[dict]:
-    """One row per token, and one per character skipped as unknown, in text order."""
-    from smallgpt_jax.analysis.scoring import line_index, token_text  # Here: loads JAX (see main).
-    line_of = (line_index(scores.text, range(len(scores.text))) + 1).tolist()  # From 1.
-    rows = [dict(position=i, line_number=line_of[s], char_offset=int(s),
-                 token=token_text(scores, i), bits=float(scores.token_bits[i]),
-                 predicted=tokenizer.decode([p]) if p >= 0 else "", unknown=0)
-            for i, (s, p) in enumerate(zip(scores.token_start, scores.token_predicted))]
-    rows += [dict(position="", line_number=line_of[c], char_offset=c, token=scores.text[c],
-                  bits=float("nan"), predicted="", unknown=1)
-             for c in scores.char_unknown.nonzero()[0]]
-    return sorted(rows, key=lambda r: r["char_offset"])
-
-
-def write_csv(path: str, columns, rows) -> None:
+def csv_cell(value):
     """Floats with 4 decimals, NaN (nothing scored) as an empty cell."""
-    out = io.StringIO(newline="")
-    w = csv.DictWriter(out, columns, extrasaction="ignore")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else
-                        "" if isinstance(v, float) else v) for k, v in row.items()})
-    write_atomic(path, out.getvalue())
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return value
+
+
+def write_csv(path: str, columns, rows: Iterable[dict]) -> None:
+    """Writes the rows as they come; `path` appears when they are all written."""
+    with atomic_file(path, newline="") as f:
+        w = csv.DictWriter(f, columns, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: csv_cell(v) for k, v in row.items()})
 
 
 QUOTED = ("token", "predicted", "max_token")  # Shown in quotes: a space is visible.
@@ -120,96 +94,114 @@ def print_table(rows: list[dict], columns: list[tuple[str, int]]) -> None:
                         for name, w in columns).rstrip())
 
 
-def write_html(path: str, scores, title: str) -> None:
-    """The text as a page: each character's background is red in proportion
-    to its bits (full red at the text's 99th percentile or more); a hover
-    shows the token's bits. Unknown characters are grey and struck."""
-    import numpy as np  # Here: after the flags and setup_process (see main).
-    known = scores.char_bits[~np.isnan(scores.char_bits)]
-    top = max(1.0, float(np.percentile(known, 99))) if known.size else 1.0
-    starts = list(scores.token_start) + [len(scores.text)]
-    parts = []
-    for i in range(len(scores.token_ids)):
-        for c in range(starts[i], starts[i + 1]):
-            ch, bits = scores.text[c], scores.char_bits[c]
-            if scores.char_unknown[c]:
-                parts.append('<span class="u" title="unknown to the vocabulary">'
-                             f'{html.escape(ch)}</span>')
-                continue
-            alpha = 0.0 if math.isnan(bits) else min(1.0, bits / top)
-            tip = f"{scores.token_bits[i]:.2f} bits" if c == starts[i] else f"{bits:.2f} bits"
-            shown = "\u21b5\n" if ch == "\n" else html.escape(ch)  # A visible, shadable newline.
-            parts.append(f'<span style="background:rgba(220,30,30,{alpha:.2f})" '
-                         f'title="{html.escape(repr(ch))}: {tip}">{shown}</span>')
-    page = (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
-            "<style>body{font:14px/1.5 monospace;margin:1em}pre{white-space:pre-wrap}"
-            ".u{background:#bbb;text-decoration:line-through}</style>"
-            f"<h3>{html.escape(title)}</h3><p>Red = surprise: -log2 p(character | what came "
-            f"before); full red at {top:.1f} bits or more. Hover for the bits. "
-            "Grey, struck: not in the vocabulary.</p><pre>" + "".join(parts) + "</pre>")
-    write_atomic(path, page)
+TABLES = {  # What --top ranks by, and the table's columns with their widths.
+    "token": ("bits", [("position", 8), ("line_number", 11), ("bits", 6), ("token", 8),
+                       ("predicted", 9)]),
+    "line": ("bits_per_char", [("line_number", 11), ("bits_per_char", 13), ("max_bits", 8),
+                               ("max_token", 9), ("text", 70)])}
+PROGRESS_BYTES = 1 << 20  # A progress line for files at least this large.
+
+
+def check_outputs(path: str) -> None:
+    """--output and --html can be written, and neither is the --input file
+    (or the other one): the results would replace the text they are of."""
+    seen = {"input": path}
+    for flag, out in (("output", _OUTPUT.value), ("html", _HTML.value)):
+        if not out:
+            continue
+        cli.check_output(out, flag)
+        for other, taken in seen.items():
+            if os.path.realpath(out) == os.path.realpath(taken) or (
+                    os.path.exists(out) and os.path.samefile(out, taken)):
+                raise UserError(f"--{flag}={out} is the --{other} file; name another file.")
+        seen[flag] = out
 
 
 def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before NumPy or JAX start threads.
-    from smallgpt_jax.analysis import scoring  # After flags: fast --help.
-    from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
+    from smallgpt_jax.analysis import score_file, scoring  # After flags: fast --help.
     with cli.user_errors():
         # Everything that can be checked without the checkpoint, first.
-        step, workdir = cli.parse_step(_STEP.value), _WORKDIR.value
+        step, workdir, path = cli.parse_step(_STEP.value), _WORKDIR.value, _INPUT.value
         if _TOP.value < 1:
             raise UserError(f"--top={_TOP.value} must be at least 1.")
         if not os.path.isdir(workdir):
             what = "is a file" if os.path.exists(workdir) else "does not exist"
             raise UserError(f"workdir {workdir} {what}; pass a training run's --workdir.")
-        text = read_text(_INPUT.value)
-        for path in (_OUTPUT.value, _HTML.value):
-            if path:
-                cli.check_output(path)
-        saved = os.path.join(workdir, "tokenizer.json")
-        if os.path.isfile(saved) and _UNKNOWN.value == "error":
-            scoring.check_known(tokenizer_lib.load(saved), text)
+        found = score_file.survey(path)
+        check_outputs(path)
 
-        from smallgpt_jax.checkpoint.reader import load_params  # Lazy: loads orbax.
-        params, model_config, tokenizer = load_params(workdir, step)
+        from smallgpt_jax.checkpoint.reader import load_checkpoint  # Lazy: loads orbax.
+        params, model_config, tokenizer, step = load_checkpoint(workdir, step)
         if _STRIDE.value and not 1 <= _STRIDE.value < model_config.block_size:
             raise UserError(f"--stride={_STRIDE.value} must be between 1 and "
                             f"block_size-1={model_config.block_size - 1} (0: block_size // 2).")
+        unknown = scoring.unknown_characters(tokenizer, found.distinct)
+        if unknown and _UNKNOWN.value == "error":
+            scoring.check_known(tokenizer, unknown)  # Its error names them.
+        if len(unknown) == len(found.distinct):
+            raise UserError(f"every character of --input={path} is unknown to the model's "
+                            "vocabulary; there is nothing to score.")
         start = time.time()
-        scores = scoring.score_text(params, model_config, tokenizer, text,
-                                    unknown=_UNKNOWN.value, stride=_STRIDE.value or None)
+        summary, top = score(params, model_config, tokenizer, found, unknown,
+                             f"{path}, scored by {workdir} (step {step})")
         seconds = time.time() - start
-        summary = dict(file=_INPUT.value, **scoring.file_summary(scores))
-        per = _PER.value
-        if per == "token":
-            rows, columns = token_rows(scores, tokenizer), TOKEN_COLUMNS
-            order, table = "bits", [("position", 8), ("line_number", 11), ("bits", 6),
-                                    ("token", 8), ("predicted", 9)]
-        elif per == "line":
-            rows, columns = scoring.lines(scores), LINE_COLUMNS
-            order, table = "bits_per_char", [("line_number", 11), ("bits_per_char", 13),
-                                             ("max_bits", 8), ("max_token", 9), ("text", 70)]
-        else:
-            rows, columns, order, table = [summary], FILE_COLUMNS, None, None
-        if _OUTPUT.value:
-            write_csv(_OUTPUT.value, columns, rows)
-        elif table:
-            ranked = sorted((r for r in rows if not math.isnan(r[order])), key=lambda r: -r[order])
-            print(f"The {min(_TOP.value, len(ranked))} most surprising {per}s of "
-                  f"{len(ranked)} scored (highest {order} first):")
-            print_table(ranked[:_TOP.value], table)
-        else:  # One file: a field per line.
+        if top:
+            print(f"The {len(top.heap)} most surprising {_PER.value}s of {top.count} scored "
+                  f"(highest {top.key} first):")
+            print_table(top.rows(), TABLES[_PER.value][1])
+        elif not _OUTPUT.value:  # One file: a field per line.
             for column in FILE_COLUMNS:
                 print(f"{column:>13}  {show(summary[column], 100)}")
-        if _HTML.value:
-            write_html(_HTML.value, scores, f"{_INPUT.value}, scored by {workdir}")
+        if found.changed(path):
+            print(f"note: {path} changed while it was scored; these are the numbers of its "
+                  f"first {found.size:,} bytes as they were read.", file=sys.stderr)
         wrote = [p for p in (_OUTPUT.value, _HTML.value) if p]
-        print(f"{_INPUT.value}: {summary['chars']} characters, {summary['tokens']} tokens, "
+        print(f"{path}: {summary['chars']} characters, {summary['tokens']} tokens, "
               f"{summary['bits_per_char']:.3f} bits/char, perplexity {summary['perplexity']:.2f} "
-              f"({len(scores.token_ids) / seconds:.0f} tokens/s, compiling included)"
+              f"under checkpoint step {step} ({summary['tokens'] / seconds:.0f} tokens/s, "
+              "compiling included)"
               + (f"; {summary['unknown']} unknown character(s) not scored: "
-                 + ", ".join(repr(c) for c in scores.unknown[:20]) if scores.unknown else "")
+                 + ", ".join(repr(c) for c in unknown[:20]) if unknown else "")
               + (f"; wrote {', '.join(wrote)}" if wrote else ""), file=sys.stderr)
+
+
+def score(params, model_config, tokenizer, found, unknown: list[str], title: str):
+    """Scores --input piece by piece; each finished row goes to --output or
+    the --top rows at once, each piece to the --html page. Returns (the
+    file's row, the Top rows or None)."""
+    from smallgpt_jax.analysis import score_file, scoring  # Loads JAX: see main.
+    from smallgpt_jax.store import corpus
+    per, path = _PER.value, _INPUT.value
+    rows = score_file.Rows(per, tokenizer)
+    top = None if _OUTPUT.value or per == "file" else score_file.Top(_TOP.value, TABLES[per][0])
+    progress = corpus.Progress("scoring", found.size, enabled=found.size >= PROGRESS_BYTES)
+    page = score_file.Page(os.path.dirname(os.path.abspath(_HTML.value))) if _HTML.value else None
+
+    def finished_rows():
+        for scores in scoring.score_pieces(params, model_config, tokenizer,
+                                           score_file.pieces(path, found.size), unknown,
+                                           _STRIDE.value or None):
+            yield from rows.add(scores)
+            if page:
+                page.add(scores)
+            progress.add(nbytes=len(scores.text.encode("utf-8")), ntokens=len(scores.token_ids))
+        yield from rows.finish(file=path)
+        progress.done()
+
+    try:
+        if _OUTPUT.value:
+            write_csv(_OUTPUT.value, COLUMNS[per], finished_rows())
+        else:
+            for row in finished_rows():
+                if top:
+                    top.add(row)
+        if page:
+            page.write(_HTML.value, title)
+    finally:
+        if page:
+            page.close()
+    return rows.total.row(file=path), top
 
 
 def run() -> None:

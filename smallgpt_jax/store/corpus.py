@@ -201,7 +201,8 @@ class Progress:
         done = min(self.bytes / self.total, 1.0)
         line = (f"{self.label} [{'#' * int(20 * done):<20}] {self.bytes / 1e6:,.1f}/"
                 f"{self.total / 1e6:,.1f} MB read, {self.tokens:,} tokens, "
-                f"{rate / 1e6:.1f} MB/s, ETA {clock(eta)}")
+                f"{rate / 1e6:.1f} MB/s ({self.tokens / elapsed:,.0f} tokens/s), "
+                f"ETA {clock(eta)}")
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
             self.stream.flush()

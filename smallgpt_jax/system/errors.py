@@ -4,7 +4,7 @@ and the file writes that turn a failed write into one."""
 import contextlib
 import os
 import tempfile
-from typing import Iterator
+from typing import Iterator, TextIO
 
 
 class UserError(Exception):
@@ -53,11 +53,20 @@ def write_atomic(path: str, text: str) -> None:
     """Writes `text` to `path.tmp`, then renames it over `path`: a crash or a
     failed write (a full disk) never leaves a half-written file, and an
     existing `path` stays as it was. A failed write is a UserError."""
+    with atomic_file(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, newline: str | None = None) -> Iterator[TextIO]:
+    """`write_atomic` for a file written bit by bit: a text file open on
+    `path.tmp` (`newline` as open's), renamed over `path` when the block ends
+    without an error (and removed if it fails)."""
     tmp = path + ".tmp"
     with writing(path):
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
+            with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+                yield f
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
