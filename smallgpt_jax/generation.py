@@ -192,8 +192,10 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
     window_BW = jnp.asarray(np.tile(np.pad(prompt, (0, W - n)), (num_samples, 1)))
     # Typed scalars: the same compiled steps serve every value of the knobs.
     # Put on the device once, like the parameters, instead of with every token.
+    # A top_k of the vocabulary's size or more keeps every token (and may not fit int32).
     knobs = tuple(jax.device_put(x) for x in (
-        np.float32(temperature), np.int32(top_k or 0), np.float32(top_p)))
+        np.float32(temperature), np.int32(min(top_k or 0, model_config.vocab_size)),
+        np.float32(top_p)))
     params = jax.device_put(params)
 
     cache = None  # None: (re)fill it from the window at the next step.

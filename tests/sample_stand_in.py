@@ -21,6 +21,7 @@ from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 
 PARAMS_FILE = "stand_in_params.msgpack"
+TOKENIZER_FILE = "stand_in_tokenizer.json"
 
 
 def save(workdir: str, params, model_config, tokenizer) -> None:
@@ -30,6 +31,8 @@ def save(workdir: str, params, model_config, tokenizer) -> None:
             flax.serialization.to_state_dict(params)))
     with open(os.path.join(workdir, "stand_in_model_config.json"), "w") as f:
         json.dump(model_config.to_dict(), f)
+    # The checkpoint's tokenizer, and the workdir's copy of it (which the CLI must not read).
+    tokenizer_lib.save(tokenizer, os.path.join(workdir, TOKENIZER_FILE))
     tokenizer_lib.save(tokenizer, os.path.join(workdir, "tokenizer.json"))
 
 
@@ -43,7 +46,7 @@ def load_checkpoint(workdir: str, step: str | int = "latest"):
     with open(os.path.join(workdir, "stand_in_model_config.json")) as f:
         model_config = ml_collections.FrozenConfigDict(json.load(f))
     # The stand-in has one set of parameters, under every step name.
-    return params, model_config, tokenizer_lib.load(os.path.join(workdir, "tokenizer.json")), step
+    return params, model_config, tokenizer_lib.load(os.path.join(workdir, TOKENIZER_FILE)), step
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from smallgpt_jax import generation
-from smallgpt_jax.tokenizers.tokenizer import CharTokenizer, save as save_tokenizer
+from smallgpt_jax.tokenizers.tokenizer import CharTokenizer
 from test_generation import random_model
 
 CHARS = "\n :EMORabcd"  # 11 characters: the random model's vocabulary.
@@ -40,6 +40,7 @@ def assert_one_clear_line(proc, message):
     (["--max_new_tokens=-1"], "max_new_tokens=-1 must be 0 or more"),
     (["--num_samples=0"], "num_samples=0 must be at least 1"),
     (["--slide_step=0"], "slide_step=0 must be at least 1"),
+    ([f"--seed={2**70}"], f"--seed={2**70} must be between -2**63 and 2**63-1"),
     (["--step=last"], "--step='last' must be 'latest', 'best' or a step number"),
     (["--top_k=many"], "top_k"),
     (["extra"], "unexpected arguments 'extra'"),
@@ -72,15 +73,6 @@ def test_a_slide_step_longer_than_the_window_fails_before_any_output(saved_model
     assert f"at most block_size={cfg.block_size}" in err
 
 
-def test_prompt_characters_are_checked_before_loading(tmp_path):
-    # Only a tokenizer, no checkpoint: the prompt must fail before any loading.
-    save_tokenizer(CharTokenizer(CHARS), str(tmp_path / "tokenizer.json"))
-    proc = run_sample([f"--workdir={tmp_path}", "--prompt=JULIET: hi"])
-    assert_one_clear_line(proc, "prompt: 7 character(s) not in the vocabulary: "
-                                "'I', 'J', 'L', 'T', 'U', 'h', 'i'")
-    assert "e.g. ' :EMORabcd'" in proc.stderr
-
-
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     import sample_stand_in  # noqa: E402 (tests/ is on sys.path under pytest)
@@ -88,6 +80,47 @@ def saved_model(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
     sample_stand_in.save(workdir, params, cfg, CharTokenizer(CHARS))
     return workdir, params, cfg, CharTokenizer(CHARS)
+
+
+def test_prompt_characters_are_checked_before_any_output(saved_model):
+    proc = run_with_stand_in([f"--workdir={saved_model[0]}", "--prompt=JULIET: hi"])
+    assert proc.stdout == ""
+    err = proc.stderr.replace("stand-in load_params(step='latest')\n", "")
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert ("prompt: 7 character(s) not in the vocabulary: 'I', 'J', 'L', 'T', 'U', 'h', 'i'"
+            in err and "e.g. ' :EMORabcd'" in err), err
+
+
+@pytest.mark.parametrize("copy", ['{"kind": "char", "chars": "\\n :EMOabcd"}', '{"kind": "ch'])
+def test_the_checkpoint_tokenizer_is_used_not_the_workdir_copy(saved_model, tmp_path, copy):
+    """The workdir's tokenizer.json is only a copy: edited (here without
+    'R') or damaged, it neither refuses a prompt the model reads nor warns."""
+    import shutil
+    workdir, params, cfg, tok = saved_model
+    shutil.copytree(workdir, tmp_path / "run")
+    (tmp_path / "run" / "tokenizer.json").write_text(copy)
+    proc = run_with_stand_in([f"--workdir={tmp_path / 'run'}", "--prompt=ROMEO:",
+                              "--max_new_tokens=10", "--seed=3", "--temperature=0.8"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == expected_output(
+        generation.sample_texts(params, cfg, tok, "ROMEO:", 10, 3, temperature=0.8))
+    assert "warning" not in proc.stderr, proc.stderr
+
+
+def test_absurd_sizes_sample_or_fail_in_one_line(saved_model):
+    workdir, params, cfg, tok = saved_model
+    # A top_k past the vocabulary (and past int32) keeps every token.
+    proc = run_with_stand_in([f"--workdir={workdir}", "--max_new_tokens=6", "--seed=2",
+                              f"--top_k={10**12}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == expected_output(
+        generation.sample_texts(params, cfg, tok, "", 6, 2, temperature=0.8))
+    # Petabytes of tokens: one line, not a NumPy traceback.
+    proc = run_with_stand_in([f"--workdir={workdir}", f"--max_new_tokens={10**15}"])
+    err = proc.stderr.replace("stand-in load_params(step='latest')\n", "")
+    assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("error: out of memory for 1 sample(s) of "
+                                                   "1,000,000,000,000,000 tokens"), err
 
 
 def expected_output(texts):
@@ -141,14 +174,12 @@ def test_a_real_checkpoint_end_to_end(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0] == "--- sample 1 of 2 ---" and "--- sample 2 of 2 ---" in lines
     assert lines[1].startswith("ROMEO:")
-    # The workdir's tokenizer.json is only a copy: damaged, it is one warning, and the
-    # checkpoint's own copy gives the same samples.
-    (workdir / "tokenizer.json").write_text('{"kind": "ch')
+    # The workdir's tokenizer.json is only a copy: edited (without 'R'), it is not
+    # read; the checkpoint's own tokenizer gives the same samples.
+    (workdir / "tokenizer.json").write_text('{"kind": "char", "chars": "\\n :EMOabcd"}')
     again = run_sample([f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=20",
                         "--num_samples=2", "--temperature=0"])
     assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-3000:]
-    warning = again.stderr.splitlines()[0]
-    assert "tokenizer.json is damaged" in warning and "Traceback" not in again.stderr
 
 
 def test_a_workdir_without_checkpoint_is_one_line(tmp_path):

@@ -52,30 +52,10 @@ _SLIDE_STEP = flags.DEFINE_integer(
 _OUTPUT = flags.DEFINE_string("output", None, "Write the samples to this file instead.")
 
 
-def check_prompt_early(workdir: str, prompt: str) -> None:
-    """Checks the prompt's characters against the run's saved tokenizer, if
-    there is one, before the (slower) checkpoint load."""
-    from smallgpt_jax import generation  # Here: see main().
-    from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
-    path = os.path.join(workdir, "tokenizer.json")
-    if not os.path.isfile(path):
-        return
-    try:
-        tokenizer = tokenizer_lib.load(path)
-    except UserError:
-        raise
-    except Exception as e:  # Only a copy: the checkpoint holds the tokenizer itself.
-        why = "cannot be read" if isinstance(e, OSError) else "is damaged"
-        print(f"warning: {path} {why} ({type(e).__name__}); sampling uses the checkpoint's "
-              "own copy of the tokenizer (resuming the run writes this file again).",
-              file=sys.stderr)
-        return
-    generation.encode_prompt(tokenizer, prompt)
-
-
 def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before NumPy or JAX start threads.
     # Imported after flags: keeps --help fast.
+    import jax
     from smallgpt_jax import generation, sampling
     workdir, prompt, n = _WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value
     knobs = dict(num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,
@@ -84,26 +64,39 @@ def main(argv: list[str]) -> None:
         # Everything that can be checked without the checkpoint, first.
         step = parse_step(_STEP.value)
         sampling.check_options(max_new_tokens=n, **knobs)
+        if not -2**63 <= _SEED.value < 2**63:  # What a JAX random key takes.
+            raise UserError(f"--seed={_SEED.value} must be between -2**63 and 2**63-1.")
         if not os.path.exists(workdir):
             raise UserError(f"workdir {workdir} does not exist; pass a training run's --workdir.")
         if not os.path.isdir(workdir):
             raise UserError(f"workdir {workdir} is a file; pass a training run's --workdir.")
         if _OUTPUT.value:
             check_output(_OUTPUT.value)
-        check_prompt_early(workdir, prompt)
 
         from smallgpt_jax.checkpoint import reader as loading  # Lazy: loads orbax.
         # Programs compiled by earlier runs (of this command or of training)
         # load from the user's compilation cache instead of compiling again.
         runtime.enable_compilation_cache(runtime.default_compilation_cache_dir())
+        # The tokenizer is the checkpoint's own (the workdir's tokenizer.json is only a copy).
         params, model_config, tokenizer, step = loading.load_checkpoint(workdir, step)
-        # The checks that need the model (slide_step <= block_size), before any output.
+        # The checks that need the model (slide_step <= block_size, the prompt's
+        # characters), before any output.
         sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
+        generation.encode_prompt(tokenizer, prompt)
         print(f"checkpoint step {step} of {workdir}", file=sys.stderr, flush=True)
         use_cache = {"auto": "auto", "true": True, "false": False}[_USE_CACHE.value]
-        generate = lambda stream=None: generation.sample_texts(
-            params, model_config, tokenizer, prompt, n, _SEED.value, stream=stream,
-            use_cache=use_cache, **knobs)
+
+        def generate(stream=None) -> list[str]:
+            try:
+                return generation.sample_texts(params, model_config, tokenizer, prompt, n,
+                                               _SEED.value, stream=stream, use_cache=use_cache,
+                                               **knobs)
+            except (MemoryError, jax.errors.JaxRuntimeError) as e:
+                if not isinstance(e, MemoryError) and "RESOURCE_EXHAUSTED" not in str(e):
+                    raise
+                raise UserError(f"out of memory for {knobs['num_samples']:,} sample(s) of "
+                                f"{n:,} tokens; ask for fewer (--num_samples, "
+                                "--max_new_tokens).") from None
         header = lambda i: f"--- sample {i + 1} of {knobs['num_samples']} ---\n"
         start = time.time()
         if _OUTPUT.value:
