@@ -155,6 +155,21 @@ def test_embedding_pca_recovers_a_planar_table_and_labels_every_character():
     assert "\\n" in texts and "␣" in texts
 
 
+@pytest.mark.parametrize("chars,table", [("a", "random"), ("abc", "equal")])
+def test_embeddings_of_one_token_or_identical_rows_draw_without_warnings(chars, table):
+    import warnings
+    tok = CharTokenizer(chars)
+    table_VD = (np.random.default_rng(0).normal(size=(len(chars), 8)) if table == "random"
+                else np.ones((len(chars), 8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # A division by zero variance fails.
+        coords, ratio = viz.embedding_pca({"token_embed": {"embedding": table_VD}})
+        fig = viz.plot_embeddings({"token_embed": {"embedding": table_VD}}, tok)
+        viz.figure_to_array(fig)
+    assert coords.shape == (len(chars), 2) and (coords == 0).all() and (ratio == 0).all()
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(chars)
+
+
 def test_save_figure_writes_a_small_png(tmp_path):
     cfg, params, tok = make()
     path = viz.save_figure(viz.plot_embeddings(params, tok), str(tmp_path / "a" / "e.png"))
@@ -167,6 +182,14 @@ def test_visualize_cli_needs_a_workdir(tmp_path):
                    module="smallgpt_jax.visualize", timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --workdir=")
+
+
+@pytest.mark.parametrize("dpi", [0, 100_000])
+def test_visualize_cli_refuses_a_dpi_it_cannot_draw_at(tmp_path, dpi):
+    proc = run_cli([f"--workdir={tmp_path}", "--what=curves", f"--dpi={dpi}"],
+                   module="smallgpt_jax.visualize", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip() == f"error: --dpi={dpi} must be between 1 and 1000."
 
 
 @pytest.fixture(scope="module")

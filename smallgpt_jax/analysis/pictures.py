@@ -223,10 +223,16 @@ def embedding_pca(params) -> tuple[np.ndarray, np.ndarray]:
     """
     table_VD = np.asarray(params["token_embed"]["embedding"], np.float64)
     centred_VD = table_VD - table_VD.mean(axis=0)
-    _, s, vt_2D = np.linalg.svd(centred_VD, full_matrices=False)
-    coords_V2 = centred_VD @ vt_2D[:2].T
+    _, s, vt_KD = np.linalg.svd(centred_VD, full_matrices=False)  # K = min(V, D) directions.
+    # A table with fewer than two directions (one token, or D=1) or no variance
+    # at all (identical rows) gets zeros for the components it does not have.
+    k = min(2, len(s))
+    coords_V2, ratio = np.zeros((len(table_VD), 2)), np.zeros(2)
+    coords_V2[:, :k] = centred_VD @ vt_KD[:k].T
     variance = s ** 2
-    return coords_V2, variance[:2] / variance.sum()
+    if variance.sum() > 0:
+        ratio[:k] = variance[:k] / variance.sum()
+    return coords_V2, ratio
 
 
 def plot_embeddings(params, tokenizer, title: str = "", max_labels: int = 300) -> Figure:

@@ -26,12 +26,15 @@ _PROMPT = flags.DEFINE_string("prompt", "ROMEO:\nBut soft", "Text whose attentio
 _OUTPUT = flags.DEFINE_string("output", None, "PNG file to write (default <workdir>/<what>.png).")
 _STEP = flags.DEFINE_string("step", "latest", "Checkpoint: 'latest', 'best' or a step number.")
 _DPI = flags.DEFINE_integer("dpi", 100, "Resolution of the PNG (dots per inch).")
+MAX_DPI = 1000
 
 
 def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value
     if not os.path.isdir(workdir):
         cli.fail(f"--workdir={workdir} is not a directory; pass a training run's workdir.")
+    if not 1 <= _DPI.value <= MAX_DPI:  # Past that, one picture takes gigabytes.
+        cli.fail(f"--dpi={_DPI.value} must be between 1 and {MAX_DPI}.")
     output = _OUTPUT.value or os.path.join(workdir, f"{_WHAT.value}.png")
     runtime.setup_process()  # First: before NumPy or JAX start threads.
     from smallgpt_jax.analysis import pictures as viz  # Imported after flags: keeps --help fast.
