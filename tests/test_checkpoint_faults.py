@@ -246,7 +246,7 @@ def test_a_reader_reads_again_when_the_keep_policy_deletes_during_its_open(
     config, workdir = tiny_config(), str(tmp_path / "run")
     save_steps(workdir, config, {1: (small_tree(1), None), 2: (small_tree(2), None)}, keep=3)
     ckdir = os.path.join(workdir, "checkpoints")
-    real_open, opened = checkpoint.open_manager, []
+    real_open, opened = loading.open_manager, []
 
     def keep_policy_deletes_step_1(directory, *args):
         opened.append(directory)
@@ -256,7 +256,7 @@ def test_a_reader_reads_again_when_the_keep_policy_deletes_during_its_open(
                             f"file or directory: '{ckdir}/1/_CHECKPOINT_METADATA'")
         return real_open(directory, *args)
 
-    monkeypatch.setattr(checkpoint, "open_manager", keep_policy_deletes_step_1)
+    monkeypatch.setattr(loading, "open_manager", keep_policy_deletes_step_1)
     assert loading.load_params(workdir)[0]["w"].tolist() == [2.0] * 3
     assert len(opened) == 2
 
@@ -264,7 +264,7 @@ def test_a_reader_reads_again_when_the_keep_policy_deletes_during_its_open(
         opened.append(directory)
         raise UserError("cannot read the checkpoints")
 
-    monkeypatch.setattr(checkpoint, "open_manager", damaged)
+    monkeypatch.setattr(loading, "open_manager", damaged)
     with pytest.raises(UserError, match="cannot read the checkpoints"):
         loading.load_params(workdir)
     assert len(opened) == 3  # Once: nothing changed in the folder meanwhile.

@@ -1,8 +1,12 @@
-"""Loading a trained model from a run's checkpoints, for sampling, scoring and pictures.
+"""Reading a run's checkpoints: the one Orbax restore, for training and for a trained model.
+
+`restore` is the only place that reads a checkpoint's items: checkpoint/writer.py
+asks it for the full TrainState (`full_state`) to resume, `load_checkpoint`
+for the parameters alone (`params_only`), for sampling, scoring and pictures:
 
     params, model_config, tokenizer = load_params("runs/char_cpu", step="best")
 
-Reads the parameters alone out of a checkpoint that checkpoint/writer.py wrote (no
+`load_params` reads the parameters alone out of a checkpoint that checkpoint/writer.py wrote (no
 optimizer is built and the optimizer state is not read), with the model
 config and tokenizer saved next to them. A training run may be writing in
 the same workdir meanwhile: this reader never removes anything, skips the
@@ -21,7 +25,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from smallgpt_jax.checkpoint import writer as checkpoint, faults
+from smallgpt_jax.checkpoint import faults
 from smallgpt_jax.checkpoint.meta import Unreadable, read_meta
 from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP
 from smallgpt_jax.model import model_config
@@ -31,6 +35,59 @@ from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 # Reads of a workdir whose training run saves and deletes meanwhile: each
 # attempt that fails because of it has a newer checkpoint to read.
 _ATTEMPTS = 5
+
+
+# How a checkpoint is read, for training (checkpoint/writer.py: the full state)
+# and for sampling, scoring and pictures (below: the parameters alone).
+
+def val_loss(metrics: dict) -> float:
+    """Orbax ranks checkpoints by this; unevaluated ones rank last."""
+    value = (metrics or {}).get("val_loss")
+    return math.inf if value is None else float(value)
+
+
+def open_manager(directory: str, options: ocp.CheckpointManagerOptions,
+                 state: ocp.CheckpointHandler) -> ocp.CheckpointManager:
+    """An Orbax CheckpointManager for `directory`'s two items: `state`, read
+    and written by the handler `state`, and `meta` as JSON."""
+    try:
+        return ocp.CheckpointManager(directory, options=options, item_handlers={
+            "state": state, "meta": ocp.JsonCheckpointHandler()})
+    except Exception as e:  # e.g. a step folder with unreadable metadata.
+        raise UserError(f"cannot read the checkpoints in {directory}: {faults.reason(e)}")
+
+
+def saved_params(manager: ocp.CheckpointManager, step: int) -> Any:
+    """The saved parameters' Orbax metadata (shapes and dtypes) of checkpoint `step`."""
+    return manager.item_metadata(step)["state"].tree["params"]
+
+
+def full_state(target: Any) -> ocp.args.StandardRestore:
+    """Restore args for the whole TrainState, onto the first local device;
+    `target`: a fresh state (arrays, or their shapes from `jax.eval_shape`)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return ocp.args.StandardRestore(jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target))
+
+
+def params_only(saved: Any) -> ocp.args.PyTreeRestore:
+    """Restore args for the state's `params` alone, as numpy arrays of the
+    saved shapes (`saved`: saved_params)."""
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved,
+                          is_leaf=lambda x: hasattr(x, "shape"))
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    return ocp.args.PyTreeRestore(item={"params": target}, restore_args={"params": as_numpy},
+                                  partial_restore=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, state: Any = None,
+            meta: bool = True) -> dict[str, Any]:
+    """The one Orbax restore: checkpoint `step`'s `state` item with the restore
+    args `state` (None: not read) and its `meta` JSON (if `meta`)."""
+    items = {"meta": ocp.args.JsonRestore()} if meta else {}
+    if state is not None:
+        items["state"] = state
+    return manager.restore(step, args=ocp.args.Composite(**items))
 
 
 def load_params(workdir: str, step: str | int = "latest"
@@ -90,7 +147,7 @@ def _resolve_step(manager: ocp.CheckpointManager, steps: list[int], step: str | 
     if step == "latest":
         return steps[-1]
     if step == "best":
-        scored = [(checkpoint.val_loss(manager.metrics(s)), s) for s in steps]
+        scored = [(val_loss(manager.metrics(s)), s) for s in steps]
         scored = [(v, s) for v, s in scored if math.isfinite(v)]
         if not scored:
             raise UserError(f"no checkpoint in {where} has a validation loss yet; "
@@ -107,7 +164,7 @@ def _resolve_step(manager: ocp.CheckpointManager, steps: list[int], step: str | 
 def _load(directory: str, step: str | int):
     found = faults.skip_broken(directory, clean=False)  # The training run's files stay.
     # A PyTree handler: it can read the `params` of the state alone.
-    manager = checkpoint.open_manager(directory, ocp.CheckpointManagerOptions(create=False),
+    manager = open_manager(directory, ocp.CheckpointManagerOptions(create=False),
                                       ocp.PyTreeCheckpointHandler())
     with manager:
         steps = sorted(set(manager.all_steps()) - set(found.debris))
@@ -122,16 +179,8 @@ def _load(directory: str, step: str | int):
         if problems:
             raise UserError(faults.not_read(folder, problems, pick))
         try:
-            saved = manager.item_metadata(chosen)["state"].tree["params"]
             # The saved shapes are the restore target: only `params` is read.
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved,
-                                  is_leaf=lambda x: hasattr(x, "shape"))
-            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-            restored = manager.restore(chosen, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item={"params": target},
-                                             restore_args={"params": as_numpy},
-                                             partial_restore=True),
-                meta=ocp.args.JsonRestore()))
+            restored = restore(manager, chosen, params_only(saved_params(manager, chosen)))
         except Exception as e:
             if not os.path.isdir(folder):
                 raise _Vanished(folder)

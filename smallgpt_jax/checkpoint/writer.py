@@ -27,13 +27,13 @@ Each save records a checksum of every array (see checkpoint/checksum.py), and ev
 restore verifies them: bits flipped on disk are one clear error, not a model
 that silently differs. A training run holds its workdir exclusively (system/lock.py).
 
-Loading a trained model for sampling, scoring and pictures: checkpoint/reader.py.
+Reading a checkpoint (here for the full state, for sampling, scoring and
+pictures the parameters alone): checkpoint/reader.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 from typing import Any
@@ -46,28 +46,13 @@ from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax.checkpoint import faults, checksum
 from smallgpt_jax.checkpoint.meta import Meta, Unreadable, read_meta
+from smallgpt_jax.checkpoint.reader import (full_state, open_manager, restore, saved_params,
+                                            val_loss)
 from smallgpt_jax.system import console
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 from smallgpt_jax.checkpoint.compat import check_resumable, check_same_shapes, continues_branch
 from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP, TRASH
-
-def val_loss(metrics: dict) -> float:
-    """Orbax ranks checkpoints by this; unevaluated ones rank last."""
-    value = (metrics or {}).get("val_loss")
-    return math.inf if value is None else float(value)
-
-
-def open_manager(directory: str, options: ocp.CheckpointManagerOptions,
-                 state: ocp.CheckpointHandler) -> ocp.CheckpointManager:
-    """An Orbax CheckpointManager for `directory`'s two items: `state`, read
-    and written by the handler `state`, and `meta` as JSON."""
-    try:
-        return ocp.CheckpointManager(directory, options=options, item_handlers={
-            "state": state, "meta": ocp.JsonCheckpointHandler()})
-    except Exception as e:  # e.g. a step folder with unreadable metadata.
-        raise UserError(f"cannot read the checkpoints in {directory}: {faults.reason(e)}")
-
 
 @dataclasses.dataclass
 class Resume:
@@ -190,8 +175,7 @@ class Checkpointer:
         if problems:
             raise UserError(self._damaged(step, faults.summary(problems)))
         try:
-            meta = self._manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))["meta"]
+            meta = restore(self._manager, step)["meta"]
         except Exception as e:
             raise UserError(self._damaged(step, faults.reason(e)))
         try:
@@ -217,17 +201,13 @@ class Checkpointer:
         `target` is a fresh state of the config (arrays, or just their shapes
         from `jax.eval_shape`): it says which structure and shapes to expect.
         """
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
         try:
-            saved = self._manager.item_metadata(resume.step)["state"].tree["params"]
+            saved = saved_params(self._manager, resume.step)
         except Exception as e:
             raise UserError(self._damaged(resume.step, faults.reason(e)))
         check_same_shapes(saved, target.params, f"{self.directory}/{resume.step}")
         try:
-            state = self._manager.restore(resume.step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract)))["state"]
+            state = restore(self._manager, resume.step, full_state(target), meta=False)["state"]
         except Exception as e:
             raise UserError(self._damaged(resume.step, faults.reason(e)))
         changed = faults.changed_on_disk(resume.meta.checksums, state)
