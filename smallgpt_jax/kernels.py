@@ -3,7 +3,8 @@
 The model's formulas run as written unless a setting picks a kernel from
 here; the two choices are made in this file:
 - `fast_ops`: `config.model.fast_backward` ('auto': on CPU only, where they
-  measure faster) swaps in the matmul and LayerNorm below;
+  measure faster; resolved by `resolve_fast_backward`) swaps in the matmul
+  and LayerNorm below;
 - `fused_implementation`: `attention='fused'` runs cuDNN's flash attention
   where it can, else XLA's own fused attention.
 
@@ -42,17 +43,21 @@ from smallgpt_jax.system import runtime
 Array = jax.Array
 
 
-def fast_ops(fast_backward: str) -> tuple[Callable | None, Callable]:
-    """(dot_general for dense layers, layer_norm) for `config.model.fast_backward`:
-    the one place that switch acts.
+def resolve_fast_backward(setting: str, platform: str) -> str:
+    """`config.model.fast_backward` as 'on' or 'off' on `platform`: 'auto' is
+    on for CPU only. The kernels below are the same functions with
+    hand-written backward passes that XLA:CPU runs faster
+    (benchmarks/README.md); on GPU and TPU they gain nothing."""
+    return "on" if setting == "on" or (setting == "auto" and platform == "cpu") else "off"
 
-    Off: flax's default matmul and the LayerNorm formula of normalization.py,
-    both differentiated by `jax.grad`. On: the versions below, the same
-    functions with hand-written backward passes that XLA:CPU runs faster
-    (benchmarks/README.md); on GPU and TPU they gain nothing, so 'auto'
-    turns them on for CPU only.
-    """
-    on = fast_backward == "on" or (fast_backward == "auto" and jax.default_backend() == "cpu")
+
+def fast_ops(on: bool) -> tuple[Callable | None, Callable]:
+    """(dot_general for dense layers, layer_norm): the one place the
+    fast_backward switch acts. Off: flax's default matmul and the LayerNorm
+    formula of normalization.py, both differentiated by `jax.grad`. On: the
+    versions below."""
+    if not isinstance(on, bool):  # A setting string here would always be true.
+        raise TypeError(f"fast_ops takes a bool, not {on!r}")
     return (dense_dot_general, layer_norm) if on else (None, normalization.layer_norm)
 
 

@@ -50,8 +50,9 @@ _init = nn.initializers.normal(stddev=0.02)
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The model's settings: `config.model` (see config.py for each field's
-    meaning) plus the vocabulary size. Frozen, so hashable: it can be a
-    static argument of jitted functions. Made by `model_config`."""
+    meaning) plus the vocabulary size, every 'auto' resolved for one platform.
+    Frozen, so hashable: it can be a static argument of jitted functions.
+    Made by `model_config`; the model reads nothing else while tracing."""
 
     num_layers: int  # L: transformer blocks.
     num_heads: int  # H: attention heads per block.
@@ -69,9 +70,11 @@ class ModelConfig:
     dtype: str  # Compute dtype ('float32', 'bfloat16', 'float16').
     scan_layers: bool  # nn.scan over the blocks.
     vocab_size: int  # V.
-    # 'auto' (on where measured faster: CPU), 'on' or 'off': see `kernels.fast_ops`.
-    # Has a default so checkpoints written before the field existed load.
-    fast_backward: str = "auto"
+    # 'on' or 'off' ('auto' is resolved by `model_config`): see `kernels.fast_ops`.
+    fast_backward: str
+    # The fused attention kernel (`kernels.fused_implementation`) when not
+    # decoding: 'cudnn', or None for XLA's own.
+    attention_impl: str | None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,7 +95,7 @@ class CausalSelfAttention(nn.Module):
         c = self.config
         H, K = c.num_heads, c.embed_dim // c.num_heads
         dtype = jnp.dtype(c.dtype)
-        dot_general = kernels.fast_ops(c.fast_backward)[0]
+        dot_general = kernels.fast_ops(c.fast_backward == "on")[0]
         # One matmul makes queries, keys and values for all heads: [B, T, 3, H, K].
         qkv = nn.DenseGeneral((3, H, K), use_bias=c.use_bias, dtype=dtype,
                               kernel_init=_init, name="qkv",
@@ -124,8 +127,8 @@ class CausalSelfAttention(nn.Module):
             # masked blocks instead of reading a [T, S] mask.
             y_BTHK = jax.nn.dot_product_attention(
                 q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None] if self.decode else None,
-                is_causal=not self.decode, implementation=kernels.fused_implementation(
-                    jax.default_backend(), dtype, K, self.decode))
+                is_causal=not self.decode,
+                implementation=None if self.decode else c.attention_impl)
         else:
             att_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK) / math.sqrt(K)
             att_BHTS = jnp.where(mask_TS, att_BHTS.astype(jnp.float32), -jnp.inf)
@@ -150,7 +153,7 @@ class MLP(nn.Module):
         c = self.config
         dtype = jnp.dtype(c.dtype)
         F = c.mlp_ratio * c.embed_dim
-        dot_general = kernels.fast_ops(c.fast_backward)[0]
+        dot_general = kernels.fast_ops(c.fast_backward == "on")[0]
         dense = lambda n, name, init=_init: nn.Dense(
             n, use_bias=c.use_bias, dtype=dtype, kernel_init=init, name=name,
             dot_general=dot_general)
@@ -180,7 +183,7 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x_BTD: Array, positions_T: Array) -> Array:
         c = self.config
-        layer_norm_fn = kernels.fast_ops(c.fast_backward)[1]
+        layer_norm_fn = kernels.fast_ops(c.fast_backward == "on")[1]
         norm = lambda name: Norm(c.norm, c.use_bias, layer_norm_fn=layer_norm_fn, name=name)
         attn = CausalSelfAttention(c, self.deterministic, self.decode, name="attn")
         mlp = MLP(c, name="mlp")
@@ -263,8 +266,8 @@ class GPT(nn.Module):
                     x_BTD, positions_T)
 
         if c.norm_position == "pre":  # Post-norm blocks already end in a norm.
-            x_BTD = Norm(c.norm, c.use_bias, layer_norm_fn=kernels.fast_ops(c.fast_backward)[1],
-                         name="norm_f")(x_BTD)
+            layer_norm_fn = kernels.fast_ops(c.fast_backward == "on")[1]
+            x_BTD = Norm(c.norm, c.use_bias, layer_norm_fn=layer_norm_fn, name="norm_f")(x_BTD)
         if c.tie_embeddings:
             logits_BTV = embed.attend(x_BTD)
         else:
@@ -273,15 +276,25 @@ class GPT(nn.Module):
         return logits_BTV.astype(jnp.float32)
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
-    """config.model with the vocabulary size filled in, as a ModelConfig."""
+def model_config(config: ml_collections.ConfigDict, vocab_size: int,
+                 platform: str | None = None) -> ModelConfig:
+    """config.model with the vocabulary size filled in, as a ModelConfig whose
+    'auto' settings (dtype, fast_backward) and fused attention kernel are
+    resolved for `platform` ('cpu', 'gpu', 'tpu'; default: this host's
+    backend). A compile for another machine names that machine's platform."""
     m = config.model.to_dict()
-    unknown = set(m) - {f.name for f in dataclasses.fields(ModelConfig)}
+    derived = {"vocab_size", "attention_impl"}  # Filled in here, not settings.
+    unknown = set(m) - ({f.name for f in dataclasses.fields(ModelConfig)} - derived)
     if unknown:
         raise UserError(f"config.model has fields the model does not know: "
                         f"{', '.join(sorted(unknown))}.")
-    m["dtype"] = runtime.resolve_dtype(m["dtype"], jax.default_backend())  # 'auto'
-    return ModelConfig(**m, vocab_size=vocab_size)
+    platform = platform or jax.default_backend()
+    m["dtype"] = runtime.resolve_dtype(m["dtype"], platform)
+    # Checkpoints written before fast_backward existed have no such field.
+    m["fast_backward"] = kernels.resolve_fast_backward(m.get("fast_backward", "auto"), platform)
+    K = m["embed_dim"] // m["num_heads"]
+    impl = kernels.fused_implementation(platform, m["dtype"], K, decode=False)
+    return ModelConfig(**m, vocab_size=vocab_size, attention_impl=impl)
 
 
 def unscan(params, c: ModelConfig) -> tuple[Any, ModelConfig]:

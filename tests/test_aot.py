@@ -48,7 +48,7 @@ def test_a_tiny_model_compiles_for_a_v5e_and_fits(unrolled):
     assert s["fits"] and s["devices"] == 1 and s["device_memory_bytes"] == 16e9
     # bfloat16 compute and the plain kernels: 'auto' resolved for the TPU, not this CPU.
     assert unrolled["model"].dtype == "bfloat16"
-    assert unrolled["config"].model.fast_backward == "off"
+    assert unrolled["model"].fast_backward == "off"
     # Parameters and AdamW's two moments, float32.
     assert s["state_bytes"] >= 3 * 4 * unrolled["params"]
     analytic = analytic_flops(unrolled["config"], unrolled["params"])

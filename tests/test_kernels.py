@@ -102,8 +102,8 @@ def test_switch_gives_the_same_model_and_gradients(use_bias):
     cfg_on = model_config(tiny_config(**{"model.use_bias": use_bias,
                                          "model.fast_backward": "on"}), 11)
     cfg_off = cfg_on.replace(fast_backward="off")
-    assert kernels.fast_ops(cfg_on.fast_backward)[0] is kernels.dense_dot_general
-    assert kernels.fast_ops(cfg_off.fast_backward) == (None, layer_norm)
+    assert kernels.fast_ops(cfg_on.fast_backward == "on")[0] is kernels.dense_dot_general
+    assert kernels.fast_ops(cfg_off.fast_backward == "on") == (None, layer_norm)
     tokens = jax.random.randint(jax.random.key(2), (2, cfg_on.block_size), 0, 11)
     params = GPT(cfg_on).init(jax.random.key(0), tokens)["params"]
 

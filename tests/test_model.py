@@ -164,9 +164,41 @@ def test_longer_than_block_size_is_a_clear_error(pos):
 
 
 def test_model_config_is_typed_and_auto_is_fast_on_cpu():
+    assert tiny_config().model.fast_backward == "auto"
     cfg = model_config(tiny_config(), V)
     assert isinstance(cfg, model_lib.ModelConfig) and cfg.vocab_size == V
     hash(cfg)  # A static argument of jitted functions.
-    assert cfg.fast_backward == "auto"
     on_cpu = jax.default_backend() == "cpu"
-    assert (kernels.fast_ops(cfg.fast_backward)[0] is not None) == on_cpu
+    assert cfg.fast_backward == ("on" if on_cpu else "off")  # 'auto', resolved once.
+    assert (kernels.fast_ops(cfg.fast_backward == "on")[0] is not None) == on_cpu
+
+
+def test_model_config_resolves_auto_for_the_platform_it_is_given(monkeypatch):
+    """A compile for a TPU from this host: 'auto' as on the TPU, whatever this host is."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    tpu = model_config(tiny_config(**{"model.attention": "fused"}), V, platform="tpu")
+    assert (tpu.dtype, tpu.fast_backward, tpu.attention_impl) == ("bfloat16", "off", None)
+    cpu = model_config(tiny_config(), V, platform="cpu")
+    assert (cpu.dtype, cpu.fast_backward) == ("float32", "on")
+    assert model_config(tiny_config(), V) == cpu  # The host's backend by default.
+    with pytest.raises(TypeError):
+        kernels.fast_ops("off")  # A setting string would always count as on.
+
+
+@pytest.mark.parametrize("overrides", [{}, {"model.attention": "fused"},
+                                       {"model.scan_layers": True}])
+def test_tracing_reads_no_backend(monkeypatch, overrides):
+    """Every choice is in the ModelConfig: the model asks JAX nothing about the
+    machine while tracing, so a config resolved for another platform holds."""
+    cfg, params, tokens = make(overrides)
+
+    def asked():
+        raise AssertionError("the model read jax.default_backend() while tracing")
+    monkeypatch.setattr(jax, "default_backend", asked)
+    jax.eval_shape(lambda p, t: GPT(cfg).apply({"params": p}, t), params, tokens)
+    jax.eval_shape(lambda p, t: jax.grad(
+        lambda q: GPT(cfg).apply({"params": q}, t).sum())(p), params, tokens)
+    dec = GPT(cfg, decode=True)
+    cache = dec.init(jax.random.key(0), tokens[:, :1])["cache"]
+    jax.eval_shape(lambda p, c, t: dec.apply({"params": p, "cache": c}, t, mutable=["cache"]),
+                   params, cache, tokens[:, :1])

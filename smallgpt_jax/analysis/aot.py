@@ -9,8 +9,9 @@ over a `Mesh` of the target's devices, lowered from shapes alone
 are compile-only ones that libtpu describes from a topology name; no TPU is
 needed, only the library (`pip install -e ".[tpu]"`).
 
-The 'auto' settings are resolved for the target, not for this host: a CPU
-host would otherwise compile float32 and the CPU kernels for a TPU.
+The 'auto' settings are resolved for the target's platform, not this host's
+(`model_config(..., platform)`): a CPU host would otherwise compile float32
+and the CPU kernels for a TPU.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import numpy as np
 from smallgpt_jax import parallel, train
 from smallgpt_jax.analysis import hlo_cost
 from smallgpt_jax.model import count_params, model_config
-from smallgpt_jax.system import runtime
 from smallgpt_jax.system.errors import UserError
 
 GB, GiB = 1e9, 2 ** 30
@@ -127,17 +127,6 @@ def devices(t: Target) -> list:
     return list(topo.devices)
 
 
-def for_target(config: ml_collections.ConfigDict, t: Target) -> ml_collections.ConfigDict:
-    """`config` with the 'auto' settings resolved for the target's platform:
-    model.py and kernels.py resolve them from the host's backend."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    m = config.model
-    m.dtype = runtime.resolve_dtype(m.dtype, t.platform)
-    if m.fast_backward == "auto":  # As kernels.fast_ops: the kernels on CPU only.
-        m.fast_backward = "on" if t.platform == "cpu" else "off"
-    return config
-
-
 def batch_split(config, n_devices: int) -> tuple[int, int]:
     """(sequences per device per micro-batch, per device per eval batch)."""
     t = config.train
@@ -210,13 +199,12 @@ def _spec(tree, sharding):
 def compile_steps(config: ml_collections.ConfigDict, vocab_size: int, t: Target,
                   eval_step: bool = True) -> dict:
     """Compiles the train step (and the eval step) of `config` for target `t`.
-    Returns {'config' (resolved), 'model', 'params' (count), 'state_bytes',
+    Returns {'config', 'model' (resolved for the target), 'params' (count), 'state_bytes',
     'params_bytes' (per device: the state is replicated), 'programs': [Program]}."""
-    config = for_target(config, t)
     micro, eval_rows = batch_split(config, t.devices)
     found = devices(t)
     mesh = jax.sharding.Mesh(np.array(found), (parallel.DATA,))
-    m = model_config(config, vocab_size)
+    m = model_config(config, vocab_size, t.platform)  # 'auto' for the target.
     tx, schedule = train.make_optimizer(config.train), train.learning_rate_schedule(config.train)
     s_train, s_eval = parallel.make_sharded_steps(m, tx, schedule, config.seed, mesh)
     shapes = jax.eval_shape(lambda: train.init_state(m, tx, config.seed))

@@ -61,7 +61,7 @@ def table(s: dict, result: dict, t) -> str:
     loops = progs[0].loop_flops or progs[0].loop_bytes
     rows = [
         ("target", f"{t.name}: {t.devices} device(s); {peaks}"),
-        ("settings", f"dtype {m.dtype}, fast_backward {c.model.fast_backward}, attention "
+        ("settings", f"dtype {m.dtype}, fast_backward {m.fast_backward}, attention "
                      f"{m.attention}, scan_layers {m.scan_layers}, dropout {m.dropout}; "
                      f"{result['params']:,} parameters"),
         ("batch", f"{c.train.batch_size} x {m.block_size} tokens per step, "
