@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
         prepare_workdir(workdir)
         tok, splits, _, _ = store.load_splits(config, workdir, None)
         cfg = model_config(config, tok.vocab_size)
-        tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
+        tx, schedule = train.make_optimizer(t)
         par = parallel.data_parallel(config.parallel, cfg, tx, schedule, config.seed)
         rstate = par.put_state(train.init_state(cfg, tx, config.seed))
         batches = evaluation.eval_batches(par, splits, config)

@@ -147,7 +147,7 @@ class JaxStep:
 
         t = config.train
         self.model_cfg = model_config(config, vocab_size)
-        tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
+        tx, schedule = train.make_optimizer(t)
         state = train.init_state(self.model_cfg, tx, config.seed)
         self.num_params = matmul_params(state.params, self.model_cfg)
         try:

@@ -56,14 +56,17 @@ def decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
-def make_optimizer(t) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping, following config.train."""
+def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(AdamW with global-norm clipping following config.train, its learning
+    rate schedule): the one schedule the optimizer steps with and the run
+    reports."""
+    schedule = learning_rate_schedule(t)
     parts = []
     if t.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(t.grad_clip))
-    parts.append(optax.adamw(learning_rate_schedule(t), b1=t.beta1, b2=t.beta2,
+    parts.append(optax.adamw(schedule, b1=t.beta1, b2=t.beta2,
                              weight_decay=t.weight_decay, mask=decay_mask))
-    return optax.chain(*parts)
+    return optax.chain(*parts), schedule
 
 
 def init_state(model_config, tx: optax.GradientTransformation, seed: int) -> TrainState:

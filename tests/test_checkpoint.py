@@ -42,7 +42,7 @@ def write_corpus(path, n_words=3000):
 
 
 def fresh_state(config):
-    tx = train.make_optimizer(config.train)
+    tx, _ = train.make_optimizer(config.train)
     return train.init_state(model_config(config, TOK.vocab_size), tx, config.seed)
 
 

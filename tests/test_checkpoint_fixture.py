@@ -53,7 +53,7 @@ def test_fixture_restores_for_resuming(workdir):
         resume = ckpt.resume_point(config)
         assert resume.step == EXPECTED["step"]
         model_cfg = model_config(config, resume.tokenizer.vocab_size)
-        tx = train.make_optimizer(config.train)
+        tx, _ = train.make_optimizer(config.train)
         shapes = jax.eval_shape(lambda: train.init_state(model_cfg, tx, config.seed))
         state = ckpt.restore_state(resume, shapes)
     assert int(state.step) == EXPECTED["step"]

@@ -171,7 +171,7 @@ def test_the_parameter_count_it_uses_is_a_close_lower_bound(overrides):
     config = tiny_config(**overrides)
     vocab = footprint.vocabulary_floor(config.data) or 13
     shapes = jax.eval_shape(lambda: train.init_state(model_config(config, vocab),
-                                                     train.make_optimizer(config.train), 0))
+                                                     train.make_optimizer(config.train)[0], 0))
     actual = sum(p.size for p in jax.tree_util.tree_leaves(shapes.params))
     floor = footprint.parameter_floor(config) + (vocab * 32 if config.data.tokenizer == "char"
                                                  else 0)

@@ -178,7 +178,7 @@ def memorised():
     ids = tok.encode(MEMORY)
     W = cfg.block_size
     windows = np.stack([ids[j:j + W + 1] for j in range(len(ids) - W)])
-    tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
+    tx, schedule = train.make_optimizer(c.train)
     state = train.init_state(cfg, tx, c.seed)
     step = jax.jit(lambda s, b: train.train_step(
         s, b, model_config=cfg, tx=tx, schedule=schedule, seed=0, axis_name=None))

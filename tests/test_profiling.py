@@ -71,7 +71,7 @@ def test_profile_steps_are_checked():
 def test_evaluation_in_one_program_gives_the_per_batch_mean():
     c = tiny_config(**{"train.eval_steps": 3})
     cfg = model_config(c, 13)
-    tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
+    tx, schedule = train.make_optimizer(c.train)
     state = train.init_state(cfg, tx, 0)
     par = parallel.data_parallel(c.parallel, cfg, tx, schedule, c.seed)
     tokens = np.random.default_rng(0).integers(0, 13, 500).astype(np.int32)

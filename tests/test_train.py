@@ -21,7 +21,7 @@ V = 13
 def setup(overrides=None):
     c = tiny_config(**(overrides or {}))
     cfg = model_config(c, V)
-    tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
+    tx, schedule = train.make_optimizer(c.train)
     return c, cfg, tx, schedule, train.init_state(cfg, tx, c.seed)
 
 
@@ -34,6 +34,23 @@ def test_schedule_warms_up_then_decays_to_minimum():
     assert float(s(10)) == pytest.approx(1e-3)
     assert float(s(55)) == pytest.approx(1e-4 + 0.5 * 9e-4, rel=1e-3)
     assert float(s(100)) == pytest.approx(1e-4)
+
+
+def test_adam_steps_follow_the_schedule_make_optimizer_returns():
+    """The optimizer steps with the schedule it hands back: with no decay, no
+    clipping and a gradient of +1 everywhere, each of Adam's first updates is
+    -lr(step) (its normalised moment is 1), so the returned schedule is the
+    one in use, not a second one built alongside."""
+    c = tiny_config(**{"train.num_steps": 10, "train.warmup_steps": 4,
+                       "train.learning_rate": 1e-2, "train.weight_decay": 0.0,
+                       "train.grad_clip": 0.0})
+    tx, schedule = train.make_optimizer(c.train)
+    params = {"w": jnp.zeros((3,))}
+    opt_state = tx.init(params)
+    for step in range(3):
+        updates, opt_state = tx.update({"w": jnp.ones((3,))}, opt_state, params)
+        np.testing.assert_allclose(updates["w"], -float(schedule(step)), rtol=1e-4)
+    assert float(schedule(1)) > 0
 
 
 def test_weight_decay_only_on_matrices():
@@ -101,7 +118,7 @@ STEP_SCRIPT = textwrap.dedent("""
         grad_clip = 1e-3 if clip == "tiny" else 1.5 * norm
         c = tiny_config(**{"model.num_layers": 1, "train.grad_clip": grad_clip})
         cfg = model_config(c, 13)
-        tx, schedule = train.make_optimizer(c.train), train.learning_rate_schedule(c.train)
+        tx, schedule = train.make_optimizer(c.train)
         batch = data.sample_batch(tokens, 0, 0, 8, cfg.block_size)
         if norm is None:  # grad_clip is stateless: one initial state serves both.
             state0 = jax.device_get(train.init_state(cfg, tx, 0))

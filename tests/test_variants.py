@@ -338,7 +338,7 @@ def test_every_combination_trains_and_samples_with_the_cache(combo):
 
     # A few steps on one fixed batch: the loss must go down. (Init and steps
     # are one jitted program: compiling is cheaper than running op by op.)
-    tx, schedule = train.make_optimizer(config.train), train.learning_rate_schedule(config.train)
+    tx, schedule = train.make_optimizer(config.train)
     step = partial(train.train_step, model_config=cfg, tx=tx, schedule=schedule, seed=0,
                    axis_name=None)
 

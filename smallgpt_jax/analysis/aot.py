@@ -205,7 +205,7 @@ def compile_steps(config: ml_collections.ConfigDict, vocab_size: int, t: Target,
     found = devices(t)
     mesh = jax.sharding.Mesh(np.array(found), (parallel.DATA,))
     m = model_config(config, vocab_size, t.platform)  # 'auto' for the target.
-    tx, schedule = train.make_optimizer(config.train), train.learning_rate_schedule(config.train)
+    tx, schedule = train.make_optimizer(config.train)
     s_train, s_eval = parallel.make_sharded_steps(m, tx, schedule, config.seed, mesh)
     shapes = jax.eval_shape(lambda: train.init_state(m, tx, config.seed))
     state = _spec(shapes, jax.NamedSharding(mesh, jax.P()))

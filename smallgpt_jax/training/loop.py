@@ -156,7 +156,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Chec
         reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
     model_cfg = make_model_config(config, tok.vocab_size)
-    tx, schedule = train.make_optimizer(t), train.learning_rate_schedule(t)
+    tx, schedule = train.make_optimizer(t)
     if resume:  # Only the shapes of a fresh state are needed: no real init.
         shapes = jax.eval_shape(lambda: train.init_state(model_cfg, tx, config.seed))
         state = ckpt.restore_state(resume, shapes)
