@@ -23,9 +23,10 @@ from flax import jax_utils
 
 from smallgpt_jax import train
 from smallgpt_jax.system.errors import UserError
-from smallgpt_jax.train import AXIS
 
-DATA = "data"  # Name of the mesh axis the batch is split along (shard_map).
+# The one name of the device axis the batch is split along and the steps
+# average over: pmap's axis, the shard_map mesh axis and the per-process mesh.
+AXIS = "data"
 
 
 def make_parallel_steps(model_config, tx, schedule, seed: int) -> tuple[Callable, Callable]:
@@ -35,9 +36,10 @@ def make_parallel_steps(model_config, tx, schedule, seed: int) -> tuple[Callable
     so the step does not hold two copies of params and optimizer state.
     """
     p_train = jax.pmap(partial(train.train_step, model_config=model_config, tx=tx,
-                               schedule=schedule, seed=seed),
+                               schedule=schedule, seed=seed, axis_name=AXIS),
                        axis_name=AXIS, donate_argnums=(0,))
-    p_eval = jax.pmap(partial(train.eval_step, model_config=model_config), axis_name=AXIS)
+    p_eval = jax.pmap(partial(train.eval_step, model_config=model_config, axis_name=AXIS),
+                      axis_name=AXIS)
     return p_train, p_eval
 
 
@@ -47,7 +49,7 @@ def data_mesh() -> jax.sharding.Mesh:
     jax.devices() lists each process's devices together, in process order,
     so device i of the mesh gets the same rows as replica i under pmap.
     """
-    return jax.sharding.Mesh(np.array(jax.devices()), (DATA,))
+    return jax.sharding.Mesh(np.array(jax.devices()), (AXIS,))
 
 
 def make_sharded_steps(model_config, tx, schedule, seed: int,
@@ -64,16 +66,16 @@ def make_sharded_steps(model_config, tx, schedule, seed: int,
 
     def train_body(state, batch_1ABT1):
         return train.train_step(state, batch_1ABT1[0], model_config=model_config, tx=tx,
-                                schedule=schedule, seed=seed, axis_name=DATA)
+                                schedule=schedule, seed=seed, axis_name=AXIS)
 
     def eval_body(params, batches_1SBT1):
         return train.eval_step(params, batches_1SBT1[0], model_config=model_config,
-                               axis_name=DATA)
+                               axis_name=AXIS)
 
     # out_specs=P(): after pmean, state and metrics are the same on every device.
-    s_train = jax.jit(jax.shard_map(train_body, mesh=mesh, in_specs=(P(), P(DATA)),
+    s_train = jax.jit(jax.shard_map(train_body, mesh=mesh, in_specs=(P(), P(AXIS)),
                                     out_specs=P()), donate_argnums=(0,))
-    s_eval = jax.jit(jax.shard_map(eval_body, mesh=mesh, in_specs=(P(), P(DATA)),
+    s_eval = jax.jit(jax.shard_map(eval_body, mesh=mesh, in_specs=(P(), P(AXIS)),
                                    out_specs=P()))
     return s_train, s_eval
 
@@ -153,8 +155,8 @@ def _per_device(batch_NT1: np.ndarray, grad_accum: int | None) -> np.ndarray:
 @lru_cache(maxsize=None)
 def _local_devices_sharding() -> jax.sharding.NamedSharding:
     """Split along the first axis over this process's devices (built once, not per batch)."""
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
-    return jax.NamedSharding(mesh, jax.P("d"))
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+    return jax.NamedSharding(mesh, jax.P(AXIS))
 
 
 def shard_batch(batch_NT1: np.ndarray, grad_accum: int | None = None) -> jax.Array:
@@ -168,7 +170,7 @@ def global_batch(mesh: jax.sharding.Mesh, batch_NT1: np.ndarray,
     part of one global [devices, (A,) b, T+1] array split over the mesh's 'data'
     axis (each process passes only its own rows)."""
     return jax.make_array_from_process_local_data(
-        jax.NamedSharding(mesh, jax.P(DATA)), _per_device(batch_NT1, grad_accum))
+        jax.NamedSharding(mesh, jax.P(AXIS)), _per_device(batch_NT1, grad_accum))
 
 
 def process_rows(batch_NT1: np.ndarray) -> np.ndarray:

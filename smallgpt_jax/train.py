@@ -25,9 +25,6 @@ import optax
 from smallgpt_jax.kernels import varying_axes
 from smallgpt_jax.model import GPT
 
-AXIS = "batch"  # Name of the device axis that pmean averages over (pmap).
-
-
 @flax.struct.dataclass
 class TrainState:
     """Everything that changes during training. Dropout keys are derived from
@@ -112,8 +109,10 @@ def own_copy(params, batch, axis_name: str | None) -> Any:
 
 def train_step(state: TrainState, batch_ABT1: jax.Array, *, model_config,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               seed: int, axis_name: str | None = AXIS) -> tuple[TrainState, dict]:
-    """One optimizer update from A accumulated micro-batches (pure function)."""
+               seed: int, axis_name: str | None = None) -> tuple[TrainState, dict]:
+    """One optimizer update from A accumulated micro-batches (pure function).
+    `axis_name`: the device axis to average over (parallel.py passes
+    parallel.AXIS); None on one device."""
     # Dropout randomness depends only on (seed, step, device, micro-batch).
     key = jax.random.fold_in(jax.random.key(seed), state.step)
     if axis_name is not None:
@@ -142,7 +141,7 @@ def train_step(state: TrainState, batch_ABT1: jax.Array, *, model_config,
 
 
 def eval_step(params, batches_SBT1: jax.Array, *, model_config,
-              axis_name: str | None = AXIS) -> jax.Array:
+              axis_name: str | None = None) -> jax.Array:
     """The mean loss of each of S batches, without dropout, averaged over
     devices: [S]. The batches are looped over inside the program (lax.map),
     so a whole evaluation is one dispatch and one read-back, not S of each."""

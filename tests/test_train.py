@@ -79,6 +79,21 @@ def test_loss_decreases_on_a_tiny_corpus():
     assert int(state.step) == 60
 
 
+def test_one_device_axis_name_and_one_device_steps_need_none():
+    """pmap, the shard_map mesh and the per-process batch placement all use
+    parallel.AXIS; the steps average over no axis unless given one."""
+    assert not hasattr(train, "AXIS")
+    assert parallel.data_mesh().axis_names == (parallel.AXIS,)
+    placed = parallel.shard_batch(np.zeros((jax.local_device_count(), 3), np.int32))
+    assert placed.sharding.mesh.axis_names == (parallel.AXIS,)
+    c, cfg, tx, schedule, state = setup()
+    batch = jnp.zeros((1, 2, cfg.block_size + 1), jnp.int32)
+    # One device, no axis: the defaults need no pmap around them.
+    jax.eval_shape(lambda s, b: train.train_step(s, b, model_config=cfg, tx=tx,
+                                                 schedule=schedule, seed=0), state, batch)
+    jax.eval_shape(lambda p, b: train.eval_step(p, b, model_config=cfg), state.params, batch)
+
+
 def test_gradient_accumulation_equals_one_big_batch():
     c, cfg, tx, schedule, state = setup()
     tokens = np.random.default_rng(0).integers(0, V, 500).astype(np.int32)

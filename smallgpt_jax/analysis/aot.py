@@ -203,13 +203,13 @@ def compile_steps(config: ml_collections.ConfigDict, vocab_size: int, t: Target,
     'params_bytes' (per device: the state is replicated), 'programs': [Program]}."""
     micro, eval_rows = batch_split(config, t.devices)
     found = devices(t)
-    mesh = jax.sharding.Mesh(np.array(found), (parallel.DATA,))
+    mesh = jax.sharding.Mesh(np.array(found), (parallel.AXIS,))
     m = model_config(config, vocab_size, t.platform)  # 'auto' for the target.
     tx, schedule = train.make_optimizer(config.train)
     s_train, s_eval = parallel.make_sharded_steps(m, tx, schedule, config.seed, mesh)
     shapes = jax.eval_shape(lambda: train.init_state(m, tx, config.seed))
     state = _spec(shapes, jax.NamedSharding(mesh, jax.P()))
-    split = jax.NamedSharding(mesh, jax.P(parallel.DATA))
+    split = jax.NamedSharding(mesh, jax.P(parallel.AXIS))
     T1 = m.block_size + 1
     batch = jax.ShapeDtypeStruct((t.devices, config.train.grad_accum_steps, micro, T1),
                                  jnp.int32, sharding=split)
