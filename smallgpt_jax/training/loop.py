@@ -14,6 +14,7 @@ what ends a run early.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -47,9 +48,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """
     validate(config)
     applied = runtime.setup_run(config)  # XLA flags, compilation cache.
-    # 'auto' becomes the dtype used, so config.json and the log say which.
     auto = config.model.dtype == "auto"
-    config.model.dtype = runtime.resolve_dtype(config.model.dtype, jax.default_backend())
+    config = resolved(config)
     settings = (f"compute dtype {config.model.dtype}{' (auto)' if auto else ''}; "
                 f"XLA_FLAGS {applied['xla_flags'][0]!r} ({applied['xla_flags'][1]})")
     # A signal during the setup stops at once. Not in a multi-host job, whose
@@ -60,6 +60,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             return _run(config, workdir, stop, settings, hooks or profiling.Hooks())
         except stopping.StopNow as e:
             raise Interrupted(str(e), e.signum) from None
+
+
+def resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The run's own copy of `config`, with 'auto' dtype replaced by the dtype
+    used on this host, so config.json, the checkpoint and the log say which.
+    The caller's config is left as it was."""
+    config = copy.deepcopy(config)
+    config.model.dtype = runtime.resolve_dtype(config.model.dtype, jax.default_backend())
+    return config
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str, stop: stopping.StopSignals,

@@ -1,0 +1,28 @@
+"""Each setting is worked out once, at the top of a run, and the caller's
+config is left as it was (training/loop.py, model.model_config)."""
+
+import copy
+import json
+import os
+
+from conftest import tiny_config
+from smallgpt_jax.training import loop
+from test_checkpoint import write_corpus
+
+
+def test_a_run_leaves_its_config_alone(tmp_path):
+    """'auto' is resolved in the run's own copy: config.json and the
+    checkpoint record the dtype used, the caller still holds 'auto'."""
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+    config = tiny_config(**{"data.path": corpus, "train.sample_tokens": 0,
+                            "model.num_layers": 1, "model.embed_dim": 16,
+                            "model.block_size": 8, "train.batch_size": 4,
+                            "train.num_steps": 2, "train.eval_every": 2,
+                            "model.dtype": "auto"})
+    before = copy.deepcopy(config)
+    result = loop.train_and_evaluate(config, workdir)
+    assert config == before and config.model.dtype == "auto"
+    with open(os.path.join(workdir, "config.json")) as f:
+        recorded = json.load(f)
+    assert recorded["model"]["dtype"] == result["model_config"].dtype != "auto"
+    assert {**recorded["model"], "dtype": "auto"} == before.model.to_dict()
