@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
     from smallgpt_jax.training import evaluation
 
     config, n = _CONFIG.value, _REPEATS.value
-    runtime.setup_run(config)
+    runtime.setup_run(config.get("compilation_cache", ""))
     t = config.train
     with tempfile.TemporaryDirectory() as workdir:
         prepare_workdir(workdir)

@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
         config = train_step._CONFIG.value
         from smallgpt_jax.config import validate
         validate(config)
-        runtime.setup_run(config)
+        runtime.setup_run(config.get("compilation_cache", ""))
         jstep = train_step.JaxStep(config, train_step.vocab_size_for(config))
         jstep.run(train_step._WARMUP.value, timed=False)
         seconds, wall = profile(jstep, _STEPS.value)

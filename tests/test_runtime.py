@@ -234,3 +234,16 @@ def test_a_stop_raised_where_python_drops_exceptions_still_ends_the_process(wher
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 143 and out.stdout == "", out
     assert out.stderr.startswith(message) and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_setup_run_takes_the_one_field_it_uses(monkeypatch, tmp_path):
+    """The compilation cache setting, not the whole config: 'auto' is the
+    user's cache folder, '' is off."""
+    from smallgpt_jax.system import runtime
+    asked = []
+    monkeypatch.setattr(runtime, "use_default_xla_flags", lambda: ("", "kept"))
+    monkeypatch.setattr(runtime, "default_compilation_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(runtime, "enable_compilation_cache", lambda d: asked.append(d) or d)
+    assert runtime.setup_run("auto")["compilation_cache"] == str(tmp_path)
+    assert runtime.setup_run("")["compilation_cache"] == ""
+    assert asked == [str(tmp_path), ""]

@@ -3,7 +3,7 @@
 Nothing here runs on import: a notebook or another program that imports
 smallgpt_jax keeps its process as it was. The command lines apply the
 settings through one call, `setup_process()`, first thing in their main()
-(before they import NumPy or JAX); a run adds its own, `setup_run(config)`.
+(before they import NumPy or JAX); a run adds its own, `setup_run(config.compilation_cache)`.
 Each piece is measured in benchmarks/README.md:
 
 * `tune_host_allocator`: XLA:CPU allocates each step's temporary buffers (tens
@@ -276,10 +276,10 @@ def setup_process() -> dict:
     return applied
 
 
-def setup_run(config=None) -> dict:
+def setup_run(compilation_cache: str = "") -> dict:
     """A run's settings: the default XLA flags (before JAX starts its backend)
     and the compilation cache that `config.compilation_cache` picks ('auto':
-    the user cache, '': off). Returns what was applied.
+    the user cache, '': off, else a folder). Returns what was applied.
 
     The cache is a JAX setting of the whole process, but it belongs to the
     run: its value is a field of the run's config, known once the config is
@@ -287,7 +287,7 @@ def setup_run(config=None) -> dict:
     decides at the process's first compilation whether to use it, so a run
     started after other code compiled runs without it.)"""
     applied = {"xla_flags": use_default_xla_flags()}
-    cache = getattr(config, "compilation_cache", "") if config is not None else ""
+    cache = compilation_cache
     if cache == "auto":
         cache = default_compilation_cache_dir()
     applied["compilation_cache"] = enable_compilation_cache(cache)

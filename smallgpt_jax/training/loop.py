@@ -47,7 +47,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     `hooks` (see training/profiling.py) let a tool time the run.
     """
     validate(config)
-    applied = runtime.setup_run(config)  # XLA flags, compilation cache.
+    applied = runtime.setup_run(config.compilation_cache)  # XLA flags, compilation cache.
     auto = config.model.dtype == "auto"
     config = resolved(config)
     settings = (f"compute dtype {config.model.dtype}{' (auto)' if auto else ''}; "
