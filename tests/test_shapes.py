@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from conftest import run_cli, tiny_config
-from smallgpt_jax.cli.shapes import forward_shapes, markdown
+from smallgpt_jax.cli.shapes import forward_shapes, markdown, vocab_size
 from smallgpt_jax.model import GPT, count_params, model_config
 
 
@@ -34,6 +34,13 @@ def test_scanned_and_fused_models_have_the_same_table():
     other = model_config(tiny_config(**{"model.scan_layers": True,
                                         "model.attention": "fused"}), 13)
     assert forward_shapes(base, 2) == forward_shapes(other, 2)
+
+
+def test_vocab_size_reads_only_the_data_section():
+    data = lambda **o: tiny_config(**{f"data.{k}": v for k, v in o.items()}).data
+    assert vocab_size(data(tokenizer="char"), 65) == 65  # Known only from the text.
+    assert vocab_size(data(tokenizer="byte"), 65) == 256
+    assert vocab_size(data(tokenizer="bpe", vocab_size=300), 65) == 300
 
 
 def test_shapes_cli_prints_the_tables():

@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
             jax.config.update("jax_num_cpu_devices", t.devices)
         config = FLAGS.config
         validate(config)
-        result = aot.compile_steps(config, shapes.vocab_size(config, FLAGS.vocab_size), t)
+        result = aot.compile_steps(config, shapes.vocab_size(config.data, FLAGS.vocab_size), t)
         s = aot.summary(result, t)
     if FLAGS.json:
         print(json.dumps(s))

@@ -118,13 +118,13 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("all_layers", False, "List every block, not only block_0.")
 
 
-def vocab_size(config, char_vocab: int) -> int:
-    """V without reading the corpus: the tokenizer's fixed size (byte), the
-    configured size of a learned vocabulary (bpe, word), else `char_vocab`
-    (a character vocabulary depends on the text)."""
-    if config.data.tokenizer == "byte":
+def vocab_size(data_config, char_vocab: int) -> int:
+    """V of `config.data` without reading the corpus: the tokenizer's fixed
+    size (byte), the configured size of a learned vocabulary (bpe, word),
+    else `char_vocab` (a character vocabulary depends on the text)."""
+    if data_config.tokenizer == "byte":
         return ByteTokenizer().vocab_size
-    return config.data.vocab_size if config.data.tokenizer in LEARNED else char_vocab
+    return data_config.vocab_size if data_config.tokenizer in LEARNED else char_vocab
 
 
 def letter_values(m, batch_size: int) -> dict[str, int]:
@@ -144,7 +144,7 @@ def main(argv: list[str]) -> None:
     config = FLAGS.config
     with cli.user_errors():
         validate(config, machine=False)
-        m = model_config(config, vocab_size(config, FLAGS.vocab_size))
+        m = model_config(config, vocab_size(config.data, FLAGS.vocab_size))
         batch = FLAGS.batch_size or config.train.batch_size
         outputs, params = forward_shapes(m, batch)
     print(markdown(outputs, params, letter_values(m, batch), FLAGS.all_layers))
