@@ -49,13 +49,13 @@ def test_end_of_run_says_where_things_are_and_what_to_run_next():
 
 def test_hparams_are_what_is_trained_not_how_the_run_is_carried_out():
     c = tiny_config()
-    h = reporting.flat_hparams(c)
+    h = reporting.flat_hparams(c.to_dict())  # The recorded dict, not the ConfigDict.
     assert {"model.num_layers", "train.learning_rate", "seed", "data.tokenizer",
             "data.dataset"} <= set(h)
     assert not set(h) & set(reporting.NOT_HPARAMS)
     assert not {"data.path", "data.vocab_size", "data.end_of_text", "data.fit_max_chars"} & set(h)
     c.data.path, c.data.tokenizer = "corpus.txt", "bpe"
-    h = reporting.flat_hparams(c)
+    h = reporting.flat_hparams(c.to_dict())
     assert h["data.path"] == "corpus.txt" and "data.dataset" not in h
     assert {"data.vocab_size", "data.end_of_text"} <= set(h)
 

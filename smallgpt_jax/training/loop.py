@@ -313,7 +313,7 @@ class Trainer:
         final = {**self.last, "steps": t.num_steps, "wall_time_s": self.wall_time()}
         if not self.time_before:  # (A resumed run's earlier evaluations are not known.)
             final["eval_time_s"] = self.eval_s
-        self.writer.hparams(reporting.flat_hparams(self.run.config),
+        self.writer.hparams(reporting.flat_hparams(self.run.config.to_dict()),
                             {k: v for k, v in final.items() if k.startswith("eval/")},
                             t.num_steps)
         return final

@@ -226,13 +226,14 @@ NOT_HPARAMS = ("name", "compilation_cache", "parallel", "train.eval_every", "tra
                "train.allow_data_change", "data.cache_dir")
 
 
-def flat_hparams(config) -> dict:
-    """The hyperparameters, flattened to {'model.num_layers': 4, ...} for
+def flat_hparams(config_dict: dict) -> dict:
+    """The hyperparameters of a config (as `config.to_dict()`, what config.json
+    records), flattened to {'model.num_layers': 4, ...} for
     TensorBoard: the model, optimizer, data and tokenizer choices and the seed.
     Settings that do not change what is trained (NOT_HPARAMS), and data
     fields the run does not use (the dataset name when a path is given, BPE
     fields for other tokenizers), are left out."""
-    flat = flatten(config.to_dict())
+    flat = flatten(config_dict)
     unused = {"data.dataset" if flat.get("data.path") else "data.path"}
     if flat.get("data.tokenizer") not in LEARNED:  # Only these use data.vocab_size.
         unused |= {"data.vocab_size", "data.fit_max_chars"}
