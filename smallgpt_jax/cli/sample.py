@@ -18,7 +18,7 @@ import sys
 import time
 
 from smallgpt_jax.cli import app as cli
-from smallgpt_jax.system import runtime
+from smallgpt_jax.system import console, runtime
 
 if __name__ == "__main__":  # Before the slower imports below.
     cli.quiet_ctrl_c()
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> None:
         # characters), before any output.
         sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
         generation.encode_prompt(tokenizer, prompt)
-        print(f"checkpoint step {step} of {workdir}", file=sys.stderr, flush=True)
+        console.say(f"checkpoint step {step} of {workdir}")
         use_cache = {"auto": "auto", "true": True, "false": False}[_USE_CACHE.value]
 
         def generate(stream=None) -> list[str]:
@@ -119,10 +119,10 @@ def main(argv: list[str]) -> None:
         total = knobs["num_samples"] * n
         way = {"auto": "KV cache where it pays", "true": "KV cache",
                "false": "no cache"}[_USE_CACHE.value]
-        print(f"{total} tokens in {seconds:.1f}s, compiling included ({total / seconds:.0f} "
-              f"tokens/s, {way})"
-              + (f"; first token after {first[0] - start:.1f}s" if not _OUTPUT.value and first
-                 else f"; wrote {_OUTPUT.value}" if _OUTPUT.value else ""), file=sys.stderr)
+        console.say(f"{total} tokens in {seconds:.1f}s, compiling included ({total / seconds:.0f} "
+                    f"tokens/s, {way})"
+                    + (f"; first token after {first[0] - start:.1f}s" if not _OUTPUT.value and first
+                       else f"; wrote {_OUTPUT.value}" if _OUTPUT.value else ""))
 
 
 def run() -> None:

@@ -24,12 +24,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 import time
 from typing import Iterable
 
 from smallgpt_jax.cli import app as cli
-from smallgpt_jax.system import runtime
+from smallgpt_jax.system import console, runtime
 
 if __name__ == "__main__":  # Before the slower imports below.
     cli.quiet_ctrl_c()
@@ -154,16 +153,17 @@ def main(argv: list[str]) -> None:
             for column in FILE_COLUMNS:
                 print(f"{column:>13}  {show(summary[column], 100)}")
         if found.changed(path):
-            print(f"note: {path} changed while it was scored; these are the numbers of its "
-                  f"first {found.size:,} bytes as they were read.", file=sys.stderr)
+            console.say(f"note: {path} changed while it was scored; these are the numbers of its "
+                        f"first {found.size:,} bytes as they were read.")
         wrote = [p for p in (_OUTPUT.value, _HTML.value) if p]
-        print(f"{path}: {summary['chars']} characters, {summary['tokens']} tokens, "
-              f"{summary['bits_per_char']:.3f} bits/char, perplexity {summary['perplexity']:.2f} "
-              f"under checkpoint step {step} ({summary['tokens'] / seconds:.0f} tokens/s, "
-              "compiling included)"
-              + (f"; {summary['unknown']} unknown character(s) not scored: "
-                 + ", ".join(repr(c) for c in unknown[:20]) if unknown else "")
-              + (f"; wrote {', '.join(wrote)}" if wrote else ""), file=sys.stderr)
+        console.say(f"{path}: {summary['chars']} characters, {summary['tokens']} tokens, "
+                    f"{summary['bits_per_char']:.3f} bits/char, "
+                    f"perplexity {summary['perplexity']:.2f} "
+                    f"under checkpoint step {step} ({summary['tokens'] / seconds:.0f} tokens/s, "
+                    "compiling included)"
+                    + (f"; {summary['unknown']} unknown character(s) not scored: "
+                       + ", ".join(repr(c) for c in unknown[:20]) if unknown else "")
+                    + (f"; wrote {', '.join(wrote)}" if wrote else ""))
 
 
 def score(params, model_config, tokenizer, found, unknown: list[str], title: str):
