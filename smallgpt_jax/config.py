@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.warmup_steps = 100  # Linear warmup from 0 to learning_rate.
     c.train.beta1 = 0.9  # AdamW first-moment decay.
     c.train.beta2 = 0.99  # AdamW second-moment decay.
-    c.train.weight_decay = 0.1  # Decoupled decay, applied to matrices only.
+    c.train.weight_decay = 0.1  # Decoupled decay, by name: train.decay_mask.
     c.train.grad_clip = 1.0  # Clip gradients to this global norm (0: off).
     c.train.grad_accum_steps = 1  # Micro-batches summed before one update.
     c.train.eval_every = 250  # Evaluate (and write a sample) every N steps.

@@ -44,9 +44,10 @@ def learning_rate_schedule(t) -> optax.Schedule:
 
 
 def decay_mask(params) -> Any:
-    """Weight decay applies to matrices (dense kernels, the token embedding)
-    and not to biases, norm scales or the learned position table: shrinking
-    those towards zero has no regularising meaning."""
+    """Weight decay by parameter name: `kernel` (dense matrices) and
+    `embedding` (the token table) are decayed; biases and norm scales are not
+    (shrinking them has no regularising meaning). The learned position table
+    `pos_embed` is a matrix but is not decayed here (nanoGPT decays it)."""
     def is_matrix(path, _):
         name = path[-1].key
         return name in ("kernel", "embedding")
