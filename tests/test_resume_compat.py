@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import tiny_config
-from smallgpt_jax.checkpoint.compat import config_changes, continues_branch
+from smallgpt_jax.checkpoint.compat import check_resumable, config_changes, continues_branch
 from smallgpt_jax.checkpoint.meta import Meta
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.training import loop
@@ -28,6 +28,17 @@ def test_switching_the_end_of_text_token_is_refused():
     new = tiny_config(**{"data.tokenizer": "bpe", "data.end_of_text": True}).to_dict()
     refused, allowed = config_changes(old, new)
     assert refused == ["data.end_of_text: False -> True"] and allowed == []
+
+
+def test_resuming_says_the_allowed_changes_and_another_device_count():
+    meta = Meta.from_json({"config": tiny_config().to_dict(), "device_count": 8})
+    new = tiny_config(**{"train.num_steps": 99}).to_dict()
+    changed, devices = check_resumable(meta, new, "ck/5", devices=1)
+    assert changed == "resuming with changed settings: train.num_steps: 20 -> 99"
+    assert devices.startswith("note: the checkpoint was written with 8 device(s), this run has 1")
+    assert check_resumable(meta, meta.config, "ck/5", devices=8) == []
+    with pytest.raises(UserError, match=r"cannot resume from ck/5: .*model.num_heads: 2 -> 4"):
+        check_resumable(meta, tiny_config(**{"model.num_heads": 4}).to_dict(), "ck/5", 8)
 
 
 def test_resume_step_goes_back_once_along_a_line_of_checkpoints():

@@ -60,16 +60,23 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     return refused, allowed
 
 
-def check_resumable(old: dict, new: dict, where: str) -> list[str]:
-    """The allowed changes from `old` (the config saved in checkpoint
-    `where`) to `new`; UserError naming the fields if any is refused."""
-    refused, allowed = config_changes(old, new)
+def check_resumable(meta: Meta, new: dict, where: str, devices: int) -> list[str]:
+    """What to tell the user about resuming from checkpoint `where` (its
+    `meta`) with the config `new` on `devices` devices: the allowed changes,
+    and a device count other than the checkpoint's. UserError naming the
+    fields if a change is refused."""
+    refused, allowed = config_changes(meta.config, new)
     if refused:
         raise UserError(
             f"cannot resume from {where}: the config changes the shape of the model or "
             f"tokenizer ({'; '.join(refused)}). Use the old values, or a new --workdir to "
             "start a new run.")
-    return allowed
+    notes = [f"resuming with changed settings: {'; '.join(allowed)}"] if allowed else []
+    if meta.device_count not in (None, devices):
+        notes.append(f"note: the checkpoint was written with {meta.device_count} device(s), "
+                     f"this run has {devices}: training continues, but not bit for bit as an "
+                     "uninterrupted run would.")
+    return notes
 
 
 def continues_branch(newest: tuple[int, Meta] | None, wanted: int, new: dict,

@@ -160,13 +160,8 @@ class Checkpointer:
         meta = self._meta(step)
         # The checkpoints of a run that went back to a step say which (see save()).
         self.branch_points = list(meta.branch_points) + ([wanted] if wanted >= 0 else [])
-        allowed = check_resumable(meta.config, config.to_dict(), where)
-        if allowed:
-            console.say(f"resuming with changed settings: {'; '.join(allowed)}")
-        if meta.device_count not in (None, jax.device_count()):
-            console.say(f"note: the checkpoint was written with {meta.device_count} device(s), this "
-                 f"run has {jax.device_count()}: training continues, but not bit for bit as "
-                 "an uninterrupted run would.")
+        for line in check_resumable(meta, config.to_dict(), where, jax.device_count()):
+            console.say(line)
         return Resume(step, meta, tokenizer_lib.from_dict(meta.tokenizer))
 
     def _meta(self, step: int) -> Meta:
