@@ -118,6 +118,41 @@ ENTRY %main (a: f32[4]) -> f32[4] {
     assert hlo_cost.instruction_bytes(main.by_name["e"], main, comps) == 32
 
 
+def test_a_scan_step_reads_and_writes_one_row_of_its_stacked_arrays():
+    """In a loop body, a fusion that writes row i of a stacked [L, ...] result
+    in place, or reads row i of stacked weights, moves that row, not the stack."""
+    text = """HloModule m
+%put (p0: f32[6,4], p1: f32[1,4], p2: s32[]) -> (f32[6,4], f32[1,4]) {
+  %p0 = f32[6,4]{1,0} parameter(0)
+  %p1 = f32[1,4]{1,0} parameter(1)
+  %p2 = s32[] parameter(2)
+  %z = s32[] constant(0)
+  %d = f32[6,4]{1,0} dynamic-update-slice(%p0, %p1, %p2, %z)
+  %n = f32[1,4]{1,0} negate(%p1)
+  ROOT %t = (f32[6,4]{1,0}, f32[1,4]{1,0}) tuple(%d, %n)
+}
+%take (p0: f32[6,4], p1: s32[]) -> f32[1,4] {
+  %p0 = f32[6,4]{1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  ROOT %s = f32[1,4]{1,0} dynamic-slice(%p0, %p1, %z), dynamic_slice_sizes={1,4}
+}
+ENTRY %main (a: f32[6,4], b: f32[1,4], i: s32[]) -> f32[6,4] {
+  %a = f32[6,4]{1,0} parameter(0)
+  %b = f32[1,4]{1,0} parameter(1)
+  %i = s32[] parameter(2)
+  %row = f32[1,4]{1,0} fusion(%a, %i), kind=kLoop, calls=%take
+  ROOT %new = (f32[6,4]{1,0}, f32[1,4]{1,0}) fusion(%a, %b, %i), kind=kLoop, calls=%put
+}
+"""
+    comps = hlo_cost.parse(text)
+    main = comps["main"]
+    # Row (16 bytes) and index (4) read, row written: not the 96-byte stack.
+    assert hlo_cost.instruction_bytes(main.by_name["row"], main, comps) == 16 + 4 + 16
+    # Beside its in-place row, this fusion writes a second output of 16 bytes.
+    assert hlo_cost.instruction_bytes(main.by_name["new"], main, comps) == 16 + 4 + 16 + 16
+
+
 def test_errors_are_one_line(tmp_path):
     for args, message in [(["--target=tpu:v9-1"], "known: tpu:v5e-1"),
                           (["--target=gpu"], "a GPU without one is not supported"),

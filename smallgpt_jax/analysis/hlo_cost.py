@@ -216,6 +216,35 @@ def _sliced_operands(fused: Computation | None, index: int) -> float | None:
     return None
 
 
+def _through_bitcasts(comp: Computation, instr: Instr | None) -> Instr | None:
+    while instr is not None and instr.opcode == "bitcast":
+        instr = comp.by_name.get(instr.operands[0])
+    return instr
+
+
+def _writes(instr: Instr, fused: Computation | None, padded: bool) -> tuple[float, set]:
+    """(bytes a fusion writes, indices of operands it updates in place). A
+    dynamic-update-slice of a fusion parameter (a scan writing its step's row
+    of a stacked result) writes only the update and reads nothing of the rest
+    of the buffer; every other output is written whole."""
+    if fused is None or not fused.instrs:
+        return shape_bytes(instr.shape, padded), set()
+    root = fused.instrs[-1]
+    parts = ([fused.by_name.get(o) for o in root.operands] if root.opcode == "tuple"
+             else [root])
+    written, in_place = 0.0, set()
+    for part in parts:
+        dus = _through_bitcasts(fused, part)
+        buffer = (_through_bitcasts(fused, fused.by_name.get(dus.operands[0]))
+                  if dus is not None and dus.opcode == "dynamic-update-slice" else None)
+        if buffer is not None and buffer.opcode == "parameter":
+            in_place.add(int(buffer.operands[0]))
+            written += shape_bytes(fused.by_name[dus.operands[1]].shape, padded)
+        elif part is not None:
+            written += shape_bytes(part.shape, padded)
+    return written, in_place
+
+
 def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computation],
                       padded: bool = False) -> float:
     """Bytes one run of `instr` reads and writes in memory (0 for those that
@@ -225,24 +254,21 @@ def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computat
         return 0.0
     if instr.opcode == "slice-start":  # Reads its slice, writes it elsewhere (VMEM on TPU).
         return 2 * shape_bytes(_split_top(instr.shape[1:-1])[1], padded)
+    if instr.opcode == "dynamic-update-slice":  # In place: the update is read and written.
+        update = comp.by_name.get(instr.operands[1])
+        return 2 * shape_bytes(update.shape, padded) if update else 0.0
     fused = comps.get(instr.attr("calls") or "") if instr.opcode == "fusion" else None
-    operands = 0.0
+    written, in_place = _writes(instr, fused, padded)
+    read = 0.0
     for k, name in enumerate(instr.operands):
         source = comp.by_name.get(name)
-        if source is None:
+        if source is None or k in in_place:
             continue
         sliced = _sliced_operands(fused, k)
-        operands += sliced if sliced is not None else shape_bytes(source.shape, padded)
+        read += sliced if sliced is not None else shape_bytes(source.shape, padded)
     if instr.opcode.endswith("-start"):  # An async copy: read once, written once.
-        return 2 * operands
-    root = fused.instrs[-1] if fused and fused.instrs else None
-    if root is not None and root.opcode == "dynamic-update-slice" and len(instr.operands) > 0:
-        # Updated in place: only the update is written, the buffer not read.
-        update = fused.by_name.get(root.operands[1])
-        buffer = comp.by_name.get(instr.operands[0])
-        if update is not None and buffer is not None:
-            return operands - shape_bytes(buffer.shape, padded) + shape_bytes(update.shape)
-    return operands + shape_bytes(instr.shape, padded)
+        return 2 * read
+    return read + written
 
 
 def dot_flops(instr: Instr, comp: Computation) -> float:
@@ -286,7 +312,10 @@ def contributors(text: str) -> list[dict]:
             shape = (f"{out[0][0]}[{','.join(map(str, out[0][1]))}]" if out else instr.shape)
             shape += f" +{len(out) - 1}" if len(out) > 1 else ""
             kind = re.sub(r"\.\d+$", "", instr.name)
-            key = (_short(instr.op_name), kind, shape)
+            op = instr.op_name
+            if not op and instr.operands and instr.operands[0] in comp.by_name:  # A copy:
+                op = comp.by_name[instr.operands[0]].op_name  # named by its source.
+            key = (_short(op), kind, shape)
             g = groups.setdefault(key, {"op": key[0], "kind": kind, "shape": shape,
                                         "dtype": out[0][0] if out else "",
                                         "bytes": 0.0, "padded_bytes": 0.0, "count": 0})
