@@ -135,7 +135,8 @@ def test_a_scan_step_reads_and_writes_one_row_of_its_stacked_arrays():
   %p0 = f32[6,4]{1,0} parameter(0)
   %p1 = s32[] parameter(1)
   %z = s32[] constant(0)
-  ROOT %s = f32[1,4]{1,0} dynamic-slice(%p0, %p1, %z), dynamic_slice_sizes={1,4}
+  %v = f32[6,4]{1,0} bitcast(%p0)
+  ROOT %s = f32[1,4]{1,0} dynamic-slice(%v, %p1, %z), dynamic_slice_sizes={1,4}
 }
 ENTRY %main (a: f32[6,4], b: f32[1,4], i: s32[]) -> f32[6,4] {
   %a = f32[6,4]{1,0} parameter(0)

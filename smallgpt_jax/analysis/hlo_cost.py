@@ -200,20 +200,44 @@ def multiplicities(comps: dict[str, Computation]) -> tuple[dict[str, int], bool]
     return runs, known
 
 
-def _sliced_operands(fused: Computation | None, index: int) -> float | None:
-    """Bytes a fusion reads of operand `index` when the fused computation only
-    slices it (a scanned layer's weights out of the stack): the slices' sizes."""
+def _part_read(comps: dict, fused: Computation | None, index: int,
+               padded: bool) -> float | None:
+    """Bytes a fusion reads of its operand `index` when it reads only slices
+    of it (a scanned layer's row of stacked weights or activations), looking
+    through bitcasts and nested fusions; None when it may read all of it.
+    An operand it updates in place counts nothing here (see `_writes`)."""
     if fused is None:
         return None
     param = next((i for i in fused.instrs if i.opcode == "parameter"
                   and i.operands == [str(index)]), None)
-    if param is None:
+    return None if param is None else _read_of(comps, fused, param, padded, 0)
+
+
+def _read_of(comps: dict, comp: Computation, value: Instr, padded: bool,
+             depth: int) -> float | None:
+    users = [u for u in comp.instrs if value.name in u.operands]
+    if not users or depth > 8:
         return None
-    users = [i for i in fused.instrs if param.name in i.operands]
-    if users and all(u.opcode in ("slice", "dynamic-slice") and u.operands[0] == param.name
-                     for u in users):
-        return sum(shape_bytes(u.shape) for u in users)
-    return None
+    total = 0.0
+    for u in users:
+        if u.opcode in ("slice", "dynamic-slice") and u.operands[0] == value.name:
+            part = shape_bytes(u.shape, padded)
+        elif u.opcode == "dynamic-update-slice" and u.operands[0] == value.name:
+            part = 0.0
+        elif u.opcode == "bitcast":
+            part = _read_of(comps, comp, u, padded, depth + 1)
+        elif u.opcode == "fusion" and u.attr("calls") in comps:
+            nested = comps[u.attr("calls")]
+            part = 0.0
+            for k in (k for k, o in enumerate(u.operands) if o == value.name):
+                inner = _part_read(comps, nested, k, padded)
+                part = None if inner is None or part is None else part + inner
+        else:
+            part = None
+        if part is None:
+            return None
+        total += part
+    return min(total, shape_bytes(value.shape, padded))
 
 
 def _through_bitcasts(comp: Computation, instr: Instr | None) -> Instr | None:
@@ -264,7 +288,7 @@ def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computat
         source = comp.by_name.get(name)
         if source is None or k in in_place:
             continue
-        sliced = _sliced_operands(fused, k)
+        sliced = _part_read(comps, fused, k, padded)
         read += sliced if sliced is not None else shape_bytes(source.shape, padded)
     if instr.opcode.endswith("-start"):  # An async copy: read once, written once.
         return 2 * read
