@@ -141,7 +141,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     reached = False
     try:
         final = loop.train_and_evaluate(config, workdir, hooks=watcher)
-        steps = final["steps"]
+        steps = final.steps
     except TargetReached:
         reached, steps = True, watcher.evals[-1]["step"]
     run_s = time.time() - T0

@@ -33,7 +33,7 @@ def draw_run(config: ml_collections.ConfigDict, workdir: str, prompt: str
              ) -> tuple[dict[str, Figure], dict]:
     """Trains `config` in `workdir` (or reuses it); its curves, attention and embeddings."""
     result = loop.train_and_evaluate(config.copy_and_resolve_references(), workdir)
-    params, model_config, tok = result["params"], result["model_config"], result["tokenizer"]
+    params, model_config, tok = result.params, result.model_config, result.tokenizer
     losses = eval_losses(workdir)
     steps = losses["steps"][-1]
     figures = {

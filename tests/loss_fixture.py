@@ -119,6 +119,8 @@ def loop_losses() -> dict[str, float]:
             f.write(corpus_text())
         c = small_config(**{"data.path": path})
         final = loop.train_and_evaluate(c, os.path.join(tmp, "run"))
+    # An old commit's code (_use_code_from) returns the metrics as a dict.
+    final = final if isinstance(final, dict) else final.metrics
     return {"train_loss": final["eval/train_loss"], "val_loss": final["eval/val_loss"]}
 
 

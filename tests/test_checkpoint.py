@@ -320,7 +320,7 @@ def test_the_same_resume_step_command_again_continues_and_deletes_nothing(
     assert on_disk(workdir) == [2, 4, 6, 7, 8, 10, 12]
     # Once more, with step 4 gone (a keep policy deletes it): nothing to do, nothing lost.
     shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
-    assert loop.train_and_evaluate(config(**branch), workdir)["steps"] == 12
+    assert loop.train_and_evaluate(config(**branch), workdir).steps == 12
     assert "continuing its checkpoints from step 12" in capsys.readouterr().err
     # Other settings with the same step: going back again would delete that work.
     with pytest.raises(UserError, match=r"resume_step=4: the checkpoints after step 4 .*"

@@ -72,5 +72,5 @@ def test_fixture_resumes_training(workdir, tmp_path, capfd):
     config.train.num_steps = EXPECTED["step"] + 1
     result = loop.train_and_evaluate(config, workdir)
     assert f"resuming from checkpoint step {EXPECTED['step']}" in capfd.readouterr().err
-    assert result["steps"] == EXPECTED["step"] + 1
+    assert result.steps == EXPECTED["step"] + 1
     assert loading.load_checkpoint(workdir)[3] == EXPECTED["step"] + 1

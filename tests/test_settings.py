@@ -21,8 +21,10 @@ def test_a_run_leaves_its_config_alone(tmp_path):
                             "model.dtype": "auto"})
     before = copy.deepcopy(config)
     result = loop.train_and_evaluate(config, workdir)
+    # The result keeps the model apart from summary.json's metrics.
+    assert isinstance(result, loop.RunResult) and "params" not in result.metrics
     assert config == before and config.model.dtype == "auto"
     with open(os.path.join(workdir, "config.json")) as f:
         recorded = json.load(f)
-    assert recorded["model"]["dtype"] == result["model_config"].dtype != "auto"
+    assert recorded["model"]["dtype"] == result.model_config.dtype != "auto"
     assert {**recorded["model"], "dtype": "auto"} == before.model.to_dict()

@@ -302,7 +302,7 @@ def test_resume_on_other_data_is_refused_unless_allowed(tmp_path, capfd, monkeyp
     # Were the old best loss carried over, this one would stay the best.
     monkeypatch.setattr(checkpoint.Resume, "best_val_loss", property(lambda self: 1e-6))
     config.train.allow_data_change = True
-    final = loop.train_and_evaluate(config, workdir)
+    final = loop.train_and_evaluate(config, workdir).metrics
     assert "resuming on different data" in capfd.readouterr().err
     assert final["eval/best_val_loss"] == final["eval/val_loss"] > 1.0  # It restarted.
     with open(os.path.join(workdir, "checkpoints", "8", "meta", "metadata")) as f:

@@ -43,10 +43,9 @@ def main(argv: list[str]) -> None:
         if jax.process_index() != 0:  # In a multi-host job only process 0 prints.
             return
         print("\n--- sample from the final model ---")
-        print(evaluation.sample_text(result["params"], result["model_config"],
-                                     result["tokenizer"], config.train.sample_tokens * 2,
-                                     config.seed + 1))
-        print("\n" + reporting.end_of_run(result, workdir))
+        print(evaluation.sample_text(result.params, result.model_config, result.tokenizer,
+                                     config.train.sample_tokens * 2, config.seed + 1))
+        print("\n" + reporting.end_of_run(result.metrics, workdir))
 
 
 def run() -> None:

@@ -38,8 +38,8 @@ from smallgpt_jax.training import evaluation, profiling, reporting, stopping, wa
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       hooks: profiling.Hooks | None = None) -> dict:
-    """Trains `config` in `workdir`; returns the final metrics.
+                       hooks: profiling.Hooks | None = None) -> RunResult:
+    """Trains `config` in `workdir`; returns the final metrics and model.
 
     Re-running with the same workdir resumes from its newest complete
     checkpoint. SIGTERM, SIGHUP or SIGINT saves a checkpoint, then raises
@@ -72,7 +72,7 @@ def resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str, stop: stopping.StopSignals,
-         settings: str, hooks: profiling.Hooks) -> dict:
+         settings: str, hooks: profiling.Hooks) -> RunResult:
     """train_and_evaluate in its workdir, once the process is set up."""
     prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
     # One run per workdir (process 0 holds it for the job); a second is refused at once.
@@ -86,7 +86,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: stopping.StopSig
 
 
 def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
-           progress: reporting.ProgressBar, hooks: profiling.Hooks) -> dict:
+           progress: reporting.ProgressBar, hooks: profiling.Hooks) -> RunResult:
     """Steps from `run.start_step` to the end, with logs, evaluations and saves."""
     t, workdir = run.config.train, run.workdir
     # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
@@ -122,14 +122,24 @@ def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
     ckpt.wait()
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "summary.json"), final)
-    final["params"] = run.par.unreplicate(trainer.rstate.params)
-    final["model_config"], final["tokenizer"] = run.model_cfg, run.tok
-    return final
+    return RunResult(final["steps"], final, run.par.unreplicate(trainer.rstate.params),
+                     run.model_cfg, run.tok)
 
 
 def due(done: int, every: int, num_steps: int) -> bool:
     """Whether something done every `every` steps, and at the end, falls after step `done`."""
     return done % every == 0 or done == num_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What a run ends with: its metrics apart from the model it trained."""
+
+    steps: int  # The step the run ended at.
+    metrics: dict  # summary.json's values; only "steps" when there was nothing to train.
+    params: Any  # The final parameters, on the host's default device.
+    model_config: Any  # model.ModelConfig
+    tokenizer: Any  # tokenizer.Tokenizer
 
 
 # Setup: data, model, state, devices.
@@ -187,7 +197,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Chec
 
 
 def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
-                     progress: reporting.ProgressBar) -> dict:
+                     progress: reporting.ProgressBar) -> RunResult:
     """A rerun of a finished run: says so, and writes a summary.json a kill lost."""
     progress.message(f"nothing to train: the checkpoint is at step {run.start_step} and "
                      f"config.train.num_steps={run.config.train.num_steps}; raise it to "
@@ -195,8 +205,8 @@ def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
     summary = os.path.join(run.workdir, "summary.json")
     if jax.process_index() == 0 and not os.path.exists(summary):  # Killed before writing it.
         reporting.write_json(summary, reporting.finished_summary(run.resume.meta))
-    return {"steps": run.start_step, "params": run.state.params,
-            "model_config": run.model_cfg, "tokenizer": run.tok}
+    return RunResult(run.start_step, {"steps": run.start_step}, run.state.params,
+                     run.model_cfg, run.tok)
 
 
 # Training: one method per phase of a step.
