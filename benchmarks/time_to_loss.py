@@ -47,6 +47,7 @@ from absl import flags  # noqa: E402
 
 from benchmarks import train_step  # noqa: E402  Its flags: --config, --warmup, --repeats, --json_out.
 from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR  # noqa: E402
+from smallgpt_jax.system import runtime  # noqa: E402
 from smallgpt_jax.system.errors import UserError  # noqa: E402
 from smallgpt_jax.training import profiling  # noqa: E402
 
@@ -161,7 +162,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     return {
         "config_name": config.name, "device": f"{device.platform} {device.device_kind} "
                                               f"x{jax.device_count()}",
-        "dtype": config.model.dtype, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "dtype": runtime.resolve_dtype(config.model.dtype, device.platform), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "compilation_cache": _CACHE.value, "target_val_loss": _TARGET.value,
         "first_step_s": watcher.first_step_s,
         "compiled_programs": len(backend),
