@@ -41,7 +41,8 @@ DATASETS = {
 }
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -71,7 +72,7 @@ def download(url: str, dest: str, sha256: str | None = None,
                     sys.stderr.write(f"\rdownloading {os.path.basename(dest)} "
                                      f"[{bar:<30}] {done / 1e6:.1f}/{total / 1e6:.1f} MB")
             sys.stderr.write("\n")
-        if sha256 is not None and _sha256(tmp) != sha256:
+        if sha256 is not None and file_sha256(tmp) != sha256:
             raise UserError(f"the download from {url} is corrupt (sha256 mismatch); "
                             "try again, or place the file by hand.")
         os.replace(tmp, dest)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from smallgpt_jax import data
 from smallgpt_jax.store import corpus, passes
 
 # Version of the store layout; another version is prepared again, never misread.
@@ -45,11 +46,6 @@ NEW = "not prepared yet"
 def digest(obj: Any) -> str:
     """sha256 of `obj` as canonical JSON."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def _file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def block_crcs(path: str) -> str:
@@ -95,7 +91,7 @@ def build(folder: str, s: dict, sources: list[corpus.Source], r: passes.Result,
         "split": {"rule": SPLIT_RULE, "train_fraction": float(data_config.train_fraction),
                   "train_chars": r.chars[0], "val_chars": r.chars[1]},
         "tokenizer": {"kind": r.tokenizer.kind, "vocab_size": r.tokenizer.vocab_size},
-        "tokenizer_file_sha256": _file_sha256(os.path.join(folder, "tokenizer.json")),
+        "tokenizer_file_sha256": data.file_sha256(os.path.join(folder, "tokenizer.json")),
         "dtype": r.dtype,
         "train_tokens": r.tokens[0],
         "val_tokens": r.tokens[1],
@@ -149,7 +145,7 @@ def why_stale(directory: str, sources: list[corpus.Source], full: bool = False) 
         if math.ceil(count * itemsize / block) * 8 != len(crcs[name]):
             return "its manifest is damaged (its checksums do not fit the files)"
     try:
-        if _file_sha256(os.path.join(directory, "tokenizer.json")) != m["tokenizer_file_sha256"]:
+        if data.file_sha256(os.path.join(directory, "tokenizer.json")) != m["tokenizer_file_sha256"]:
             return "its tokenizer.json is damaged (its sha256 differs)"
         for name in passes.FILES:
             if bad := _bad_block(os.path.join(directory, name), crcs[name], block, full):
