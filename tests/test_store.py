@@ -497,3 +497,21 @@ def test_a_character_appended_while_preparing_is_a_change(tmp_path, monkeypatch)
                                         r"was being prepared: the corpus changed while it was "
                                         r"read; run again"):
         store.open_store(config.data, verbose=False)
+
+
+def test_a_line_said_during_a_terminal_progress_bar_clears_the_bar_first():
+    import io
+
+    from smallgpt_jax.store import corpus
+    from smallgpt_jax.system import console
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    progress = corpus.Progress("reading", 100, stream=term)
+    progress.add(nbytes=100, ntokens=10)
+    progress._draw(progress.t0 + 1)
+    console.say("note", term)
+    assert term.getvalue().endswith("\r\x1b[Knote\n")

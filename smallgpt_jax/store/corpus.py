@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Callable, Iterable, Iterator
 
+from smallgpt_jax.system import console
 from smallgpt_jax.system.console import clock
 from smallgpt_jax.system.errors import UserError
 
@@ -206,5 +207,6 @@ class Progress:
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
             self.stream.flush()
+            console.drawing(self.stream)  # A line said meanwhile clears the bar first.
         else:
             print(line, file=self.stream, flush=True)
