@@ -15,7 +15,7 @@ Saves run in a background thread, so training does not wait for the disk.
 
 `config.train.resume_step=N` goes back to step N once: newer checkpoints are
 deleted, the ones written after record N (`branch_points`), and the same
-command again continues from them (resume_compat.continues_branch).
+command again continues from them (checkpoint/compat.py: continues_branch).
 
 Which checkpoints stay: the `keep_checkpoints` newest, plus the one with the
 lowest validation loss, which is never deleted while it is the best. A
