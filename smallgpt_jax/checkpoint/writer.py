@@ -44,15 +44,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from smallgpt_jax.checkpoint import faults, checksum
+from smallgpt_jax.checkpoint import checksum, faults
+from smallgpt_jax.checkpoint.compat import check_resumable, check_same_shapes, continues_branch
 from smallgpt_jax.checkpoint.meta import Meta, Unreadable, read_meta
 from smallgpt_jax.checkpoint.reader import (full_state, open_manager, restore, saved_params,
                                             val_loss)
+from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP, TRASH
 from smallgpt_jax.system import console
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
-from smallgpt_jax.checkpoint.compat import check_resumable, check_same_shapes, continues_branch
-from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP, TRASH
+
 
 @dataclasses.dataclass
 class Resume:
