@@ -165,12 +165,34 @@ def test_importing_the_package_changes_nothing_in_the_process():
 
 def test_xla_flags_default_only_on_a_gpu_and_never_over_the_users():
     from smallgpt_jax.system import runtime
-    assert runtime.xla_flags_for({}, gpu=True) == (runtime.GPU_XLA_FLAGS,
-                                                   "smallgpt_jax's GPU default")
-    assert "triton_gemm=false" in runtime.GPU_XLA_FLAGS
+    default = runtime.GPU_XLA_FLAGS
+    assert runtime.xla_flags_for({}, gpu=True) == (default, "smallgpt_jax's GPU default")
+    assert runtime.xla_flags_for({"XLA_FLAGS": " "}, gpu=True)[0] == default
+    assert "triton_gemm=false" in default
     assert runtime.xla_flags_for({}, gpu=False) == ("", "none")
-    for users in ("--xla_gpu_autotune_level=0", ""):  # Set, even empty: theirs.
-        assert runtime.xla_flags_for({"XLA_FLAGS": users}, gpu=True) == (users, "set by the user")
+    users = "--xla_dump_to=/tmp/d --xla_gpu_autotune_level=0"
+    assert runtime.xla_flags_for({"XLA_FLAGS": users}, gpu=False) == (users, "set by the user")
+    # Added to the default, not replacing it (a dump alone once brought the
+    # slow Triton GEMM autotuning back).
+    merged, source = runtime.xla_flags_for({"XLA_FLAGS": users}, gpu=True)
+    assert merged.split() == default.split() + users.split(), merged
+    assert source == "smallgpt_jax's GPU default, then the user's"
+    # A flag the user names too is theirs alone, whatever its value.
+    for theirs in ("--xla_gpu_enable_triton_gemm=true", "--xla_gpu_enable_triton_gemm"):
+        flags = runtime.xla_flags_for({"XLA_FLAGS": f"--xla_dump_to=/d {theirs}"}, gpu=True)
+        assert flags == (f"--xla_dump_to=/d {theirs}", "set by the user")
+
+
+def test_a_run_on_a_gpu_sets_the_merged_flags_before_jax_starts():
+    code = ("import os, smallgpt_jax.system.runtime as r; r.may_use_cuda = lambda e: True; "
+            "print(r.use_default_xla_flags()[0] == os.environ['XLA_FLAGS'], "
+            "os.environ['XLA_FLAGS'])")
+    env = {"PATH": "", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_dump_to=/tmp/d"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    from smallgpt_jax.system import runtime
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", *runtime.GPU_XLA_FLAGS.split(), "--xla_dump_to=/tmp/d"]
 
 
 def test_cuda_is_ruled_out_by_jax_platforms():

@@ -28,9 +28,9 @@ Each piece is measured in benchmarks/README.md:
 * `enable_compilation_cache`: JAX's persistent compilation cache, so a
   restarted run (resume, another seed, evaluation) loads its compiled train
   step from disk instead of compiling it again.
-* `use_default_xla_flags`: on an NVIDIA GPU, when the user has not set
-  XLA_FLAGS, matrix products come from cuBLAS instead of XLA's Triton GEMMs
-  (`GPU_XLA_FLAGS`): in one measurement on a shared H100, the
+* `use_default_xla_flags`: on an NVIDIA GPU matrix products come from cuBLAS
+  instead of XLA's Triton GEMMs (`GPU_XLA_FLAGS`; a user's XLA_FLAGS are
+  added, and win for a flag they name too): in one measurement on a shared H100, the
   shakespeare_char step compiled several times faster so, at the same step
   time. XLA reads XLA_FLAGS once,
   when JAX starts its backend, so this runs before anything touches a device.
@@ -147,14 +147,26 @@ def enable_compilation_cache(path: str, max_bytes: int = 2**30) -> str | None:
 GPU_XLA_FLAGS = "--xla_gpu_enable_triton_gemm=false"  # Why: see the module docstring.
 
 
+def _flag_name(flag: str) -> str:
+    return flag.split("=", 1)[0]
+
+
 def xla_flags_for(environ: dict, gpu: bool) -> tuple[str, str]:
-    """(the XLA_FLAGS a run uses, where they come from): the user's when set
-    (even empty), else GPU_XLA_FLAGS on a GPU, else none."""
-    if "XLA_FLAGS" in environ:
-        return environ["XLA_FLAGS"], "set by the user"
-    if gpu:
+    """(the XLA_FLAGS a run uses, where they come from). On a GPU the user's
+    flags are added to GPU_XLA_FLAGS, and a flag the user also names is
+    theirs (a user asking for `--xla_dump_to` alone keeps cuBLAS GEMMs; one
+    setting `--xla_gpu_enable_triton_gemm=true` gets Triton). Elsewhere the
+    user's flags are used as they are."""
+    users = environ.get("XLA_FLAGS")
+    if not gpu:
+        return (users, "set by the user") if users is not None else ("", "none")
+    if not users or not users.strip():
         return GPU_XLA_FLAGS, "smallgpt_jax's GPU default"
-    return "", "none"
+    named = {_flag_name(f) for f in users.split()}
+    kept = [f for f in GPU_XLA_FLAGS.split() if _flag_name(f) not in named]
+    if not kept:
+        return users, "set by the user"
+    return " ".join(kept + [users.strip()]), "smallgpt_jax's GPU default, then the user's"
 
 
 def may_use_cuda(environ: dict) -> bool:
@@ -171,19 +183,21 @@ _XLA_FLAGS_APPLIED: tuple[str, str] | None = None  # The first call's answer.
 
 
 def use_default_xla_flags() -> tuple[str, str]:
-    """Sets XLA_FLAGS to GPU_XLA_FLAGS on a CUDA machine unless the user set
-    it; returns (flags, source) as `xla_flags_for`. Too late once JAX's
-    backend has started: then the source says so. Later calls return the
-    first call's answer (the flags it set are not the user's)."""
+    """Sets XLA_FLAGS on a CUDA machine to GPU_XLA_FLAGS plus the user's
+    (`xla_flags_for`); returns (flags, source). Too late once JAX's backend
+    has started: then the source says so. Later calls return the first
+    call's answer (the flags it set are not all the user's)."""
     global _XLA_FLAGS_APPLIED
     if _XLA_FLAGS_APPLIED is None:
         gpu = may_use_cuda(os.environ)
         flags, source = xla_flags_for(os.environ, gpu)
-        if gpu and "XLA_FLAGS" not in os.environ:
+        users = os.environ.get("XLA_FLAGS")
+        if gpu and flags != users:
             from jax._src import xla_bridge  # Here: see enable_compilation_cache.
             if xla_bridge.backends_are_initialized():
-                flags, source = "", ("none (JAX had started before smallgpt_jax could set "
-                                     "its GPU default)")
+                flags = users or ""
+                source = (f"{'set by the user' if users else 'none'} (JAX had started "
+                          "before smallgpt_jax could add its GPU default)")
             else:
                 os.environ["XLA_FLAGS"] = flags
         _XLA_FLAGS_APPLIED = (flags, source)
