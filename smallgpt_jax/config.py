@@ -88,6 +88,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.beta2 = 0.99  # AdamW second-moment decay.
     c.train.weight_decay = 0.1  # Decoupled decay, by name: train.decay_mask.
     c.train.grad_clip = 1.0  # Clip gradients to this global norm (0: off).
+    # 'adamw' (every parameter) or 'muon': Muon for the blocks' matrices, AdamW
+    # (the fields above) for embeddings, head, norms, biases (smallgpt_jax/muon.py).
+    c.train.optimizer = "adamw"
+    c.train.muon_learning_rate = 0.02  # Muon's peak rate; the same warmup and decay.
+    c.train.muon_momentum = 0.95  # Muon's Nesterov momentum after its warmup,
+    c.train.muon_momentum_start = 0.85  # rising linearly from this
+    c.train.muon_momentum_warmup = 300  # over this many steps.
     c.train.grad_accum_steps = 1  # Micro-batches summed before one update.
     c.train.eval_every = 250  # Evaluate (and write a sample) every N steps.
     c.train.eval_steps = 20  # Batches averaged per split at each evaluation.
@@ -121,6 +128,7 @@ _CHOICES = {
     "model.attention": ("explicit", "fused"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.fast_backward": ("auto", "on", "off"),
+    "train.optimizer": ("adamw", "muon"),
 }
 _POSITIVE = (
     "model.num_layers", "model.num_heads", "model.embed_dim", "model.mlp_ratio",
@@ -131,7 +139,7 @@ _POSITIVE = (
 _NON_NEGATIVE = (
     "train.learning_rate", "train.min_learning_rate", "train.warmup_steps",
     "train.weight_decay", "train.grad_clip", "train.sample_tokens", "data.fit_max_chars",
-    "train.sample_every",
+    "train.sample_every", "train.muon_learning_rate", "train.muon_momentum_warmup",
 )
 # Upper limits of integer fields: (fields, limit, why). Steps are counted in
 # int32 (TrainState.step); past 2**31 - 1 a schedule's arithmetic fails or
@@ -266,7 +274,8 @@ def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
         raise UserError(
             f"config.train.min_learning_rate={t.min_learning_rate} is larger than "
             f"config.train.learning_rate={t.learning_rate}.")
-    for name, value in (("beta1", t.beta1), ("beta2", t.beta2)):
+    for name in ("beta1", "beta2", "muon_momentum", "muon_momentum_start"):
+        value = t[name]
         if not 0.0 <= value < 1.0:
             raise UserError(f"config.train.{name}={value} must be in [0, 1).")
     if t.batch_size % t.grad_accum_steps:

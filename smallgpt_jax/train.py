@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from smallgpt_jax import muon
 from smallgpt_jax.kernels import varying_axes
 from smallgpt_jax.model import GPT
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -55,16 +57,21 @@ def decay_mask(params) -> Any:
 
 
 def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(AdamW with global-norm clipping following config.train, its learning
-    rate schedule): the one schedule the optimizer steps with and the run
-    reports."""
+    """(The optimizer config.train names, with global-norm clipping; its
+    learning rate schedule): the one schedule the optimizer steps with and
+    the run reports. 'adamw': AdamW for every parameter. 'muon': Muon
+    (muon.py) for the blocks' matrices, at muon_learning_rate on the same
+    schedule's shape, and AdamW for the rest (muon.labels)."""
     schedule = learning_rate_schedule(t)
-    parts = []
-    if t.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(t.grad_clip))
-    parts.append(optax.adamw(schedule, b1=t.beta1, b2=t.beta2,
-                             weight_decay=t.weight_decay, mask=decay_mask))
-    return optax.chain(*parts), schedule
+    adamw = optax.adamw(schedule, b1=t.beta1, b2=t.beta2,
+                        weight_decay=t.weight_decay, mask=decay_mask)
+    if t.optimizer == "muon":
+        ratio = t.muon_learning_rate / t.learning_rate if t.learning_rate else 0.0
+        muon_tx = optax.chain(muon.scale_by_muon(muon.momentum_schedule(t)),
+                              optax.scale_by_learning_rate(lambda s: ratio * schedule(s)))
+        adamw = optax.multi_transform({"muon": muon_tx, "adamw": adamw}, muon.labels)
+    parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+    return optax.chain(*parts, adamw), schedule
 
 
 def init_state(model_config, tx: optax.GradientTransformation, seed: int) -> TrainState:

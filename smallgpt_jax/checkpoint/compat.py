@@ -32,6 +32,8 @@ def is_structural(field: str, new: dict[str, Any]) -> bool:
     shapes (or the meaning) of the state? `new`: the new flattened config."""
     if field.startswith("model."):
         return field.split(".", 1)[1] not in _FREE_MODEL_FIELDS
+    if field == "train.optimizer":  # The optimizer state's shape changes.
+        return True
     if field in ("data.tokenizer", "data.end_of_text"):  # The vocabulary changes.
         return True
     if field == "data.vocab_size":  # Only BPE and word learn a vocabulary of this size.
