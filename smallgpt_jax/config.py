@@ -32,7 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "default"
     c.seed = 0  # One seed drives init, batch sampling and dropout (0 to 2**32 - 1).
     # How the train step is spread over devices: 'pmap' (one replica per local
-    # device) or 'shard_map' (jit over a device mesh, batch sharded on 'data').
+    # device), 'shard_map' (jit over a device mesh, batch sharded on 'data'),
+    # or 'fsdp' (as shard_map, and parameters and optimizer state split over
+    # the devices too: sharding.py).
     c.parallel = "pmap"
     # Persistent XLA compilation cache, so restarts skip compiling: 'auto' (the
     # user cache, ~/.cache/smallgpt_jax/jax_compilation_cache), a path, or '' (off).
@@ -119,7 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 TOKENIZERS = ("char", "byte", "bpe", "word")  # tokenizers/tokenizer.py builds and loads each.
 _CHOICES = {
-    "parallel": ("pmap", "shard_map"),
+    "parallel": ("pmap", "shard_map", "fsdp"),
     "data.tokenizer": TOKENIZERS,
     "model.pos_encoding": ("learned", "sinusoidal", "rope", "none"),
     "model.norm": ("layernorm", "rmsnorm"),

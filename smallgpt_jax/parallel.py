@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import jax_utils
 
-from smallgpt_jax import train
+from smallgpt_jax import sharding, train
 from smallgpt_jax.system.errors import UserError
 
 # The one name of the device axis the batch is split along and the steps
@@ -99,16 +99,22 @@ class DataParallel:
 
 
 def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParallel:
-    """The steps and data movement for config.parallel ('pmap' or 'shard_map')."""
+    """The steps and data movement for config.parallel ('pmap', 'shard_map' or 'fsdp')."""
     if kind == "pmap":
         p_train, p_eval = make_parallel_steps(model_config, tx, schedule, seed)
         # Copies laid out exactly as pmap returns the new state (a mesh axis
         # named AXIS), so the second step does not compile a second program.
         put_state = partial(jax_utils.replicate, axis_name=AXIS)
         return DataParallel(p_train, p_eval, put_state, shard_batch, jax_utils.unreplicate)
-    if kind != "shard_map":
-        raise UserError(f"config.parallel={kind!r} is not one of pmap, shard_map.")
+    if kind not in ("shard_map", "fsdp"):
+        raise UserError(f"config.parallel={kind!r} is not one of pmap, shard_map, fsdp.")
     mesh = data_mesh()
+    if kind == "fsdp":  # The state split over the devices: sharding.py.
+        shapes = jax.eval_shape(lambda: train.init_state(model_config, tx, seed))
+        f_train, f_eval = sharding.make_fsdp_steps(model_config, tx, schedule, seed, mesh,
+                                                   shapes)
+        return DataParallel(f_train, f_eval, put_state=partial(sharding.put, mesh=mesh),
+                            put_batch=partial(global_batch, mesh), unreplicate=sharding.gather)
     s_train, s_eval = make_sharded_steps(model_config, tx, schedule, seed, mesh)
     replicated = jax.NamedSharding(mesh, jax.P())
     return DataParallel(

@@ -120,7 +120,7 @@ WORKER = textwrap.dedent("""
     tx, schedule = train.make_optimizer(c.train)
     tokens = np.random.default_rng(0).integers(0, 13, 800).astype(np.int32)
     out = {}
-    for kind in ("pmap", "shard_map"):
+    for kind in ("pmap", "shard_map", "fsdp"):
         par = parallel.data_parallel(kind, cfg, tx, schedule, c.seed)
         state = par.put_state(train.init_state(cfg, tx, c.seed))
         losses = []
@@ -155,6 +155,11 @@ def test_two_processes_give_the_losses_of_one_process_with_four_devices():
             assert got["eval"] == pytest.approx(single["pmap"]["eval"], rel=1e-5)
             assert got["param_abs_sum"] == pytest.approx(single["pmap"]["param_abs_sum"],
                                                          rel=1e-6)
+    # fsdp draws its dropout masks for the global batch, not per device: other
+    # masks than pmap's, but the same in one process as in two.
+    np.testing.assert_allclose(proc0["fsdp"]["losses"], single["fsdp"]["losses"], rtol=1e-5)
+    assert proc0["fsdp"]["param_abs_sum"] == pytest.approx(single["fsdp"]["param_abs_sum"],
+                                                           rel=1e-6)
     assert single["pmap"]["losses"][-1] < single["pmap"]["losses"][0]  # It trained.
 
 
@@ -223,7 +228,7 @@ def test_main_as_a_two_process_job_matches_one_process(tmp_path):
     assert stopped == max(steps()) and stopped >= 8
 
 
-@pytest.mark.parametrize("kind", ["pmap", "shard_map"])
+@pytest.mark.parametrize("kind", ["pmap", "shard_map", "fsdp"])
 def test_train_step_compiles_once(kind):
     """The state a step returns is laid out like the state it was given, so
     later steps reuse the first step's program instead of compiling again."""
