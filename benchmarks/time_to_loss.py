@@ -20,7 +20,7 @@ process, the same config's compiled train step alone is timed
 | programs_before_first_step | those of them compiled before step 1 ended |
 | loop_step_s | median seconds per step between log points (every step up to a log point has finished there), leaving out intervals with an evaluation or a checkpoint |
 | loop_step_times | [step, seconds per step] of each interval the median is taken over |
-| bare_step_s | the median of `--repeats` compiled steps alone on a fixed batch (after `--warmup`), as `benchmarks.train_step` times them |
+| bare_step_s | seconds per compiled step alone on a fixed batch: `--repeats` steps (after `--warmup`) dispatched back to back and waited for once, as `benchmarks.train_step` times them (no per-step sync, as in the loop) |
 | eval_s | median seconds per evaluation (both splits; samples and pictures not included) |
 | time_to_target_s | process start to the end of the first evaluation at or below the target; null if none |
 """

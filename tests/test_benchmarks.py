@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from conftest import run_cli, tiny_config
@@ -82,6 +83,33 @@ def test_benchmark_runs_and_reports(tmp_path):
     assert record["speedup"] == pytest.approx(t["median_s"] / j["median_s"])
     assert t["num_params"] == record["num_params"] + 16 * 32  # Plus its position table.
     assert j["peak_host_bytes"] > 0 and t["peak_host_bytes"] > 0
+
+
+def test_the_bare_step_waits_once_per_round_not_after_every_step():
+    """A wait (or a read of the loss) after every step added a dispatch and a
+    sync to each, which the loop does not pay: n steps go out back to back."""
+    events = []
+
+    class Loss:  # Stands for a device value: records how it is waited for.
+        def block_until_ready(self):
+            events.append("wait")
+            return self
+
+        def __array__(self, *args, **kwargs):
+            events.append("read")
+            return np.zeros(1, np.float32)
+
+    def step(state, batch):
+        events.append("dispatch")
+        return state + 1, {"loss": Loss()}
+
+    bare = train_step.JaxStep.__new__(train_step.JaxStep)  # No compile: the step is a stand-in.
+    bare.state, bare.batch, bare.compiled = 0, None, step
+    bare.cpu_times, bare.faults, bare.timed_steps = [], 0, 0
+    times = bare.run(5)
+    assert events == ["dispatch"] * 5 + ["wait"] and bare.state == 5
+    assert len(times) == 1 and times[0] > 0 and bare.timed_steps == 5
+    assert "no per-step sync" in train_step.TIMING
 
 
 def test_bad_config_value_is_one_line():
