@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from flax import jax_utils
 
 from smallgpt_jax import sharding, train
 from smallgpt_jax.system.errors import UserError
@@ -102,10 +101,7 @@ def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParal
     """The steps and data movement for config.parallel ('pmap', 'shard_map' or 'fsdp')."""
     if kind == "pmap":
         p_train, p_eval = make_parallel_steps(model_config, tx, schedule, seed)
-        # Copies laid out exactly as pmap returns the new state (a mesh axis
-        # named AXIS), so the second step does not compile a second program.
-        put_state = partial(jax_utils.replicate, axis_name=AXIS)
-        return DataParallel(p_train, p_eval, put_state, shard_batch, jax_utils.unreplicate)
+        return DataParallel(p_train, p_eval, replicate_local, shard_batch, unreplicate_local)
     if kind not in ("shard_map", "fsdp"):
         raise UserError(f"config.parallel={kind!r} is not one of pmap, shard_map, fsdp.")
     mesh = data_mesh()
@@ -124,6 +120,36 @@ def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParal
         put_state=lambda tree: jax.device_put(jax.device_get(tree), replicated),
         put_batch=partial(global_batch, mesh),
         unreplicate=first_shards)
+
+
+def replicate_local(tree) -> Any:
+    """One copy of each array per local device, stacked on a leading axis,
+    for pmap: laid out exactly as pmap returns the new state (split along a
+    mesh axis named AXIS), so the second step does not compile a second
+    program. Placed from host memory, where flax's `replicate` compiles a
+    `stack` program per array shape (10 before char_cpu's first step)."""
+    n = jax.local_device_count()
+
+    def put(x):
+        x = np.asarray(jax.device_get(x))
+        return jax.device_put(np.broadcast_to(x, (n, *x.shape)), _local_devices_sharding())
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def unreplicate_local(tree) -> Any:
+    """The first local device's copy of pmap outputs, without the leading
+    axis, placed as `on_first_device` places it. Through host memory: taking
+    the row on the device compiles a `squeeze` per array shape."""
+    return on_first_device(jax.tree_util.tree_map(
+        lambda x: np.asarray(x.addressable_data(0))[0], tree))
+
+
+def on_first_device(tree) -> Any:
+    """`tree` committed to this process's first device, where `unreplicate`
+    leaves its copy: a program compiled for values placed so (the sampler)
+    is not compiled again for the run's values."""
+    return jax.device_put(tree, jax.local_devices()[0])
 
 
 def first_shards(tree) -> Any:
