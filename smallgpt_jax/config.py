@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
     # on CPU (a run records the one it used in config.json and its log).
     c.model.dtype = "auto"
     c.model.scan_layers = False  # nn.scan over blocks: compile once, not L times.
+    # Activation memory for compute: the backward pass recomputes each block
+    # ('block') or its attention scores ('attention', see model.REMAT_POLICIES)
+    # instead of keeping them; 'none' keeps everything. The same losses.
+    c.model.remat = "none"
     # Hand-written backward passes for dense layers and LayerNorm (kernels.py;
     # same results): 'auto' uses them on CPU, where they measure faster, and
     # lets jax.grad differentiate the plain formulas on GPU/TPU; 'on', 'off'.
@@ -130,6 +134,7 @@ _CHOICES = {
     "model.attention": ("explicit", "fused"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.fast_backward": ("auto", "on", "off"),
+    "model.remat": ("none", "block", "attention"),
     "train.optimizer": ("adamw", "muon"),
 }
 _POSITIVE = (

@@ -69,6 +69,7 @@ class ModelConfig:
     attention: str  # 'explicit' or 'fused'.
     dtype: str  # Compute dtype ('float32', 'bfloat16', 'float16').
     scan_layers: bool  # nn.scan over the blocks.
+    remat: str  # What the backward pass recomputes: 'none', 'block', 'attention'.
     vocab_size: int  # V.
     # 'on' or 'off' ('auto' is resolved by `model_config`): see `kernels.fast_ops`.
     fast_backward: str
@@ -210,6 +211,29 @@ class _ScanBlock(nn.Module):
             x_BTD, positions_T), None
 
 
+# What a rematerialised block keeps for the backward pass (jax.checkpoint's
+# policies); the rest is computed again from the block's input when its
+# gradient is taken. 'block': nothing but that input, so the activations
+# kept are one [B, T, D] per layer. 'attention': also the outputs of the
+# matmuls with weights (qkv, proj, fc), recomputing the attention's
+# [B, H, T, T] scores and probabilities (the batched matmuls) and the cheap
+# elementwise steps. The same function either way: the same losses.
+REMAT_POLICIES = {
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "attention": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _remat(block: type[nn.Module], c: ModelConfig, decode: bool) -> type[nn.Module]:
+    """`block` under jax.checkpoint with config.model.remat's policy (not when
+    decoding: no gradient is taken there)."""
+    if c.remat == "none" or decode:
+        return block
+    # In a scan, XLA cannot merge the recomputation into the forward pass
+    # anyway, and keeping it from trying (prevent_cse) would only slow it.
+    return nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+
+
 class GPT(nn.Module):
     """Token ids [B, T] -> next-token logits [B, T, V] (float32)."""
 
@@ -255,14 +279,15 @@ class GPT(nn.Module):
         x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=self.deterministic)
 
         if c.scan_layers:
-            blocks = nn.scan(_ScanBlock, variable_axes={"params": 0, "cache": 0},
+            blocks = nn.scan(_remat(_ScanBlock, c, self.decode), variable_axes={"params": 0, "cache": 0},
                              split_rngs={"params": True, "dropout": True},
                              in_axes=nn.broadcast, length=c.num_layers)
             x_BTD, _ = blocks(c, self.deterministic, self.decode, name="blocks")(
                 x_BTD, positions_T)
         else:
+            block = _remat(Block, c, self.decode)
             for i in range(c.num_layers):
-                x_BTD = Block(c, self.deterministic, self.decode, name=f"block_{i}")(
+                x_BTD = block(c, self.deterministic, self.decode, name=f"block_{i}")(
                     x_BTD, positions_T)
 
         if c.norm_position == "pre":  # Post-norm blocks already end in a norm.
@@ -292,6 +317,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
     m["dtype"] = runtime.resolve_dtype(m["dtype"], platform)
     # Checkpoints written before fast_backward existed have no such field.
     m["fast_backward"] = kernels.resolve_fast_backward(m.get("fast_backward", "auto"), platform)
+    m.setdefault("remat", "none")  # Nor remat: it changes no parameter.
     K = m["embed_dim"] // m["num_heads"]
     impl = kernels.fused_implementation(platform, m["dtype"], K, decode=False)
     return ModelConfig(**m, vocab_size=vocab_size, attention_impl=impl)
