@@ -154,6 +154,42 @@ ENTRY %main (a: f32[6,4], b: f32[1,4], i: s32[]) -> f32[6,4] {
     assert hlo_cost.instruction_bytes(main.by_name["new"], main, comps) == 16 + 4 + 16 + 16
 
 
+def test_a_group_names_the_largest_array_it_reads_or_writes():
+    """A softmax's row sums come out small; the breakdown names the [.., T, S]
+    array the fusion reads, the one that sets its bytes."""
+    text = """HloModule m
+%sums (p0: f32[2,8,8]) -> f32[2,8] {
+  %p0 = f32[2,8,8]{2,1,0} parameter(0)
+  %z = f32[] constant(0)
+  ROOT %r = f32[2,8]{1,0} reduce(%p0, %z), dimensions={2}, to_apply=%add
+}
+ENTRY %main (a: f32[2,8,8]) -> f32[2,8] {
+  %a = f32[2,8,8]{2,1,0} parameter(0)
+  ROOT %s = f32[2,8]{1,0} fusion(%a), kind=kInput, calls=%sums, metadata={op_name="jit(f)/reduce_sum"}
+}
+"""
+    (group,) = hlo_cost.contributors(text)
+    assert group["shape"] == "f32[2,8]" and group["largest"] == "in f32[2,8,8]"
+    assert group["bytes"] == 4 * (2 * 8 * 8 + 2 * 8)
+
+
+def test_an_async_copy_counts_at_its_start_and_its_end_as_xla_does():
+    """XLA's total counts an async copy's bytes twice (start and done); the
+    breakdown names both by the operation whose output they copy."""
+    text = """HloModule m
+ENTRY %main (a: bf16[64,128]) -> bf16[64,128] {
+  %a = bf16[64,128]{1,0} parameter(0)
+  %e = bf16[64,128]{1,0} exponential(%a), metadata={op_name="jit(f)/exp"}
+  %copy-start.1 = (bf16[64,128]{1,0:S(1)}, bf16[64,128]{1,0}, u32[]) copy-start(%e)
+  ROOT %copy-done.1 = bf16[64,128]{1,0:S(1)} copy-done(%copy-start.1)
+}
+"""
+    groups = {g["kind"]: g for g in hlo_cost.contributors(text)}
+    size = 64 * 128 * 2
+    assert groups["copy-start"]["bytes"] == groups["copy-done"]["bytes"] == 2 * size
+    assert groups["copy-done"]["op"] == groups["copy-start"]["op"] == "jit(f)/exp"
+
+
 def test_errors_are_one_line(tmp_path):
     for args, message in [(["--target=tpu:v9-1"], "known: tpu:v5e-1"),
                           (["--target=gpu"], "a GPU without one is not supported"),

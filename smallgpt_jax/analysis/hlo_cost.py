@@ -273,6 +273,10 @@ def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computat
                       padded: bool = False) -> float:
     """Bytes one run of `instr` reads and writes in memory (0 for those that
     move nothing: parameters, tuples, loops whose bodies count on their own)."""
+    if instr.opcode in ("copy-done", "slice-done"):
+        # XLA's total counts an async copy (on TPU, most move arrays between
+        # HBM and on-chip VMEM) again where it ends: its output read and written.
+        return 2 * shape_bytes(instr.shape, padded)
     if (instr.opcode in _FREE or instr.opcode.endswith("-done")
             or re.search(r'custom_call_target="({})"'.format("|".join(_FREE_CALLS)), instr.attrs)):
         return 0.0
@@ -319,10 +323,26 @@ def _short(op_name: str) -> str:
     return re.sub(r"block_\d+", "block_*", name)
 
 
+def _largest_array(instr: Instr, comp: Computation) -> str:
+    """The largest array `instr` reads or writes, as 'in f32[64,6,256,256]' or
+    'out ...': a fusion whose first output is a scalar or a row of sums is
+    named by the [B, H, T, S] array it streams through."""
+    found = [("out", a) for a in arrays(instr.shape)]
+    for name in instr.operands:
+        source = comp.by_name.get(name)
+        found += [("in", a) for a in arrays(source.shape)] if source else []
+    if not found:
+        return ""
+    side, (dtype, dims, _) = max(found, key=lambda f: math.prod(f[1][1]) * _ITEMSIZE.get(
+        f[1][0], 1))
+    return f"{side} {dtype}[{','.join(map(str, dims))}]"
+
+
 def contributors(text: str) -> list[dict]:
     """Bytes per step by operation, largest first: each top-level instruction
     of the optimised program (fusions whole) times its runs, grouped by JAX op
-    path, instruction kind and output shape."""
+    path, instruction kind and output shape, with the largest array each
+    group's instructions read or write."""
     comps = parse(text)
     runs, _ = multiplicities(comps)
     groups: dict[tuple, dict] = {}
@@ -336,12 +356,16 @@ def contributors(text: str) -> list[dict]:
             shape = (f"{out[0][0]}[{','.join(map(str, out[0][1]))}]" if out else instr.shape)
             shape += f" +{len(out) - 1}" if len(out) > 1 else ""
             kind = re.sub(r"\.\d+$", "", instr.name)
-            op = instr.op_name
-            if not op and instr.operands and instr.operands[0] in comp.by_name:  # A copy:
-                op = comp.by_name[instr.operands[0]].op_name  # named by its source.
+            op, source = instr.op_name, instr
+            for _ in range(6):  # A copy (start, done, slices) is named by its source.
+                if op or not source.operands or source.operands[0] not in comp.by_name:
+                    break
+                source = comp.by_name[source.operands[0]]
+                op = source.op_name
             key = (_short(op), kind, shape)
             g = groups.setdefault(key, {"op": key[0], "kind": kind, "shape": shape,
                                         "dtype": out[0][0] if out else "",
+                                        "largest": _largest_array(instr, comp),
                                         "bytes": 0.0, "padded_bytes": 0.0, "count": 0})
             g["bytes"] += n * moved
             g["padded_bytes"] += n * instruction_bytes(instr, comp, comps, padded=True)

@@ -96,19 +96,22 @@ def breakdown(program, top: int = 20) -> str:
     total = sum(g["bytes"] for g in groups)
     padded = sum(g["padded_bytes"] for g in groups)
     lines = [f"Bytes per step of the {program.name}, by operation (the largest {top}):", "",
-             "| GB | share | runs | op | instruction | output | padded x |",
-             "|---:|---:|---:|---|---|---|---:|"]
+             "| GB | share | runs | op | instruction | output | largest array | padded x |",
+             "|---:|---:|---:|---|---|---|---|---:|"]
     for g in groups[:top]:
         lines.append(f"| {g['bytes'] / 1e9:,.3f} | {g['bytes'] / total:.1%} | {g['count']} | "
-                     f"`{g['op'] or '-'}` | {g['kind']} | {g['shape']} | "
+                     f"`{g['op'] or '-'}` | {g['kind']} | {g['shape']} | {g['largest']} | "
                      f"{g['padded_bytes'] / g['bytes']:.2f} |")
+    copies = sum(g["bytes"] for g in groups if g["kind"].split("-")[0] in ("copy", "slice"))
     by_dtype: dict[str, float] = {}
     for g in groups:
         by_dtype[g["dtype"]] = by_dtype.get(g["dtype"], 0.0) + g["bytes"]
     lines += ["", f"Sum over all {len(groups)} groups: {total / 1e9:,.2f} GB "
               f"({padded / 1e9:,.2f} GB with layouts padded to their tiles); XLA's "
               f"bytes accessed: {program.bytes / 1e9:,.2f} GB (the sum is "
-              f"{total / program.bytes:.0%} of it).",
+              f"{total / program.bytes:.0%} of it). Copies (on TPU most between HBM and "
+              f"on-chip VMEM, counted at their start and end as XLA does): "
+              f"{copies / 1e9:,.2f} GB.",
               "By output dtype: " + ", ".join(
                   f"{d} {b / 1e9:,.2f} GB" for d, b in sorted(by_dtype.items(),
                                                              key=lambda x: -x[1]))]
