@@ -9,8 +9,11 @@
 #     mkdir -p .device && cp -r ../shared/device/* .device/ && cp -r ../shared/data .device/data
 #     bash benchmarks/gpu_check.sh; cat $OUT/summary.txt
 # Each section has its own time limit and writes under $OUT (default
-# /tmp/gpu_out). TINY=1 runs every command with tiny settings on a CPU, to
-# check the script before spending GPU time.
+# /tmp/gpu_out); a section stopped by its limit keeps what it measured
+# (time_to_loss writes its JSON at each evaluation and on SIGTERM), and the
+# next section runs. TINY=1 runs every command with tiny settings on a CPU,
+# to check the script before spending GPU time (TINY_LIMIT=N: N seconds a
+# section, to check the stops too).
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
 DEV=${DEVICE_DIR:-$ROOT/.device}
@@ -25,7 +28,7 @@ for line in sys.stdin:
     sys.stdout.write(f"[{time.time() - t0:7.1f}s] {line}"); sys.stdout.flush()' "$(date +%s.%N)"; }
 T0=$(date +%s)
 say() { echo "=== [t=$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
-limit() { if [ "$TINY" = 1 ]; then echo 600; else echo "$1"; fi; }  # CPU compiles are slow.
+limit() { if [ "$TINY" = 1 ]; then echo "${TINY_LIMIT:-600}"; else echo "$1"; fi; }  # CPU compiles are slow.
 
 # Tiny settings for the CPU check; nothing on the GPU.
 SMALL=()
@@ -50,10 +53,20 @@ fi
 ttl() { # name, time limit, time_to_loss flags...: the table and JSON line go to the summary.
   local name=$1 lim; lim=$(limit "$2"); shift 2
   say "time_to_loss: $name (limit ${lim}s)"
-  timeout "$lim" "$PY" -m benchmarks.time_to_loss --json_out="$OUT/ttl_$name.json" "$@" \
+  # SIGTERM at the limit: the run saves, prints its table and JSON, and ends
+  # (a compile in progress finishes first); KILL only 60 s later.
+  timeout -k 60 "$lim" "$PY" -m benchmarks.time_to_loss --json_out="$OUT/ttl_$name.json" "$@" \
     "${SMALL[@]}" 2>&1 | stamp >"$OUT/ttl_$name.log"
-  echo "exit ${PIPESTATUS[0]}" >>"$OUT/ttl_$name.log"
+  local status=${PIPESTATUS[0]}
+  echo "exit $status" >>"$OUT/ttl_$name.log"
   grep -vE "^\[ *[0-9.]+s\] (JSON|step +[0-9]+/)" "$OUT/ttl_$name.log" | tail -14 >>"$OUT/summary.txt"
+  if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+    say "$name stopped at its limit (exit $status); what it measured is in ttl_$name.json:"
+    "$PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print("  steps", r["steps"], "first step", r["first_step_s"], "s, evaluations",
+      [(e["step"], round(e["val_loss"], 4), round(e["t_s"], 1)) for e in r["evaluations"]])' \
+      "$OUT/ttl_$name.json" >>"$OUT/summary.txt" 2>&1 || say "  (no JSON: stopped before its first evaluation)"
+  fi
 }
 # The goal: val loss <= 1.47 from a cold start (empty compilation cache),
 # default settings (dtype auto = bfloat16, XLA_FLAGS default = cuBLAS GEMMs).

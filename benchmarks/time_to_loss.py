@@ -23,6 +23,14 @@ process, the same config's compiled train step alone is timed
 | bare_step_s | seconds per compiled step alone on a fixed batch: `--repeats` steps (after `--warmup`) dispatched back to back and waited for once, as `benchmarks.train_step` times them (no per-step sync, as in the loop) |
 | eval_s | median seconds per evaluation (both splits; samples and pictures not included) |
 | time_to_target_s | process start to the end of the first evaluation at or below the target; null if none |
+| stopped_by | the signal that stopped the benchmark early (SIGTERM from `timeout`, Ctrl-C), or null |
+
+A stop signal does not lose the record: the loop saves and ends, the bare
+step is skipped (null), and the table and JSON are written with what was
+measured, then the process exits with 128 + the signal number. The record
+is also written to `--json_out` after every evaluation, so even a kill
+keeps the evaluations made so far. The cold compilation cache folder is
+removed on every way out.
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ import collections  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -48,7 +58,7 @@ from absl import flags  # noqa: E402
 from benchmarks import train_step  # noqa: E402  Its flags: --config, --warmup, --repeats, --json_out.
 from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR  # noqa: E402
 from smallgpt_jax.system import runtime  # noqa: E402
-from smallgpt_jax.system.errors import UserError  # noqa: E402
+from smallgpt_jax.system.errors import Interrupted, UserError  # noqa: E402
 from smallgpt_jax.training import profiling  # noqa: E402
 
 _TARGET = flags.DEFINE_float("target_val_loss", None, "Validation loss to reach (nats/token).")
@@ -69,11 +79,26 @@ class TargetReached(Exception):
     """Raised from a hook to end the run at the target."""
 
 
+class Stopped(Exception):
+    """A stop signal outside the loop (the loop itself saves, then raises Interrupted)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped(signum)
+
+
 class Watcher(profiling.Hooks):
     """Records when things happen in the loop (seconds since process start)."""
 
-    def __init__(self, target: float | None, stop_at_target: bool):
-        self.target, self.stop_at_target = target, stop_at_target
+    def __init__(self, target: float | None, stop_at_target: bool, on_eval=lambda: None):
+        self.target, self.stop_at_target, self.on_eval = target, stop_at_target, on_eval
         self.first_step_s = None
         self.log_points: list[tuple[int, float]] = []  # (step, time)
         self.busy_steps: set[int] = set()  # Steps followed by an evaluation or a save.
@@ -103,8 +128,9 @@ class Watcher(profiling.Hooks):
         if self.target is not None and losses["val"] <= self.target:
             if self.time_to_target_s is None:
                 self.time_to_target_s = now
-            if self.stop_at_target:
-                raise TargetReached
+        self.on_eval()
+        if self.time_to_target_s is not None and self.stop_at_target:
+            raise TargetReached
 
     def saved(self, step: int) -> None:
         self.busy_steps.add(step)
@@ -126,12 +152,15 @@ class Watcher(profiling.Hooks):
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-    import jax
+    """Times the loop, then the bare step; a stop signal ends either early
+    with what was measured (`stopped_by`)."""
     from jax import monitoring
 
     from smallgpt_jax.training import loop
 
-    watcher = Watcher(_TARGET.value, not _KEEP_GOING.value)
+    out = {"steps": None, "reached": False, "bare_step_s": None, "stopped_by": None}
+    watcher = Watcher(_TARGET.value, not _KEEP_GOING.value,
+                      on_eval=lambda: write_json(record(config, watcher, out)))
     monitoring.register_event_duration_secs_listener(watcher.compile_event)
     cache_dir = None
     if _CACHE.value == "cold":
@@ -139,47 +168,67 @@ def run(config, workdir: str) -> dict[str, Any]:
         config.compilation_cache = cache_dir
     elif _CACHE.value == "off":
         config.compilation_cache = ""
-    reached = False
+    # Outside the loop a signal raises Stopped; inside, the loop's own
+    # handlers save and raise Interrupted, then give these back.
+    previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS}
     try:
-        final = loop.train_and_evaluate(config, workdir, hooks=watcher)
-        steps = final.steps
-    except TargetReached:
-        reached, steps = True, watcher.evals[-1]["step"]
-    run_s = time.time() - T0
-    loop_compiles = list(watcher.compiles)
+        try:
+            out["steps"] = loop.train_and_evaluate(config, workdir, hooks=watcher).steps
+        except TargetReached:
+            out["reached"], out["steps"] = True, watcher.evals[-1]["step"]
+        out["run_s"] = time.time() - T0
+        # The bare step: same config, same process, after the run.
+        bare = train_step.JaxStep(config, _vocab(workdir))
+        bare.run(train_step._WARMUP.value, timed=False)
+        out["bare_step_s"] = statistics.median(bare.run(train_step._REPEATS.value))
+    except (Interrupted, Stopped) as e:
+        out["stopped_by"] = signal.Signals(e.signum).name
+        out["steps"] = out["steps"] or (watcher.log_points[-1][0] if watcher.log_points else 0)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if cache_dir:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+    out.setdefault("run_s", time.time() - T0)
+    return record(config, watcher, out)
 
-    # The bare step: same config, same process, after the run.
-    bare = train_step.JaxStep(config, _vocab(workdir))
-    bare.run(train_step._WARMUP.value, timed=False)
-    bare_times = bare.run(train_step._REPEATS.value)
-    if cache_dir:
-        shutil.rmtree(cache_dir, ignore_errors=True)
 
-    backend = [c for c in loop_compiles if c[0] == COMPILE_EVENTS[2]]
+def record(config, watcher: Watcher, out: dict[str, Any]) -> dict[str, Any]:
+    """The JSON record of what `watcher` saw and `out` holds so far."""
+    import jax
+    backend = [c for c in watcher.compiles if c[0] == COMPILE_EVENTS[2]]
     device = jax.devices()[0]
-    loop_step = watcher.loop_step_s()
-    bare_step = statistics.median(bare_times)
+    loop_step, bare_step = watcher.loop_step_s(), out["bare_step_s"]
+    first = watcher.first_step_s
     return {
         "config_name": config.name, "device": f"{device.platform} {device.device_kind} "
                                               f"x{jax.device_count()}",
         "dtype": runtime.resolve_dtype(config.model.dtype, device.platform), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "compilation_cache": _CACHE.value, "target_val_loss": _TARGET.value,
-        "first_step_s": watcher.first_step_s,
+        "first_step_s": first,
         "compiled_programs": len(backend),
-        "compile_s": sum(c[2] for c in loop_compiles),
-        "programs_before_first_step": sum(1 for c in backend if c[3] <= watcher.first_step_s),
-        "programs": _program_table(loop_compiles),
+        "compile_s": sum(c[2] for c in watcher.compiles),
+        "programs_before_first_step": sum(1 for c in backend if first and c[3] <= first),
+        "programs": _program_table(watcher.compiles),
         "loop_step_s": loop_step, "bare_step_s": bare_step,
         "loop_step_times": watcher.step_times(),
-        "loop_over_bare": loop_step / bare_step if loop_step else None,
+        "loop_over_bare": loop_step / bare_step if loop_step and bare_step else None,
         "eval_s": statistics.median(e["eval_s"] for e in watcher.evals) if watcher.evals else None,
         "evaluations": watcher.evals,
-        "time_to_target_s": watcher.time_to_target_s, "reached_target": reached or (
+        "time_to_target_s": watcher.time_to_target_s, "reached_target": out["reached"] or (
             watcher.time_to_target_s is not None),
-        "steps": steps, "run_s": run_s, "batch_size": config.train.batch_size,
+        "steps": out["steps"] if out["steps"] is not None else (
+            watcher.evals[-1]["step"] if watcher.evals else None),
+        "run_s": out.get("run_s", time.time() - T0), "batch_size": config.train.batch_size,
         "block_size": config.model.block_size,
-        "load_avg": os.getloadavg(),
+        "load_avg": os.getloadavg(), "stopped_by": out["stopped_by"],
     }
+
+
+def write_json(r: dict[str, Any]) -> None:
+    if train_step._JSON_OUT.value:
+        with open(train_step._JSON_OUT.value, "w") as f:
+            json.dump(r, f, indent=1)
 
 
 def _vocab(workdir: str) -> int:
@@ -208,8 +257,8 @@ def render(r: dict[str, Any]) -> str:
         f"programs compiled          {r['compiled_programs']} ({r['programs_before_first_step']}"
         f" before step 1 ended), {r['compile_s']:.2f} s",
         f"loop step (median)         {s(r['loop_step_s'] and 1e3 * r['loop_step_s'], '{:.2f}')} ms",
-        f"bare compiled step         {1e3 * r['bare_step_s']:.2f} ms"
-        f"  (loop / bare {s(r['loop_over_bare'])})",
+        f"bare compiled step         {s(r['bare_step_s'] and 1e3 * r['bare_step_s'], '{:.2f}')}"
+        f" ms  (loop / bare {s(r['loop_over_bare'])})",
         f"evaluation (median)        {s(r['eval_s'])} s",
         f"time to val loss <= {r['target_val_loss']}   {s(r['time_to_target_s'], '{:.1f}')} s"
         f" (stopped at step {r['steps']}, {r['run_s']:.1f} s after start)",
@@ -218,6 +267,8 @@ def render(r: dict[str, Any]) -> str:
         "most expensive programs: " + ", ".join(
             f"{p['name']} {p['seconds']:.2f} s" for p in r["programs"][:6]),
     ]
+    if r["stopped_by"]:
+        lines.append(f"stopped by {r['stopped_by']}: the figures are what was measured by then")
     return "\n".join(lines)
 
 
@@ -229,15 +280,15 @@ def main(argv: list[str]) -> None:
             raise UserError(f"--workdir={workdir} holds a run already; the benchmark "
                                 "needs a fresh one (a resume is no cold start).")
         try:
-            record = run(train_step._CONFIG.value, workdir)
+            r = run(train_step._CONFIG.value, workdir)
         finally:
             if not _WORKDIR.value:
                 shutil.rmtree(workdir, ignore_errors=True)
-    print(render(record))
-    if train_step._JSON_OUT.value:
-        with open(train_step._JSON_OUT.value, "w") as f:
-            json.dump(record, f, indent=1)
-    print("JSON " + json.dumps(record))
+    print(render(r))
+    write_json(r)
+    print("JSON " + json.dumps(r), flush=True)
+    if r["stopped_by"]:
+        sys.exit(128 + signal.Signals[r["stopped_by"]].value)
 
 
 if __name__ == "__main__":

@@ -176,3 +176,43 @@ def test_profile_reads_operations_with_tuple_results():
              '  %while.8 = (s32[], u32[4]{0}) while(%tuple.1), condition=%c, body=%b')
     assert profile_step.op_sources(lines) == {
         "fusion.7": (False, "jit(_fun)/jvp(GPT)/block_0/norm1/reduce_sum")}
+
+
+def test_time_to_loss_keeps_its_record_and_cleans_up_when_stopped(tmp_path):
+    """SIGTERM (what `timeout` sends) mid-run: the loop saves and ends, the
+    table and JSON say what was measured and by which signal, the cold
+    compilation cache is removed, and the exit status says the signal."""
+    import os
+    import signal
+    import subprocess
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    out = tmp_path / "ttl.json"
+    args = ["--config=configs/char_cpu.py", f"--config.data.path={corpus}",
+            "--config.model.num_layers=1", "--config.model.embed_dim=32",
+            "--config.model.num_heads=2", "--config.model.block_size=16",
+            "--config.train.batch_size=4", "--config.train.eval_steps=1",
+            "--config.train.eval_every=5", "--config.train.log_every=5",
+            "--config.train.sample_every=1000", "--config.train.num_steps=100000",
+            "--target_val_loss=0", "--keep_going", "--warmup=1", "--repeats=2",
+            f"--workdir={tmp_path / 'run'}", f"--json_out={out}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.time_to_loss", *args],
+                            cwd=_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # The first evaluation's line: training is under way.
+            if line.startswith("step 5:"):
+                break
+        assert json.loads(out.read_text())["evaluations"], "written at each evaluation"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record == json.loads(stdout.split("JSON ", 1)[1])
+    assert record["stopped_by"] == "SIGTERM" and record["bare_step_s"] is None
+    assert record["evaluations"][0]["step"] == 5 and record["first_step_s"] > 0
+    assert "stopped by SIGTERM" in stdout
+    assert not list(tmp_path.glob("smallgpt_cold_cache_*"))  # The cold cache is gone.
