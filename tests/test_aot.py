@@ -17,7 +17,7 @@ needs_libtpu = pytest.mark.skipif(
     reason='no libtpu: pip install -e ".[tpu]" to compile for TPU targets')
 KEYS = {"target", "devices", "fits", "device_memory_bytes", "state_bytes", "temp_bytes",
         "flops_per_step", "bytes_per_step", "flop_bound_ms", "memory_bound_ms",
-        "tokens_per_s", "programs", "compile_s"}
+        "tokens_per_s", "programs", "compile_s", "parallel", "remat"}
 V5E = aot.target("tpu:v5e-1")
 TINY = ["--config=configs/char_cpu.py", "--config.model.num_layers=2",
         "--config.model.num_heads=2", "--config.model.embed_dim=32",
@@ -91,6 +91,20 @@ def test_the_command_prints_one_json_object():
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads(proc.stdout)
     assert set(s) == KEYS and s["target"] == "tpu:v5e-1" and s["fits"] is True
+
+
+def test_fsdp_compiles_with_an_eighth_of_the_state_per_device():
+    """On 8 CPU devices (no libtpu needed): the state XLA is given per device
+    under fsdp is about 1/8 of the replicated one."""
+    out = {}
+    for parallel in ("shard_map", "fsdp"):
+        proc = compile_cli("--target=cpu:8", "--json", f"--config.parallel={parallel}",
+                           "--config.model.embed_dim=64")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[parallel] = json.loads(proc.stdout)
+    assert out["fsdp"]["parallel"] == "fsdp" and out["fsdp"]["remat"] == "none"
+    ratio = out["fsdp"]["state_bytes"] / out["shard_map"]["state_bytes"]
+    assert 1 / 8 <= ratio < 1.1 / 8, ratio
 
 
 def test_trip_counts_are_read_from_a_loop_condition():

@@ -4,7 +4,9 @@ one step costs there: memory per device, FLOPs and bytes moved, and the step
 time the target's published peaks allow.
 
 Nothing runs and no array is made: the steps are `parallel.make_sharded_steps`
-over a `Mesh` of the target's devices, lowered from shapes alone
+(config.parallel 'pmap' or 'shard_map': the state replicated) or
+`sharding.make_fsdp_steps` ('fsdp': the state split over the devices) over a
+`Mesh` of the target's devices, lowered from shapes alone
 (`jax.ShapeDtypeStruct`s with shardings) and compiled. For a TPU the devices
 are compile-only ones that libtpu describes from a topology name; no TPU is
 needed, only the library (`pip install -e ".[tpu]"`).
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from smallgpt_jax import parallel, train
+from smallgpt_jax import parallel, sharding, train
 from smallgpt_jax.analysis import hlo_cost
 from smallgpt_jax.model import count_params, model_config
 from smallgpt_jax.system.errors import UserError
@@ -187,10 +189,6 @@ def compile_program(name: str, fn, *args) -> Program:
         known_before and known_after)
 
 
-def _nbytes(tree) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
-
-
 def _spec(tree, sharding):
     return jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
@@ -200,15 +198,22 @@ def compile_steps(config: ml_collections.ConfigDict, vocab_size: int, t: Target,
                   eval_step: bool = True) -> dict:
     """Compiles the train step (and the eval step) of `config` for target `t`.
     Returns {'config', 'model' (resolved for the target), 'params' (count), 'state_bytes',
-    'params_bytes' (per device: the state is replicated), 'programs': [Program]}."""
+    'params_bytes' (per device: all of it replicated, 1/devices of it or so
+    under fsdp), 'programs': [Program]}."""
     micro, eval_rows = batch_split(config, t.devices)
     found = devices(t)
     mesh = jax.sharding.Mesh(np.array(found), (parallel.AXIS,))
     m = model_config(config, vocab_size, t.platform)  # 'auto' for the target.
     tx, schedule = train.make_optimizer(config.train)
-    s_train, s_eval = parallel.make_sharded_steps(m, tx, schedule, config.seed, mesh)
     shapes = jax.eval_shape(lambda: train.init_state(m, tx, config.seed))
-    state = _spec(shapes, jax.NamedSharding(mesh, jax.P()))
+    if config.parallel == "fsdp":
+        s_train, s_eval = sharding.make_fsdp_steps(m, tx, schedule, config.seed, mesh, shapes)
+        state = jax.tree_util.tree_map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+            shapes, sharding.state_shardings(shapes, mesh))
+    else:  # pmap's program is shard_map's: the state replicated on every device.
+        s_train, s_eval = parallel.make_sharded_steps(m, tx, schedule, config.seed, mesh)
+        state = _spec(shapes, jax.NamedSharding(mesh, jax.P()))
     split = jax.NamedSharding(mesh, jax.P(parallel.AXIS))
     T1 = m.block_size + 1
     batch = jax.ShapeDtypeStruct((t.devices, config.train.grad_accum_steps, micro, T1),
@@ -219,8 +224,8 @@ def compile_steps(config: ml_collections.ConfigDict, vocab_size: int, t: Target,
                                        jnp.int32, sharding=split)
         programs.append(compile_program("eval step", s_eval, state.params, batches))
     return {"config": config, "model": m, "params": count_params(shapes.params),
-            "state_bytes": _nbytes(shapes), "params_bytes": _nbytes(shapes.params),
-            "programs": programs}
+            "state_bytes": sharding.per_device_bytes(state),
+            "params_bytes": sharding.per_device_bytes(state.params), "programs": programs}
 
 
 def needed_bytes(result: dict) -> float:
@@ -246,7 +251,8 @@ def summary(result: dict, t: Target) -> dict:
     mem_ms = train_p.bytes / t.hbm_bytes_per_s * 1e3 if t.hbm_bytes_per_s else None
     bound = max(flop_ms or 0, mem_ms or 0)
     return {
-        "target": t.name, "devices": t.devices,
+        "target": t.name, "devices": t.devices, "parallel": c.parallel,
+        "remat": result["model"].remat,
         "fits": bool(t.memory_bytes is None or needed_bytes(result) <= t.memory_bytes),
         "device_memory_bytes": None if t.memory_bytes is None else int(t.memory_bytes),
         "state_bytes": result["state_bytes"],

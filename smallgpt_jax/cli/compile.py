@@ -61,14 +61,15 @@ def table(s: dict, result: dict, t) -> str:
     loops = progs[0].loop_flops or progs[0].loop_bytes
     rows = [
         ("target", f"{t.name}: {t.devices} device(s); {peaks}"),
-        ("settings", f"dtype {m.dtype}, fast_backward {m.fast_backward}, attention "
-                     f"{m.attention}, scan_layers {m.scan_layers}, dropout {m.dropout}; "
-                     f"{result['params']:,} parameters"),
+        ("settings", f"parallel {c.parallel}, remat {m.remat}, dtype {m.dtype}, "
+                     f"fast_backward {m.fast_backward}, attention {m.attention}, scan_layers "
+                     f"{m.scan_layers}, dropout {m.dropout}; {result['params']:,} parameters"),
         ("batch", f"{c.train.batch_size} x {m.block_size} tokens per step, "
                   f"{c.train.batch_size // t.devices} sequences per device"),
         ("programs", f"{s['programs']} compiled in {s['compile_s']:.1f} s ("
                      + ", ".join(f"{p.name} {p.compile_s:.1f} s" for p in progs) + ")"),
-        ("state / device", f"{s['state_bytes'] / MiB:,.1f} MiB (parameters + optimizer)"),
+        ("state / device", f"{s['state_bytes'] / MiB:,.1f} MiB (parameters + optimizer"
+                           + (", split over the devices)" if c.parallel == "fsdp" else ")")),
         ("temporaries / device", f"{s['temp_bytes'] / MiB:,.1f} MiB (train step)"),
         ("memory / device", f"{needed / MiB:,.0f} MiB at the fullest " + room),
         ("FLOPs / step / device", f"{s['flops_per_step'] / 1e9:,.1f} GFLOP"),
