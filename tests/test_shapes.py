@@ -49,3 +49,27 @@ def test_shapes_cli_prints_the_tables():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| `GPT (logits)` | BTV | [16, 64, 50] |" in proc.stdout
     assert "| `block_1` | | same as `block_0` |" in proc.stdout
+
+
+def test_gpt2_configs_have_gpt2s_parameter_counts():
+    """configs/gpt2_*.py: 124M, 355M, 774M, 1558M with GPT-2's 50,257 tokens
+    (the counts usually quoted), and the paper's 117M, 345M, 762M, 1542M with
+    GPT-1's 40,478-token embedding, which is how its table counted them."""
+    import os
+    from conftest import ROOT
+    from smallgpt_jax.cli.config_files import load_config
+    want = {"small": (124_439_808, 117e6), "medium": (354_823_168, 345e6),
+            "large": (774_030_080, 762e6), "xl": (1_557_611_200, 1542e6)}
+    for size, (quoted, paper) in want.items():
+        c = load_config(os.path.join(ROOT, "configs", f"gpt2_{size}.py"))
+        assert (c.model.block_size, c.model.norm_position, c.model.tie_embeddings,
+                c.model.pos_encoding, c.data.vocab_size) == (1024, "pre", True, "learned", 50_304)
+        counts = {}
+        for V in (50_304, 50_257, 40_478):
+            m = model_config(c, V)
+            tokens = jax.ShapeDtypeStruct((1, m.block_size), jnp.int32)
+            counts[V] = count_params(jax.eval_shape(
+                lambda t: GPT(m).init(jax.random.key(0), t), tokens)["params"])
+        assert counts[50_257] == quoted, size
+        assert counts[50_304] == quoted + 47 * c.model.embed_dim  # 47 more token rows.
+        assert round(counts[40_478] / 1e6) == paper / 1e6, (size, counts[40_478])
