@@ -1,5 +1,5 @@
-"""GPT-2 large: configs/gpt2_small.py's recipe at 36 blocks, 1280 wide, 20 heads
-(about 774M parameters; that file's docstring says how they are counted)."""
+"""GPT-2 large: configs/gpt2_small.py's recipe at 36 blocks, 1280 wide, 20 heads: 774,090,240 parameters
+(that file's docstring says how they are counted)."""
 
 import os
 
@@ -7,8 +7,5 @@ from smallgpt_jax.cli.config_files import load_module
 
 
 def get_config():
-    small = load_module(os.path.join(os.path.dirname(__file__), "gpt2_small.py"))
-    config = small.get_config()
-    config.name = "gpt2_large"
-    config.model.num_layers, config.model.embed_dim, config.model.num_heads = 36, 1280, 20
-    return config
+    here = os.path.dirname(__file__)
+    return load_module(os.path.join(here, "gpt2_small.py")).get_config("large")

@@ -26,16 +26,21 @@ tokens per step in 8 accumulated micro-batches. It needs a large corpus:
 
 from smallgpt_jax.config import base_config
 
+# GPT-2's four shapes: blocks, width, heads.
+SIZES = {"small": (12, 768, 12), "medium": (24, 1024, 16), "large": (36, 1280, 20),
+         "xl": (48, 1600, 25)}
 
-def get_config():
+
+def get_config(size: str = "small"):
+    """`size` names one of SIZES (configs/gpt2_xl.py passes 'xl')."""
     config = base_config()
-    config.name = "gpt2_small"
+    config.name = f"gpt2_{size}"
     config.data.tokenizer = "bpe"
     config.data.vocab_size = 50_304
     config.data.end_of_text = True  # <|endoftext|> between documents, as GPT-2.
 
     m = config.model
-    m.num_layers, m.embed_dim, m.num_heads = 12, 768, 12
+    m.num_layers, m.embed_dim, m.num_heads = SIZES[size]
     m.mlp_ratio = 4
     m.block_size = 1024
     m.dropout = 0.0
