@@ -22,6 +22,15 @@ def test_config_changes_split_refused_from_allowed():
                        "train.num_steps: 20 -> 99"]
 
 
+def test_the_parallel_mode_and_remat_may_change():
+    # Neither changes a parameter: an fsdp run may continue under shard_map on
+    # one device, or with remat to fit a bigger batch.
+    old = tiny_config().to_dict()
+    new = tiny_config(**{"parallel": "fsdp", "model.remat": "block"}).to_dict()
+    assert config_changes(old, new) == (
+        [], ["model.remat: 'none' -> 'block'", "parallel: 'pmap' -> 'fsdp'"])
+
+
 def test_switching_the_end_of_text_token_is_refused():
     # It adds or removes a token: the vocabulary, and so the embedding, change.
     old = tiny_config(**{"data.tokenizer": "bpe"}).to_dict()
