@@ -2,9 +2,12 @@
 summary, and which config fields TensorBoard lists as hyperparameters."""
 
 import io
+import json
+import os
 import sys
 
 import jax
+import pytest
 
 from conftest import tiny_config
 from smallgpt_jax.system import console
@@ -39,7 +42,9 @@ def test_end_of_run_says_where_things_are_and_what_to_run_next():
     assert "'runs/my run'/checkpoints" not in text and "runs/my run/checkpoints" in text
     # Commands are pasteable: the workdir is quoted for the shell.
     assert "python -m smallgpt_jax.sample --workdir='runs/my run'" in text
-    assert "tensorboard --logdir 'runs/my run'" in text
+    # TensorBoard opens on the folder of runs, so it names the run "my run", not ".".
+    assert "tensorboard --logdir runs " in text and "?smoothing=0" in text
+    assert "tensorboard --logdir . " in reporting.end_of_run(final, "alone")
     assert sum("--what=" in line for line in text.splitlines()) == 3
     assert "in 02:43, evaluation 00:09 of it" in reporting.end_of_run(
         {**final, "eval_time_s": 9.5}, "w")
@@ -83,3 +88,41 @@ def test_a_message_clears_the_bar_drawn_in_a_terminal_once():
     console.say("another", terminal)
     drawn, note = terminal.getvalue().rsplit("\r\x1b[K", 1)
     assert drawn.startswith("\rstep      1/10") and note == "a note\nanother\n"
+
+
+def _tags(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(logdir)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_evaluations_draw_train_and_val_on_one_card_that_sorts_first(tmp_path):
+    run = tmp_path / "lr=3e-3"
+    run.mkdir()
+    with reporting.Writer(str(run)) as writer:
+        writer.scalars(5, {"train/loss": 2.5})  # Not an evaluation: no card.
+        writer.scalars(10, {"eval/train_loss": 2.0, "eval/val_loss": 2.25})
+        writer.scalars(20, {"eval/train_loss": 1.5, "eval/val_loss": 1.75})
+    # One tag in two sub-runs: TensorBoard draws them as two named lines on one card.
+    assert sorted(os.listdir(run / "train") + os.listdir(run / "val"))[0].startswith("events")
+    assert _tags(str(run / "train")) == {"Loss/lr_3e-3": [(10, 2.0), (20, 1.5)]}
+    assert _tags(str(run / "val")) == {"Loss/lr_3e-3": [(10, 2.25), (20, 1.75)]}
+    own = _tags(str(run))
+    assert "eval/val_loss" in own and "train/loss" in own and "Loss/lr_3e-3" not in own
+    # Capitals sort before every tag the run writes (TensorBoard orders cards by tag).
+    assert sorted([*own, "Loss/lr_3e-3", "views/attention"])[0] == "Loss/lr_3e-3"
+
+
+def test_progress_file_has_the_step_loss_and_eta(tmp_path, monkeypatch):
+    path = tmp_path / "progress.json"
+    bar = reporting.ProgressBar(1000, 0, stream=io.StringIO(), progress_file=str(path))
+    monkeypatch.setattr(reporting.time, "time", lambda: 100.0)
+    bar.update(100, 2.0, 1.0)
+    assert json.loads(path.read_text())["eta_s"] is None  # Not known before a second point.
+    monkeypatch.setattr(reporting.time, "time", lambda: 110.0)
+    bar.update(200, 1.5, 1.0)
+    progress = json.loads(path.read_text())
+    assert progress == {"step": 200, "total": 1000, "loss": 1.5, "eta_s": 80.0,
+                        "eta_without_evals": False, "time": 110.0}
+

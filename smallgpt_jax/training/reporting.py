@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -34,8 +36,11 @@ class ProgressBar:
     step rate (and tokens/s) counts training only, and the ETA adds the
     evaluations still to come at their measured mean cost."""
 
-    def __init__(self, total_steps: int, eval_every: int = 0, stream=sys.stderr):
+    def __init__(self, total_steps: int, eval_every: int = 0, stream=sys.stderr,
+                 progress_file: str | None = None):
         self.total = total_steps
+        # The newest step, loss and ETA as JSON, for a watcher (a sweep's live lines).
+        self.progress_file = progress_file
         self.eval_every = eval_every
         self.stream = stream
         self.tty = stream.isatty()
@@ -55,14 +60,20 @@ class ProgressBar:
         left = self.total // self.eval_every - step // self.eval_every
         return left + (1 if self.total % self.eval_every and step < self.total else 0)
 
-    def eta(self, step: int, now: float) -> str:
+    def eta_s(self, step: int, now: float) -> tuple[float, bool]:
+        """(seconds left or NaN if not known yet, whether the evaluations to
+        come are left out: none was measured yet)."""
         done = step - (self.step0 or 0)
         if self.t0 is None or done <= 0:
-            return "--:--"
+            return math.nan, False
         train_s = (now - self.t0 - self.paused_s) / done * (self.total - step)
         if self.pauses:
-            return clock(train_s + self.paused_s / self.pauses * self.evals_left(step))
-        return clock(train_s) + ("+eval" if self.evals_left(step) else "")
+            return train_s + self.paused_s / self.pauses * self.evals_left(step), False
+        return train_s, bool(self.evals_left(step))
+
+    def eta(self, step: int, now: float) -> str:
+        seconds, without_evals = self.eta_s(step, now)
+        return clock(seconds) + ("+eval" if without_evals else "")
 
     def update(self, step: int, loss: float, tokens_per_sec: float) -> None:
         if jax.process_index() != 0:
@@ -81,10 +92,53 @@ class ProgressBar:
         elif int(10 * frac) != self.last_print or step == self.total:
             self.last_print = int(10 * frac)
             print(line, file=self.stream, flush=True)
+        if self.progress_file:
+            eta_s, without_evals = self.eta_s(step, now)
+            write_progress(self.progress_file, {
+                "step": step, "total": self.total, "loss": loss,
+                "eta_s": None if math.isnan(eta_s) else eta_s,
+                "eta_without_evals": without_evals, "time": now})
 
     def message(self, text: str) -> None:
         """A full line on the bar's stream; `console.say` clears the bar first."""
         console.say(text, self.stream)
+
+
+# TensorBoard's first card: each evaluation's train and val loss on one chart,
+# two lines told apart by colour and name ("char_cpu/train", "char_cpu/val"):
+# TensorBoard draws one line per run for a tag, so each goes to a sub-run.
+LOSS_RUNS = {"train": "eval/train_loss", "val": "eval/val_loss"}
+
+
+def loss_tag(logdir: str) -> str:
+    """'Loss/<run name>': capitalized, it sorts before every other tag, so its
+    card opens TensorBoard's page; named for the run, a sweep gets one card
+    per trial instead of all trials' lines on one. (A tag holds only letters,
+    digits and "_-./": "lr=3e-3" becomes "lr_3e-3".)"""
+    name = os.path.basename(os.path.normpath(os.path.abspath(logdir)))
+    return "Loss/" + re.sub(r"[^-\w./]", "_", name)
+
+
+_IMPORTED = time.time()  # Where the process's start cannot be read: close to it.
+
+
+def process_started() -> float:
+    """When this process started (on time.time()'s clock): a run's wall time
+    counts from it, imports and data preparation included."""
+    try:  # Linux: the start in clock ticks after boot, and the boot time.
+        with open("/proc/self/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # Field 22, starttime.
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return min(boot + ticks / os.sysconf("SC_CLK_TCK"), _IMPORTED)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+def write_progress(path: str, progress: dict) -> None:
+    """The progress file a watcher reads; a failed write costs only the watcher's view."""
+    with contextlib.suppress(UserError, OSError):
+        write_atomic(path, json.dumps(progress))
 
 
 class Writer:
@@ -106,16 +160,22 @@ class Writer:
         self._events = None
         self._failed = False
         self._last_flush = time.time()
+        self.purge_step = purge_step
+        self._curves = {}  # LOSS_RUNS' writers, made at the first evaluation.
         if not self.enabled:
             return
         with self._guard():
-            self._events = EventsWriter(os.path.join(logdir, "events"))
-            if purge_step is not None:
-                # A resumed run tells TensorBoard to drop what an earlier (killed)
-                # process logged from that step on, so curves do not double.
-                self._events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
-                self._events.write_event(Event(
-                    step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+            self._events = self._open(logdir)
+
+    def _open(self, logdir: str) -> EventsWriter:
+        events = EventsWriter(os.path.join(logdir, "events"))
+        if self.purge_step is not None:
+            # A resumed run tells TensorBoard to drop what an earlier (killed)
+            # process logged from that step on, so curves do not double.
+            events.write_event(Event(step=self.purge_step, file_version="brain.Event:2"))
+            events.write_event(Event(
+                step=self.purge_step, session_log=SessionLog(status=SessionLog.START)))
+        return events
 
     def __enter__(self) -> "Writer":
         return self
@@ -136,18 +196,26 @@ class Writer:
                 "disk space (or fix the directory), then run the same command again to "
                 "resume from the newest checkpoint.") from e
 
-    def _add(self, summary, step: int) -> None:
+    def _add(self, summary, step: int, run: str | None = None) -> None:
+        """Writes `summary` into the run's own events, or into sub-run `run`."""
         if self._events is None or self._failed:
             return
         with self._guard():
-            self._events.write_event(
-                Event(summary=summary, step=step, wall_time=time.time()))
+            if run is not None and run not in self._curves:
+                os.makedirs(os.path.join(self.logdir, run), exist_ok=True)
+                self._curves[run] = self._open(os.path.join(self.logdir, run))
+            events = self._events if run is None else self._curves[run]
+            events.write_event(Event(summary=summary, step=step, wall_time=time.time()))
             if time.time() - self._last_flush > self.FLUSH_SECS:
                 self.flush()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for name, value in values.items():
             self._add(scalar(name, float(value)), step)
+        if all(tag in values for tag in LOSS_RUNS.values()):  # An evaluation's.
+            tag = loss_tag(self.logdir)
+            for run, source in LOSS_RUNS.items():
+                self._add(scalar(tag, float(values[source])), step, run)
 
     def text(self, step: int, tag: str, text: str) -> None:
         # Markdown: indent by 4 spaces so TensorBoard keeps line breaks.
@@ -182,21 +250,34 @@ class Writer:
     def flush(self) -> None:
         if self._events is not None and not self._failed:
             with self._guard():
-                self._events.flush()
+                for events in (self._events, *self._curves.values()):
+                    events.flush()
             self._last_flush = time.time()
 
     def close(self) -> None:
         if self._events is None:
             return
-        events, self._events = self._events, None
+        files = [self._events, *self._curves.values()]
+        self._events, self._curves = None, {}
         if self._failed:  # The error is already on its way; do not raise another.
-            try:
-                events.close()
-            except OSError:
-                pass
+            for events in files:
+                with contextlib.suppress(OSError):
+                    events.close()
             return
         with self._guard():
-            events.close()
+            for events in files:
+                events.close()
+
+
+# TensorBoard's page with smoothing off: its default (0.6) on ten or so
+# evaluation points draws the curve well above them.
+TENSORBOARD_URL = "http://localhost:6006/?smoothing=0"
+
+
+def runs_folder(workdir: str) -> str:
+    """The folder that holds `workdir`: TensorBoard opened there names the run
+    by its folder (opened on the workdir itself it names it ".")."""
+    return os.path.dirname(os.path.normpath(workdir)) or "."
 
 
 def end_of_run(final: dict, workdir: str) -> str:
@@ -213,7 +294,7 @@ def end_of_run(final: dict, workdir: str) -> str:
               f"TensorBoard logs, config.json, summary.json: {workdir}",
               "next:",
               f"  python -m smallgpt_jax.sample --workdir={q} --prompt=\"ROMEO:\"",
-              f"  tensorboard --logdir {q}"]
+              f"  tensorboard --logdir {shlex.quote(runs_folder(workdir))}   # then open {TENSORBOARD_URL}"]
     lines += [f"  python -m smallgpt_jax.visualize --workdir={q} --what={what}"
               for what in ("attention", "curves", "embeddings")]
     return "\n".join(lines)
