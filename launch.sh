@@ -18,15 +18,20 @@ usage: ./launch.sh WHAT [ARGS...]
 
   ./launch.sh experiments/NAME.py [--parallel=N] [--dry-run] [--runs_dir=DIR] [--config.KEY=VALUE ...]
       Run every trial of a sweep (python -m smallgpt_jax.sweep), N at a time,
-      each in runs/NAME/<trial>/ (DIR/NAME/<trial>/ with --runs_dir). Launching
-      it again skips finished trials and resumes unfinished ones; a trial
-      folder that ran other settings is refused (use another --runs_dir).
+      each in runs/NAME/<trial>/ (DIR/NAME/<trial>/ with --runs_dir), with a
+      live line per running trial (step, loss, ETA) and the sweep's ETA.
+      Launching it again skips finished trials and resumes unfinished ones; a
+      trial folder that ran other settings is refused (use another --runs_dir).
       --dry-run prints the commands. At the end the results table is printed and written
       to runs/NAME/summary.csv and .md. --config.KEY=VALUE is set in every trial.
+      e.g. ./launch.sh experiments/lr_sweep.py --parallel=2   (4 trials of 500 steps)
+      a quick try: ./launch.sh experiments/lr_sweep.py --runs_dir=runs/quick --config.train.num_steps=100
 
   ./launch.sh tensorboard [LOGDIR] [TENSORBOARD FLAGS ...]
-      Open TensorBoard on LOGDIR (default runs/): loss curves, samples, and
-      for a sweep (LOGDIR=runs/NAME) the HPARAMS table of all its trials.
+      Open TensorBoard on LOGDIR (default runs/, every run named by its folder):
+      each run's train and val loss on one card first, samples, and for a sweep
+      (LOGDIR=runs/NAME) the HPARAMS table of all its trials. Open
+      http://localhost:6006/?smoothing=0 to see the evaluations unsmoothed.
 
   Multi-host (one process per machine, or per GPU under SLURM; the same
   command everywhere, only the process id differs):

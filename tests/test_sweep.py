@@ -38,7 +38,7 @@ def test_values_product_and_zipit():
 def test_trial_names_come_from_the_overrides():
     keys = ["train.learning_rate", "model.dropout"]
     assert sweep_load.trial_name({"train.learning_rate": 3e-4, "model.dropout": 0.1}, keys) == \
-        "learning_rate=0.0003,dropout=0.1"
+        "lr=3e-4,dropout=0.1"
     assert sweep_load.trial_name({}, keys) == "base"
     # Two swept fields with the same last name keep their full names.
     assert sweep_load.trial_name({"model.dropout": 0.1, "train.dropout": 0.2},
@@ -106,7 +106,7 @@ def test_shipped_experiments_are_valid(monkeypatch):
     monkeypatch.chdir(ROOT)
     lr = sweep_load.load_experiment("experiments/lr_sweep.py", "runs")
     assert [t.overrides["train.learning_rate"] for t in lr.trials] == [3e-4, 1e-3, 3e-3, 1e-2]
-    assert lr.trials[0].workdir == os.path.join("runs", "lr_sweep", "learning_rate=0.0003")
+    assert lr.trials[0].workdir == os.path.join("runs", "lr_sweep", "lr=3e-4")
     assert all(t.num_steps == 500 for t in lr.trials)
     depth = sweep_load.load_experiment("experiments/depth_sweep.py", "runs")
     assert len(depth.trials) == 6 and depth.keys == ["model.num_layers", "model.pos_encoding"]
@@ -330,7 +330,7 @@ def tiny_sweep(tmp_path_factory):
                                  proc=proc)
 
 
-def copy_runs(tiny, tmp_path, trials=("learning_rate=0.001", "learning_rate=0.01")):
+def copy_runs(tiny, tmp_path, trials=("lr=1e-3", "lr=1e-2")):
     """The finished trials of `tiny_sweep` (and its tables), copied under tmp_path."""
     runs = tmp_path / "runs"
     for name in (*trials, "summary.csv", "summary.md"):
@@ -359,7 +359,7 @@ def test_tiny_sweep_end_to_end(tiny_sweep):
         rows = list(csv.DictReader(f))
     assert [r["trial"] for r in rows[2:]] == ["train_fraction=0.9999"]
     assert rows[2]["status"] == "failed (exit 2)" and rows[2]["best_val_loss"] == ""
-    assert {r["trial"] for r in rows[:2]} == {"learning_rate=0.001", "learning_rate=0.01"}
+    assert {r["trial"] for r in rows[:2]} == {"lr=1e-3", "lr=1e-2"}
     best = [float(r["best_val_loss"]) for r in rows[:2]]
     assert best == sorted(best) and all(0 < b < 10 for b in best)  # Best first.
     for row in rows[:2]:
@@ -371,16 +371,17 @@ def test_tiny_sweep_end_to_end(tiny_sweep):
 
     # TensorBoard: the sweep names its varied fields; each trial records its values.
     exp = metadata.parse_experiment_plugin_data(
-        hparams_records(str(sweep_dir))["_hparams_/experiment"])
+        hparams_records(str(sweep_dir / "lr=1e-3"))["_hparams_/experiment"])
+    assert not glob.glob(str(sweep_dir / "events.*"))  # No empty run named ".".
     assert [h.name for h in exp.hparam_infos] == ["train.learning_rate", "data.train_fraction"]
     assert "eval/best_val_loss" in [m.name.tag for m in exp.metric_infos]
     start = metadata.parse_session_start_info_plugin_data(
-        hparams_records(str(sweep_dir / "learning_rate=0.01"))["_hparams_/session_start_info"])
+        hparams_records(str(sweep_dir / "lr=1e-2"))["_hparams_/session_start_info"])
     assert start.hparams["train.learning_rate"].number_value == pytest.approx(1e-2)
     assert start.hparams["model.num_layers"].number_value == 1
 
     # Launching again runs only what is not finished.
-    finished = sweep_dir / "learning_rate=0.001" / "summary.json"
+    finished = sweep_dir / "lr=1e-3" / "summary.json"
     mtime = finished.stat().st_mtime
     dry = run_cli(args + ["--dry-run"], module="smallgpt_jax.sweep")
     assert dry.returncode == 0 and "(2 already finished)" in dry.stdout
@@ -405,7 +406,7 @@ def test_a_finished_trial_with_other_settings_is_refused_not_reported(tiny_sweep
             with pytest.raises(UserError) as e:
                 sweep_command.run_sweep(path, overrides, str(runs), dry_run=dry_run)
             message = str(e.value)
-            assert ("trial learning_rate=0.001 in " in message
+            assert ("trial lr=1e-3 in " in message
                     and f"ran with other settings (data.path: {str(tiny_sweep.corpus)!r} -> "
                         f"{str(other)!r})" in message), message
             assert "not this sweep's trial: use another --runs_dir, or move it away" in message
@@ -416,8 +417,8 @@ def test_a_finished_trial_with_other_settings_is_refused_not_reported(tiny_sweep
 
 
 def test_a_damaged_summary_is_set_aside_and_written_again(tiny_sweep, tmp_path):
-    runs = copy_runs(tiny_sweep, tmp_path, trials=["learning_rate=0.001"])
-    summary = runs / "tiny" / "learning_rate=0.001" / "summary.json"
+    runs = copy_runs(tiny_sweep, tmp_path, trials=["lr=1e-3"])
+    summary = runs / "tiny" / "lr=1e-3" / "summary.json"
     before = json.loads(summary.read_text())
     summary.write_text('{"steps": ')  # e.g. a disk that filled up, an editor.
     one = one_trial_sweep(tmp_path, tiny_sweep.corpus)
@@ -426,14 +427,14 @@ def test_a_damaged_summary_is_set_aside_and_written_again(tiny_sweep, tmp_path):
     assert f"{summary} is damaged: set aside as {summary}.damaged" in proc.stdout
     # Written again from the final checkpoint: the same numbers, and the trial is done.
     assert json.loads(summary.read_text())["eval/best_val_loss"] == before["eval/best_val_loss"]
-    assert (tmp_path / "runs" / "tiny" / "learning_rate=0.001" / "summary.json.damaged").exists()
+    assert (tmp_path / "runs" / "tiny" / "lr=1e-3" / "summary.json.damaged").exists()
     again = run_cli([one, f"--runs_dir={runs}", "--dry-run"], module="smallgpt_jax.sweep")
     assert "(1 already finished)" in again.stdout
 
 
 def test_one_sweep_runner_per_folder(tiny_sweep, tmp_path):
     from smallgpt_jax.system import lock
-    runs = copy_runs(tiny_sweep, tmp_path, trials=["learning_rate=0.001", "learning_rate=0.01"])
+    runs = copy_runs(tiny_sweep, tmp_path, trials=["lr=1e-3", "lr=1e-2"])
     with lock.hold_file(str(runs / "tiny" / "sweep.lock"), lambda who: None):
         with pytest.raises(UserError, match=f"another sweep runs in {runs / 'tiny'} "
                                             rf"\(PID {os.getpid()} .*use another --runs_dir"):

@@ -16,8 +16,12 @@ An experiment file (`experiments/*.py`) names a base config and its trials:
         [--runs_dir=runs] [--config.KEY=VALUE ...]   (or ./launch.sh experiments/...)
 
 runs every trial as an ordinary `python -m smallgpt_jax.main` in its own
-workdir `runs/<sweep>/<trial>` (the trial name is built from its overrides;
-its console output goes to `train.log` there). Everything is checked before
+workdir `runs/<sweep>/<trial>` (the trial name is built from its overrides,
+e.g. `lr=1e-3`; its console output goes to `train.log` there). While they
+run, a line per running trial shows its step, loss and ETA, under the whole
+sweep's ETA (sweep/live.py). `--dry-run` prints the trials' commands; a quick
+try of experiments/lr_sweep.py (4 trials of 500 steps) is
+`--runs_dir=runs/quick --config.train.num_steps=100`. Everything is checked before
 the first trial starts (sweep/load.py). A trial is finished when its folder's
 `config.json` holds the trial's settings and its `summary.json` records at
 least the trial's `num_steps`; launching the same sweep again skips finished

@@ -7,7 +7,9 @@ every overridden field name, type and value. A problem is one UserError.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import hashlib
+import math
 import os
 import re
 import sys
@@ -95,15 +97,33 @@ def _set_field(config: ml_collections.ConfigDict, key: str, value: Any, where: s
                         f"but the field's type is {type(node[leaf]).__name__}.")
 
 
+# Short labels in trial names: TensorBoard's HPARAMS table cuts its trial
+# column after about 15 characters.
+SHORT = {"learning_rate": "lr", "min_learning_rate": "min_lr", "weight_decay": "wd"}
+
+
+def short_value(value: Any) -> str:
+    """A value as a trial name shows it: floats in the shorter of their
+    decimal and scientific forms (3e-4, 0.1, 1e-2), exactly (no rounding)."""
+    if not isinstance(value, float) or value != value or value in (math.inf, -math.inf):
+        return str(value)
+    mantissa, _, exponent = f"{decimal.Decimal(repr(value)).normalize():E}".partition("E")
+    scientific = f"{mantissa}e{int(exponent)}"
+    plain = repr(value)
+    if len(scientific) < len(plain) or (len(scientific) == len(plain) and abs(value) < 0.1):
+        return scientific
+    return plain
+
+
 def trial_name(overrides: Overrides, all_keys: Sequence[str]) -> str:
-    """'learning_rate=0.001,dropout=0.1': each field's last name (the full
-    dotted name where two swept fields share a last name) = its value."""
-    last = [k.rsplit(".", 1)[-1] for k in all_keys]
+    """'lr=1e-3,dropout=0.1': each field's last name, shortened (SHORT; the
+    full dotted name where two swept fields share one) = its value (short_value)."""
+    label_of = {k: SHORT.get(k.rsplit(".", 1)[-1], k.rsplit(".", 1)[-1]) for k in all_keys}
+    labels = list(label_of.values())
     parts = []
     for key, value in overrides.items():
-        short = key.rsplit(".", 1)[-1]
-        label = short if last.count(short) == 1 else key
-        parts.append(f"{label}={value!s}")
+        label = label_of.get(key, key)
+        parts.append(f"{label if labels.count(label) == 1 else key}={short_value(value)}")
     name = re.sub(r"[^A-Za-z0-9._=,+-]", "-", ",".join(parts) or "base")  # Safe as a folder name.
     if len(name) > MAX_NAME:  # File systems refuse names over 255 bytes.
         # A readable start, made unique by a hash of the whole name.

@@ -20,24 +20,33 @@ from smallgpt_jax.system.errors import write_atomic
 METRICS = ("eval/best_val_loss", "eval/val_loss", "eval/val_bpc", "eval/train_loss")
 
 
+EXPERIMENT_SUFFIX = ".sweep"  # The event file of the sweep's description in a trial's folder.
+
+
 def write_tensorboard_experiment(experiment: Experiment) -> None:
     """Tells TensorBoard's HPARAMS tab which columns this sweep has: the swept
-    fields and the final metrics (written at runs/<sweep>/, the logdir root).
+    fields and the final metrics.
 
     Each trial records its whole config and metrics itself; this summary only
-    picks, out of those, the fields that the sweep varies.
+    picks, out of those, the fields that the sweep varies. TensorBoard takes
+    it from any run, so it goes into each trial's own folder (an event file
+    of its own): at runs/<sweep>/ it would make an empty run named ".".
     """
     from tensorboardX import SummaryWriter  # Only when a sweep really runs.
     from tensorboardX.summary import hparams as hparams_summary
-    for old in glob.glob(os.path.join(experiment.sweep_dir, "events.out.tfevents.*")):
-        os.remove(old)  # Only the newest description of the sweep counts.
     example = {}
     for key in experiment.keys:  # A value per key (its type names the column's).
         example[key] = next(t.overrides[key] for t in experiment.trials if key in t.overrides)
     exp, _, _ = hparams_summary(example, {m: 0.0 for m in METRICS})
-    writer = SummaryWriter(experiment.sweep_dir)
-    writer.file_writer.add_summary(exp)
-    writer.close()
+    # Only the newest description counts (one at the sweep's root: older versions).
+    for old in glob.glob(os.path.join(experiment.sweep_dir, "events.out.tfevents.*")) + [
+            path for t in experiment.trials for path in glob.glob(
+                os.path.join(t.workdir, "events.out.tfevents.*" + EXPERIMENT_SUFFIX))]:
+        os.remove(old)
+    for trial in experiment.trials:
+        writer = SummaryWriter(trial.workdir, filename_suffix=EXPERIMENT_SUFFIX)
+        writer.file_writer.add_summary(exp)
+        writer.close()
 
 
 def results_table(experiment: Experiment, statuses: dict[str, int]) -> list[dict]:

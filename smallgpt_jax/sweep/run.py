@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP, read_json
 from smallgpt_jax.config import flatten
+from smallgpt_jax.sweep import live
 from smallgpt_jax.sweep.load import REPO_ROOT, Trial
 from smallgpt_jax.system.console import clock
 from smallgpt_jax.system import console, lock
@@ -184,13 +185,16 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
     """
     pending, running, results = list(trials), {}, {}
     total, started = len(trials), 0
+    board = live.Board(out, total, parallel)
 
     def say(text):
         # A closed terminal or a `| head` that stopped reading: the trials and
         # the tables matter more than the console, so the runner goes on.
         with contextlib.suppress(OSError):
+            board.clear()
             console.say(text, out)
 
+    shown = 0.0
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -235,11 +239,20 @@ def run_trials(trials: Sequence[Trial], parallel: int, out=sys.stdout) -> dict[s
                 log.close()
                 del running[name]
                 results[name] = status
+                board.finished(time.time() - t0)
                 say(f"[{index}/{total}] {_outcome(trial, status, time.time() - t0)}")
+            if time.time() - shown >= 1.0:  # The live lines, once a second at most.
+                shown = time.time()
+                with contextlib.suppress(OSError):
+                    board.show([live.Running(t.name, t.workdir, t0)
+                                for t, _, _, t0, _ in running.values()], len(pending))
             time.sleep(0.2)
     except BaseException:  # Ctrl-C, SIGTERM, SIGHUP, or anything else: none left behind.
         _stop(running.values(), say)
         raise
+    finally:
+        with contextlib.suppress(OSError):
+            board.clear()
     return results
 
 
