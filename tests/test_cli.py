@@ -1,7 +1,9 @@
 """The command line, end to end: a short real run, and one-line errors."""
 
 import glob
+import io
 import os
+import sys
 
 import pytest
 
@@ -60,6 +62,14 @@ def test_short_run_on_tiny_shakespeare_writes_event_files(tmp_path):
      "no field train.learnig_rate (did you mean train.learning_rate?)"),
     (["--config=configs/char_cpu.py", "--config.data.path=/nonexistent/corpus.txt"],
      "no such file, directory or glob match: /nonexistent/corpus.txt"),
+    # A wrong path: the closest config, and the list of them.
+    (["--config=configs/char_cp.py"], "configs/char_cp.py does not exist (did you mean "
+     "configs/char_cpu.py?); pass --config=configs/NAME.py; configs/ holds char_12l.py, char_cpu.py"),
+    ([], "missing --config: the config file to use, e.g. --config=configs/char_cpu.py; "
+     "configs/ holds char_12l.py"),
+    (["--config=experiments/lr_sweep.py"], "experiments/lr_sweep.py is a sweep file (it defines "
+     "get_sweep()), not a config: run it with ./launch.sh experiments/lr_sweep.py or python -m "
+     "smallgpt_jax.sweep experiments/lr_sweep.py."),
 ])
 def test_bad_input_gives_one_clear_line(args, message, tmp_path):
     proc = run_cli(args + [f"--workdir={tmp_path / 'w'}"])
@@ -78,6 +88,32 @@ def test_help_shows_the_usage_and_the_flags(module, flag):
     proc = run_cli(["--help"], module=module)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"python -m {module} " in proc.stdout and f"  {flag}:" in proc.stdout
+    if module == "smallgpt_jax.main":  # --config is absl's flag of another module: listed too.
+        assert "  --config: Path to a config file" in proc.stdout
+        assert "--config.SECTION.FIELD=VALUE" in proc.stdout and "smallgpt_jax/config.py" in proc.stdout
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_stop_or_an_error_is_said_on_a_line_of_its_own_not_the_progress_bars(monkeypatch):
+    from smallgpt_jax.cli import app as cli
+    from smallgpt_jax.system.errors import Interrupted, UserError
+    from smallgpt_jax.training.reporting import ProgressBar
+    for error, said in ((Interrupted("stopped by SIGINT at step 3, after saving checkpoint "
+                                     "w/3; run the same command again to resume.", 2),
+                         "stopped by SIGINT at step 3"),
+                        (UserError("disk full"), "error: disk full")):
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        ProgressBar(10, stream=terminal).update(3, 2.0, 1.0)
+        with pytest.raises(SystemExit):
+            with cli.user_errors():
+                raise error
+        bar, line = terminal.getvalue().rsplit("\r\x1b[K", 1)
+        assert bar.startswith("\rstep      3/10") and line.startswith(said), terminal.getvalue()
 
 
 def test_too_short_corpus_is_refused(tmp_path):

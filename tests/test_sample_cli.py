@@ -186,6 +186,20 @@ def test_a_workdir_without_checkpoint_is_one_line(tmp_path):
     assert_one_clear_line(run_sample([f"--workdir={tmp_path}"]), str(tmp_path))
 
 
+def test_a_workdir_still_training_says_when_its_first_checkpoint_is_due(tmp_path):
+    import json
+    from smallgpt_jax.system import lock
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"train": {"checkpoint_every": 500, "eval_every": 220, "num_steps": 2200}}))
+    (tmp_path / "progress.json").write_text(json.dumps({"step": 37, "total": 2200}))
+    with lock.hold(str(tmp_path)):  # As the training run holds it.
+        proc = run_sample([f"--workdir={tmp_path}"])
+    assert_one_clear_line(proc, f"{tmp_path} has no checkpoint yet: a run is training there "
+                          f"(PID {os.getpid()}")
+    assert ("its first checkpoint is due at step 220 (now at step 37 of 2200). Sample once it "
+            "is written.") in proc.stderr
+
+
 def test_a_failed_output_write_leaves_the_old_file_as_it_was(saved_model, tmp_path):
     workdir = saved_model[0]
     out = tmp_path / "samples.txt"

@@ -9,11 +9,13 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
+from smallgpt_jax.system import console
 from smallgpt_jax.system.errors import Interrupted, UserError, writing
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
     """Prints `error: message` on stderr and exits non-zero."""
+    console.clear_bar()  # Not on the line of a progress bar drawn in a terminal.
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
 
@@ -60,7 +62,7 @@ def user_errors():
     except UserError as e:
         fail(str(e))
     except Interrupted as e:  # Stopped by a signal, after saving: not an error.
-        print(str(e), file=sys.stderr, flush=True)
+        console.say(str(e))  # On a line of its own, not the progress bar's.
         sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         fail("interrupted", 130)
@@ -114,6 +116,10 @@ def run_app(main: Callable[[list[str]], None], positional: Sequence[str] = (),
         if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
             import __main__  # The command's docstring says how to use it; then its flags.
             print((__main__.__doc__ or "").strip() + "\n\nflags:")
+            if "config" in flags.FLAGS:  # Defined in config_files: absl lists it under that module.
+                print(f"  --config: {flags.FLAGS['config'].help}\n"
+                      "  --config.SECTION.FIELD=VALUE: set one field of the config; "
+                      "smallgpt_jax/config.py\n    lists every field, with a comment.")
             print(flags.FLAGS.main_module_help())
             sys.exit(0)
         argv = parse_flags(flags.FLAGS, argv)

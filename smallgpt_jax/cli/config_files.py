@@ -15,6 +15,8 @@ opened with `load_module`.
 
 from __future__ import annotations
 
+import difflib
+import glob
 import importlib.util
 import os
 import re
@@ -29,6 +31,7 @@ from smallgpt_jax.config import did_you_mean, flatten
 from smallgpt_jax.system.errors import UserError
 
 FLAG = "config"  # --config=FILE, --config.KEY=VALUE.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_module(path: str, name: str | None = None) -> types.ModuleType:
@@ -76,6 +79,9 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]
     try:
         return flag_values(argv)
     except flags.Error as e:  # (Two missing required flags are two lines: joined.)
+        missing = re.findall(r"Flag --(\w+) must have a value other than None", str(e))
+        if missing:
+            raise UserError(_missing(missing)) from None
         said = "; ".join(line.rstrip(".") for line in str(e).splitlines() if line.strip())
         raise UserError(_explain(argv, e) or f"{said}. Try --help.") from None
     except Exception as e:  # A config file that fails to load, an unknown field.
@@ -103,7 +109,36 @@ def _check_path(argv: Sequence[str]) -> None:
         raise UserError(f"config file {whole}: its path contains ':', which ml-collections "
                         "reads as 'FILE:ARGUMENT'; rename it, or link to it from a path "
                         "without ':'.")
-    raise UserError(f"config file {path} does not exist; pass --{FLAG}=configs/NAME.py.")
+    close = difflib.get_close_matches(path, known_configs(), n=1, cutoff=0.8)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UserError(f"config file {path} does not exist{hint}; pass --{FLAG}=configs/NAME.py"
+                    f"{_configs_hint()}.")
+
+
+def known_configs() -> list[str]:
+    """The config files in configs/ (of the current directory, else of the
+    repository), as a user would type their paths."""
+    for folder in ("configs", os.path.join(REPO_ROOT, "configs")):
+        found = sorted(glob.glob(os.path.join(folder, "*.py")))
+        if found:
+            return found
+    return []
+
+
+def _configs_hint() -> str:
+    """'; configs/ holds char_cpu.py, ...' (nothing where there is no configs/)."""
+    found = known_configs()
+    names = ", ".join(os.path.basename(p) for p in found)
+    return f"; {os.path.dirname(found[0])}/ holds {names}" if found else ""
+
+
+def _missing(names: list[str]) -> str:
+    """The line for required flags left out (absl's says 'must have a value
+    other than None')."""
+    if FLAG in names:
+        return (f"missing --{FLAG}: the config file to use, e.g. "
+                f"--{FLAG}=configs/char_cpu.py{_configs_hint()}.")
+    return f"missing {' and '.join('--' + n for n in names)}. Try --help."
 
 
 def _explain(argv: Sequence[str], error: Exception) -> str | None:
@@ -134,10 +169,22 @@ def _explain(argv: Sequence[str], error: Exception) -> str | None:
     return None
 
 
+def _is_sweep_file(path: str) -> bool:
+    """Does the file define get_sweep() (as launch.sh tells sweeps from configs)?"""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return any(line.startswith("def get_sweep") for line in f)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _load_error(e: Exception, path: str | None) -> str:
     """The message for a config file that failed to load, naming the file
     (config_flags names its own internal module, 'config_config')."""
     if isinstance(e, AttributeError) and "get_config" in str(e) and path:
+        if _is_sweep_file(path):
+            return (f"{path} is a sweep file (it defines get_sweep()), not a config: run it "
+                    f"with ./launch.sh {path} or python -m smallgpt_jax.sweep {path}.")
         return (f"config file {path} has no get_config() function; define one that returns "
                 "a config (see configs/char_cpu.py).")
     return str(e)

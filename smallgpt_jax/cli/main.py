@@ -3,6 +3,10 @@ r"""Command line: train a config.
     python -m smallgpt_jax.main --config=configs/char_cpu.py \
         [--workdir=runs/char_cpu] [--config.train.num_steps=500 ...]
 
+Every field of the config can be set with --config.SECTION.FIELD=VALUE;
+smallgpt_jax/config.py lists them all. A sweep file (experiments/*.py) runs
+with ./launch.sh or python -m smallgpt_jax.sweep instead.
+
 This file only parses flags and calls library code (`loop.train_and_evaluate`).
 """
 

@@ -52,6 +52,36 @@ _SLIDE_STEP = flags.DEFINE_integer(
 _OUTPUT = flags.DEFINE_string("output", None, "Write the samples to this file instead.")
 
 
+def check_not_training_yet(workdir: str) -> None:
+    """A UserError saying so when a run trains in `workdir` and has written no
+    checkpoint yet: when its first is due, and how far it is."""
+    # Imported here, as main's other imports: --help stays fast.
+    from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP, read_json
+    from smallgpt_jax.system import lock
+    try:
+        if any(STEP.match(e) for e in os.listdir(os.path.join(workdir, CHECKPOINT_DIR))):
+            return
+    except OSError:
+        pass
+    who = lock.holder(workdir)
+    if not who:
+        return  # Not training: the reader's own message says what is missing.
+    config, _ = read_json(os.path.join(workdir, "config.json"))
+    progress, _ = read_json(os.path.join(workdir, "progress.json"))
+    due = ""
+    try:
+        t = config["train"]
+        # A checkpoint every checkpoint_every steps, and at the first evaluation (a new best).
+        first = min(t["checkpoint_every"], t["eval_every"], t["num_steps"])
+        now = (f"now at step {progress['step']} of {progress['total']}" if progress
+               else "still setting up, before step 1")
+        due = f"; its first checkpoint is due at step {first} ({now})"
+    except (TypeError, KeyError):  # No config.json yet: the run is starting.
+        pass
+    raise UserError(f"{workdir} has no checkpoint yet: a run is training there ({who}){due}. "
+                    "Sample once it is written.")
+
+
 def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before NumPy or JAX start threads.
     # Imported after flags: keeps --help fast.
@@ -73,6 +103,7 @@ def main(argv: list[str]) -> None:
         if _OUTPUT.value:
             check_output(_OUTPUT.value)
 
+        check_not_training_yet(workdir)
         from smallgpt_jax.checkpoint import reader as loading  # Lazy: loads orbax.
         # Programs compiled by earlier runs (of this command or of training)
         # load from the user's compilation cache instead of compiling again.

@@ -30,14 +30,20 @@ def drawing(stream: TextIO) -> None:
     _bar_stream = stream
 
 
-def say(text: str, stream: TextIO | None = None) -> None:
-    """`text` as one line on `stream` (stderr by default), from process 0 only."""
+def clear_bar() -> None:
+    """Clears a progress bar's line drawn in a terminal, if any, so the next
+    line (said, or an error) starts on a line of its own."""
     global _bar_stream
-    if not is_process_0():
-        return
     if _bar_stream is not None:
         _bar_stream.write("\r\x1b[K")
         _bar_stream = None
+
+
+def say(text: str, stream: TextIO | None = None) -> None:
+    """`text` as one line on `stream` (stderr by default), from process 0 only."""
+    if not is_process_0():
+        return
+    clear_bar()
     print(text, file=stream or sys.stderr, flush=True)
 
 
