@@ -75,7 +75,7 @@ ttl shakespeare_char 160 --config=configs/shakespeare_char.py --target_val_loss=
   --workdir="$OUT/run_sc" --config.train.profile_steps=300:302
 ttl char_12l 75 --config=configs/char_12l.py --target_val_loss=0 --keep_going \
   --config.train.num_steps=200 --config.train.eval_every=200
-ttl fused 60 --config=configs/shakespeare_char.py --config.model.attention=fused \
+ttl fused 60 --config=configs/shakespeare_char.py --config.model.attention=fused --config.model.dropout=0 \
   --target_val_loss=0 --keep_going --config.train.num_steps=300 --config.train.eval_every=300
 rm -rf "$OUT/run_sc/checkpoints"  # Only the logs and the trace come back.
 

@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.activation = "gelu"  # 'gelu', 'relu' or 'swiglu'.
     c.model.use_bias = True  # Biases in dense layers and norms.
     c.model.tie_embeddings = True  # Output head reuses the token embedding.
-    c.model.attention = "explicit"  # 'explicit' (written out) or 'fused'.
+    c.model.attention = "explicit"  # 'explicit' (written out) or 'fused' (dropout 0 only).
     # Compute dtype; params stay float32. 'auto': bfloat16 on GPU/TPU, float32
     # on CPU (a run records the one it used in config.json and its log).
     c.model.dtype = "auto"
@@ -269,6 +269,11 @@ def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
                 f"{'head size' if m.pos_encoding == 'rope' else 'embed_dim'}.")
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"config.model.dropout={m.dropout} must be in [0, 1).")
+    if m.attention == "fused" and m.dropout > 0:
+        # jax.nn.dot_product_attention has no dropout: it would train another model.
+        raise UserError(f"config.model.attention='fused' has no attention dropout; use "
+                        f"config.model.dropout=0 with it, or attention='explicit' "
+                        f"(dropout={m.dropout}).")
     if config.data.end_of_text and config.data.tokenizer != "bpe":
         raise UserError(
             "config.data.end_of_text=True needs config.data.tokenizer='bpe': the "

@@ -84,6 +84,41 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+@jax.custom_vjp
+def low_precision_softmax(x: Array) -> Array:
+    """Softmax over the last axis, returned in x's dtype (bfloat16, float16):
+    the max and the sum are taken in float32, and the backward pass keeps only
+    the probabilities in x's dtype, half the bytes of float32 ones (PyTorch's
+    autocast keeps them so too). Attention's [B, H, T, S] arrays are the
+    largest of a step, so what they are stored in sets its memory traffic."""
+    return _softmax_fwd(x)[0]
+
+
+def _softmax_fwd(x: Array) -> tuple[Array, Array]:
+    x32 = x.astype(jnp.float32)
+    e = jnp.exp(x32 - x32.max(axis=-1, keepdims=True))
+    p = (e / e.sum(axis=-1, keepdims=True)).astype(x.dtype)
+    return p, p
+
+
+def _softmax_bwd(p: Array, g: Array) -> tuple[Array]:
+    p32, g32 = p.astype(jnp.float32), g.astype(jnp.float32)
+    return ((p32 * (g32 - (g32 * p32).sum(axis=-1, keepdims=True))).astype(p.dtype),)
+
+
+low_precision_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+def attention_weights(q_BTHK: Array, k_BSHK: Array, mask_TS: Array) -> Array:
+    """softmax(q k^T / sqrt(K)) where the mask allows, 0 elsewhere: [B, H, T, S]
+    in q's dtype (float32 statistics in low precision)."""
+    att_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK) / math.sqrt(q_BTHK.shape[-1])
+    att_BHTS = jnp.where(mask_TS, att_BHTS, -jnp.inf)
+    if att_BHTS.dtype == jnp.float32:
+        return jax.nn.softmax(att_BHTS, axis=-1)
+    return low_precision_softmax(att_BHTS)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where each position sees only itself and the past."""
 
@@ -131,12 +166,10 @@ class CausalSelfAttention(nn.Module):
                 is_causal=not self.decode,
                 implementation=None if self.decode else c.attention_impl)
         else:
-            att_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK) / math.sqrt(K)
-            att_BHTS = jnp.where(mask_TS, att_BHTS.astype(jnp.float32), -jnp.inf)
-            att_BHTS = jax.nn.softmax(att_BHTS, axis=-1)  # In float32.
-            self.sow("intermediates", "attention", att_BHTS)  # For pictures.
+            att_BHTS = attention_weights(q_BTHK, k_BSHK, mask_TS)
+            self.sow("intermediates", "attention", att_BHTS.astype(jnp.float32))  # Pictures.
             att_BHTS = nn.Dropout(c.dropout)(att_BHTS, deterministic=self.deterministic)
-            y_BTHK = jnp.einsum("bhts,bshk->bthk", att_BHTS.astype(dtype), v_BSHK)
+            y_BTHK = jnp.einsum("bhts,bshk->bthk", att_BHTS, v_BSHK)
         # Concatenate heads and project back to the residual width.
         out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.num_layers))
         return nn.DenseGeneral(c.embed_dim, axis=(-2, -1), use_bias=c.use_bias,
