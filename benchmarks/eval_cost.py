@@ -73,19 +73,19 @@ def main(argv: list[str]) -> None:
     from smallgpt_jax.checkpoint.workdir import prepare_workdir
     from smallgpt_jax.model import model_config
     from smallgpt_jax.store import store
-    from smallgpt_jax.training import evaluation
+    from smallgpt_jax.training import evaluation, loop
 
     config, n = _CONFIG.value, _REPEATS.value
     runtime.setup_run(config.get("compilation_cache", ""))
     t = config.train
     with tempfile.TemporaryDirectory() as workdir:
         prepare_workdir(workdir)
-        tok, splits, _, _ = store.load_splits(config, workdir, None)
-        cfg = model_config(config, tok.vocab_size)
+        tok, splits, _, _ = store.load_splits(config.data, config.model.block_size, workdir, None)
+        cfg = model_config(config.model, tok.vocab_size)
         tx, schedule = train.make_optimizer(t)
         par = parallel.data_parallel(config.parallel, cfg, tx, schedule, config.seed)
         rstate = par.put_state(train.init_state(cfg, tx, config.seed))
-        batches = evaluation.eval_batches(par, splits, config)
+        batches = evaluation.eval_batches(par, splits, loop.eval_settings(config))
         params = par.unreplicate(rstate.params)
         batch = par.put_batch(parallel.process_rows(data.sample_batch(
             splits.train, config.seed, 0, t.batch_size, cfg.block_size)), t.grad_accum_steps)
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
 
         load = os.getloadavg()[0]
         cost = {"evaluate": median_cost(
-                    lambda: evaluation.evaluate(par, rstate.params, batches, config), n),
+                    lambda: evaluation.evaluate(par, rstate.params, batches, t.eval_steps), n),
                 "sample + picture": median_cost(sample_and_picture, n)}
         with checkpoint.Checkpointer(workdir, t.keep_checkpoints) as ckpt:
             step = iter(range(1, 10 ** 6))

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     from smallgpt_jax.model import GPT, count_params, model_config
 
     config = _CONFIG.value
-    cfg = model_config(config, _VOCAB.value)
+    cfg = model_config(config.model, _VOCAB.value)
     W, B = cfg.block_size, _BATCH.value
     params = jax.jit(lambda: GPT(cfg).init(
         jax.random.key(0), jnp.zeros((1, W), jnp.int32))["params"])()

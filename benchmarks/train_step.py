@@ -149,7 +149,7 @@ class JaxStep:
         from smallgpt_jax.model import model_config
 
         t = config.train
-        self.model_cfg = model_config(config, vocab_size)
+        self.model_cfg = model_config(config.model, vocab_size)
         tx, schedule = train.make_optimizer(t)
         state = train.init_state(self.model_cfg, tx, config.seed)
         self.num_params = matmul_params(state.params, self.model_cfg)

@@ -21,7 +21,7 @@ STREAM, NORM, MIX, EACH = "#d9d9d9", "#dde8f5", "#f7e1c6", "#e3f1dc"
 
 def param_counts(config: ml_collections.ConfigDict, vocab_size: int) -> dict[str, int]:
     """Parameters of each top-level part of the GPT (shapes only: nothing is initialised)."""
-    cfg = model_lib.model_config(config, vocab_size)
+    cfg = model_lib.model_config(config.model, vocab_size)
     tokens = jnp.zeros((1, cfg.block_size), jnp.int32)
     shapes = jax.eval_shape(lambda: model_lib.GPT(cfg).init(jax.random.key(0), tokens))["params"]
     return {name: model_lib.count_params(tree) for name, tree in shapes.items()}

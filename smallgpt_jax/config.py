@@ -295,4 +295,4 @@ def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
             f"config.train.batch_size={t.batch_size} is not divisible by "
             f"config.train.grad_accum_steps={t.grad_accum_steps}.")
     if machine:
-        footprint.check(config)
+        footprint.check(config.model, config.train, config.data)

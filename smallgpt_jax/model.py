@@ -34,7 +34,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from smallgpt_jax import kernels
@@ -334,13 +333,13 @@ class GPT(nn.Module):
         return logits_BTV.astype(jnp.float32)
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int,
-                 platform: str | None = None) -> ModelConfig:
-    """config.model with the vocabulary size filled in, as a ModelConfig whose
-    'auto' settings (dtype, fast_backward) and fused attention kernel are
-    resolved for `platform` ('cpu', 'gpu', 'tpu'; default: this host's
-    backend). A compile for another machine names that machine's platform."""
-    m = config.model.to_dict()
+def model_config(model: Any, vocab_size: int, platform: str | None = None) -> ModelConfig:
+    """`model` (a config's `model` section, a ConfigDict or a dict) with the
+    vocabulary size filled in, as a ModelConfig whose 'auto' settings (dtype,
+    fast_backward) and fused attention kernel are resolved for `platform`
+    ('cpu', 'gpu', 'tpu'; default: this host's backend). A compile for
+    another machine names that machine's platform."""
+    m = dict(model.to_dict() if hasattr(model, "to_dict") else model)
     derived = {"vocab_size", "attention_impl"}  # Filled in here, not settings.
     unknown = set(m) - ({f.name for f in dataclasses.fields(ModelConfig)} - derived)
     if unknown:

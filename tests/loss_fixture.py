@@ -95,7 +95,7 @@ def step_losses(overrides: dict) -> list[float]:
     text = corpus_text()
     tok = CharTokenizer.from_text(text)
     tokens = np.asarray(tok.encode(text), np.int32)
-    cfg = model_config(c, tok.vocab_size)
+    cfg = model_config(c.model, tok.vocab_size)
     tx, schedule = train.make_optimizer(c.train)
     state = train.init_state(cfg, tx, c.seed)
     p_train, _ = parallel.make_parallel_steps(cfg, tx, schedule, c.seed)

@@ -21,7 +21,7 @@ V = 65
 
 
 def params_of(config):
-    cfg = model_config(config, V)
+    cfg = model_config(config.model, V)
     return cfg, GPT(cfg).init(jax.random.key(0), jax.numpy.zeros((1, cfg.block_size), int))["params"]
 
 

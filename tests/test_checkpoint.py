@@ -43,7 +43,7 @@ def write_corpus(path, n_words=3000):
 
 def fresh_state(config):
     tx, _ = train.make_optimizer(config.train)
-    return train.init_state(model_config(config, TOK.vocab_size), tx, config.seed)
+    return train.init_state(model_config(config.model, TOK.vocab_size), tx, config.seed)
 
 
 def perturbed_state(config):
@@ -98,7 +98,7 @@ def test_save_restore_round_trip_is_bit_exact(tmp_path):
     workdir = str(tmp_path / "run")
     save_steps(workdir, config, {7: (state, 1.25)})
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
-        resume = ckpt.resume_point(config)
+        resume = ckpt.resume_point(config.to_dict())
         assert resume.step == 7 and resume.best_val_loss == 1.25
         assert resume.meta.seed == config.seed and resume.meta.step == 7
         assert resume.meta.config == config.to_dict()
@@ -109,7 +109,7 @@ def test_save_restore_round_trip_is_bit_exact(tmp_path):
     # Parameters alone, for sampling: same bits, same model config and vocabulary.
     params, mc, tok = loading.load_params(workdir)
     assert_trees_identical(params, state.params)
-    assert mc == model_config(config, TOK.vocab_size)
+    assert mc == model_config(config.model, TOK.vocab_size)
     assert tok.to_dict() == TOK.to_dict()
 
 
@@ -137,7 +137,7 @@ def test_resume_step_that_does_not_exist_lists_the_ones_that_do(tmp_path):
     config.train.resume_step = 4
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
         with pytest.raises(UserError, match=r"resume_step=4: .*complete ones: 3, 6"):
-            ckpt.resume_point(config)
+            ckpt.resume_point(config.to_dict())
 
 
 def train_config(corpus, **overrides):

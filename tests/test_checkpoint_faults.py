@@ -31,7 +31,7 @@ def test_an_incomplete_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
     capsys.readouterr()
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
         assert ckpt.steps() == [1, 2]
-        assert ckpt.resume_point(config).step == 2
+        assert ckpt.resume_point(config.to_dict()).step == 2
     err = capsys.readouterr().err
     assert f"skipping incomplete checkpoint {tmp}" in err, err
     assert not os.path.exists(tmp)
@@ -62,7 +62,7 @@ def test_a_damaged_checkpoint_fails_clearly_and_an_earlier_one_can_be_chosen(
         else:
             os.truncate(path, os.path.getsize(path) // 2)
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
-        resume = ckpt.resume_point(config)
+        resume = ckpt.resume_point(config.to_dict())
         with pytest.raises(UserError, match=r"checkpoints/2 could not be restored \(\w+: "
                                             r"Error reading .*damaged"
                                             r".*--config\.train\.resume_step=N \(N in 1\)") as e:
@@ -71,7 +71,7 @@ def test_a_damaged_checkpoint_fails_clearly_and_an_earlier_one_can_be_chosen(
     assert "TensorStore" not in str(e.value) and "\n" not in str(e.value)
     config.train.resume_step = 1
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
-        restored = ckpt.restore_state(ckpt.resume_point(config), fresh_state(config))
+        restored = ckpt.restore_state(ckpt.resume_point(config.to_dict()), fresh_state(config))
     assert_trees_identical(restored, first)
     assert on_disk(workdir) == [1]  # The damaged, newer one is gone.
     assert "deleting checkpoints 2" in capsys.readouterr().err
@@ -92,7 +92,7 @@ def test_missing_checkpoint_files_are_named_before_orbax_reads_them(tmp_path, re
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
         with pytest.raises(UserError, match=rf"checkpoints/2 could not be restored \({named}.*"
                                             r"resume_step=N \(N in 1\)"):
-            ckpt.resume_point(config)
+            ckpt.resume_point(config.to_dict())
     with pytest.raises(UserError, match=rf"checkpoints/2 could not be read \({named}.*"
                                         r"complete ones: 1\)"):
         loading.load_params(workdir, step=2)
@@ -114,7 +114,7 @@ def test_a_damaged_metrics_file_names_its_checkpoint_and_moving_it_away_resumes(
     shutil.move(step_2, os.path.join(workdir, "damaged-2"))  # What the message says to do.
     prepare_workdir(workdir)  # The moved folder does not make the workdir foreign.
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
-        assert ckpt.resume_point(config).step == 1
+        assert ckpt.resume_point(config.to_dict()).step == 1
 
 
 def test_the_reads_a_failed_restore_drops_print_nothing_on_the_command_line(
@@ -175,7 +175,7 @@ def test_an_edited_metadata_file_is_one_error_for_training_and_sampling(tmp_path
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
         with pytest.raises(UserError, match=r"checkpoints/2 could not be restored " + damaged
                                             + r".*resume_step=N \(N in 1\)"):
-            ckpt.resume_point(config)
+            ckpt.resume_point(config.to_dict())
 
 
 @pytest.mark.parametrize("name,content", [("_CHECKPOINT_METADATA", "[]"),
@@ -210,7 +210,7 @@ def test_a_half_deleted_older_checkpoint_is_skipped_and_removed(tmp_path, capsys
         loading.load_params(workdir, 1)
     # The training run skips and removes it; no folder of deletions is left behind.
     with checkpoint.Checkpointer(workdir, 1) as ckpt:
-        assert ckpt.steps() == [2, 3] and ckpt.resume_point(config).step == 3
+        assert ckpt.steps() == [2, 3] and ckpt.resume_point(config.to_dict()).step == 3
         ckpt.save(4, small_tree(4), run_meta(config, 4))
     assert "removing it" in capsys.readouterr().err
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
@@ -288,7 +288,7 @@ def test_flipped_bits_in_a_checkpoint_are_one_error_for_training_and_sampling(tm
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
         with pytest.raises(UserError, match=r"checkpoints/2 could not be restored \(the data of "
                            r"\S+ differs from the checksum .*resume_step=N \(N in 1\)"):
-            ckpt.restore_state(ckpt.resume_point(config), fresh_state(config))
+            ckpt.restore_state(ckpt.resume_point(config.to_dict()), fresh_state(config))
     # Sampling reads the parameters alone: make them the largest array.
     rng = np.random.default_rng(0)
     tree = lambda: {"params": {"w": rng.standard_normal(20000).astype(np.float32)},

@@ -50,9 +50,9 @@ def test_fixture_restores_for_resuming(workdir):
     """The training restore path, as a resumed run takes it (loop.setup)."""
     config = make.get_config()
     with checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
-        resume = ckpt.resume_point(config)
+        resume = ckpt.resume_point(config.to_dict())
         assert resume.step == EXPECTED["step"]
-        model_cfg = model_config(config, resume.tokenizer.vocab_size)
+        model_cfg = model_config(config.model, resume.tokenizer.vocab_size)
         tx, _ = train.make_optimizer(config.train)
         shapes = jax.eval_shape(lambda: train.init_state(model_cfg, tx, config.seed))
         state = ckpt.restore_state(resume, shapes)

@@ -34,7 +34,7 @@ def test_meta_without_format_is_upgraded(saved):
     config, workdir = saved
     edit_meta(workdir, 2, lambda m: [m.pop("format"), m.pop("eval")])
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
-        resume = ckpt.resume_point(config)
+        resume = ckpt.resume_point(config.to_dict())
         assert resume.meta.eval == {"eval/best_val_loss": 1.5}
         assert reporting.finished_summary(resume.meta)["eval/best_val_loss"] == 1.5
     assert loading.load_params(workdir)[0]["w"].tolist() == [2.0] * 3
@@ -49,4 +49,4 @@ def test_meta_from_a_newer_format_is_one_line(saved):
     with pytest.raises(UserError, match=newer):
         loading.load_params(workdir)
     with checkpoint.Checkpointer(workdir, 2) as ckpt, pytest.raises(UserError, match=newer):
-        ckpt.resume_point(config)
+        ckpt.resume_point(config.to_dict())

@@ -18,7 +18,7 @@ def test_state_goes_on_and_off_the_devices_without_compiling(kind):
     `on_first_device` places values, so a program compiled for one (the
     sampler in the warm-up) serves the other."""
     c = tiny_config()
-    cfg = model_config(c, 65)
+    cfg = model_config(c.model, 65)
     tx, schedule = train.make_optimizer(c.train)
     state = train.init_state(cfg, tx, c.seed)
     par = parallel.data_parallel(kind, cfg, tx, schedule, c.seed)

@@ -139,6 +139,11 @@ def test_a_vocabulary_too_large_for_memory_is_refused_before_it_is_learned():
         validate(config)
 
 
+def sections(config):
+    """The sections system/footprint.py reads."""
+    return config.model, config.train, config.data
+
+
 def test_the_memory_line_says_how_far_each_size_can_go():
     """With 1 GB: the need of the largest part's field at the value the line
     gives fits, one more does not; on a GPU the activations do not count."""
@@ -146,16 +151,17 @@ def test_the_memory_line_says_how_far_each_size_can_go():
     cpu, gb = {"JAX_PLATFORMS": "cpu"}, 10**9
     config = tiny_config(**{"train.eval_steps": 10**6})
     with pytest.raises(UserError) as e:
-        footprint.check(config, cpu, available=gb)
+        footprint.check(*sections(config), cpu, available=gb)
     fits = int(str(e.value).split("train.eval_steps fits up to ")[1].split(" ")[0]
                .replace(",", ""))
-    footprint.check(tiny_config(**{"train.eval_steps": fits}), cpu, available=gb)
+    footprint.check(*sections(tiny_config(**{"train.eval_steps": fits})), cpu, available=gb)
     with pytest.raises(UserError):
-        footprint.check(tiny_config(**{"train.eval_steps": fits + 1}), cpu, available=gb)
+        footprint.check(*sections(tiny_config(**{"train.eval_steps": fits + 1})), cpu,
+                        available=gb)
     attention = tiny_config(**{"model.block_size": 4096})  # [8, 2, 4096, 4096] per layer.
     with pytest.raises(UserError, match="activations"):
-        footprint.check(attention, cpu, available=gb)
-    footprint.check(attention, {"JAX_PLATFORMS": "cuda"}, available=gb)
+        footprint.check(*sections(attention), cpu, available=gb)
+    footprint.check(*sections(attention), {"JAX_PLATFORMS": "cuda"}, available=gb)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -170,11 +176,11 @@ def test_the_parameter_count_it_uses_is_a_close_lower_bound(overrides):
     from smallgpt_jax.system import footprint
     config = tiny_config(**overrides)
     vocab = footprint.vocabulary_floor(config.data) or 13
-    shapes = jax.eval_shape(lambda: train.init_state(model_config(config, vocab),
+    shapes = jax.eval_shape(lambda: train.init_state(model_config(config.model, vocab),
                                                      train.make_optimizer(config.train)[0], 0))
     actual = sum(p.size for p in jax.tree_util.tree_leaves(shapes.params))
-    floor = footprint.parameter_floor(config) + (vocab * 32 if config.data.tokenizer == "char"
-                                                 else 0)
+    floor = footprint.parameter_floor(config.model, config.data) + (
+        vocab * 32 if config.data.tokenizer == "char" else 0)
     assert 0.9 * actual <= floor <= actual
 
 

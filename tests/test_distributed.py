@@ -116,7 +116,7 @@ WORKER = textwrap.dedent("""
     # axis, so this also checks that every layout numbers the devices alike.
     c = tiny_config(**{"model.dropout": 0.1, "train.grad_accum_steps": 2,
                        "model.num_layers": 1})  # One block: compiles faster.
-    cfg = model_config(c, 13)
+    cfg = model_config(c.model, 13)
     tx, schedule = train.make_optimizer(c.train)
     tokens = np.random.default_rng(0).integers(0, 13, 800).astype(np.int32)
     out = {}
@@ -237,7 +237,7 @@ def test_train_step_compiles_once(kind):
     from smallgpt_jax import data, parallel, train
     from smallgpt_jax.model import model_config
     c = tiny_config(**{"model.num_layers": 1})
-    cfg = model_config(c, 13)
+    cfg = model_config(c.model, 13)
     tx, schedule = train.make_optimizer(c.train)
     par = parallel.data_parallel(kind, cfg, tx, schedule, c.seed)
     state = par.put_state(train.init_state(cfg, tx, c.seed))

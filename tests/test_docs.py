@@ -183,7 +183,7 @@ def letter_values() -> dict[str, int]:
     from smallgpt_jax.cli.shapes import letter_values as values_for
     from smallgpt_jax.model import model_config
     c = load_config(os.path.join(ROOT, "configs", "char_cpu.py"))
-    return {**values_for(model_config(c, 65), c.train.batch_size),
+    return {**values_for(model_config(c.model, 65), c.train.batch_size),
             "A": c.train.grad_accum_steps}
 
 

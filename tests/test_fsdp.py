@@ -44,7 +44,7 @@ COMPARE = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     c = tiny_config(**{"model.embed_dim": 128, "model.num_heads": 4, "model.dtype": "float32",
                        "train.batch_size": 16, "train.grad_accum_steps": 2})
-    cfg = model_config(c, 65)
+    cfg = model_config(c.model, 65)
     tx, schedule = train.make_optimizer(c.train)
     tokens = np.random.default_rng(0).integers(0, 65, 4000).astype(np.int32)
     state0 = jax.device_get(train.init_state(cfg, tx, c.seed))

@@ -23,7 +23,7 @@ def random_model(overrides=None, scale=0.3):
     """A random model whose logits are far from uniform: every parameter is
     noise of std `scale` (around 1 for norm scales). Drawn with numpy, so
     nothing needs compiling."""
-    cfg = model_config(tiny_config(**(overrides or {})), V)
+    cfg = model_config(tiny_config(**(overrides or {})).model, V)
     shapes = jax.eval_shape(lambda: GPT(cfg).init(
         jax.random.key(0), jnp.zeros((1, cfg.block_size), jnp.int32))["params"])
     rng = np.random.default_rng(0)
@@ -174,7 +174,7 @@ def memorised():
     c = tiny_config(**{"train.num_steps": 300, "train.learning_rate": 1e-2,
                        "train.warmup_steps": 20, "train.weight_decay": 0.0})
     tok = CharTokenizer.from_text(MEMORY)
-    cfg = model_config(c, tok.vocab_size)
+    cfg = model_config(c.model, tok.vocab_size)
     ids = tok.encode(MEMORY)
     W = cfg.block_size
     windows = np.stack([ids[j:j + W + 1] for j in range(len(ids) - W)])

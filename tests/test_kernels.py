@@ -100,7 +100,7 @@ def test_dense_leaves_other_contractions_to_lax():
 def test_switch_gives_the_same_model_and_gradients(use_bias):
     """fast_backward 'on' and 'off' are the same model: same logits and grads."""
     cfg_on = model_config(tiny_config(**{"model.use_bias": use_bias,
-                                         "model.fast_backward": "on"}), 11)
+                                         "model.fast_backward": "on"}).model, 11)
     cfg_off = cfg_on.replace(fast_backward="off")
     assert kernels.fast_ops(cfg_on.fast_backward == "on")[0] is kernels.dense_dot_general
     assert kernels.fast_ops(cfg_off.fast_backward == "on") == (None, layer_norm)

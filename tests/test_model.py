@@ -16,7 +16,7 @@ V = 11
 
 
 def make(overrides=None, seed=0, batch=3):
-    cfg = model_config(tiny_config(**(overrides or {})), V)
+    cfg = model_config(tiny_config(**(overrides or {})).model, V)
     tokens = jax.random.randint(jax.random.key(1), (batch, cfg.block_size), 0, V)
     params = GPT(cfg).init(jax.random.key(seed), tokens)["params"]
     return cfg, params, tokens
@@ -83,7 +83,7 @@ def naive_attention(p, x_TD, H):
 
 @pytest.mark.parametrize("kind", ["explicit", "fused"])
 def test_attention_matches_naive_per_head_loop(kind):
-    cfg = model_config(tiny_config(**{"model.attention": kind}), V)
+    cfg = model_config(tiny_config(**{"model.attention": kind}).model, V)
     attn = model_lib.CausalSelfAttention(cfg)
     x = jax.random.normal(jax.random.key(0), (2, cfg.block_size, cfg.embed_dim))
     positions = jnp.arange(cfg.block_size)
@@ -122,7 +122,7 @@ def test_parameter_count_matches_formula():
 
 def test_scan_over_layers_computes_the_same_function():
     cfg, params, tokens = make()
-    cfg_scan = model_config(tiny_config(**{"model.scan_layers": True}), V)
+    cfg_scan = model_config(tiny_config(**{"model.scan_layers": True}).model, V)
     blocks = [params[f"block_{i}"] for i in range(cfg.num_layers)]
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)
     p_scan = {k: v for k, v in params.items() if not k.startswith("block_")}
@@ -148,7 +148,7 @@ def test_bfloat16_compute_keeps_float32_params():
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
     logits = GPT(cfg).apply({"params": params}, tokens)
     assert logits.dtype == jnp.float32
-    ref_cfg = model_config(tiny_config(), V)
+    ref_cfg = model_config(tiny_config().model, V)
     ref = GPT(ref_cfg).apply({"params": params}, tokens)
     np.testing.assert_allclose(logits, ref, atol=0.1)
 
@@ -165,7 +165,7 @@ def test_longer_than_block_size_is_a_clear_error(pos):
 
 def test_model_config_is_typed_and_auto_is_fast_on_cpu():
     assert tiny_config().model.fast_backward == "auto"
-    cfg = model_config(tiny_config(), V)
+    cfg = model_config(tiny_config().model, V)
     assert isinstance(cfg, model_lib.ModelConfig) and cfg.vocab_size == V
     hash(cfg)  # A static argument of jitted functions.
     on_cpu = jax.default_backend() == "cpu"
@@ -176,11 +176,11 @@ def test_model_config_is_typed_and_auto_is_fast_on_cpu():
 def test_model_config_resolves_auto_for_the_platform_it_is_given(monkeypatch):
     """A compile for a TPU from this host: 'auto' as on the TPU, whatever this host is."""
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    tpu = model_config(tiny_config(**{"model.attention": "fused"}), V, platform="tpu")
+    tpu = model_config(tiny_config(**{"model.attention": "fused"}).model, V, platform="tpu")
     assert (tpu.dtype, tpu.fast_backward, tpu.attention_impl) == ("bfloat16", "off", None)
-    cpu = model_config(tiny_config(), V, platform="cpu")
+    cpu = model_config(tiny_config().model, V, platform="cpu")
     assert (cpu.dtype, cpu.fast_backward) == ("float32", "on")
-    assert model_config(tiny_config(), V) == cpu  # The host's backend by default.
+    assert model_config(tiny_config().model, V) == cpu  # The host's backend by default.
     with pytest.raises(TypeError):
         kernels.fast_ops("off")  # A setting string would always count as on.
 

@@ -44,7 +44,7 @@ def test_newton_schulz_maps_each_singular_value_through_the_quintic(shape):
 
 def test_labels_send_the_blocks_matrices_to_muon_and_the_rest_to_adamw():
     c = tiny_config(**{"model.tie_embeddings": False, "model.pos_encoding": "learned"})
-    params = train.init_state(model_config(c, V), train.make_optimizer(c.train)[0], 0).params
+    params = train.init_state(model_config(c.model, V), train.make_optimizer(c.train)[0], 0).params
     got = {jax.tree_util.keystr(p): l for p, l in
            jax.tree_util.tree_leaves_with_path(muon.labels(params))}
     to_muon = sorted(k for k, l in got.items() if l == "muon")
@@ -84,7 +84,7 @@ def test_two_muon_steps_equal_a_numpy_re_derivation():
     c = tiny_config(**{"train.optimizer": "muon", "train.grad_clip": 0.0,
                        "train.warmup_steps": 0, "train.muon_momentum_warmup": 1})
     tx, schedule = train.make_optimizer(c.train)
-    params = train.init_state(model_config(c, V), tx, 0).params
+    params = train.init_state(model_config(c.model, V), tx, 0).params
     rng = np.random.default_rng(1)
     grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype),
                                     params) for _ in range(2)]
@@ -159,7 +159,7 @@ from conftest import FAST_COMPILE, ROOT, tiny_config
 from smallgpt_jax import data, parallel, train
 from smallgpt_jax.model import model_config
 c = tiny_config(**{"model.num_layers": 1, "train.optimizer": "muon"})
-cfg = model_config(c, 13)
+cfg = model_config(c.model, 13)
 tx, schedule = train.make_optimizer(c.train)
 tokens = np.random.default_rng(0).integers(0, 13, 800).astype(np.int32)
 state0 = jax.device_get(train.init_state(cfg, tx, 0))

@@ -18,7 +18,7 @@ V = 13
 def loss_and_grads(remat: str, scan: bool):
     c = tiny_config(**{"model.remat": remat, "model.scan_layers": scan,
                        "model.dropout": 0.1})
-    cfg = model_config(c, V)
+    cfg = model_config(c.model, V)
     params = train.init_state(cfg, train.make_optimizer(c.train)[0], 0).params
     batch = np.random.default_rng(0).integers(0, V, (4, cfg.block_size + 1)).astype(np.int32)
     # Dropout on: the recomputed pass must draw the same masks.
@@ -48,7 +48,7 @@ def test_remat_keeps_less_for_the_backward_pass():
     def temp_bytes(remat):
         c = tiny_config(**{"model.remat": remat, "model.block_size": 256,
                            "model.scan_layers": True, "model.num_layers": 4})
-        cfg = model_config(c, V)
+        cfg = model_config(c.model, V)
         params = jax.eval_shape(lambda: train.init_state(
             cfg, train.make_optimizer(c.train)[0], 0).params)
         batch = jax.ShapeDtypeStruct((8, 257), np.int32)

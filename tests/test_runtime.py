@@ -225,7 +225,7 @@ def test_auto_dtype_is_the_default_and_resolves_in_the_model_config():
     from smallgpt_jax.config import base_config
     from smallgpt_jax.model import model_config
     assert base_config().model.dtype == "auto"
-    assert model_config(base_config(), 65).dtype == "float32"  # This is a CPU.
+    assert model_config(base_config().model, 65).dtype == "float32"  # This is a CPU.
 
 
 _DROPPED_STOP = textwrap.dedent("""

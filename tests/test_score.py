@@ -65,7 +65,7 @@ def test_surprise_is_minus_log2_softmax_and_windows_match_single_windows():
 
 
 def test_aggregates_add_up_with_multibyte_characters():
-    c = model_config(tiny_config(), 256)
+    c = model_config(tiny_config().model, 256)
     params = GPT(c).init(jax.random.key(1), jnp.zeros((1, 16), jnp.int32))["params"]
     # 2- and 3-byte characters, an empty line, a form feed and a \r (not line ends).
     text = "héllo wörld\nnaïve ☃ line\n\n\x0cend\r"

@@ -28,3 +28,49 @@ def test_a_run_leaves_its_config_alone(tmp_path):
         recorded = json.load(f)
     assert recorded["model"]["dtype"] == result.model_config.dtype != "auto"
     assert {**recorded["model"], "dtype": "auto"} == before.model.to_dict()
+
+
+def test_the_initial_state_is_not_kept_for_the_run(tmp_path, monkeypatch):
+    """Once setup has put the state on the devices, the fresh TrainState and
+    its Adam moments are gone; its parameters live until the warm-up has run
+    on them, so by the first evaluation nothing of it is left."""
+    import gc
+    import weakref
+
+    import jax
+
+    from smallgpt_jax import train
+    from smallgpt_jax.training import profiling
+
+    corpus, workdir = write_corpus(tmp_path / "text.txt"), str(tmp_path / "run")
+    config = tiny_config(**{"data.path": corpus, "model.num_layers": 1, "model.embed_dim": 16,
+                            "model.block_size": 8, "train.batch_size": 4,
+                            "train.num_steps": 2, "train.eval_every": 2,
+                            "train.sample_tokens": 4})
+    refs, alive = {}, {}
+
+    def live(name):
+        gc.collect()
+        return any(r() is not None for r in refs[name])
+
+    def init_state(*args, **kwargs):
+        state = real_init(*args, **kwargs)
+        refs["state"] = [weakref.ref(state)]
+        refs["moments"] = [weakref.ref(x) for x in jax.tree.leaves(state.opt_state)]
+        refs["params"] = [weakref.ref(x) for x in jax.tree.leaves(state.params)]
+        return state
+
+    def setup(*args, **kwargs):
+        run = real_setup(*args, **kwargs)
+        alive["setup"] = live("state") or live("moments")
+        return run
+
+    class Evaluated(profiling.Hooks):
+        def evaluated(self, step, losses, seconds):
+            alive["evaluation"] = live("params")
+
+    real_init, real_setup = train.init_state, loop.setup
+    monkeypatch.setattr(train, "init_state", init_state)
+    monkeypatch.setattr(loop, "setup", setup)
+    loop.train_and_evaluate(config, workdir, hooks=Evaluated())
+    assert refs["moments"] and alive == {"setup": False, "evaluation": False}

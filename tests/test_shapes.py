@@ -10,7 +10,7 @@ from smallgpt_jax.model import GPT, count_params, model_config
 
 def test_shapes_match_the_model_and_its_parameters():
     c = tiny_config(**{"model.num_layers": 3, "model.num_heads": 4})
-    cfg = model_config(c, 13)
+    cfg = model_config(c.model, 13)
     outputs, params = forward_shapes(cfg, batch_size=5)
     out = dict(outputs)
     B, T, D, H = 5, cfg.block_size, cfg.embed_dim, cfg.num_heads
@@ -30,9 +30,9 @@ def test_shapes_match_the_model_and_its_parameters():
 
 
 def test_scanned_and_fused_models_have_the_same_table():
-    base = model_config(tiny_config(), 13)
+    base = model_config(tiny_config().model, 13)
     other = model_config(tiny_config(**{"model.scan_layers": True,
-                                        "model.attention": "fused"}), 13)
+                                        "model.attention": "fused"}).model, 13)
     assert forward_shapes(base, 2) == forward_shapes(other, 2)
 
 
@@ -66,7 +66,7 @@ def test_gpt2_configs_have_gpt2s_parameter_counts():
                 c.model.pos_encoding, c.data.vocab_size) == (1024, "pre", True, "learned", 50_304)
         counts = {}
         for V in (50_304, 50_257, 40_478):
-            m = model_config(c, V)
+            m = model_config(c.model, V)
             tokens = jax.ShapeDtypeStruct((1, m.block_size), jnp.int32)
             counts[V] = count_params(jax.eval_shape(
                 lambda t: GPT(m).init(jax.random.key(0), t), tokens)["params"])

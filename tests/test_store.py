@@ -94,7 +94,8 @@ def test_tiny_shakespeare_run_data_is_unchanged(tmp_path):
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     tok, train_ids, val_ids, tokens_per_char = in_memory(config)
-    tok2, splits, source, tpc = store.load_splits(config, workdir)
+    tok2, splits, source, tpc = store.load_splits(config.data, config.model.block_size,
+                                                  workdir)
     assert tok2.to_dict() == tok.to_dict() and tok.vocab_size == 65
     np.testing.assert_array_equal(splits.train, train_ids)
     np.testing.assert_array_equal(splits.val, val_ids)
@@ -253,7 +254,7 @@ def test_corpus_too_small_and_fifo(tmp_path):
                             "data.cache_dir": str(tmp_path / "s")})
     with pytest.raises(UserError, match="validation split has 4 tokens, fewer than "
                                         "block_size\\+1=17"):
-        store.load_splits(config, workdir)
+        store.load_splits(config.data, config.model.block_size, workdir)
     os.mkfifo(tmp_path / "pipe.txt")  # Would block for ever if opened.
     assert corpus_paths.resolve_paths(str(tmp_path)) == [str(tmp_path / "a.txt")]
     with pytest.raises(UserError, match="not a regular file"):

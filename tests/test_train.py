@@ -20,7 +20,7 @@ V = 13
 
 def setup(overrides=None):
     c = tiny_config(**(overrides or {}))
-    cfg = model_config(c, V)
+    cfg = model_config(c.model, V)
     tx, schedule = train.make_optimizer(c.train)
     return c, cfg, tx, schedule, train.init_state(cfg, tx, c.seed)
 
@@ -132,7 +132,7 @@ STEP_SCRIPT = textwrap.dedent("""
     for clip in ("tiny", "between"):
         grad_clip = 1e-3 if clip == "tiny" else 1.5 * norm
         c = tiny_config(**{"model.num_layers": 1, "train.grad_clip": grad_clip})
-        cfg = model_config(c, 13)
+        cfg = model_config(c.model, 13)
         tx, schedule = train.make_optimizer(c.train)
         batch = data.sample_batch(tokens, 0, 0, 8, cfg.block_size)
         if norm is None:  # grad_clip is stateless: one initial state serves both.

@@ -83,7 +83,7 @@ def test_sinusoidal_offset_is_a_fixed_rotation():
 
 def test_sinusoidal_model_input_is_scaled_embedding_plus_table():
     """x = sqrt(D) * E[token] + PE[position], the Transformer paper's input."""
-    cfg = model_config(tiny_config(**{"model.pos_encoding": "sinusoidal"}), 11)
+    cfg = model_config(tiny_config(**{"model.pos_encoding": "sinusoidal"}).model, 11)
     tokens = jax.random.randint(jax.random.key(0), (2, cfg.block_size), 0, 11)
     params = GPT(cfg).init(jax.random.key(1), tokens)["params"]
     assert "pos_embed" not in params  # Nothing positional is learned.
@@ -125,7 +125,7 @@ def test_norms_match_numpy(kind):
 
 
 def test_no_bias_anywhere_when_use_bias_is_false():
-    cfg = model_config(tiny_config(**{"model.use_bias": False}), 11)
+    cfg = model_config(tiny_config(**{"model.use_bias": False}).model, 11)
     params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     assert not [p for p in paths if "bias" in p]
@@ -139,7 +139,7 @@ def test_no_bias_anywhere_when_use_bias_is_false():
 def test_block_matches_textbook_equation(position):
     """post: h = LN(x + Attn(x)), y = LN(h + MLP(h))   (GPT-1, the Transformer)
     pre:  h = x + Attn(LN(x)),  y = h + MLP(LN(h))     (GPT-2 and after)."""
-    cfg = model_config(tiny_config(**{"model.norm_position": position}), 11)
+    cfg = model_config(tiny_config(**{"model.norm_position": position}).model, 11)
     block = model_lib.Block(cfg)
     x = jax.random.normal(jax.random.key(0), (2, cfg.block_size, cfg.embed_dim))
     pos = jnp.arange(cfg.block_size)
@@ -162,7 +162,7 @@ def test_block_matches_textbook_equation(position):
 
 def test_post_norm_model_has_no_final_norm_and_pre_norm_has_one():
     for position, has_final in (("post", False), ("pre", True)):
-        cfg = model_config(tiny_config(**{"model.norm_position": position}), 11)
+        cfg = model_config(tiny_config(**{"model.norm_position": position}).model, 11)
         params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
         assert ("norm_f" in params) == has_final
 
@@ -171,7 +171,8 @@ def test_swiglu_keeps_the_mlp_parameter_count():
     x = jnp.zeros((1, 2, 96))
     counts = {}
     for act in ("gelu", "swiglu"):
-        cfg = model_config(tiny_config(**{"model.activation": act, "model.embed_dim": 96}), 11)
+        cfg = model_config(
+            tiny_config(**{"model.activation": act, "model.embed_dim": 96}).model, 11)
         counts[act] = model_lib.count_params(
             model_lib.MLP(cfg).init(jax.random.key(0), x)["params"])
     assert abs(counts["swiglu"] - counts["gelu"]) / counts["gelu"] < 0.02
@@ -256,7 +257,7 @@ def test_end_of_text_is_one_token_between_documents(tmp_path):
     validate(config)
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
-    tok, splits, _, _ = store.load_splits(config, workdir)
+    tok, splits, _, _ = store.load_splits(config.data, config.model.block_size, workdir)
     eot = tok.encode(bpe.END_OF_TEXT)
     assert len(eot) == 1 and tok.special_tokens == [bpe.END_OF_TEXT]
     assert list(splits.train).count(int(eot[0])) == 1  # The one boundary, in train.
@@ -274,10 +275,11 @@ def test_a_resumed_runs_tokenizer_must_match_the_config(tmp_path):
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     char_cfg = tiny_config(**{"data.path": str(tmp_path / "a.txt")})
-    tok, *_ = store.load_splits(char_cfg, workdir)
+    tok, *_ = store.load_splits(char_cfg.data, char_cfg.model.block_size, workdir)
     bpe_cfg = tiny_config(**{"data.path": str(tmp_path / "a.txt"), "data.tokenizer": "bpe"})
     with pytest.raises(UserError, match="holds a char vocabulary"):
-        store.load_splits(bpe_cfg, workdir, tokenizer=tok)  # The checkpoint's.
+        store.load_splits(bpe_cfg.data, bpe_cfg.model.block_size, workdir,
+                          tokenizer=tok)  # The checkpoint's.
 
 
 def test_bits_per_char_uses_tokens_per_character(tmp_path):
@@ -286,7 +288,8 @@ def test_bits_per_char_uses_tokens_per_character(tmp_path):
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     cfg = tiny_config(**{"data.path": str(tmp_path / "a.txt"), "data.tokenizer": "byte"})
-    _, splits, _, tokens_per_char = store.load_splits(cfg, workdir)
+    _, splits, _, tokens_per_char = store.load_splits(cfg.data, cfg.model.block_size,
+                                                      workdir)
     assert tokens_per_char == 2.0
     assert train.bits_per_char(math.log(2), tokens_per_char) == pytest.approx(2.0)
 
@@ -331,7 +334,7 @@ def test_every_combination_trains_and_samples_with_the_cache(combo):
     config = tiny_config(**overrides, **{"train.learning_rate": 1e-2, "train.warmup_steps": 2})
     validate(config)
     tok = tok_lib.CharTokenizer.from_text(TEXT)
-    cfg = model_config(config, tok.vocab_size)
+    cfg = model_config(config.model, tok.vocab_size)
     ids = tok.encode(TEXT)
     T = cfg.block_size
     batch = np.stack([ids[i:i + T + 1] for i in range(0, 8 * T, T)])[None]  # [1, 8, T+1]
@@ -404,7 +407,7 @@ def test_gpt1_config_is_the_published_architecture():
     assert c.data.tokenizer == "bpe" and 40_000 <= c.data.vocab_size <= 41_000
     assert c.train.learning_rate == 2.5e-4 and c.train.min_learning_rate == 0.0
     # 117M parameters, as in the paper (counted from shapes; nothing is allocated).
-    cfg = model_config(c, c.data.vocab_size)
+    cfg = model_config(c.model, c.data.vocab_size)
     shapes = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
     assert 116e6 < model_lib.count_params(shapes["params"]) < 118e6
 

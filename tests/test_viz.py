@@ -22,7 +22,7 @@ def make(overrides=None, layers=2, heads=2):
     tok = CharTokenizer.from_text(TEXT)
     c = tiny_config(**{"model.num_layers": layers, "model.num_heads": heads,
                        **(overrides or {})})
-    cfg = model_config(c, tok.vocab_size)
+    cfg = model_config(c.model, tok.vocab_size)
     params = GPT(cfg).init(jax.random.key(3), jnp.zeros((1, cfg.block_size), jnp.int32))
     return cfg, params["params"], tok
 

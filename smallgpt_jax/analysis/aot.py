@@ -203,7 +203,7 @@ def compile_steps(config: ml_collections.ConfigDict, vocab_size: int, t: Target,
     micro, eval_rows = batch_split(config, t.devices)
     found = devices(t)
     mesh = jax.sharding.Mesh(np.array(found), (parallel.AXIS,))
-    m = model_config(config, vocab_size, t.platform)  # 'auto' for the target.
+    m = model_config(config.model, vocab_size, t.platform)  # 'auto' for the target.
     tx, schedule = train.make_optimizer(config.train)
     shapes = jax.eval_shape(lambda: train.init_state(m, tx, config.seed))
     if config.parallel == "fsdp":

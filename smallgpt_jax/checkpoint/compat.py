@@ -128,17 +128,17 @@ def check_same_shapes(saved: Any, ours: Any, where: str) -> None:
                         f"({'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}).")
 
 
-def data_changed(resume_meta: Meta | None, fingerprint: str, config) -> bool:
+def data_changed(resume_meta: Meta | None, fingerprint: str, allow: bool) -> bool:
     """Whether a resumed run now trains on other text than its checkpoint was.
 
-    Refused (one line) unless `config.train.allow_data_change`; then logged,
+    Refused (one line) unless `allow` (config.train.allow_data_change); then logged,
     and True: the best validation loss so far was on other validation text,
     so its history restarts. A checkpoint that recorded no data says nothing.
     """
     before = resume_meta.data_fingerprint if resume_meta else ""
     if not before or before == fingerprint:
         return False
-    if not config.train.allow_data_change:
+    if not allow:
         raise UserError(
             "cannot resume: the corpus or its train/validation split differs from what the "
             "checkpoint was trained on (other file contents, files, or train_fraction). Train "

@@ -21,7 +21,6 @@ import os
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -196,8 +195,7 @@ def _load(directory: str, step: str | int):
         raise UserError(faults.not_read(folder, [changed], pick))
     try:
         tok = tokenizer_lib.from_dict(meta.tokenizer)
-        config = ml_collections.ConfigDict(meta.config)
-        mc = model_config(config, tok.vocab_size)
+        mc = model_config(meta.config["model"], tok.vocab_size)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"checkpoint {folder} has damaged metadata ({type(e).__name__}: "
                         f"{e}); {pick}.")

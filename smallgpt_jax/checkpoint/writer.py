@@ -39,7 +39,6 @@ import shutil
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -136,19 +135,21 @@ class Checkpointer:
 
     # -- resuming ---------------------------------------------------------
 
-    def resume_point(self, config: ml_collections.ConfigDict) -> Resume | None:
-        """Picks the checkpoint to resume from (None: start at step 0).
+    def resume_point(self, new: dict) -> Resume | None:
+        """Picks the checkpoint to resume from (None: start at step 0); `new`:
+        the run's config as plain data (`config.to_dict()`), compared with the
+        checkpoint's.
 
-        The newest one, or `config.train.resume_step` (unless this same command
+        The newest one, or `new`'s train.resume_step (unless this same command
         went back to that step before: then its newest). Refuses a config that
         changes the model's or tokenizer's shape; logs the allowed changes.
         The Resume carries the checkpoint's tokenizer: the run keeps the
         vocabulary it was trained with.
         """
         steps = self.steps()
-        wanted = config.train.resume_step
-        if wanted >= 0 and continues_branch(self._branch_of(steps, wanted), wanted,
-                                            config.to_dict(), self.directory):
+        wanted = new["train"]["resume_step"]
+        if wanted >= 0 and continues_branch(self._branch_of(steps, wanted), wanted, new,
+                                            self.directory):
             wanted = -1  # This command ran before: its own checkpoints are newer.
         if wanted >= 0 and wanted not in steps:
             raise UserError(
@@ -161,7 +162,7 @@ class Checkpointer:
         meta = self._meta(step)
         # The checkpoints of a run that went back to a step say which (see save()).
         self.branch_points = list(meta.branch_points) + ([wanted] if wanted >= 0 else [])
-        for line in check_resumable(meta, config.to_dict(), where, jax.device_count()):
+        for line in check_resumable(meta, new, where, jax.device_count()):
             console.say(line)
         return Resume(step, meta, tokenizer_lib.from_dict(meta.tokenizer))
 

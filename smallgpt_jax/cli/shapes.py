@@ -144,7 +144,7 @@ def main(argv: list[str]) -> None:
     config = FLAGS.config
     with cli.user_errors():
         validate(config, machine=False)
-        m = model_config(config, vocab_size(config.data, FLAGS.vocab_size))
+        m = model_config(config.model, vocab_size(config.data, FLAGS.vocab_size))
         batch = FLAGS.batch_size or config.train.batch_size
         outputs, params = forward_shapes(m, batch)
     print(markdown(outputs, params, letter_values(m, batch), FLAGS.all_layers))

@@ -238,28 +238,29 @@ def _publish(tmp: str, directory: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_splits(config, workdir: str, stop=None,
+def load_splits(data_config, block_size: int, workdir: str, stop=None,
                 tokenizer: tokenizer_lib.Tokenizer | None = None
                 ) -> tuple[tokenizer_lib.Tokenizer, data.Splits, str, float]:
-    """What a training run needs from its data: (the tokenizer, the splits
-    memory-mapped from the store, where the text came from, validation
-    tokens per character). `tokenizer`: a resumed run's, from its checkpoint
-    (it keeps its vocabulary). Writes the workdir's tokenizer.json, the copy
-    that sampling and scoring read."""
+    """What a training run needs from its data (`data_config`: config.data):
+    (the tokenizer, the splits memory-mapped from the store, where the text
+    came from, validation tokens per character); each split holds at least
+    `block_size` + 1 tokens (one window). `tokenizer`: a resumed run's,
+    from its checkpoint (it keeps its vocabulary). Writes the workdir's
+    tokenizer.json, the copy that sampling and scoring read."""
     import jax  # Here, not at the top: `python -m smallgpt_jax.prepare` needs no JAX.
-    if tokenizer is not None and (tokenizer.kind != config.data.tokenizer or (
-            tokenizer.kind in tokenizer_lib.LEARNED
-            and tokenizer.vocab_size != config.data.vocab_size)):
-        sized = config.data.tokenizer in tokenizer_lib.LEARNED
+    d = data_config
+    if tokenizer is not None and (tokenizer.kind != d.tokenizer or (
+            tokenizer.kind in tokenizer_lib.LEARNED and tokenizer.vocab_size != d.vocab_size)):
+        sized = d.tokenizer in tokenizer_lib.LEARNED
         raise UserError(
             f"the checkpoint holds a {tokenizer.kind} vocabulary of {tokenizer.vocab_size}, "
-            f"but the config asks for data.tokenizer={config.data.tokenizer!r}"
-            f"{f' of {config.data.vocab_size}' if sized else ''}; use a fresh --workdir.")
-    store = open_store(config.data, tokenizer, verbose=jax.process_index() == 0, stop=stop)
+            f"but the config asks for data.tokenizer={d.tokenizer!r}"
+            f"{f' of {d.vocab_size}' if sized else ''}; use a fresh --workdir.")
+    store = open_store(d, tokenizer, verbose=jax.process_index() == 0, stop=stop)
     tok = store.tokenizer if tokenizer is None else tokenizer
     if jax.process_index() == 0:
         tokenizer_lib.save(tok, os.path.join(workdir, "tokenizer.json"))
     splits = store.splits()
-    data.check_long_enough(splits, config.model.block_size)
+    data.check_long_enough(splits, block_size)
     source = ", ".join(s["path"] for s in store.manifest["sources"])
     return tok, splits, source, store.tokens_per_char

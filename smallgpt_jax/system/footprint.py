@@ -22,6 +22,7 @@ one state copy per CPU device are not counted).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 
@@ -65,25 +66,26 @@ def vocabulary_floor(data) -> int:
         data.tokenizer, 0)
 
 
-def parameter_floor(config) -> int:
-    """The entries of the model's weight matrices and tables (model.py)."""
-    m = config.model
+def parameter_floor(model, data) -> int:
+    """The entries of the model's weight matrices and tables (model.py);
+    `model`, `data`: the config's sections."""
+    m = model
     D, F = m.embed_dim, m.mlp_ratio * m.embed_dim
     mlp = 3 * int(2 * F / 3) * D if m.activation == "swiglu" else 2 * F * D
-    embeddings = vocabulary_floor(config.data) * D * (1 if m.tie_embeddings else 2)
+    embeddings = vocabulary_floor(data) * D * (1 if m.tie_embeddings else 2)
     positions = m.block_size * D if m.pos_encoding == "learned" else 0
     return m.num_layers * (4 * D * D + mlp) + embeddings + positions
 
 
-def parts(config, environ: dict) -> list[tuple[str, int, list[str]]]:
+def parts(model, train, data, environ: dict) -> list[tuple[str, int, list[str]]]:
     """(what, bytes at least, the fields that set it), largest first."""
-    m, t = config.model, config.train
-    T, V = m.block_size, vocabulary_floor(config.data)
+    m, t = model, train
+    T, V = m.block_size, vocabulary_floor(data)
     rows = 4 * (T + 1)  # Bytes of one int32 sequence of T+1 tokens.
-    vocab = ["data.vocab_size"] if config.data.tokenizer in ("bpe", "word") else []
+    vocab = ["data.vocab_size"] if data.tokenizer in ("bpe", "word") else []
     host = computes_on_host(environ)
     copies = 2 if host else 1  # The host's, and the devices' when they are the host.
-    out = [("the parameters and AdamW state", 12 * parameter_floor(config),
+    out = [("the parameters and AdamW state", 12 * parameter_floor(m, data),
             ["model.num_layers", "model.embed_dim", "model.mlp_ratio", *vocab]),
            ("the training batch", copies * t.batch_size * rows,
             ["train.batch_size", "model.block_size"]),
@@ -100,20 +102,21 @@ def parts(config, environ: dict) -> list[tuple[str, int, list[str]]]:
     return sorted(out, key=lambda part: -part[1])
 
 
-def need(config, environ: dict) -> int:
-    return sum(n for _, n, _ in parts(config, environ))
+def need(model, train, data, environ: dict) -> int:
+    return sum(n for _, n, _ in parts(model, train, data, environ))
 
 
-def largest_that_fits(config, field: str, environ: dict, available: int) -> int:
+def largest_that_fits(sections: dict, field: str, environ: dict, available: int) -> int:
     """The largest value of `field` (the others as they are) whose need fits
-    in `available`, by bisection (the need grows with it); 0 if none does."""
-    trial = config.copy_and_resolve_references()
+    in `available`, by bisection (the need grows with it); 0 if none does.
+    `sections`: {"model": ..., "train": ..., "data": ...}, left as they are."""
     section, name = field.split(".")
+    trial = {**sections, section: copy.deepcopy(sections[section])}
     lo, hi = 0, trial[section][name]
     while lo < hi:
         mid = (lo + hi + 1) // 2
         trial[section][name] = mid
-        lo, hi = (mid, hi) if need(trial, environ) <= available else (lo, mid - 1)
+        lo, hi = (mid, hi) if need(**trial, environ=environ) <= available else (lo, mid - 1)
     return lo
 
 
@@ -121,19 +124,22 @@ def gigabytes(n: int) -> str:
     return f"{n / 1e9:,.1f} GB"
 
 
-def check(config, environ: dict | None = None, available: int | None = None) -> None:
-    """Refuses, with one line, a config whose lower bound exceeds this machine's memory."""
+def check(model, train, data, environ: dict | None = None,
+          available: int | None = None) -> None:
+    """Refuses, with one line, a config (its `model`, `train` and `data`
+    sections) whose lower bound exceeds this machine's memory."""
     environ = os.environ if environ is None else environ
     available = machine_memory() if available is None else available
-    total = need(config, environ)
+    sections = {"model": model, "train": train, "data": data}
+    total = need(**sections, environ=environ)
     if not available or total <= available:
         return
-    what, n, fields = parts(config, environ)[0]
-    values = ", ".join(f"{f}={config[f.split('.')[0]][f.split('.')[1]]}" for f in fields)
+    what, n, fields = parts(**sections, environ=environ)[0]
+    values = ", ".join(f"{f}={sections[f.split('.')[0]][f.split('.')[1]]}" for f in fields)
     advice = "make those smaller"
     for field in fields:  # The first of them that alone can make it fit.
         fits = 0 if field == "train.grad_accum_steps" else largest_that_fits(
-            config, field, environ, available)
+            sections, field, environ, available)
         if fits:
             advice = f"config.{field} fits up to {fits:,} here, the rest as it is"
             break

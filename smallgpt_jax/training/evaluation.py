@@ -8,6 +8,7 @@ writes a text sample and a picture of the attention now and then.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -19,30 +20,40 @@ from smallgpt_jax.training import reporting
 PICTURE_TOKENS = 16  # Validation tokens the attention picture shows.
 
 
-def eval_batches(par: parallel.DataParallel, splits: data.Splits, config) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """The config fields an evaluation reads (training/loop.py fills them in)."""
+
+    seed: int
+    eval_steps: int  # Batches of each split, the same ones every time.
+    batch_size: int
+    block_size: int
+    sample_tokens: int  # Of the text sample.
+
+
+def eval_batches(par: parallel.DataParallel, splits: data.Splits,
+                 s: EvalSettings) -> jax.Array:
     """The `eval_steps` batches of both splits (train first), on the devices:
     made and put once, since every evaluation uses the same ones. This
     process's rows are ordered so that batch s of device d is what `put_batch`
     would give device d for that batch alone."""
-    t, m = config.train, config.model
-    S, D = 2 * t.eval_steps, jax.local_device_count()
+    S, D, T = 2 * s.eval_steps, jax.local_device_count(), s.block_size
     # Each batch goes straight to its place: one host copy of them all (a
     # list, its stack and a transposed stack held three; system/footprint.py counts one).
-    out_DSbT1 = np.empty((D, S, t.batch_size // jax.process_count() // D, m.block_size + 1),
-                         np.int32)
-    for s in range(S):  # The train split's eval_steps batches, then the validation's.
-        stream, tokens = ((1, splits.train), (2, splits.val))[s // t.eval_steps]
+    out_DSbT1 = np.empty((D, S, s.batch_size // jax.process_count() // D, T + 1), np.int32)
+    for i in range(S):  # The train split's eval_steps batches, then the validation's.
+        stream, tokens = ((1, splits.train), (2, splits.val))[i // s.eval_steps]
         rows = parallel.process_rows(data.sample_batch(
-            tokens, config.seed, s % t.eval_steps, t.batch_size, m.block_size, stream))
-        out_DSbT1[:, s] = rows.reshape(D, -1, m.block_size + 1)
-    return par.put_batch(out_DSbT1.reshape(-1, m.block_size + 1), S)
+            tokens, s.seed, i % s.eval_steps, s.batch_size, T, stream))
+        out_DSbT1[:, i] = rows.reshape(D, -1, T + 1)
+    return par.put_batch(out_DSbT1.reshape(-1, T + 1), S)
 
 
 def evaluate(par: parallel.DataParallel, rparams, batches: jax.Array,
-             config) -> dict[str, float]:
+             eval_steps: int) -> dict[str, float]:
     """Mean loss over the same `eval_steps` batches of each split every time
     (`batches` from `eval_batches`): one program runs them all."""
-    S = config.train.eval_steps
+    S = eval_steps
     losses = parallel.host_values(par.eval_step(rparams, batches)).reshape(-1)
     return {"train": float(np.mean(losses[:S])), "val": float(np.mean(losses[S:]))}
 
@@ -71,9 +82,9 @@ def attention_picture(params, model_cfg, tok, splits: data.Splits) -> np.ndarray
 
 
 def write_sample(writer: reporting.Writer, step: int, params, model_cfg, tok,
-                 splits: data.Splits, config) -> None:
+                 splits: data.Splits, s: EvalSettings) -> None:
     """The sample and the attention picture of `params` (one copy) at `step`."""
-    text = sample_text(params, model_cfg, tok, config.train.sample_tokens, config.seed + step)
+    text = sample_text(params, model_cfg, tok, s.sample_tokens, s.seed + step)
     writer.text(step, "sample", text)
     # Tagged so that its group sorts after the eval and train groups:
     # TensorBoard's first screen then shows the losses.
@@ -81,7 +92,7 @@ def write_sample(writer: reporting.Writer, step: int, params, model_cfg, tok,
 
 
 def warmup_tasks(par: parallel.DataParallel, rstate, params, batches: jax.Array, model_cfg,
-                 tok, splits: data.Splits, config, draws: bool) -> list:
+                 tok, splits: data.Splits, s: EvalSettings, draws: bool) -> list:
     """What the first evaluation compiles, as warmup.Warmup tasks: the
     evaluation program (from shapes: `rstate` is donated to the next step),
     and on the process that draws, the sampler and the attention picture, run
@@ -93,7 +104,6 @@ def warmup_tasks(par: parallel.DataParallel, rstate, params, batches: jax.Array,
     tasks = [lambda: par.eval_step.lower(spec, batches).compile()]
     if draws:
         from smallgpt_jax.analysis import pictures as viz  # noqa: F401  Imported on this thread, not the warm-up's.
-        tasks += [lambda: sample_text(params, model_cfg, tok, config.train.sample_tokens,
-                                      config.seed),
+        tasks += [lambda: sample_text(params, model_cfg, tok, s.sample_tokens, s.seed),
                   lambda: attention_picture(params, model_cfg, tok, splits)]
     return tasks

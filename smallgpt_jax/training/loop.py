@@ -146,7 +146,12 @@ class RunResult:
 
 @dataclasses.dataclass
 class Run:
-    """What setup made: everything the steps, evaluations and saves read."""
+    """What setup made: everything the steps, evaluations and saves read.
+
+    The fresh or restored TrainState is not kept: only its copies on the
+    devices (`rstate`) and its parameters (`params`), each held only as long
+    as it is needed (see Trainer.__init__ and Trainer.step).
+    """
 
     config: ml_collections.ConfigDict
     workdir: str
@@ -154,7 +159,12 @@ class Run:
     splits: data.Splits
     tokens_per_char: float
     model_cfg: Any
-    state: train.TrainState  # Fresh or restored, not yet on the devices.
+    evals: evaluation.EvalSettings
+    # The state on the devices. The Trainer takes it (each step donates it).
+    rstate: train.TrainState | None
+    # The initial parameters on the first device: the warm-up runs the sampler on
+    # them (training/warmup.py), a run with nothing to train returns them.
+    params: Any
     par: parallel.DataParallel
     resume: checkpoint.Resume | None  # None: a fresh run.
     data_changed: bool  # Resumed on other data: earlier evaluations do not carry over.
@@ -166,15 +176,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Chec
     """Loads the data, builds or restores the state, and says what it set up."""
     t = config.train
     micro = parallel.per_device_batch(t.batch_size, t.grad_accum_steps)
-    resume = ckpt.resume_point(config)  # None: a fresh run.
+    resume = ckpt.resume_point(config.to_dict())  # None: a fresh run.
     tok, splits, source, tokens_per_char = store.load_splits(
-        config, workdir, stop, resume.tokenizer if resume else None)
+        config.data, config.model.block_size, workdir, stop,
+        resume.tokenizer if resume else None)
     data_changed = resume is not None and resume_compat.data_changed(
-        resume.meta, splits.fingerprint, config)
+        resume.meta, splits.fingerprint, t.allow_data_change)
     if jax.process_index() == 0:
         reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
-    model_cfg = make_model_config(config, tok.vocab_size)
+    model_cfg = make_model_config(config.model, tok.vocab_size)
     tx, schedule = train.make_optimizer(t)
     if resume:  # Only the shapes of a fresh state are needed: no real init.
         shapes = jax.eval_shape(lambda: train.init_state(model_cfg, tx, config.seed))
@@ -192,8 +203,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Chec
         f"in {jax.process_count()} process(es), {config.parallel}, "
         f"{micro} sequences per device per micro-batch; workdir {workdir}")
     progress.message(settings)
-    return Run(config, workdir, tok, splits, tokens_per_char, model_cfg, state, par, resume,
-               data_changed, int(state.step))
+    # The state goes to the devices here, and this function's reference is its
+    # last: a copy kept on the first device (params and both Adam moments) for
+    # the whole run would hold memory the steps may need.
+    return Run(config, workdir, tok, splits, tokens_per_char, model_cfg, eval_settings(config),
+               par.put_state(state), state.params, par, resume, data_changed, int(state.step))
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> evaluation.EvalSettings:
+    """The fields of `config` an evaluation reads."""
+    t = config.train
+    return evaluation.EvalSettings(seed=config.seed, eval_steps=t.eval_steps,
+                                   batch_size=t.batch_size, block_size=config.model.block_size,
+                                   sample_tokens=t.sample_tokens)
 
 
 def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
@@ -205,7 +227,7 @@ def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
     summary = os.path.join(run.workdir, "summary.json")
     if jax.process_index() == 0 and not os.path.exists(summary):  # Killed before writing it.
         reporting.write_json(summary, reporting.finished_summary(run.resume.meta))
-    return RunResult(run.start_step, {"steps": run.start_step}, run.state.params,
+    return RunResult(run.start_step, {"steps": run.start_step}, run.params,
                      run.model_cfg, run.tok)
 
 
@@ -222,7 +244,7 @@ class Trainer:
         config, resume = run.config, run.resume
         writer.text(run.start_step, "config", "\n" + str(config))
         writer.loss_chart(run.start_step, ["train/loss", "eval/train_loss", "eval/val_loss"])
-        self.rstate = run.par.put_state(run.state)
+        self.rstate, run.rstate = run.rstate, None  # Donated by the first step: ours alone.
         self.t_start = self.t_log = time.time()
         self.step_log = run.start_step  # The step of the last log (tokens/s counts from it).
         self.time_before = resume.train_time_s if resume else 0.0  # Earlier runs of this workdir.
@@ -232,7 +254,7 @@ class Trainer:
         self.last = dict(resume.meta.eval) if carried else {}
         self.eval_s = 0.0  # Time this process spent evaluating (and sampling, drawing).
         self.finite = stopping.FiniteCheck(ckpt.latest_step)
-        self.eval_data = evaluation.eval_batches(run.par, run.splits, config)  # Made once.
+        self.eval_data = evaluation.eval_batches(run.par, run.splits, run.evals)  # Made once.
         self.batch = self._batch(run.start_step)
 
     def _batch(self, step: int) -> jax.Array:
@@ -252,8 +274,9 @@ class Trainer:
                 self.batch = self._batch(done)
         if done == run.start_step + 1:  # While the first step runs: see training/warmup.py.
             warm.start(evaluation.warmup_tasks(
-                run.par, self.rstate, run.state.params, self.eval_data, run.model_cfg, run.tok,
-                run.splits, run.config, self.writer.enabled))
+                run.par, self.rstate, run.params, self.eval_data, run.model_cfg, run.tok,
+                run.splits, run.evals, self.writer.enabled))
+            run.params = None  # The warm-up's from now on; it lets go when done.
         self.finite.after_step(done, metrics)  # Only kept: checked at the next flush.
         self.hooks.step_launched(done, metrics)
         if profile.after_step(done, self.rstate):
@@ -280,7 +303,8 @@ class Trainer:
         warm.wait()  # Its programs are ready (nothing compiles twice).
         t_eval = time.time()
         with jax.profiler.TraceAnnotation("evaluate"):
-            losses = evaluation.evaluate(run.par, self.rstate.params, self.eval_data, run.config)
+            losses = evaluation.evaluate(run.par, self.rstate.params, self.eval_data,
+                                         run.evals.eval_steps)
         self.hooks.evaluated(done, losses, time.time() - t_eval)
         self.best_val = min(self.best_val, losses["val"])
         self.last = evaluation.eval_metrics(losses, self.best_val, run.tokens_per_char)
@@ -288,7 +312,7 @@ class Trainer:
         # Only process 0 writes, so only it samples and draws.
         if self.writer.enabled and due(done, t.sample_every or t.eval_every, t.num_steps):
             evaluation.write_sample(self.writer, done, run.par.unreplicate(self.rstate.params),
-                                    run.model_cfg, run.tok, run.splits, run.config)
+                                    run.model_cfg, run.tok, run.splits, run.evals)
         self.writer.flush()
         # Evaluation is not training: tokens/s and the ETA leave it out.
         pause = time.time() - t_eval

@@ -38,6 +38,7 @@ class Warmup:
                 task()
             except Exception as e:  # Raised again where the program is really used.
                 log.debug("warm-up task failed: %r", e)
+        self.tasks = []  # Done: what they hold (the initial parameters) is freed.
 
     def start(self, tasks: list[Callable[[], object]]) -> None:
         if self.thread.ident is None:  # Once.
