@@ -17,7 +17,7 @@ V = 11
 
 
 def _setup(dtype: str, **overrides):
-    cfg = model_config(tiny_config(**{"model.dtype": dtype, **overrides}), V)
+    cfg = model_config(tiny_config(**{"model.dtype": dtype, **overrides}).model, V)
     batch = jax.random.randint(jax.random.key(1), (4, cfg.block_size + 1), 0, V)
     params = GPT(cfg).init(jax.random.key(0), batch[:, :-1])["params"]
     return cfg, params, batch
