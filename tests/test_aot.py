@@ -227,3 +227,18 @@ def test_a_missing_libtpu_says_how_to_install_it(monkeypatch):
     monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
     with pytest.raises(UserError, match=r'pip install -e "\.\[tpu\]"'):
         aot.devices(V5E)
+
+
+@needs_libtpu
+def test_a_step_too_big_for_the_chip_is_a_no_with_xlas_figures():
+    """libtpu refuses to compile a program that does not fit the chip; that is
+    the answer (exit 0), with XLA's own figures, not a traceback."""
+    proc = compile_cli("--target=tpu:v5e-1", "--json", "--config.model.block_size=1024",
+                       "--config.model.embed_dim=128", "--config.model.num_heads=4",
+                       "--config.model.num_layers=4", "--config.train.batch_size=512",
+                       "--config.train.eval_steps=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = json.loads(proc.stdout)
+    assert s["fits"] is False and s["parallel"] == "pmap"
+    assert s["out_of_memory"].startswith("the train step does not fit: ")
+    assert "exceeds available HBM" in s["out_of_memory"], s

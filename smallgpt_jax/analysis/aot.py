@@ -140,6 +140,15 @@ def batch_split(config, n_devices: int) -> tuple[int, int]:
     return t.batch_size // (n_devices * t.grad_accum_steps), t.batch_size // n_devices
 
 
+class OutOfMemory(Exception):
+    """XLA refused to compile `program` for the target: it needs more device
+    memory than the target has. `message` is XLA's line, with its figures."""
+
+    def __init__(self, program: str, message: str):
+        super().__init__(f"the {program} does not fit: {message}")
+        self.program, self.message = program, message
+
+
 @dataclasses.dataclass
 class Program:
     name: str
@@ -172,7 +181,14 @@ def compile_program(name: str, fn, *args) -> Program:
     bytes from the optimised one (as XLA's own total)."""
     start = time.perf_counter()
     lowered = fn.lower(*args)
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        # A TPU compile checks the memory itself; that answer is the result.
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        line = str(e).split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0]
+        raise OutOfMemory(name, line) from None
     seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -239,6 +255,14 @@ def needed_bytes(result: dict) -> float:
     train_p, *rest = result["programs"]
     resident = result["state_bytes"] - result["params_bytes"]
     return max([own(train_p.memory)] + [own(p.memory) + resident for p in rest])
+
+
+def refused(e: OutOfMemory, config: ml_collections.ConfigDict, t: Target) -> dict:
+    """The `--json` object of a config XLA would not compile for lack of memory."""
+    return {"target": t.name, "devices": t.devices, "parallel": config.parallel,
+            "remat": config.model.remat, "fits": False,
+            "device_memory_bytes": None if t.memory_bytes is None else int(t.memory_bytes),
+            "out_of_memory": str(e)}
 
 
 def summary(result: dict, t: Target) -> dict:

@@ -138,8 +138,15 @@ def main(argv: list[str]) -> None:
         if t.platform == "cpu":
             jax.config.update("jax_num_cpu_devices", t.devices)
         config = FLAGS.config
-        validate(config)
-        result = aot.compile_steps(config, shapes.vocab_size(config.data, FLAGS.vocab_size), t)
+        validate(config, machine=False)  # The target's memory is what counts, not this host's.
+        try:
+            result = aot.compile_steps(config, shapes.vocab_size(config.data, FLAGS.vocab_size),
+                                       t)
+        except aot.OutOfMemory as e:  # An answer, not an error: it does not fit.
+            print(json.dumps(aot.refused(e, config, t)) if FLAGS.json
+                  else f"{t.name}, parallel {config.parallel}, remat {config.model.remat}: "
+                       f"does NOT fit; XLA: {e}")
+            return
         s = aot.summary(result, t)
     if FLAGS.json:
         print(json.dumps(s))
