@@ -131,6 +131,25 @@ def test_keeps_the_newest_n_plus_the_best(tmp_path):
         loading.load_params(workdir, 2)
 
 
+def test_a_resume_restores_onto_the_placement_its_target_names(tmp_path):
+    """Each array of the restore target may name its sharding (a sharded
+    state's); shapes that name none go onto the first local device."""
+    config, workdir = tiny_config(), str(tmp_path / "run")
+    state = perturbed_state(config)
+    save_steps(workdir, config, {3: (state, None)})
+    named = jax.NamedSharding(jax.make_mesh((1,), ("d",)), jax.P())
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=named),
+                          state)
+    with checkpoint.Checkpointer(workdir, 2) as ckpt:
+        resume = ckpt.resume_point(config.to_dict())
+        placed = ckpt.restore_state(resume, target)
+        plain = ckpt.restore_state(resume, jax.eval_shape(lambda: state))
+    assert {x.sharding for x in jax.tree.leaves(placed)} == {named}
+    assert {x.sharding for x in jax.tree.leaves(plain)} == {
+        jax.sharding.SingleDeviceSharding(jax.local_devices()[0])}
+    assert_trees_identical(placed, state)
+
+
 def test_resume_step_that_does_not_exist_lists_the_ones_that_do(tmp_path):
     config, workdir = tiny_config(), str(tmp_path / "run")
     save_steps(workdir, config, {3: (small_tree(3), None), 6: (small_tree(6), None)})

@@ -12,7 +12,7 @@ resume on other text (the store's fingerprint) is refused unless allowed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
@@ -107,6 +107,19 @@ def continues_branch(newest: tuple[int, Meta] | None, wanted: int, new: dict,
         f"config.train.resume_step={wanted} was applied by an earlier run of this command; "
         f"continuing its checkpoints from step {step}.")
     return True
+
+
+def drop_newer(steps: list[int], step: int, delete: Callable[[int], None]) -> None:
+    """Resuming at config.train.resume_step=`step` goes back in time: the
+    checkpoints after it (among `steps`) are another future, replaced by this
+    run's. Deletes them (`delete`), saying which."""
+    newer = [s for s in steps if s > step]
+    if newer:
+        console.say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
+                    f"config.train.resume_step={step} (only this once: the same command "
+                    "again continues this run).")
+    for s in newer:
+        delete(s)
 
 
 def _param_shapes(tree: Any) -> dict[str, tuple]:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from smallgpt_jax.checkpoint import faults
-from smallgpt_jax.checkpoint.meta import Unreadable, read_meta
+from smallgpt_jax.checkpoint.meta import Meta, Unreadable, read_meta
 from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP
 from smallgpt_jax.model import model_config
 from smallgpt_jax.system.errors import UserError
@@ -36,8 +36,8 @@ from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 _ATTEMPTS = 5
 
 
-# How a checkpoint is read, for training (checkpoint/writer.py: the full state)
-# and for sampling, scoring and pictures (below: the parameters alone).
+# How a checkpoint is opened, picked and read, for training (checkpoint/writer.py:
+# the full state) and for sampling, scoring and pictures (below: the parameters).
 
 def val_loss(metrics: dict) -> float:
     """Orbax ranks checkpoints by this; unevaluated ones rank last."""
@@ -45,15 +45,53 @@ def val_loss(metrics: dict) -> float:
     return math.inf if value is None else float(value)
 
 
-def open_manager(directory: str, options: ocp.CheckpointManagerOptions,
-                 state: ocp.CheckpointHandler) -> ocp.CheckpointManager:
-    """An Orbax CheckpointManager for `directory`'s two items: `state`, read
-    and written by the handler `state`, and `meta` as JSON."""
+def checkpoints_dir(workdir: str) -> str:
+    """The folder of a run's checkpoints, `<workdir>/checkpoints`, as an absolute path."""
+    return os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+
+
+def open_manager(workdir: str, options: ocp.CheckpointManagerOptions | None = None
+                 ) -> ocp.CheckpointManager:
+    """The Orbax CheckpointManager of `workdir`'s checkpoints, for the training
+    run (`options`: its keep policy, background saves) and for a reader (None:
+    read only). Each step holds two items: `state`, read and written by the
+    PyTree handler (it reads the whole state, or its `params` alone), and
+    `meta` as JSON."""
+    directory = checkpoints_dir(workdir)
     try:
-        return ocp.CheckpointManager(directory, options=options, item_handlers={
-            "state": state, "meta": ocp.JsonCheckpointHandler()})
+        return ocp.CheckpointManager(
+            directory, options=options or ocp.CheckpointManagerOptions(create=False),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
     except Exception as e:  # e.g. a step folder with unreadable metadata.
         raise UserError(f"cannot read the checkpoints in {directory}: {faults.reason(e)}")
+
+
+def pick_step(manager: ocp.CheckpointManager, steps: list[int], wanted: str | int,
+              where: str, asked: str = "") -> int:
+    """The step that `wanted` names among `steps` (the complete checkpoints,
+    sorted): 'latest' the newest, 'best' the lowest validation loss, or a step
+    number. UserError if there is none; `asked` (e.g. 'config.train.resume_step=4')
+    names the setting that asked for it, in that message."""
+    said = f"{asked}: " if asked else ""
+    if not steps:
+        raise UserError(f"{said}no complete checkpoint in {where}; train first (python -m "
+                        "smallgpt_jax.main --config=... --workdir=...).")
+    if wanted == "latest":
+        return steps[-1]
+    if wanted == "best":
+        scored = [(val_loss(manager.metrics(s)), s) for s in steps]
+        scored = [(v, s) for v, s in scored if math.isfinite(v)]
+        if not scored:
+            raise UserError(f"no checkpoint in {where} has a validation loss yet; "
+                            "ask for the latest one instead.")
+        return min(scored)[1]
+    if isinstance(wanted, str) and not wanted.isdigit():
+        raise UserError(f"checkpoint step {wanted!r} is not 'latest', 'best' or a number.")
+    if int(wanted) not in steps:
+        raise UserError(f"{said}no checkpoint for step {wanted} in "
+                        f"{where} (complete ones: {', '.join(map(str, steps))}).")
+    return int(wanted)
 
 
 def saved_params(manager: ocp.CheckpointManager, step: int) -> Any:
@@ -61,12 +99,16 @@ def saved_params(manager: ocp.CheckpointManager, step: int) -> Any:
     return manager.item_metadata(step)["state"].tree["params"]
 
 
-def full_state(target: Any) -> ocp.args.StandardRestore:
-    """Restore args for the whole TrainState, onto the first local device;
-    `target`: a fresh state (arrays, or their shapes from `jax.eval_shape`)."""
+def full_state(target: Any) -> ocp.args.PyTreeRestore:
+    """Restore args for the whole TrainState onto `target`'s placement:
+    `target` is its arrays or shapes, each restored onto its own sharding
+    (a sharded state's, say), or onto the first local device where it names
+    none (shapes from `jax.eval_shape`)."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return ocp.args.StandardRestore(jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device), target)
+    return ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
 
 
 def params_only(saved: Any) -> ocp.args.PyTreeRestore:
@@ -89,6 +131,18 @@ def restore(manager: ocp.CheckpointManager, step: int, state: Any = None,
     return manager.restore(step, args=ocp.args.Composite(**items))
 
 
+def parse_meta(raw: Any, folder: str, advice: str, damaged: Callable[[str], str]) -> Meta:
+    """Checkpoint `folder`'s `meta` item (`raw`, as restored) as a Meta.
+    UserError when another program wrote it (with `advice`, what to do) or
+    it is damaged (`damaged(why)`: the message)."""
+    try:
+        return read_meta(raw, folder)
+    except Unreadable as e:
+        if e.foreign:
+            raise UserError(f"checkpoint {folder} has no smallgpt_jax metadata ({e}); {advice}")
+        raise UserError(damaged(str(e)))
+
+
 def load_params(workdir: str, step: str | int = "latest"
                 ) -> tuple[Any, Any, tokenizer_lib.Tokenizer]:
     """(params, model config, tokenizer) from a checkpoint in `workdir`
@@ -105,14 +159,14 @@ def load_checkpoint(workdir: str, step: str | int = "latest"
     A checkpoint deleted by the training run while it was being read is
     looked up again.
     """
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    directory = checkpoints_dir(workdir)
     if not os.path.isdir(directory):
         raise UserError(f"no checkpoints in {workdir} (expected {directory}); "
                         "is this the --workdir of a training run?")
     for attempt in range(_ATTEMPTS):
         before = _step_folders(directory)
         try:
-            return _load(directory, step)
+            return _load(workdir, step)
         except _Vanished as e:
             if attempt == _ATTEMPTS - 1:
                 raise UserError(f"checkpoint {e} was deleted while it was read (the training "
@@ -136,38 +190,12 @@ class _Vanished(Exception):
     """The checkpoint being read was deleted meanwhile (by the training run)."""
 
 
-def _resolve_step(manager: ocp.CheckpointManager, steps: list[int], step: str | int,
-                  where: str) -> int:
-    """The step number that 'latest', 'best' or a number names among `steps`
-    (the complete checkpoints, sorted)."""
-    if not steps:
-        raise UserError(f"no complete checkpoint in {where}; train first (python -m "
-                        "smallgpt_jax.main --config=... --workdir=...).")
-    if step == "latest":
-        return steps[-1]
-    if step == "best":
-        scored = [(val_loss(manager.metrics(s)), s) for s in steps]
-        scored = [(v, s) for v, s in scored if math.isfinite(v)]
-        if not scored:
-            raise UserError(f"no checkpoint in {where} has a validation loss yet; "
-                            "ask for the latest one instead.")
-        return min(scored)[1]
-    if isinstance(step, str) and not step.isdigit():
-        raise UserError(f"checkpoint step {step!r} is not 'latest', 'best' or a number.")
-    if int(step) not in steps:
-        raise UserError(f"no checkpoint for step {step} in {where} "
-                        f"(complete ones: {', '.join(map(str, steps))}).")
-    return int(step)
-
-
-def _load(directory: str, step: str | int):
+def _load(workdir: str, step: str | int):
+    directory = checkpoints_dir(workdir)
     found = faults.skip_broken(directory, clean=False)  # The training run's files stay.
-    # A PyTree handler: it can read the `params` of the state alone.
-    manager = open_manager(directory, ocp.CheckpointManagerOptions(create=False),
-                                      ocp.PyTreeCheckpointHandler())
-    with manager:
+    with open_manager(workdir) as manager:
         steps = sorted(set(manager.all_steps()) - set(found.debris))
-        chosen = _resolve_step(manager, steps, step, directory)
+        chosen = pick_step(manager, steps, step, directory)
         folder = os.path.join(directory, str(chosen))
         others = [s for s in steps if s != chosen]
         pick = ("pick another step (complete ones: "
@@ -184,12 +212,9 @@ def _load(directory: str, step: str | int):
             if not os.path.isdir(folder):
                 raise _Vanished(folder)
             raise UserError(faults.not_read(folder, [faults.reason(e)], pick))
-    try:
-        meta = read_meta(restored["meta"], folder)
-    except Unreadable as e:
-        if e.foreign:
-            raise UserError(f"checkpoint {folder} has no smallgpt_jax metadata ({e}); {pick}.")
-        raise UserError(faults.not_read(folder, [str(e)], pick))  # Edited by hand, say.
+    # (Edited by hand, say: damaged.)
+    meta = parse_meta(restored["meta"], folder, pick + ".",
+                      lambda why: faults.not_read(folder, [why], pick))
     changed = faults.changed_on_disk(meta.checksums, restored["state"])
     if changed:
         raise UserError(faults.not_read(folder, [changed], pick))

@@ -44,11 +44,13 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from smallgpt_jax.checkpoint import checksum, faults
-from smallgpt_jax.checkpoint.compat import check_resumable, check_same_shapes, continues_branch
-from smallgpt_jax.checkpoint.meta import Meta, Unreadable, read_meta
-from smallgpt_jax.checkpoint.reader import (full_state, open_manager, restore, saved_params,
+from smallgpt_jax.checkpoint.compat import (check_resumable, check_same_shapes,
+                                            continues_branch, drop_newer)
+from smallgpt_jax.checkpoint.meta import Meta
+from smallgpt_jax.checkpoint.reader import (checkpoints_dir, full_state, open_manager,
+                                            parse_meta, pick_step, restore, saved_params,
                                             val_loss)
-from smallgpt_jax.checkpoint.workdir import CHECKPOINT_DIR, STEP, TRASH
+from smallgpt_jax.checkpoint.workdir import STEP, TRASH
 from smallgpt_jax.system import console
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
@@ -81,7 +83,7 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str, keep: int):
-        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        self.directory = checkpoints_dir(workdir)
         # Each step's problems, for the resume point (the run owns the workdir:
         # nothing changes them meanwhile).
         self._problems = faults.skip_broken(self.directory, clean=True).problems
@@ -99,7 +101,7 @@ class Checkpointer:
             # Deleting is a rename into TRASH: never a half-deleted step folder.
             todelete_subdir=TRASH,
             enable_async_checkpointing=True)
-        self._manager = open_manager(self.directory, options, ocp.StandardCheckpointHandler())
+        self._manager = open_manager(workdir, options)
         self._saving: int | None = None  # Step of the save in flight, if any.
         # The steps this run's line of checkpoints went back to with
         # config.train.resume_step, oldest first; set by resume_point.
@@ -151,13 +153,10 @@ class Checkpointer:
         if wanted >= 0 and continues_branch(self._branch_of(steps, wanted), wanted, new,
                                             self.directory):
             wanted = -1  # This command ran before: its own checkpoints are newer.
-        if wanted >= 0 and wanted not in steps:
-            raise UserError(
-                f"config.train.resume_step={wanted}: there is no checkpoint for that step in "
-                f"{self.directory} (complete ones: {', '.join(map(str, steps)) or 'none'}).")
-        if not steps:
+        if not steps and wanted < 0:
             return None
-        step = wanted if wanted >= 0 else steps[-1]
+        step = pick_step(self._manager, steps, wanted if wanted >= 0 else "latest",
+                         self.directory, asked=f"config.train.resume_step={wanted}")
         where = f"{self.directory}/{step}"
         meta = self._meta(step)
         # The checkpoints of a run that went back to a step say which (see save()).
@@ -175,13 +174,9 @@ class Checkpointer:
             meta = restore(self._manager, step)["meta"]
         except Exception as e:
             raise UserError(self._damaged(step, faults.reason(e)))
-        try:
-            return read_meta(meta, f"{self.directory}/{step}")
-        except Unreadable as e:
-            if e.foreign:
-                raise UserError(f"checkpoint {self.directory}/{step} has no smallgpt_jax "
-                                "metadata; is this workdir from another program?")
-            raise UserError(self._damaged(step, str(e)))
+        return parse_meta(meta, f"{self.directory}/{step}",
+                          "is this workdir from another program?",
+                          lambda why: self._damaged(step, why))
 
     def _branch_of(self, steps: list[int], wanted: int) -> tuple[int, Meta] | None:
         """(step, meta) of the newest readable checkpoint after step `wanted`."""
@@ -193,10 +188,12 @@ class Checkpointer:
         return None
 
     def restore_state(self, resume: Resume, target: Any) -> Any:
-        """Loads the saved TrainState, onto the first local device.
+        """Loads the saved TrainState where `target` places it.
 
         `target` is a fresh state of the config (arrays, or just their shapes
-        from `jax.eval_shape`): it says which structure and shapes to expect.
+        from `jax.eval_shape`): it says which structure and shapes to expect,
+        and where each array goes (reader.full_state: its own sharding if it
+        names one, else the first local device).
         """
         try:
             saved = saved_params(self._manager, resume.step)
@@ -210,14 +207,8 @@ class Checkpointer:
         changed = faults.changed_on_disk(resume.meta.checksums, state)
         if changed:
             raise UserError(self._damaged(resume.step, changed))
-        newer = [s for s in self.steps() if s > resume.step]
-        if newer:  # resume_step went back in time: those futures are replaced.
-            console.say(f"warning: deleting checkpoints {', '.join(map(str, newer))}, newer than "
-                       f"config.train.resume_step={resume.step} (only this once: the same "
-                       "command again continues this run).")
-            for s in newer:
-                self._manager.delete(s)
-            self._empty_trash()
+        drop_newer(self.steps(), resume.step, self._manager.delete)
+        self._empty_trash()
         console.say(f"resuming from checkpoint step {resume.step} ({self.directory}/{resume.step})")
         return state
 
@@ -254,7 +245,7 @@ class Checkpointer:
         metrics = {} if meta.val_loss is None else {"val_loss": float(meta.val_loss)}
         try:
             self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta.to_json())),
+                state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta.to_json())),
                 metrics=metrics, force=True)
         except Exception as e:
             raise UserError(self._save_failed(step, e))
