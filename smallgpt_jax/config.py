@@ -71,6 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.use_bias = True  # Biases in dense layers and norms.
     c.model.tie_embeddings = True  # Output head reuses the token embedding.
     c.model.attention = "explicit"  # 'explicit' (written out) or 'fused' (dropout 0 only).
+    # The generator of the dropout masks, by JAX's name: 'threefry2x32' (JAX's
+    # default; the same masks on every backend) or 'rbg' / 'unsafe_rbg' (XLA's
+    # generator: a TPU compile takes half the time, but the bits are stored,
+    # more bytes per step, and differ across backends; benchmarks/README.md).
+    c.model.dropout_rng = "threefry2x32"
     # Compute dtype; params stay float32. 'auto': bfloat16 on GPU/TPU, float32
     # on CPU (a run records the one it used in config.json and its log).
     c.model.dtype = "auto"
@@ -132,6 +137,7 @@ _CHOICES = {
     "model.norm_position": ("pre", "post"),
     "model.activation": ("gelu", "relu", "swiglu"),
     "model.attention": ("explicit", "fused"),
+    "model.dropout_rng": ("threefry2x32", "rbg", "unsafe_rbg"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.fast_backward": ("auto", "on", "off"),
     "model.remat": ("none", "block", "attention"),

@@ -59,6 +59,7 @@ class ModelConfig:
     mlp_ratio: int  # F = mlp_ratio * D.
     block_size: int  # T: the longest sequence the model takes.
     dropout: float  # On embeddings, attention weights and residual branches.
+    dropout_rng: str  # The dropout key's generator, as JAX names it (jax.random.key's impl).
     pos_encoding: str  # 'learned', 'sinusoidal', 'rope' or 'none'.
     norm: str  # 'layernorm' or 'rmsnorm'.
     norm_position: str  # 'pre' or 'post'.
@@ -350,6 +351,7 @@ def model_config(model: Any, vocab_size: int, platform: str | None = None) -> Mo
     # Checkpoints written before fast_backward existed have no such field.
     m["fast_backward"] = kernels.resolve_fast_backward(m.get("fast_backward", "auto"), platform)
     m.setdefault("remat", "none")  # Nor remat: it changes no parameter.
+    m.setdefault("dropout_rng", "threefry2x32")  # Nor dropout_rng: JAX's default.
     K = m["embed_dim"] // m["num_heads"]
     impl = kernels.fused_implementation(platform, m["dtype"], K, decode=False)
     return ModelConfig(**m, vocab_size=vocab_size, attention_impl=impl)

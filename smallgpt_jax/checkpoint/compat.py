@@ -24,7 +24,7 @@ from smallgpt_jax.tokenizers import tokenizer as tokenizer_lib
 
 # Model fields that change neither the parameters' shapes nor their meaning;
 # every other model field does, and changing it on resume is refused.
-_FREE_MODEL_FIELDS = ("dropout", "attention", "dtype", "fast_backward", "remat")
+_FREE_MODEL_FIELDS = ("dropout", "dropout_rng", "attention", "dtype", "fast_backward", "remat")
 
 
 def is_structural(field: str, new: dict[str, Any]) -> bool:
