@@ -31,11 +31,12 @@ def base_config() -> ml_collections.ConfigDict:
     # hyperparameter). The default workdir is runs/<config file name>, not this.
     c.name = "default"
     c.seed = 0  # One seed drives init, batch sampling and dropout (0 to 2**32 - 1).
-    # How the train step is spread over devices: 'pmap' (one replica per local
-    # device), 'shard_map' (jit over a device mesh, batch sharded on 'data'),
+    # How the train step is spread over devices: 'shard_map' (jit over a device
+    # mesh, batch sharded on 'data': the same losses and gradients as 'pmap',
+    # and fewer programs to compile), 'pmap' (one replica per local device),
     # or 'fsdp' (as shard_map, and parameters and optimizer state split over
     # the devices too: sharding.py).
-    c.parallel = "pmap"
+    c.parallel = "shard_map"
     # Persistent XLA compilation cache, so restarts skip compiling: 'auto' (the
     # user cache, ~/.cache/smallgpt_jax/jax_compilation_cache), a path, or '' (off).
     c.compilation_cache = "auto"
