@@ -17,7 +17,7 @@ needs_libtpu = pytest.mark.skipif(
     reason='no libtpu: pip install -e ".[tpu]" to compile for TPU targets')
 KEYS = {"target", "devices", "fits", "device_memory_bytes", "state_bytes", "temp_bytes",
         "flops_per_step", "bytes_per_step", "flop_bound_ms", "memory_bound_ms",
-        "tokens_per_s", "programs", "compile_s", "parallel", "remat"}
+        "tokens_per_s", "programs", "compile_s", "parallel", "compiled_as", "remat"}
 V5E = aot.target("tpu:v5e-1")
 TINY = ["--config=configs/char_cpu.py", "--config.model.num_layers=2",
         "--config.model.num_heads=2", "--config.model.embed_dim=32",
@@ -105,6 +105,18 @@ def test_fsdp_compiles_with_an_eighth_of_the_state_per_device():
     assert out["fsdp"]["parallel"] == "fsdp" and out["fsdp"]["remat"] == "none"
     ratio = out["fsdp"]["state_bytes"] / out["shard_map"]["state_bytes"]
     assert 1 / 8 <= ratio < 1.1 / 8, ratio
+
+
+def test_pmap_says_it_was_compiled_as_shard_map():
+    """pmap cannot be lowered for devices that are not here: its step is
+    compiled as shard_map's, and the JSON and the table say so."""
+    from smallgpt_jax.cli.compile import table
+    t = aot.target("cpu:1")
+    result = aot.compile_steps(tiny_config(parallel="pmap"), 65, t, eval_step=False)
+    s = aot.summary(result, t)
+    assert s["parallel"] == "pmap" and s["compiled_as"] == "shard_map"
+    assert "parallel pmap (compiled as shard_map)" in table(s, result, t)
+    assert aot.compiled_as("shard_map") == "shard_map" and aot.compiled_as("fsdp") == "fsdp"
 
 
 def test_trip_counts_are_read_from_a_loop_condition():

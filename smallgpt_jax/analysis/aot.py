@@ -244,6 +244,13 @@ def compile_steps(config: ml_collections.ConfigDict, vocab_size: int, t: Target,
             "params_bytes": sharding.per_device_bytes(state.params), "programs": programs}
 
 
+def compiled_as(kind: str) -> str:
+    """The step that is compiled for config.parallel=`kind`: pmap's is
+    shard_map's (the same per-device program over a replicated state; pmap
+    itself cannot be lowered for devices that are not here)."""
+    return "shard_map" if kind == "pmap" else kind
+
+
 def needed_bytes(result: dict) -> float:
     """Device memory the run needs at its fullest, per device: the train
     step's arguments, outputs (less those written into donated arguments),
@@ -276,6 +283,7 @@ def summary(result: dict, t: Target) -> dict:
     bound = max(flop_ms or 0, mem_ms or 0)
     return {
         "target": t.name, "devices": t.devices, "parallel": c.parallel,
+        "compiled_as": compiled_as(c.parallel),
         "remat": result["model"].remat,
         "fits": bool(t.memory_bytes is None or needed_bytes(result) <= t.memory_bytes),
         "device_memory_bytes": None if t.memory_bytes is None else int(t.memory_bytes),

@@ -61,7 +61,9 @@ def table(s: dict, result: dict, t) -> str:
     loops = progs[0].loop_flops or progs[0].loop_bytes
     rows = [
         ("target", f"{t.name}: {t.devices} device(s); {peaks}"),
-        ("settings", f"parallel {c.parallel}, remat {m.remat}, dtype {m.dtype}, "
+        ("settings", f"parallel {c.parallel}"
+                     + (f" (compiled as {s['compiled_as']})" if s["compiled_as"] != c.parallel
+                        else "") + f", remat {m.remat}, dtype {m.dtype}, "
                      f"fast_backward {m.fast_backward}, attention {m.attention}, scan_layers "
                      f"{m.scan_layers}, dropout {m.dropout}; {result['params']:,} parameters"),
         ("batch", f"{c.train.batch_size} x {m.block_size} tokens per step, "
