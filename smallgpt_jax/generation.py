@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smallgpt_jax import parallel
 from smallgpt_jax.model import GPT
 from smallgpt_jax.sampling import check_options, sample_logits
 from smallgpt_jax.system.errors import UserError
@@ -189,14 +190,19 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
         raise UserError("the prompt is empty; give at least one token.")
     prompt = prompt[-W:]  # The model only ever sees the last W tokens.
     n = prompt.size  # Real tokens in the window; the rest is padding.
-    window_BW = jnp.asarray(np.tile(np.pad(prompt, (0, W - n)), (num_samples, 1)))
+    # Everything the steps take is committed to one device, the one
+    # parallel.unreplicate leaves a training run's copy on: a step's outputs
+    # (the window) are then placed as its inputs were, so the program of a
+    # step that takes them back is not compiled a second time, and a run's
+    # warm-up compiles for the run's own placement (training/warmup.py).
+    window_BW, key, params = parallel.on_first_device(
+        (np.tile(np.pad(prompt, (0, W - n)), (num_samples, 1)), key, params))
     # Typed scalars: the same compiled steps serve every value of the knobs.
     # Put on the device once, like the parameters, instead of with every token.
     # A top_k of the vocabulary's size or more keeps every token (and may not fit int32).
-    knobs = tuple(jax.device_put(x) for x in (
+    knobs = parallel.on_first_device((
         np.float32(temperature), np.int32(min(top_k or 0, model_config.vocab_size)),
         np.float32(top_p)))
-    params = jax.device_put(params)
 
     cache = None  # None: (re)fill it from the window at the next step.
     # Each step's tokens go to the host a few steps later (by then the device

@@ -35,3 +35,55 @@ def test_state_goes_on_and_off_the_devices_without_compiling(kind):
     for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(first)):
         assert got.sharding == want.sharding and got.committed and want.committed
     assert int(par.unreplicate(rstate).step) == 2
+
+
+_SHORT_RUN = """
+import json, sys
+sys.path.insert(0, "tests")
+from conftest import tiny_config
+from compile_log import CompileLog
+from smallgpt_jax.training import loop, profiling
+
+class Phases(profiling.Hooks):
+    def step_launched(self, step, metrics):
+        if step == 1:
+            log.phase = "after step 1"
+
+c = tiny_config(**{"data.path": sys.argv[1], "train.num_steps": 20, "train.eval_every": 10,
+                   "train.sample_every": 10, "train.checkpoint_every": 10,
+                   "compilation_cache": "", "parallel": sys.argv[3]})
+with CompileLog() as log:
+    log.phase = "before step 1"
+    loop.train_and_evaluate(c, sys.argv[2], hooks=Phases())
+print("COMPILES " + json.dumps(log.compiles))
+"""
+
+
+@pytest.mark.parametrize("kind", ["shard_map", "pmap"])
+def test_a_short_run_compiles_each_program_once_and_none_on_the_main_thread_after_step_1(
+        kind, tmp_path):
+    """A tiny run with two evaluations, samples, pictures and saves, in a
+    fresh process (no program compiled before): shard_map (the default) and
+    pmap compile at most 4 programs before step 1 (the init, the train step and
+    what placing the state and the first batch needs), the first evaluation's
+    programs on the warm-up thread while the first steps run, and nothing
+    twice; after step 1 the main thread compiles nothing."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 300)
+    out = subprocess.run([sys.executable, "-c", _SHORT_RUN, str(corpus), str(tmp_path / "run"),
+                          kind],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    compiles = [tuple(c) for c in json.loads(out.stdout.split("COMPILES ", 1)[1])]
+    log = CompileLog()
+    log.compiles = compiles
+    before = log.names(thread="MainThread", phase="before step 1")
+    assert len(before) <= 4, before
+    assert log.names(thread="MainThread", phase="after step 1") == [], compiles
+    assert log.twice() == [], log.twice()
+    assert len(log.names(thread="smallgpt-warmup")) >= 4, compiles  # Eval, checksum, sampler.

@@ -40,14 +40,26 @@ def _array_sum(x: jax.Array) -> jax.Array:
 _tree_sums = jax.jit(lambda tree: jax.tree.map(_array_sum, tree))
 
 
+def _arrays(tree: Any) -> dict[str, Any]:
+    """{'params/wte/embedding': array, ...}: `tree`'s arrays by name."""
+    state = serialization.to_state_dict(tree)
+    flat = traverse_util.flatten_dict(state, sep="/") if isinstance(state, dict) else {"": state}
+    return {k: v for k, v in flat.items() if hasattr(v, "shape") or np.isscalar(v)}
+
+
 def checksums(tree: Any, prefix: str = "") -> dict[str, int]:
     """{'params/wte/embedding': 1234567, ...} for every array in `tree` (a
     TrainState, or a dict of arrays; its state dict gives the names)."""
-    state = serialization.to_state_dict(tree)
-    flat = traverse_util.flatten_dict(state, sep="/") if isinstance(state, dict) else {"": state}
-    arrays = {k: v for k, v in flat.items() if hasattr(v, "shape") or np.isscalar(v)}
-    sums = jax.device_get(_tree_sums(arrays))
+    sums = jax.device_get(_tree_sums(_arrays(tree)))
     return {prefix + k: int(v) for k, v in sums.items()}
+
+
+def compile_for(shapes: Any) -> None:
+    """Compiles the program `checksums` runs for arrays of these shapes and
+    placements (`jax.ShapeDtypeStruct`s with shardings, in the tree a save
+    passes), without running it: a training run's first save then finds it
+    compiled (training/warmup.py)."""
+    _tree_sums.lower(_arrays(shapes)).compile()
 
 
 def mismatches(saved: dict[str, int] | None, tree: Any, prefix: str = "") -> list[str]:

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from smallgpt_jax import data, generation, parallel, train
+from smallgpt_jax.checkpoint import checksum
 from smallgpt_jax.training import reporting
 
 PICTURE_TOKENS = 16  # Validation tokens the attention picture shows.
@@ -91,19 +92,26 @@ def write_sample(writer: reporting.Writer, step: int, params, model_cfg, tok,
     writer.image(step, "views/attention", attention_picture(params, model_cfg, tok, splits))
 
 
-def warmup_tasks(par: parallel.DataParallel, rstate, params, batches: jax.Array, model_cfg,
-                 tok, splits: data.Splits, s: EvalSettings, draws: bool) -> list:
-    """What the first evaluation compiles, as warmup.Warmup tasks: the
-    evaluation program (from shapes: `rstate` is donated to the next step),
-    and on the process that draws, the sampler and the attention picture, run
-    once on `params` (the initial ones, on one device, as the evaluation will
-    pass them; copying `rstate`'s here would compile the copies' programs on
-    this thread)."""
+def warmup_tasks(par: parallel.DataParallel, rstate, params, state_shapes,
+                 batches: jax.Array, model_cfg, tok, splits: data.Splits, s: EvalSettings,
+                 draws: bool) -> dict:
+    """What the first evaluation and save compile, as warmup.Warmup tasks by
+    name: the evaluation program (from shapes: `rstate` is donated to the next
+    step), the checksum program of a save (from `state_shapes`, one copy of
+    the state placed as `par.unreplicate` leaves it), and on the process that
+    draws, the sampler and the attention picture, run once on `params` (the
+    initial ones, committed where the run's own copy will be: a program
+    compiled for other placements would be compiled again for the run's)."""
     spec = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), rstate.params)
-    tasks = [lambda: par.eval_step.lower(spec, batches).compile()]
+    first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    one_copy = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=first), state_shapes)
+    tasks = {"eval": lambda: par.eval_step.lower(spec, batches).compile(),
+             "checksum": lambda: checksum.compile_for(one_copy)}
     if draws:
         from smallgpt_jax.analysis import pictures as viz  # noqa: F401  Imported on this thread, not the warm-up's.
-        tasks += [lambda: sample_text(params, model_cfg, tok, s.sample_tokens, s.seed),
-                  lambda: attention_picture(params, model_cfg, tok, splits)]
+        params = parallel.on_first_device(params)
+        tasks["sample"] = lambda: sample_text(params, model_cfg, tok, s.sample_tokens, s.seed)
+        tasks["picture"] = lambda: attention_picture(params, model_cfg, tok, splits)
     return tasks

@@ -110,7 +110,7 @@ def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
             signum = stopping.agreed_stop(stop, done, t.log_every)
             if (due(done, t.checkpoint_every, t.num_steps) or signum
                     or (val_loss is not None and val_loss == trainer.best_val)):
-                trainer.save(done, val_loss)
+                trainer.save(done, val_loss, warm)
             if signum and done < t.num_steps:
                 ckpt.wait()
                 raise Interrupted(
@@ -165,6 +165,7 @@ class Run:
     # The initial parameters on the first device: the warm-up runs the sampler on
     # them (training/warmup.py), a run with nothing to train returns them.
     params: Any
+    state_shapes: Any  # One copy's ShapeDtypeStructs: the warm-up compiles a save's checksum.
     par: parallel.DataParallel
     resume: checkpoint.Resume | None  # None: a fresh run.
     data_changed: bool  # Resumed on other data: earlier evaluations do not carry over.
@@ -207,7 +208,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Chec
     # last: a copy kept on the first device (params and both Adam moments) for
     # the whole run would hold memory the steps may need.
     return Run(config, workdir, tok, splits, tokens_per_char, model_cfg, eval_settings(config),
-               par.put_state(state), state.params, par, resume, data_changed, int(state.step))
+               par.put_state(state), state.params, jax.eval_shape(lambda: state), par, resume,
+               data_changed, int(state.step))
 
 
 def eval_settings(config: ml_collections.ConfigDict) -> evaluation.EvalSettings:
@@ -274,8 +276,8 @@ class Trainer:
                 self.batch = self._batch(done)
         if done == run.start_step + 1:  # While the first step runs: see training/warmup.py.
             warm.start(evaluation.warmup_tasks(
-                run.par, self.rstate, run.params, self.eval_data, run.model_cfg, run.tok,
-                run.splits, run.evals, self.writer.enabled))
+                run.par, self.rstate, run.params, run.state_shapes, self.eval_data,
+                run.model_cfg, run.tok, run.splits, run.evals, self.writer.enabled))
             run.params = None  # The warm-up's from now on; it lets go when done.
         self.finite.after_step(done, metrics)  # Only kept: checked at the next flush.
         self.hooks.step_launched(done, metrics)
@@ -300,7 +302,7 @@ class Trainer:
         """Evaluates, logs it (with a sample now and then); returns the val loss."""
         run, t = self.run, self.run.config.train
         self.finite.flush()  # Waits for the queued steps: their time is training's.
-        warm.wait()  # Its programs are ready (nothing compiles twice).
+        warm.wait("eval")  # Its program is ready (nothing compiles twice); not the sampler's.
         t_eval = time.time()
         with jax.profiler.TraceAnnotation("evaluate"):
             losses = evaluation.evaluate(run.par, self.rstate.params, self.eval_data,
@@ -311,6 +313,7 @@ class Trainer:
         self.writer.scalars(done, self.last)
         # Only process 0 writes, so only it samples and draws.
         if self.writer.enabled and due(done, t.sample_every or t.eval_every, t.num_steps):
+            warm.wait()  # The sampler's and the picture's programs too.
             evaluation.write_sample(self.writer, done, run.par.unreplicate(self.rstate.params),
                                     run.model_cfg, run.tok, run.splits, run.evals)
         self.writer.flush()
@@ -325,10 +328,11 @@ class Trainer:
             f"val bpc {self.last['eval/val_bpc']:.3f}")
         return losses["val"]
 
-    def save(self, done: int, val_loss: float | None) -> None:
+    def save(self, done: int, val_loss: float | None, warm: warmup.Warmup) -> None:
         """Starts a checkpoint of step `done` (written in the background)."""
         run = self.run
         self.finite.flush()  # A broken state is never saved.
+        warm.wait("checksum")  # Its program is ready (compiled on the warm-up thread).
         self.ckpt.save(done, run.par.unreplicate(self.rstate), Meta(
             step=done, seed=run.config.seed, val_loss=val_loss, best_val_loss=self.best_val,
             train_time_s=self.wall_time(), eval=self.last, config=run.config.to_dict(),
