@@ -87,3 +87,21 @@ def test_a_short_run_compiles_each_program_once_and_none_on_the_main_thread_afte
     assert log.names(thread="MainThread", phase="after step 1") == [], compiles
     assert log.twice() == [], log.twice()
     assert len(log.names(thread="smallgpt-warmup")) >= 4, compiles  # Eval, checksum, sampler.
+
+
+def test_the_first_evaluation_waits_for_its_own_program_not_the_samplers():
+    """warm.wait('eval') returns once the evaluation program is compiled,
+    while the sampler's task still runs; wait() waits for every task."""
+    import threading
+
+    from smallgpt_jax.training import warmup
+    release, ran = threading.Event(), []
+    warm = warmup.Warmup()
+    warm.start({"eval": lambda: ran.append("eval"),
+                "sample": lambda: release.wait(60) and ran.append("sample")})
+    warm.wait("eval")
+    assert ran == ["eval"] and warm.thread.is_alive()  # The sampler is still compiling.
+    warm.wait("no such task")  # Returns at once.
+    release.set()
+    warm.wait()
+    assert ran == ["eval", "sample"] and not warm.thread.is_alive()
