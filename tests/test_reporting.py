@@ -48,6 +48,9 @@ def test_end_of_run_says_where_things_are_and_what_to_run_next():
     assert sum("--what=" in line for line in text.splitlines()) == 3
     assert "in 02:43, evaluation 00:09 of it" in reporting.end_of_run(
         {**final, "eval_time_s": 9.5}, "w")
+    # The part before step 1 (imports, data, setup) apart.
+    assert "in 02:43, 00:31 before step 1, evaluation 00:09 of it" in reporting.end_of_run(
+        {**final, "eval_time_s": 9.5, "setup_time_s": 31.0}, "w")
     # A run with nothing left to train has no final evaluation to report.
     assert "val" not in reporting.end_of_run({"steps": 5}, "w").split("\n")[1]
 
@@ -126,3 +129,24 @@ def test_progress_file_has_the_step_loss_and_eta(tmp_path, monkeypatch):
     assert progress == {"step": 200, "total": 1000, "loss": 1.5, "eta_s": 80.0,
                         "eta_without_evals": False, "time": 110.0}
 
+
+def test_wall_time_counts_from_the_start_and_a_finished_run_says_its_real_time(tmp_path):
+    from smallgpt_jax.training import loop
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 200)
+    config = tiny_config(**{"data.path": str(corpus), "train.num_steps": 2,
+                            "train.eval_every": 2, "train.sample_tokens": 0})
+    workdir = str(tmp_path / "run")
+    # As the command line does: the run started (imports, data) 100 s before training.
+    result = loop.train_and_evaluate(config, workdir, started=reporting.time.time() - 100.0)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["setup_time_s"] >= 100.0 and summary["wall_time_s"] > summary["setup_time_s"]
+    assert result.metrics == summary
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert (progress["step"], progress["total"]) == (2, 2)
+    # Run again: nothing to train, and the summary says the run's real time.
+    again = loop.train_and_evaluate(config, workdir)
+    assert again.metrics["wall_time_s"] == pytest.approx(summary["wall_time_s"], abs=1e-3)
+    assert reporting.end_of_run(again.metrics, workdir).startswith(
+        f"--- done: 2 steps in {console.clock(summary['wall_time_s'])}")
+    assert summary["wall_time_s"] > 100.0  # Not 00:00.

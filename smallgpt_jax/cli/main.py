@@ -43,7 +43,8 @@ def main(argv: list[str]) -> None:
         # Joins a multi-host job when the environment describes one; before
         # anything touches JAX devices.
         distributed.maybe_initialize()
-        result = loop.train_and_evaluate(config, workdir)
+        # Its wall time counts from this process's start: imports included.
+        result = loop.train_and_evaluate(config, workdir, started=reporting.process_started())
         if jax.process_index() != 0:  # In a multi-host job only process 0 prints.
             return
         print("\n--- sample from the final model ---")

@@ -28,7 +28,7 @@ import ml_collections
 from smallgpt_jax import data, parallel, train
 from smallgpt_jax.checkpoint import writer as checkpoint, compat as resume_compat
 from smallgpt_jax.checkpoint.meta import Meta
-from smallgpt_jax.checkpoint.workdir import prepare_workdir
+from smallgpt_jax.checkpoint.workdir import prepare_workdir, read_json
 from smallgpt_jax.config import validate
 from smallgpt_jax.model import count_params, model_config as make_model_config
 from smallgpt_jax.store import store
@@ -38,14 +38,18 @@ from smallgpt_jax.training import evaluation, profiling, reporting, stopping, wa
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       hooks: profiling.Hooks | None = None) -> RunResult:
+                       hooks: profiling.Hooks | None = None,
+                       started: float | None = None) -> RunResult:
     """Trains `config` in `workdir`; returns the final metrics and model.
 
     Re-running with the same workdir resumes from its newest complete
     checkpoint. SIGTERM, SIGHUP or SIGINT saves a checkpoint, then raises
     Interrupted; before the first step (nothing to save) it stops at once.
-    `hooks` (see training/profiling.py) let a tool time the run.
+    `hooks` (see training/profiling.py) let a tool time the run. The run's
+    wall time counts from `started` (time.time(); the command line passes its
+    process's start), or else from this call.
     """
+    started = time.time() if started is None else started
     validate(config)
     applied = runtime.setup_run(config.compilation_cache)  # XLA flags, compilation cache.
     auto = config.model.dtype == "auto"
@@ -57,7 +61,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # alone would leave the others waiting for it.
     with stopping.StopSignals(at_once=jax.process_count() == 1) as stop:
         try:
-            return _run(config, workdir, stop, settings, hooks or profiling.Hooks())
+            return _run(config, workdir, stop, settings, hooks or profiling.Hooks(), started)
         except stopping.StopNow as e:
             raise Interrupted(str(e), e.signum) from None
 
@@ -72,21 +76,23 @@ def resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str, stop: stopping.StopSignals,
-         settings: str, hooks: profiling.Hooks) -> RunResult:
+         settings: str, hooks: profiling.Hooks, started: float) -> RunResult:
     """train_and_evaluate in its workdir, once the process is set up."""
     prepare_workdir(workdir)  # A foreign or read-only workdir fails here.
     # One run per workdir (process 0 holds it for the job); a second is refused at once.
     owner = lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with owner, checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
-        progress = reporting.ProgressBar(config.train.num_steps, config.train.eval_every)
+        # progress.json: the newest step, loss and ETA for a watcher (a sweep's live lines).
+        progress = reporting.ProgressBar(config.train.num_steps, config.train.eval_every,
+                                         progress_file=os.path.join(workdir, "progress.json"))
         run = setup(config, workdir, ckpt, stop, progress, settings)
         if run.start_step >= config.train.num_steps:
             return nothing_to_train(run, ckpt, progress)
-        return _train(run, ckpt, stop, progress, hooks)
+        return _train(run, ckpt, stop, progress, hooks, started)
 
 
 def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
-           progress: reporting.ProgressBar, hooks: profiling.Hooks) -> RunResult:
+           progress: reporting.ProgressBar, hooks: profiling.Hooks, started: float) -> RunResult:
     """Steps from `run.start_step` to the end, with logs, evaluations and saves."""
     t, workdir = run.config.train, run.workdir
     # TensorBoard drops what a killed earlier process logged from start_step + 1 on.
@@ -95,7 +101,7 @@ def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
     with reporting.Writer(workdir, purge_step=run.start_step + 1) as writer, \
             contextlib.closing(profiling.ProfileWindow(t.profile_steps, workdir)) as profile, \
             contextlib.closing(warmup.Warmup()) as warm:
-        trainer = Trainer(run, ckpt, writer, progress, hooks)
+        trainer = Trainer(run, ckpt, writer, progress, hooks, started)
         stop.save_first()  # From here on a signal saves a checkpoint, then stops.
         for step in range(run.start_step, t.num_steps):
             done = step + 1  # Steps count from 1 in logs, checkpoints and hooks.
@@ -136,7 +142,7 @@ class RunResult:
     """What a run ends with: its metrics apart from the model it trained."""
 
     steps: int  # The step the run ended at.
-    metrics: dict  # summary.json's values; only "steps" when there was nothing to train.
+    metrics: dict  # summary.json's values (a finished run's again when there was nothing to train).
     params: Any  # The final parameters, on the host's default device.
     model_config: Any  # model.ModelConfig
     tokenizer: Any  # tokenizer.Tokenizer
@@ -229,8 +235,12 @@ def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
     summary = os.path.join(run.workdir, "summary.json")
     if jax.process_index() == 0 and not os.path.exists(summary):  # Killed before writing it.
         reporting.write_json(summary, reporting.finished_summary(run.resume.meta))
-    return RunResult(run.start_step, {"steps": run.start_step}, run.params,
-                     run.model_cfg, run.tok)
+    # Its real time and losses for the closing summary (not 00:00): what the run
+    # reported, or else what its final checkpoint recorded.
+    metrics, _ = read_json(summary)
+    if not (isinstance(metrics, dict) and metrics.get("steps") == run.start_step):
+        metrics = reporting.finished_summary(run.resume.meta)
+    return RunResult(run.start_step, metrics, run.params, run.model_cfg, run.tok)
 
 
 # Training: one method per phase of a step.
@@ -240,14 +250,16 @@ class Trainer:
     next batch, the newest evaluation, the clocks), and the phases."""
 
     def __init__(self, run: Run, ckpt: checkpoint.Checkpointer, writer: reporting.Writer,
-                 progress: reporting.ProgressBar, hooks: profiling.Hooks):
+                 progress: reporting.ProgressBar, hooks: profiling.Hooks, started: float):
         self.run, self.ckpt, self.writer, self.progress, self.hooks = (
             run, ckpt, writer, progress, hooks)
         config, resume = run.config, run.resume
-        writer.text(run.start_step, "config", "\n" + str(config))
-        writer.loss_chart(run.start_step, ["train/loss", "eval/train_loss", "eval/val_loss"])
+        # Tagged to sort after "sample": TensorBoard's Text tab shows the samples first.
+        writer.text(run.start_step, "setup/config", "\n" + str(config))
         self.rstate, run.rstate = run.rstate, None  # Donated by the first step: ours alone.
-        self.t_start = self.t_log = time.time()
+        # This run's time counts from its start: imports, data, compiling included.
+        self.t_start, self.t_log = started, time.time()
+        self.setup_s = self.t_log - self.t_start  # The part before step 1.
         self.step_log = run.start_step  # The step of the last log (tokens/s counts from it).
         self.time_before = resume.train_time_s if resume else 0.0  # Earlier runs of this workdir.
         carried = resume is not None and not run.data_changed
@@ -348,7 +360,8 @@ class Trainer:
     def final_metrics(self) -> dict:
         """The newest evaluation, steps and times (summary.json); logs the hparams."""
         t = self.run.config.train
-        final = {**self.last, "steps": t.num_steps, "wall_time_s": self.wall_time()}
+        final = {**self.last, "steps": t.num_steps, "wall_time_s": self.wall_time(),
+                 "setup_time_s": self.setup_s}  # (This process's; wall_time_s counts it.)
         if not self.time_before:  # (A resumed run's earlier evaluations are not known.)
             final["eval_time_s"] = self.eval_s
         self.writer.hparams(reporting.flat_hparams(self.run.config.to_dict()),

@@ -17,7 +17,7 @@ import time
 import jax
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event, SessionLog
-from tensorboardX.summary import custom_scalars, image, scalar
+from tensorboardX.summary import image, scalar
 from tensorboardX.summary import hparams as hparams_summary
 from tensorboardX.summary import text as text_summary
 
@@ -221,12 +221,6 @@ class Writer:
         # Markdown: indent by 4 spaces so TensorBoard keeps line breaks.
         self._add(text_summary(tag, "    " + text.replace("\n", "\n    ")), step)
 
-    def loss_chart(self, step: int, tags: list[str]) -> None:
-        """One chart with all the loss curves `tags`, in TensorBoard's CUSTOM
-        SCALARS view (its other views draw one chart per tag)."""
-        self._add(custom_scalars({"loss": {"train and validation loss": ["Multiline", tags]}}),
-                  step)
-
     def image(self, step: int, tag: str, image_HWC) -> None:
         if self.enabled:  # Encoding a PNG is work; the other processes skip it.
             self._add(image(tag, image_HWC, dataformats="HWC"), step)
@@ -285,7 +279,10 @@ def end_of_run(final: dict, workdir: str) -> str:
     q = shlex.quote(workdir)
     evals = (f", evaluation {clock(final['eval_time_s'])} of it" if "eval_time_s" in final
              else " (all runs of this workdir)")
-    lines = [f"--- done: {final['steps']} steps in {clock(final.get('wall_time_s', 0.0))}{evals} ---"]
+    setup = (f", {clock(final['setup_time_s'])} before step 1" if "setup_time_s" in final
+             and "eval_time_s" in final else "")  # (A resumed run's: this process's only.)
+    took = clock(final.get("wall_time_s", 0.0))
+    lines = [f"--- done: {final['steps']} steps in {took}{setup}{evals} ---"]
     if "eval/val_loss" in final:
         lines.append(f"final loss: train {final['eval/train_loss']:.4f}, "
                      f"val {final['eval/val_loss']:.4f} nats/token "
@@ -294,7 +291,8 @@ def end_of_run(final: dict, workdir: str) -> str:
               f"TensorBoard logs, config.json, summary.json: {workdir}",
               "next:",
               f"  python -m smallgpt_jax.sample --workdir={q} --prompt=\"ROMEO:\"",
-              f"  tensorboard --logdir {shlex.quote(runs_folder(workdir))}   # then open {TENSORBOARD_URL}"]
+              f"  tensorboard --logdir {shlex.quote(runs_folder(workdir))}"
+              f"   # then open {TENSORBOARD_URL}"]
     lines += [f"  python -m smallgpt_jax.visualize --workdir={q} --what={what}"
               for what in ("attention", "curves", "embeddings")]
     return "\n".join(lines)
