@@ -35,6 +35,8 @@ def test_the_sweep_eta_shares_the_work_left_among_the_slots():
     # Measured trials replace the projection: (100 + 300 + 2 * 200) / 2.
     assert live.sweep_eta(running, [200.0], waiting=2, parallel=2) == 400.0
     assert live.sweep_eta([(5.0, None)], [], waiting=1, parallel=1) is None  # Not known yet.
+    # Before its first step a trial is expected to take as long as a finished one.
+    assert live.sweep_eta([(50.0, None)], [200.0], waiting=1, parallel=1) == 350.0
     assert live.sweep_eta([], [], waiting=0, parallel=1) == 0.0
 
 

@@ -62,17 +62,20 @@ def sweep_eta(running: list[tuple[float, float | None]], durations: list[float],
 
     running: (seconds since start, seconds left or None) of each running trial;
     durations: how long the trials finished in this launch took. A waiting
-    trial is expected to take as long as the mean finished one (or, before any
-    finished, the mean projected length of the running ones); the work left is
+    trial, or a running one before its first step, is expected to take as long
+    as the mean finished one (or, before any finished, the mean projected length
+    of the running ones); the work left is
     shared by `parallel` slots, and the sweep ends no sooner than its longest
     running trial."""
-    left = [eta for _, eta in running if eta is not None]
-    if len(left) < len(running):
+    known = [(elapsed, eta) for elapsed, eta in running if eta is not None]
+    projected = durations or [elapsed + eta for elapsed, eta in known]
+    if len(known) < len(running) and not durations:
         return None
-    projected = durations or [elapsed + eta for elapsed, eta in running]
     if waiting and not projected:
         return None
     each = sum(projected) / len(projected) if projected else 0.0
+    # A trial not at its first step yet: as long as a finished one, less its time so far.
+    left = [eta if eta is not None else max(each - elapsed, 0.0) for elapsed, eta in running]
     return max([*left, (sum(left) + waiting * each) / max(parallel, 1)])
 
 
