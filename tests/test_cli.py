@@ -40,12 +40,15 @@ def test_short_run_on_tiny_shakespeare_writes_event_files(tmp_path):
     assert [s for s, _ in scalars["eval/val_loss"]] == [15, 30]
     assert scalars["train/loss"][-1][1] < scalars["train/loss"][0][1]
     assert any("sample" in t for t in tensors) and any("config" in t for t in tensors)
+    # The first card: train and val of each evaluation, as two runs of one tag.
+    for run, tag in (("train", "eval/train_loss"), ("val", "eval/val_loss")):
+        assert read_events(str(workdir / run))[0] == {"Loss/run": scalars[tag]}
     assert (workdir / "tokenizer.json").exists() and (workdir / "config.json").exists()
     # The run ends with its result, where it is, and what to run next.
     end = proc.stdout.split("--- done: 30 steps")[1]
     assert f"val {scalars['eval/val_loss'][-1][1]:.4f} nats/token" in end
     for command in (f"python -m smallgpt_jax.sample --workdir={workdir}",
-                    f"tensorboard --logdir {workdir}",
+                    f"tensorboard --logdir {tmp_path}   # then open http://localhost:6006/?smoothing=0",
                     f"python -m smallgpt_jax.visualize --workdir={workdir} --what=curves"):
         assert command in end, end
 
