@@ -68,6 +68,7 @@ def test_short_run_on_tiny_shakespeare_writes_event_files(tmp_path):
     # A wrong path: the closest config, and the list of them.
     (["--config=configs/char_cp.py"], "configs/char_cp.py does not exist (did you mean "
      "configs/char_cpu.py?); pass --config=configs/NAME.py; configs/ holds char_12l.py, char_cpu.py"),
+    (["--config=configs/nope.py"], "configs/nope.py does not exist; pass --config="),
     ([], "missing --config: the config file to use, e.g. --config=configs/char_cpu.py; "
      "configs/ holds char_12l.py"),
     (["--config=experiments/lr_sweep.py"], "experiments/lr_sweep.py is a sweep file (it defines "

@@ -109,8 +109,10 @@ def _check_path(argv: Sequence[str]) -> None:
         raise UserError(f"config file {whole}: its path contains ':', which ml-collections "
                         "reads as 'FILE:ARGUMENT'; rename it, or link to it from a path "
                         "without ':'.")
-    close = difflib.get_close_matches(path, known_configs(), n=1, cutoff=0.8)
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    # By file name: the shared "configs/" would make any two paths look close.
+    names = {os.path.basename(p): p for p in known_configs()}
+    close = difflib.get_close_matches(os.path.basename(path), names, n=1, cutoff=0.7)
+    hint = f" (did you mean {names[close[0]]}?)" if close else ""
     raise UserError(f"config file {path} does not exist{hint}; pass --{FLAG}=configs/NAME.py"
                     f"{_configs_hint()}.")
 
