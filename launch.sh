@@ -72,6 +72,7 @@ case "$what" in
   tensorboard)
     logdir="runs"
     if [[ $# -gt 0 && "$1" != -* ]]; then logdir="$1"; shift; fi
+    echo "open the address below with ?smoothing=0 (e.g. http://localhost:6006/?smoothing=0): ten or so evaluations smoothed draw their curve above them" >&2
     exec "$PYTHON" -m tensorboard.main --logdir "$logdir" "$@" ;;
   *.py)
     # A sweep file defines get_sweep(); a config file defines get_config().
