@@ -5,7 +5,7 @@
 
 `--what=ideas` draws the ideas from their definitions and char_cpu's config
 (no training, seconds): the causal mask, the heads, the residual stream and
-the KV cache (docs/pictures_of_ideas.py); the whole model, the learning-rate
+the KV cache, Muon's Newton-Schulz iteration (docs/pictures_of_ideas.py); the whole model, the learning-rate
 schedule, the sinusoidal table and a RoPE rotation (docs/pictures_of_model.py).
 
 `--what=run` trains configs/char_cpu.py in --workdir (minutes; a finished
@@ -67,6 +67,8 @@ PICTURES = {
     "heads": Picture("ideas", (_IDEAS + "heads_figure",), CHAR_CPU),
     "residual_stream": Picture("ideas", (_IDEAS + "residual_stream_figure",)),
     "kv_cache": Picture("ideas", (_IDEAS + "kv_cache_figure", _IDEAS + "kv_cache_steps")),
+    "newton_schulz": Picture("ideas", (_IDEAS + "newton_schulz_figure",
+                                       "smallgpt_jax.muon.newton_schulz")),
     "model": Picture("ideas", (_MODEL + "model_figure", _MODEL + "param_counts"), CHAR_CPU),
     "schedule": Picture("ideas", (_MODEL + "schedule_figure",
                                   "smallgpt_jax.train.learning_rate_schedule"), CHAR_CPU),
@@ -222,6 +224,7 @@ def draw_ideas(config) -> dict:
             "heads": ideas.heads_figure(m.embed_dim, m.num_heads),
             "residual_stream": ideas.residual_stream_figure(),
             "kv_cache": ideas.kv_cache_figure(),
+            "newton_schulz": ideas.newton_schulz_figure(),
             "model": model.model_figure(config),
             "schedule": model.schedule_figure(config),
             "sinusoidal": model.sinusoidal_figure(config),

@@ -147,3 +147,40 @@ def kv_cache_figure(W: int = 8, prompt: int = 3, new: int = 12, slide_step: int 
                  f"prompt of {prompt} tokens, slide_step={slide_step}; numbers are token "
                  "positions in the text", fontsize=8)
     return fig
+
+
+def newton_schulz_figure(shape: tuple[int, int] = (128, 512)) -> Figure:
+    """Singular values of a gradient-like matrix before and after Muon's
+    Newton-Schulz iteration (smallgpt_jax.muon.newton_schulz), and the
+    quintic each singular value goes through five times."""
+    from smallgpt_jax import muon
+    rng = np.random.default_rng(0)
+    m, n = shape
+    # Low rank plus noise, as gradients are: a few directions dominate.
+    G = (rng.normal(size=(m, 4)) * [30, 10, 5, 2]) @ rng.normal(size=(4, n)) / np.sqrt(n)
+    G = (G + 0.3 * rng.normal(size=shape)).astype(np.float32)
+    before = np.linalg.svd(G, compute_uv=False)
+    after = np.linalg.svd(np.asarray(muon.newton_schulz(G)), compute_uv=False)
+    fig = Figure(figsize=(8.4, 3.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.semilogy(before / before.max(), ".", ms=3, label="G (scaled to max 1)")
+    left.semilogy(after, ".", ms=3, label="NewtonSchulz(G)")
+    left.set_xlabel("singular value index")
+    left.set_ylabel("singular value")
+    left.set_title(f"a {m}×{n} gradient-like matrix", fontsize=9)
+    left.legend(fontsize=8)
+    a, b, c = muon.NS_COEFFICIENTS
+    s = np.linspace(0, 1, 400)  # Dividing by the norm puts every singular value here.
+    right.plot(s, s, "k:", lw=1, label="s")
+    right.plot(s, a * s + b * s**3 + c * s**5, label="one step: 3.4445s − 4.7750s³ + 2.0315s⁵")
+    y = s.copy()
+    for _ in range(muon.NS_STEPS):
+        y = a * y + b * y**3 + c * y**5
+    right.plot(s, y, label="five steps")
+    right.axhspan(0.68, 1.13, color="0.9", zorder=0, label="where they end")
+    right.set_ylim(0, 1.6)
+    right.set_xlabel("singular value in (after dividing G by its norm)")
+    right.set_ylabel("singular value out")
+    right.set_title("what the iteration does to each singular value", fontsize=9)
+    right.legend(fontsize=7, loc="upper left")
+    return fig

@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.pos_encoding = "learned"  # 'learned', 'sinusoidal', 'rope', 'none'.
     c.model.norm = "layernorm"  # 'layernorm' or 'rmsnorm'.
     c.model.norm_position = "pre"  # 'pre' (GPT-2) or 'post' (GPT-1).
-    c.model.activation = "gelu"  # 'gelu', 'relu' or 'swiglu'.
+    c.model.activation = "gelu"  # 'gelu', 'relu', 'relu2' (ReLU squared) or 'swiglu'.
     c.model.use_bias = True  # Biases in dense layers and norms.
     c.model.tie_embeddings = True  # Output head reuses the token embedding.
     c.model.attention = "explicit"  # 'explicit' (written out) or 'fused' (dropout 0 only).
@@ -89,6 +89,15 @@ def base_config() -> ml_collections.ConfigDict:
     # same results): 'auto' uses them on CPU, where they measure faster, and
     # lets jax.grad differentiate the plain formulas on GPU/TPU; 'on', 'off'.
     c.model.fast_backward = "auto"
+    # The GPT-2 speedrun's switches (docs/15-modern-recipe.md), all off by default.
+    c.model.qk_norm = False  # RMSNorm (no scale) of each head's queries and keys.
+    # Zero-initialised output projections of attention and MLP (each block
+    # starts as the identity) and output head (when not tied): loss starts at ln V.
+    c.model.zero_init = False
+    c.model.logit_softcap = 0.0  # cap * tanh(logits / cap); 0: off.
+    c.model.value_embeddings = False  # Each block's values add a learned row per token.
+    c.model.x0_shortcut = False  # Each block's input mixes in the embeddings (learned).
+    c.model.smear = False  # Each embedding mixes in the previous token's (gated).
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32  # Global batch (sequences per step, all devices).
@@ -136,7 +145,7 @@ _CHOICES = {
     "model.pos_encoding": ("learned", "sinusoidal", "rope", "none"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.norm_position": ("pre", "post"),
-    "model.activation": ("gelu", "relu", "swiglu"),
+    "model.activation": ("gelu", "relu", "relu2", "swiglu"),
     "model.attention": ("explicit", "fused"),
     "model.dropout_rng": ("threefry2x32", "rbg", "unsafe_rbg"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -154,6 +163,7 @@ _NON_NEGATIVE = (
     "train.learning_rate", "train.min_learning_rate", "train.warmup_steps",
     "train.weight_decay", "train.grad_clip", "train.sample_tokens", "data.fit_max_chars",
     "train.sample_every", "train.muon_learning_rate", "train.muon_momentum_warmup",
+    "model.logit_softcap",
 )
 # Upper limits of integer fields: (fields, limit, why). Steps are counted in
 # int32 (TrainState.step); past 2**31 - 1 a schedule's arithmetic fails or

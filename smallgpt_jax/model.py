@@ -10,13 +10,16 @@ names carry their shape, one letter per axis:
 
 The switches in `config.model` pick between the classic design choices:
 positional encoding (learned, sinusoidal, rope, none), LayerNorm or RMSNorm,
-pre- or post-norm, GELU/ReLU/SwiGLU, biases, weight tying, and an explicit
-or fused attention kernel. With `decode=True` the attention layers keep a
+pre- or post-norm, GELU/ReLU/ReLU²/SwiGLU, biases, weight tying, an explicit
+or fused attention kernel, and the GPT-2 speedrun's switches (QK-norm,
+zero-initialised projections, a logit softcap, value embeddings, the x0
+shortcut, smear; all off by default). With `decode=True` the attention layers keep a
 key/value cache so generation costs one position per step (see generation.py).
 
-Two interchangeable parts have modules of their own, each with its page
-of docs: the position encodings (positions.py, page 3) and the norms
-(normalization.py, page 6).
+Parts have modules of their own, each with its page of docs: the position
+encodings (positions.py, page 3), the feed-forward network (feedforward.py,
+page 5), the norms (normalization.py, page 6), and the GPT-2 speedrun's
+extra paths, smear and the x0 shortcut (shortcuts.py, page 15).
 
 What you read here is what runs: `jax.grad` differentiates these formulas,
 except where `config.model.fast_backward` is on (by default on CPU only,
@@ -37,13 +40,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from smallgpt_jax import kernels
-from smallgpt_jax.normalization import Norm
+from smallgpt_jax.feedforward import MLP, init as _init, out_init
+from smallgpt_jax.normalization import Norm, rms_norm
 from smallgpt_jax.positions import apply_rope, sinusoidal_table
+from smallgpt_jax.shortcuts import Smear, X0Shortcut
 from smallgpt_jax.system import runtime
 from smallgpt_jax.system.errors import UserError
 
 Array = jax.Array
-_init = nn.initializers.normal(stddev=0.02)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +67,7 @@ class ModelConfig:
     pos_encoding: str  # 'learned', 'sinusoidal', 'rope' or 'none'.
     norm: str  # 'layernorm' or 'rmsnorm'.
     norm_position: str  # 'pre' or 'post'.
-    activation: str  # 'gelu', 'relu' or 'swiglu'.
+    activation: str  # 'gelu', 'relu', 'relu2' or 'swiglu'.
     use_bias: bool  # Biases in dense layers and norms.
     tie_embeddings: bool  # The output head reuses the token embedding.
     attention: str  # 'explicit' or 'fused'.
@@ -76,6 +80,14 @@ class ModelConfig:
     # The fused attention kernel (`kernels.fused_implementation`) when not
     # decoding: 'cudnn', or None for XLA's own.
     attention_impl: str | None
+    # The GPT-2 speedrun's switches (config.py says what each does; off by
+    # default, and off in checkpoints written before they existed).
+    qk_norm: bool = False
+    zero_init: bool = False
+    logit_softcap: float = 0.0
+    value_embeddings: bool = False
+    x0_shortcut: bool = False
+    smear: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,7 +139,9 @@ class CausalSelfAttention(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BTD: Array, positions_T: Array) -> Array:
+    def __call__(self, x_BTD: Array, positions_T: Array,
+                 value_embed_BTHK: Array | None = None) -> Array:
+        """`value_embed_BTHK`: added to the values (`value_embeddings`)."""
         c = self.config
         H, K = c.num_heads, c.embed_dim // c.num_heads
         dtype = jnp.dtype(c.dtype)
@@ -137,6 +151,10 @@ class CausalSelfAttention(nn.Module):
                               kernel_init=_init, name="qkv",
                               dot_general=dot_general)(x_BTD)
         q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if c.qk_norm:  # Unit-RMS queries and keys: attention logits cannot blow up.
+            q_BTHK, k_BTHK = rms_norm(q_BTHK), rms_norm(k_BTHK)
+        if value_embed_BTHK is not None:
+            v_BTHK = v_BTHK + value_embed_BTHK
         if c.pos_encoding == "rope":
             q_BTHK, k_BTHK = apply_rope(q_BTHK, positions_T), apply_rope(k_BTHK, positions_T)
 
@@ -171,36 +189,9 @@ class CausalSelfAttention(nn.Module):
             att_BHTS = nn.Dropout(c.dropout)(att_BHTS, deterministic=self.deterministic)
             y_BTHK = jnp.einsum("bhts,bshk->bthk", att_BHTS, v_BSHK)
         # Concatenate heads and project back to the residual width.
-        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.num_layers))
         return nn.DenseGeneral(c.embed_dim, axis=(-2, -1), use_bias=c.use_bias,
-                               dtype=dtype, kernel_init=out_init, name="proj",
+                               dtype=dtype, kernel_init=out_init(c), name="proj",
                                dot_general=dot_general)(y_BTHK)
-
-
-class MLP(nn.Module):
-    """Position-wise feed-forward network: widen, nonlinearity, project back."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, x_BTD: Array) -> Array:
-        c = self.config
-        dtype = jnp.dtype(c.dtype)
-        F = c.mlp_ratio * c.embed_dim
-        dot_general = kernels.fast_ops(c.fast_backward == "on")[0]
-        dense = lambda n, name, init=_init: nn.Dense(
-            n, use_bias=c.use_bias, dtype=dtype, kernel_init=init, name=name,
-            dot_general=dot_general)
-        if c.activation == "swiglu":
-            # Gated unit with 3 matrices; 2/3 of F keeps the parameter count ~equal.
-            F = int(2 * F / 3)
-            gate_BTF, up_BTF = jnp.split(dense(2 * F, "fc")(x_BTD), 2, axis=-1)
-            h_BTF = nn.silu(gate_BTF) * up_BTF
-        else:
-            act = nn.gelu if c.activation == "gelu" else nn.relu
-            h_BTF = act(dense(F, "fc")(x_BTD))
-        out_init = nn.initializers.normal(0.02 / math.sqrt(2 * c.num_layers))
-        return dense(c.embed_dim, "proj", out_init)(h_BTF)
 
 
 class Block(nn.Module):
@@ -208,6 +199,9 @@ class Block(nn.Module):
 
     pre-norm  (GPT-2):  x = x + Attn(Norm(x));   x = x + MLP(Norm(x))
     post-norm (GPT-1):  x = Norm(x + Attn(x));   x = Norm(x + MLP(x))
+
+    With `x0_shortcut` the block's input first mixes in the embeddings x0;
+    with `value_embeddings` the values add a table row of each input token.
     """
 
     config: ModelConfig
@@ -215,18 +209,26 @@ class Block(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BTD: Array, positions_T: Array) -> Array:
+    def __call__(self, x_BTD: Array, positions_T: Array, x0_BTD: Array | None = None,
+                 tokens_BT: Array | None = None) -> Array:
         c = self.config
+        if c.x0_shortcut:
+            x_BTD = X0Shortcut(name="x0")(x_BTD, x0_BTD)
+        ve_BTHK = None
+        if c.value_embeddings:  # Zeros at first: the plain values until trained.
+            ve_BTHK = nn.Embed(c.vocab_size, c.embed_dim, embedding_init=nn.initializers.zeros,
+                               dtype=jnp.dtype(c.dtype), name="value_embed")(tokens_BT)
+            ve_BTHK = ve_BTHK.reshape(*tokens_BT.shape, c.num_heads, -1)
         layer_norm_fn = kernels.fast_ops(c.fast_backward == "on")[1]
         norm = lambda name: Norm(c.norm, c.use_bias, layer_norm_fn=layer_norm_fn, name=name)
         attn = CausalSelfAttention(c, self.deterministic, self.decode, name="attn")
         mlp = MLP(c, name="mlp")
         drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
         if c.norm_position == "pre":
-            x_BTD = x_BTD + drop(attn(norm("norm1")(x_BTD), positions_T))
+            x_BTD = x_BTD + drop(attn(norm("norm1")(x_BTD), positions_T, ve_BTHK))
             x_BTD = x_BTD + drop(mlp(norm("norm2")(x_BTD)))
         else:
-            x_BTD = norm("norm1")(x_BTD + drop(attn(x_BTD, positions_T)))
+            x_BTD = norm("norm1")(x_BTD + drop(attn(x_BTD, positions_T, ve_BTHK)))
             x_BTD = norm("norm2")(x_BTD + drop(mlp(x_BTD)))
         return x_BTD
 
@@ -239,9 +241,10 @@ class _ScanBlock(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BTD: Array, positions_T: Array):
+    def __call__(self, x_BTD: Array, positions_T: Array, x0_BTD: Array | None,
+                 tokens_BT: Array):
         return Block(self.config, self.deterministic, self.decode, name="block")(
-            x_BTD, positions_T), None
+            x_BTD, positions_T, x0_BTD, tokens_BT), None
 
 
 # What a rematerialised block keeps for the backward pass (jax.checkpoint's
@@ -309,19 +312,22 @@ class GPT(nn.Module):
             table = jnp.asarray(sinusoidal_table(c.block_size, c.embed_dim))
             x_BTD = x_BTD * math.sqrt(c.embed_dim) + table[positions_T].astype(dtype)
         # 'rope' is applied inside attention; 'none' relies on the causal mask alone.
+        if c.smear:
+            x_BTD = Smear(self.decode, c.block_size, name="smear")(x_BTD, positions_T)
         x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=self.deterministic)
+        x0_BTD = x_BTD if c.x0_shortcut else None
 
         if c.scan_layers:
             blocks = nn.scan(_remat(_ScanBlock, c, self.decode), variable_axes={"params": 0, "cache": 0},
                              split_rngs={"params": True, "dropout": True},
                              in_axes=nn.broadcast, length=c.num_layers)
             x_BTD, _ = blocks(c, self.deterministic, self.decode, name="blocks")(
-                x_BTD, positions_T)
+                x_BTD, positions_T, x0_BTD, tokens_BT)
         else:
             block = _remat(Block, c, self.decode)
             for i in range(c.num_layers):
                 x_BTD = block(c, self.deterministic, self.decode, name=f"block_{i}")(
-                    x_BTD, positions_T)
+                    x_BTD, positions_T, x0_BTD, tokens_BT)
 
         if c.norm_position == "pre":  # Post-norm blocks already end in a norm.
             layer_norm_fn = kernels.fast_ops(c.fast_backward == "on")[1]
@@ -329,9 +335,13 @@ class GPT(nn.Module):
         if c.tie_embeddings:
             logits_BTV = embed.attend(x_BTD)
         else:
+            head_init = nn.initializers.zeros if c.zero_init else _init
             logits_BTV = nn.Dense(c.vocab_size, use_bias=False, dtype=dtype,
-                                  kernel_init=_init, name="head")(x_BTD)
-        return logits_BTV.astype(jnp.float32)
+                                  kernel_init=head_init, name="head")(x_BTD)
+        logits_BTV = logits_BTV.astype(jnp.float32)
+        if c.logit_softcap:  # Smoothly bounded to (-cap, cap): no overconfident logit.
+            logits_BTV = c.logit_softcap * jnp.tanh(logits_BTV / c.logit_softcap)
+        return logits_BTV
 
 
 def model_config(model: Any, vocab_size: int, platform: str | None = None) -> ModelConfig:

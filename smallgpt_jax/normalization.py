@@ -22,6 +22,12 @@ def layer_norm(x: Array, scale: Array, bias: Array | None, eps: float) -> Array:
     return y if bias is None else y + bias
 
 
+def rms_norm(x: Array, eps: float = 1e-5) -> Array:
+    """x / sqrt(mean(x^2) + eps) over the last axis, in x's dtype: RMSNorm
+    without a scale (also QK-norm's, on each head's queries and keys)."""
+    return x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + eps)
+
+
 class Norm(nn.Module):
     """LayerNorm (subtract mean, divide by std) or RMSNorm (divide by RMS only)."""
 
@@ -40,5 +46,4 @@ class Norm(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (D,)) if self.use_bias else None
             return self.layer_norm_fn(x, scale, bias, self.eps).astype(x_BTD.dtype)
         # RMSNorm: x / sqrt(mean(x^2) + eps) * scale.
-        x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
-        return (x * scale).astype(x_BTD.dtype)
+        return (rms_norm(x, self.eps) * scale).astype(x_BTD.dtype)

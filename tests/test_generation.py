@@ -63,11 +63,21 @@ def context_lengths(prompt_len, steps, W, slide_step):
     return lengths
 
 
+# Every switch of the GPT-2 speedrun's recipe on at once (tests/test_switches.py).
+ALL_SWITCHES = {
+    "model.qk_norm": True, "model.zero_init": True, "model.logit_softcap": 5.0,
+    "model.value_embeddings": True, "model.x0_shortcut": True, "model.smear": True,
+    "model.activation": "relu2", "model.tie_embeddings": False, "model.pos_encoding": "rope",
+    "model.norm": "rmsnorm", "model.use_bias": False}
+
+
 @pytest.mark.parametrize("overrides", [
     {}, {"model.pos_encoding": "rope", "model.norm_position": "post",
          "model.activation": "swiglu"},
     {"model.scan_layers": True, "model.pos_encoding": "sinusoidal",
      "model.attention": "fused"},
+    ALL_SWITCHES, {**ALL_SWITCHES, "model.scan_layers": True},
+    {**ALL_SWITCHES, "model.norm_position": "post", "model.pos_encoding": "learned"},
 ])
 def test_cached_and_uncached_logits_agree_past_the_window(overrides):
     cfg, params = random_model(overrides)

@@ -298,8 +298,8 @@ def test_bits_per_char_uses_tokens_per_character(tmp_path):
 
 SWITCHES = ("pos_encoding", "activation", "norm", "norm_position", "use_bias",
             "tie_embeddings", "attention")
-# The full product is 4*3*2*2*2*2*2 = 384 models; these 12 rows contain every
-# pair of values of every two switches (a pairwise covering array; 12 = 4*3 is
+# The full product is 4*4*2*2*2*2*2 = 512 models; these 16 rows contain every
+# pair of values of every two switches (a pairwise covering array; 16 = 4*4 is
 # the fewest possible), so any bug from two switches interacting shows up.
 COMBINATIONS = [
     ("learned", "gelu", "rmsnorm", "post", True, False, "fused"),
@@ -314,6 +314,10 @@ COMBINATIONS = [
     ("none", "gelu", "rmsnorm", "post", False, True, "explicit"),
     ("none", "relu", "layernorm", "pre", True, False, "fused"),
     ("none", "swiglu", "layernorm", "post", True, False, "explicit"),
+    ("learned", "relu2", "rmsnorm", "pre", True, True, "explicit"),
+    ("sinusoidal", "relu2", "layernorm", "post", False, False, "fused"),
+    ("rope", "relu2", "rmsnorm", "post", False, True, "fused"),
+    ("none", "relu2", "layernorm", "pre", True, False, "explicit"),
 ]
 
 

@@ -1,0 +1,27 @@
+"""modern_char.py (char_cpu's data, batch and size, with RoPE, RMSNorm and
+no biases) with the GPT-2 speedrun's recipe: the Muon optimizer for the
+blocks' matrices (AdamW for the rest) and the architecture switches that
+helped here (docs/15-modern-recipe.md has the measurements)."""
+
+import os
+
+from smallgpt_jax.cli.config_files import load_config
+
+
+def get_config():
+    # Same scale, data and training as modern_char.py (configs/ is not a package).
+    config = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      "modern_char.py"))
+    config.name = "speedrun_char"
+    config.train.optimizer = "muon"
+    config.train.muon_learning_rate = 0.02
+    m = config.model
+    m.activation = "relu2"
+    m.qk_norm = True
+    m.zero_init = True
+    m.tie_embeddings = False  # A zero-initialised head of its own.
+    m.logit_softcap = 15.0
+    m.value_embeddings = True
+    m.x0_shortcut = True
+    m.smear = True
+    return config

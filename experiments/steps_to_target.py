@@ -1,0 +1,237 @@
+r"""Steps (and tokens) to a target validation loss, over seeds, per arm.
+
+    python experiments/steps_to_target.py --target=1.74 --seeds=0,1,2 \
+        --arm="modern=configs/modern_char.py" --arm="speedrun=configs/speedrun_char.py" \
+        --baseline=modern --out=runs/steps_to_target
+
+An arm is NAME=CONFIG_FILE, then optional KEY=VALUE overrides separated by
+spaces (--arm="no-smear=configs/speedrun_char.py model.smear=False"). Each
+(arm, seed) trains once: config.seed is the seed, so it changes both the
+initialisation and the batch order (and the validation batches). Seeds run
+in turn, every arm for a seed before the next seed, so a machine that slows
+down slows every arm alike.
+
+Each run evaluates the validation loss every --eval_every steps (on the
+config's eval_steps batches, the ones the training loop's evaluation uses)
+and records the first evaluation step at which val <= target, its tokens,
+the process CPU seconds and wall seconds to it (compilation and evaluations
+included), and the last val. With --stop_at_target (the default) a run ends
+there; at --max_steps (default: the config's num_steps) it gives up. The
+training is the project's own pieces (train.make_optimizer, parallel's
+step, data's batches) without checkpoints, samples or logs; a test checks
+its losses against the training loop's.
+
+Each finished run is a line of OUT/runs.jsonl (the tool resumes: a run
+found there is not run again); the table, mean ± std per arm and a Welch
+t-test p-value against --baseline, is printed and written to OUT/table.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from smallgpt_jax.cli import app as cli  # noqa: E402
+from smallgpt_jax.system import runtime  # noqa: E402
+from smallgpt_jax.system.errors import UserError  # noqa: E402
+
+_ARMS = flags.DEFINE_multi_string("arm", [], "NAME=CONFIG_FILE [KEY=VALUE ...]; repeat per arm.")
+_BASELINE = flags.DEFINE_string("baseline", "", "The arm the p-values compare with (default: the first).")
+_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+_TARGET = flags.DEFINE_float("target", 1.74, "Validation loss to reach (nats/token).")
+_EVERY = flags.DEFINE_integer("eval_every", 50, "Evaluate every N steps.")
+_MAX = flags.DEFINE_integer("max_steps", 0, "Give up after N steps (0: the config's num_steps).")
+_STOP = flags.DEFINE_boolean("stop_at_target", True, "End a run at the target.")
+_OUT = flags.DEFINE_string("out", "runs/steps_to_target", "Folder for runs.jsonl and table.md.")
+
+
+# ---------------------------------------------------------------- statistics
+
+def _continued_fraction(a: float, b: float, x: float) -> float:
+    """1 / (1 + d1 / (1 + d2 / (1 + ...))), the incomplete beta function's
+    continued fraction, d_{2m+1} = -(a+m)(a+b+m)x / ((a+2m)(a+2m+1)) and
+    d_{2m} = m(b-m)x / ((a+2m-1)(a+2m)), by the modified Lentz method."""
+    tiny, g, C, D = 1e-300, 1.0, 1.0, 0.0
+    for j in range(1, 1000):
+        m = j // 2
+        if j % 2:
+            d = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        else:
+            d = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        D = 1.0 + d * D
+        D = 1.0 / (tiny if abs(D) < tiny else D)
+        C = 1.0 + d / C
+        C = tiny if abs(C) < tiny else C
+        g *= C * D
+        if abs(C * D - 1.0) < 1e-15:
+            break
+    return 1.0 / g
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # The fraction converges fast on this side only.
+        return 1.0 - incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x)) / a
+    return front * _continued_fraction(a, b, x)
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Welch's two-sample t-test: (t, degrees of freedom, two-sided p).
+    P(|T| > t) for Student's t with df degrees is I_{df/(df+t^2)}(df/2, 1/2)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return (0.0, math.inf, 1.0) if a.mean() == b.mean() else (math.inf, math.inf, 0.0)
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t, df, incomplete_beta(df / 2, 0.5, df / (df + t * t))
+
+
+# ---------------------------------------------------------------- one run
+
+def parse_arm(spec: str) -> tuple[str, str, list[str]]:
+    """'NAME=FILE K=V ...' -> (NAME, FILE, ['K=V', ...])."""
+    head, *overrides = spec.split()
+    name, sep, path = head.partition("=")
+    if not sep or not name or not path:
+        raise UserError(f"--arm={spec!r} must be NAME=CONFIG_FILE [KEY=VALUE ...].")
+    return name, path, overrides
+
+
+def run_one(config, target: float, eval_every: int, max_steps: int,
+            stop_at_target: bool) -> dict:
+    """Trains `config` (its seed) for up to max_steps; see the module docstring."""
+    import jax  # Here: after runtime.setup_process().
+    from smallgpt_jax import data, parallel, train
+    from smallgpt_jax.config import validate
+    from smallgpt_jax.model import model_config
+    from smallgpt_jax.store import store
+    from smallgpt_jax.training import loop
+
+    validate(config)
+    runtime.setup_run(config.compilation_cache)
+    config = loop.resolved(config)
+    t, T = config.train, config.model.block_size
+    with tempfile.TemporaryDirectory() as workdir:  # load_splits writes tokenizer.json there.
+        tok, splits, _, _ = store.load_splits(config.data, T, workdir)
+    cfg = model_config(config.model, tok.vocab_size)
+    tx, schedule = train.make_optimizer(t)
+    par = parallel.data_parallel(config.parallel, cfg, tx, schedule, config.seed)
+    state = par.put_state(train.init_state(cfg, tx, config.seed))
+    # The loop's validation batches: stream 2, batches 0..eval_steps-1.
+    val = np.concatenate([parallel.process_rows(data.sample_batch(
+        splits.val, config.seed, s, t.batch_size, T, 2)) for s in range(t.eval_steps)])
+    val = par.put_batch(val, t.eval_steps)
+    record = {"steps": None, "tokens": None, "cpu_s": None, "wall_s": None, "curve": []}
+    cpu0, wall0 = time.process_time(), time.time()
+    for step in range(max_steps):
+        batch = data.sample_batch(splits.train, config.seed, step, t.batch_size, T)
+        state, _ = par.train_step(state, par.put_batch(parallel.process_rows(batch),
+                                                       t.grad_accum_steps))
+        done = step + 1
+        if done % eval_every and done != max_steps:
+            continue
+        loss = float(np.mean(parallel.host_values(par.eval_step(state.params, val))))
+        record["curve"].append([done, loss])
+        if record["steps"] is None and loss <= target:
+            record.update(steps=done, tokens=done * t.batch_size * T,
+                          cpu_s=time.process_time() - cpu0, wall_s=time.time() - wall0)
+            if stop_at_target:
+                break
+        if not math.isfinite(loss):
+            break
+    record["final_val"] = record["curve"][-1][1]
+    return record
+
+
+# ---------------------------------------------------------------- the table
+
+def _mean_std(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f"{fmt.format(np.mean(values))} ± {fmt.format(std)}"
+
+
+def table(runs: list[dict], arms: list[str], baseline: str, target: float) -> str:
+    """Markdown: per arm, runs reaching the target, steps/tokens/CPU s to it
+    (mean ± std over those), the final val, and p against the baseline's steps."""
+    lines = [f"| arm | reached val <= {target} | steps | tokens | CPU s | wall s | final val "
+             f"| p (steps vs {baseline}) |", "|---|---|---|---|---|---|---|---|"]
+    by_arm = {a: [r for r in runs if r["arm"] == a] for a in arms}
+    base = [r["steps"] for r in by_arm[baseline] if r["steps"] is not None]
+    for arm in arms:
+        rs = by_arm[arm]
+        hit = [r for r in rs if r["steps"] is not None]
+        steps = [r["steps"] for r in hit]
+        p = "-"
+        if arm != baseline and len(steps) > 1 and len(base) > 1 and len(hit) == len(rs):
+            p = f"{welch(steps, base)[2]:.2g}"
+        lines.append(
+            f"| {arm} | {len(hit)}/{len(rs)} | {_mean_std(steps, '{:.0f}')} | "
+            f"{_mean_std([r['tokens'] for r in hit], '{:.3g}')} | "
+            f"{_mean_std([r['cpu_s'] for r in hit], '{:.0f}')} | "
+            f"{_mean_std([r['wall_s'] for r in hit], '{:.0f}')} | "
+            f"{_mean_std([r['final_val'] for r in rs], '{:.3f}')} | {p} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    runtime.setup_process()  # First: before JAX starts threads.
+    from smallgpt_jax.cli.config_files import load_config
+    with cli.user_errors():
+        if not _ARMS.value:
+            raise UserError("give at least one --arm=NAME=CONFIG_FILE; see --help.")
+        arms = [parse_arm(a) for a in _ARMS.value]
+        names = [a[0] for a in arms]
+        if len(set(names)) != len(names):
+            raise UserError(f"two arms share a name: {', '.join(names)}.")
+        baseline = _BASELINE.value or names[0]
+        if baseline not in names:
+            raise UserError(f"--baseline={baseline!r} is not an arm ({', '.join(names)}).")
+        try:
+            seeds = [int(s) for s in _SEEDS.value.split(",")]
+        except ValueError:
+            raise UserError(f"--seeds={_SEEDS.value!r} must be integers separated by commas.")
+        if _EVERY.value <= 0 or _MAX.value < 0:
+            raise UserError("--eval_every must be positive and --max_steps not negative.")
+        os.makedirs(_OUT.value, exist_ok=True)
+        path = os.path.join(_OUT.value, "runs.jsonl")
+        runs = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+        for seed in seeds:
+            for name, file, overrides in arms:
+                if any(r["arm"] == name and r["seed"] == seed for r in runs):
+                    continue
+                config = load_config(file, [*overrides, f"seed={seed}"])
+                max_steps = _MAX.value or config.train.num_steps
+                record = run_one(config, _TARGET.value, _EVERY.value, max_steps, _STOP.value)
+                record = {"arm": name, "seed": seed, "config": file, "overrides": overrides,
+                          **record}
+                runs.append(record)
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(f"{name} seed {seed}: steps {record['steps']}, final val "
+                      f"{record['final_val']:.4f}, CPU {record['cpu_s']} s", flush=True)
+        runs = [r for r in runs if r["seed"] in seeds and r["arm"] in names]
+        out = table(runs, names, baseline, _TARGET.value)
+        print(out)
+        with open(os.path.join(_OUT.value, "table.md"), "w") as f:
+            f.write(out + "\n")
+
+
+if __name__ == "__main__":
+    cli.run_app(main)

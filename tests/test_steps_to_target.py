@@ -1,0 +1,90 @@
+"""experiments/steps_to_target.py: its t-test, its runs against the training
+loop's, and the table it writes on a tiny config."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FAST_COMPILE, ROOT, load_file
+from smallgpt_jax.training import loop, profiling
+from test_checkpoint import train_config, write_corpus
+
+s2t = load_file("experiments/steps_to_target.py", "steps_to_target")
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0, 2.5, 12.0])
+def test_student_t_p_values_equal_their_closed_forms(t):
+    """Two-sided P(|T| > t): 1 - (2/pi) atan t with 1 degree of freedom (the
+    Cauchy distribution), 1 - t / sqrt(2 + t^2) with 2."""
+    p = lambda df: s2t.incomplete_beta(df / 2, 0.5, df / (df + t * t))
+    assert p(1) == pytest.approx(1 - 2 / math.pi * math.atan(t), abs=1e-12)
+    assert p(2) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-12)
+
+
+def test_incomplete_beta_and_welch_against_known_values():
+    assert s2t.incomplete_beta(1.0, 1.0, 0.37) == pytest.approx(0.37)
+    assert s2t.incomplete_beta(3.0, 1.0, 0.6) == pytest.approx(0.6**3)
+    a, b = [600, 650, 620, 700, 640], [1500, 1600, 1450, 1700, 1550]
+    t, df, p = s2t.welch(a, b)
+    va, vb = np.var(a, ddof=1) / 5, np.var(b, ddof=1) / 5
+    assert t == pytest.approx((np.mean(a) - np.mean(b)) / math.sqrt(va + vb))
+    assert df == pytest.approx((va + vb) ** 2 / (va**2 / 4 + vb**2 / 4))
+    assert 0 < p < 1e-4
+    stats = pytest.importorskip("scipy.stats")
+    for x, y in ((a, b), ([1, 2, 3], [2, 4, 9]), ([5.0, 5.5, 4.9, 5.2], [5.1, 5.4, 5.0])):
+        want = stats.ttest_ind(x, y, equal_var=False)
+        assert s2t.welch(x, y)[2] == pytest.approx(want.pvalue, rel=1e-9)
+
+
+def test_its_validation_losses_are_the_training_loops(tmp_path):
+    config = train_config(write_corpus(tmp_path / "text.txt"), **{
+        "train.optimizer": "muon", "train.num_steps": 10, "train.eval_every": 5,
+        "train.checkpoint_every": 10})
+    seen = {}
+
+    class Hooks(profiling.Hooks):
+        def evaluated(self, step, losses, seconds):
+            seen[step] = losses["val"]
+
+    loop.train_and_evaluate(config, str(tmp_path / "run"), Hooks())
+    record = s2t.run_one(config, target=-1.0, eval_every=5, max_steps=10,
+                         stop_at_target=True)
+    assert record["steps"] is None and record["final_val"] == record["curve"][-1][1]
+    assert dict(record["curve"]) == pytest.approx(seen, rel=1e-6)
+
+
+def test_two_arms_two_seeds_make_a_table_and_resume(tmp_path):
+    corpus = write_corpus(tmp_path / "text.txt")
+    (tmp_path / "tiny.py").write_text(
+        "import sys\nsys.path.insert(0, 'tests')\n"
+        "from test_checkpoint import train_config\n"
+        f"def get_config():\n    return train_config({str(corpus)!r}, "
+        "**{'train.num_steps': 30, 'train.learning_rate': 1e-2})\n")
+    out = tmp_path / "out"
+    args = [sys.executable, "experiments/steps_to_target.py", "--target=3.0", "--seeds=0,1",
+            "--eval_every=5", f"--out={out}", f"--arm=adam={tmp_path / 'tiny.py'}",
+            f"--arm=muon={tmp_path / 'tiny.py'} train.optimizer=muon"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
+    run = lambda extra=(): subprocess.run(args + list(extra), cwd=ROOT, env=env,
+                                          capture_output=True, text=True, timeout=300)
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(line) for line in open(out / "runs.jsonl")]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [
+        ("adam", 0), ("adam", 1), ("muon", 0), ("muon", 1)]
+    for r in runs:  # Stopped at the first evaluation at or below the target.
+        assert r["steps"] is not None and r["steps"] % 5 == 0 and r["final_val"] <= 3.0
+        assert [v for s, v in r["curve"] if s < r["steps"]] == [
+            v for s, v in r["curve"][:-1]] and all(v > 3.0 for _, v in r["curve"][:-1])
+        assert r["tokens"] == r["steps"] * 4 * 8 and r["cpu_s"] > 0
+    assert runs[0]["curve"] != runs[2]["curve"]  # Seeds differ (adam 0 vs adam 1).
+    table = (out / "table.md").read_text()
+    assert "| muon | 2/2 |" in table and "p (steps vs adam)" in table
+    assert run().stdout.count("seed") == 0  # Everything was done: nothing runs again.
+    bad = run(["--baseline=nope"])
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error:")
