@@ -7,7 +7,7 @@ Both steps are `benchmarks.train_step.JaxStep` (the loop's data-parallel step,
 compiled ahead of time, on a fixed batch); only config.train.optimizer
 differs. Blocks of --repeats steps alternate between the two, --rounds
 times, so a change of machine load hits both. Prints the median wall and
-CPU seconds per step of each and Muon's overhead in % of the AdamW step.
+CPU seconds per step of each (over the blocks' means) and Muon's overhead in % of the AdamW step.
 """
 
 from __future__ import annotations
@@ -33,15 +33,18 @@ def main(_) -> None:
         config.model.dtype = runtime.resolve_dtype(config.model.dtype, "cpu")
         steps[opt] = JaxStep(config, vocab_size_for(config))
         steps[opt].run(FLAGS.warmup, timed=False)
+        steps[opt].cpu_times.clear()  # The warm-up's is not a timed block.
     wall = {opt: [] for opt in steps}
     for _ in range(FLAGS.rounds):
         for opt, step in steps.items():
             wall[opt] += step.run(FLAGS.repeats)
+    # JaxStep.run gives one figure per block: its mean seconds per step.
     med = {opt: statistics.median(w) for opt, w in wall.items()}
     cpu = {opt: statistics.median(s.cpu_times) for opt, s in steps.items()}
     for opt in steps:
         print(f"{opt:6s} median {1e3 * med[opt]:7.2f} ms/step wall, "
-              f"{1e3 * cpu[opt]:7.2f} ms/step CPU ({len(wall[opt])} steps)")
+              f"{1e3 * cpu[opt]:7.2f} ms/step CPU (median of {len(wall[opt])} blocks of "
+              f"{FLAGS.repeats} steps)")
     print(f"Muon overhead: {100 * (med['muon'] / med['adamw'] - 1):+.1f}% wall, "
           f"{100 * (cpu['muon'] / cpu['adamw'] - 1):+.1f}% CPU per step")
 

@@ -15,11 +15,11 @@ Each run evaluates the validation loss every --eval_every steps (on the
 config's eval_steps batches, the ones the training loop's evaluation uses)
 and records the first evaluation step at which val <= target, its tokens,
 the process CPU seconds and wall seconds to it (compilation and evaluations
-included), and the last val. With --stop_at_target (the default) a run ends
-there; at --max_steps (default: the config's num_steps) it gives up. The
-training is the project's own pieces (train.make_optimizer, parallel's
-step, data's batches) without checkpoints, samples or logs; a test checks
-its losses against the training loop's.
+included), and the last val. A run ends there (--nostop_at_target: it
+trains on to --max_steps, the config's num_steps by default, where it
+also gives up on the target). The training is the project's own pieces
+(train.make_optimizer, parallel's step, data's batches) without
+checkpoints, samples or logs; a test checks its losses against the loop's.
 
 Each finished run is a line of OUT/runs.jsonl (the tool resumes: a run
 found there is not run again); the table, mean ± std per arm and a Welch

@@ -143,3 +143,16 @@ def test_every_switch_on_scan_computes_the_unscanned_function_and_scores():
     assert scored.token_bits.shape == (len(TEXT),) and np.isfinite(scored.token_bits).all()
     states = representations.hidden_states(stacked, scan, tok, TEXT)
     assert states.shape == (cfg.num_layers + 1, len(TEXT), cfg.embed_dim)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_switch_on_trains_under_remat(scan):
+    """nn.remat around the blocks (config.model.remat) takes the x0 and token
+    arguments: the same loss and gradients as without."""
+    cfg, params = random_model({**ALL_SWITCHES, "model.scan_layers": scan})
+    batch = jax.random.randint(jax.random.key(2), (2, cfg.block_size + 1), 0, V)
+    grad = lambda c: jax.value_and_grad(train.loss_fn)(params, c, batch)
+    (loss, g), (loss_r, g_r) = grad(cfg), grad(cfg.replace(remat="block"))
+    assert float(loss) == pytest.approx(float(loss_r), rel=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_r)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
