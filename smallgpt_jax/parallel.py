@@ -95,6 +95,15 @@ class DataParallel:
     put_state: Callable  # a host (or one-device) pytree -> on all devices
     put_batch: Callable  # (this process's rows [n, T+1], A or None) -> on devices
     unreplicate: Callable  # a pytree on devices -> one copy, on this process
+    # An abstract state (jax.eval_shape) -> the same with the shardings a state
+    # is made or restored in (none: on the first device, put_state spreads it).
+    state_target: Callable = lambda shapes: shapes
+    # The state on devices -> what a checkpoint writes (default `unreplicate`).
+    to_save: Callable | None = None
+
+    def saved(self, rstate) -> Any:
+        """What a checkpoint of `rstate` writes: one copy, or fsdp's shards as they are."""
+        return (self.to_save or self.unreplicate)(rstate)
 
 
 def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParallel:
@@ -110,7 +119,9 @@ def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParal
         f_train, f_eval = sharding.make_fsdp_steps(model_config, tx, schedule, seed, mesh,
                                                    shapes)
         return DataParallel(f_train, f_eval, put_state=partial(sharding.put, mesh=mesh),
-                            put_batch=partial(global_batch, mesh), unreplicate=sharding.gather)
+                            put_batch=partial(global_batch, mesh), unreplicate=sharding.gather,
+                            state_target=partial(sharding.placed, mesh=mesh),
+                            to_save=lambda rstate: rstate)  # Orbax writes the shards.
     s_train, s_eval = make_sharded_steps(model_config, tx, schedule, seed, mesh)
     replicated = jax.NamedSharding(mesh, jax.P())
     return DataParallel(

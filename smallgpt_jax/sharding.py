@@ -97,13 +97,14 @@ def make_fsdp_steps(model_config, tx, schedule, seed: int, mesh: jax.sharding.Me
     return f_train, f_eval
 
 
-def init_sharded(model_config, tx, seed: int, mesh: jax.sharding.Mesh) -> train.TrainState:
-    """A fresh state made directly in its shards: no device ever holds all of
-    it (GPT-2 XL's 24 GB of float32 state fits no single 16 GB chip)."""
-    shapes = jax.eval_shape(lambda: train.init_state(model_config, tx, seed))
-    init = jax.jit(lambda: train.init_state(model_config, tx, seed),
-                   out_shardings=state_shardings(shapes, mesh))
-    return init()
+def placed(shapes: Any, mesh: jax.sharding.Mesh) -> Any:
+    """`shapes` (jax.eval_shape's) with their FSDP shardings: where a state is
+    made (`train.init_state(..., target)`) or restored from a checkpoint
+    written on any number of devices, in its shards, so that no device ever
+    holds all of it (GPT-2 XL's 24 GB of float32 state fits no 16 GB chip)."""
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        shapes, state_shardings(shapes, mesh))
 
 
 def gather(tree: Any) -> Any:
@@ -117,7 +118,12 @@ def gather(tree: Any) -> Any:
 
 
 def put(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """A host (or one-device) state onto the mesh in its FSDP shards; every
-    process passes the same values."""
-    host = jax.device_get(tree)
-    return jax.device_put(host, state_shardings(host, mesh))
+    """A state onto the mesh in its FSDP shards: copied shard by shard if it
+    is there already (made or restored there, see `placed`; a copy, since the
+    first step donates what this returns while the caller may keep `tree`),
+    else from host values, which every process passes alike."""
+    target = state_shardings(tree, mesh)
+    if all(isinstance(x, jax.Array) and x.sharding == s for x, s in
+           zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(target))):
+        return jax.tree_util.tree_map(lambda x: x.copy(), tree)
+    return jax.device_put(jax.device_get(tree), target)

@@ -74,15 +74,21 @@ def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
     return optax.chain(*parts, adamw), schedule
 
 
-def init_state(model_config, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    """Fresh parameters and optimizer state (on the default device)."""
+def init_state(model_config, tx: optax.GradientTransformation, seed: int,
+               target: Any = None) -> TrainState:
+    """Fresh parameters and optimizer state: on the default device, or made
+    in the shardings of `target` (shapes with shardings, sharding.placed)."""
     def init(key):
         dummy_BT = jnp.zeros((1, model_config.block_size), jnp.int32)
         params = GPT(model_config).init(key, dummy_BT)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params))
     # Compiled: one XLA program instead of hundreds of small eager ops.
-    return jax.jit(init)(jax.random.key(seed))
+    leaves, tree = jax.tree_util.tree_flatten(target)
+    shardings = [getattr(x, "sharding", None) for x in leaves]
+    out = (None if target is None or None in shardings
+           else jax.tree_util.tree_unflatten(tree, shardings))
+    return jax.jit(init, out_shardings=out)(jax.random.key(seed))
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:

@@ -61,6 +61,10 @@ COMPARE = textwrap.dedent("""
         batch = data.sample_batch(tokens, c.seed, 99, 16, cfg.block_size)
         val = parallel.host_values(par.eval_step(state.params, par.put_batch(batch, 1)))
         params = par.unreplicate(state.params)
+        # What a checkpoint writes: fsdp's shards as they are, not gathered.
+        to_save = jax.tree.leaves(par.saved(state))
+        out[kind + "_saves_shards"] = sum(isinstance(x, jax.Array) and not
+                                          x.sharding.is_fully_replicated for x in to_save)
         out[kind] = {"losses": losses, "eval": float(val[0]), "bytes": placed,
                      "bytes_after": sharding.per_device_bytes(state),
                      "params": [np.asarray(p).ravel()[:50].tolist()
@@ -93,3 +97,59 @@ def test_fsdp_trains_as_shard_map_in_an_eighth_of_the_memory():
     # at most 1/8 of the replicated state + 5%, and still so after the steps.
     assert fsdp["bytes"] <= dp["bytes"] / 8 * 1.05, (fsdp["bytes"], dp["bytes"])
     assert fsdp["bytes_after"] == fsdp["bytes"] and dp["bytes_after"] == dp["bytes"]
+    assert out["fsdp_saves_shards"] > 10 and out["shard_map_saves_shards"] == 0
+
+
+def write_corpus(path) -> str:
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "runs"]
+    rng = np.random.default_rng(0)
+    path.write_text("\n".join(" ".join(rng.choice(words, 10)) for _ in range(300)) + "\n")
+    return str(path)
+
+
+def test_a_sharded_checkpoint_resumes_on_8_4_1_then_8_devices_as_one_run(tmp_path):
+    """An fsdp run saved on 8 devices, resumed on 4, then 1, then 8 again,
+    logs the losses of an uninterrupted 8-device run at every step and ends
+    with its parameters; the checkpoint samples on one device."""
+    from smallgpt_jax.checkpoint.reader import load_params
+    from test_cli import read_events
+    corpus = write_corpus(tmp_path / "text.txt")
+    # A constant learning rate after 2 warmup steps: the same schedule whatever
+    # num_steps each resumed part is given.
+    args = ["-m", "smallgpt_jax.main", "--config=configs/char_cpu.py",
+            f"--config.data.path={corpus}", "--config.parallel=fsdp",
+            "--config.model.num_layers=1", "--config.model.embed_dim=64",
+            "--config.model.num_heads=2", "--config.model.block_size=16",
+            "--config.model.dtype=float32", "--config.train.batch_size=8",
+            "--config.train.warmup_steps=2", "--config.train.learning_rate=1e-3",
+            "--config.train.min_learning_rate=1e-3",
+            "--config.train.log_every=1", "--config.train.eval_every=100",
+            "--config.train.eval_steps=1", "--config.train.sample_tokens=0"]
+
+    def run(workdir, devices, steps):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                             f"{FAST_COMPILE}")
+        proc = subprocess.run([sys.executable, *args, f"--workdir={workdir}",
+                               f"--config.train.num_steps={steps}"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run(whole, 8, 8)
+    for devices, steps in ((8, 2), (4, 4), (1, 6), (8, 8)):
+        log = run(parts, devices, steps)
+        if steps > 2:
+            assert f"resuming from checkpoint step {steps - 2}" in log, log[-2000:]
+    want, got = read_events(str(whole))[0]["train/loss"], read_events(str(parts))[0]["train/loss"]
+    assert [s for s, _ in got] == [s for s, _ in want] == list(range(1, 9))
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=0, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(load_params(str(parts))[0]),
+                    jax.tree.leaves(load_params(str(whole))[0])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    sample = subprocess.run(
+        [sys.executable, "-m", "smallgpt_jax.sample", f"--workdir={parts}", "--prompt=the",
+         "--max_new_tokens=5", "--num_samples=1"], cwd=ROOT, capture_output=True, text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    assert sample.returncode == 0 and "sample 1 of 1 ---\nthe" in sample.stdout, sample.stderr

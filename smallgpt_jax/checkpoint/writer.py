@@ -235,10 +235,13 @@ class Checkpointer:
         sums = checksum.checksums(state)
         # One process: jax arrays, which Orbax copies to the host itself.
         # Several: host copies, which Orbax treats as replicated and process 0
-        # writes (it cannot save an array that lives on one process's device).
+        # writes (it cannot save an array that lives on one process's device);
+        # but an array spread over every process's devices (fsdp) stays one:
+        # each process writes its own shards, nothing is gathered.
         keep_jax = jax.process_count() == 1
         state = jax.tree.map(
-            lambda x: x if keep_jax and isinstance(x, jax.Array) else np.asarray(x), state)
+            lambda x: x if isinstance(x, jax.Array) and (keep_jax or not x.is_fully_addressable)
+            else np.asarray(x), state)
         meta = dataclasses.replace(meta, step=step, checksums=sums,
                                    device_count=jax.device_count(),
                                    branch_points=tuple(self.branch_points))

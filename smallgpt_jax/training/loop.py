@@ -194,12 +194,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Chec
 
     model_cfg = make_model_config(config.model, tok.vocab_size)
     tx, schedule = train.make_optimizer(t)
-    if resume:  # Only the shapes of a fresh state are needed: no real init.
-        shapes = jax.eval_shape(lambda: train.init_state(model_cfg, tx, config.seed))
-        state = ckpt.restore_state(resume, shapes)
-    else:
-        state = train.init_state(model_cfg, tx, config.seed)
     par = parallel.data_parallel(config.parallel, model_cfg, tx, schedule, config.seed)
+    # Where the state is made or restored (fsdp: in its shards, on any mesh).
+    target = par.state_target(jax.eval_shape(lambda: train.init_state(model_cfg, tx,
+                                                                       config.seed)))
+    if resume:
+        state = ckpt.restore_state(resume, target)
+    else:
+        state = train.init_state(model_cfg, tx, config.seed, target)
 
     progress.message(
         f"{source}: {len(splits.train):,} train / {len(splits.val):,} val tokens, "
@@ -345,7 +347,7 @@ class Trainer:
         run = self.run
         self.finite.flush()  # A broken state is never saved.
         warm.wait("checksum")  # Its program is ready (compiled on the warm-up thread).
-        self.ckpt.save(done, run.par.unreplicate(self.rstate), Meta(
+        self.ckpt.save(done, run.par.saved(self.rstate), Meta(
             step=done, seed=run.config.seed, val_loss=val_loss, best_val_loss=self.best_val,
             train_time_s=self.wall_time(), eval=self.last, config=run.config.to_dict(),
             tokenizer=run.tok.to_dict(), data_fingerprint=run.splits.fingerprint))
