@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
 
         def sample_and_picture():
             evaluation.sample_text(params, cfg, tok, t.sample_tokens, config.seed)
-            return evaluation.attention_picture(params, cfg, tok, splits)
+            return evaluation.attention_pictures(params, cfg, tok, splits)
 
         load = os.getloadavg()[0]
         cost = {"evaluate": median_cost(

@@ -5,7 +5,7 @@
 
 Checks by eye what a user sees first: the Loss card (train and val of each run
 on one chart), the samples before the config in the Text tab, the attention
-picture (IMAGES), a sweep's HPARAMS table. It starts `tensorboard` on a free port, opens
+pictures, one per layer (IMAGES), a sweep's HPARAMS table. It starts `tensorboard` on a free port, opens
 each page in Chromium (`apt-get install chromium`, or set CHROMIUM) and writes
 PNGs into --out (default docs/images/tensorboard). Nothing is installed.
 Without --runs it trains one tiny char_cpu run and a tiny lr_sweep into a

@@ -114,7 +114,7 @@ def test_evaluations_draw_train_and_val_on_one_card_that_sorts_first(tmp_path):
     own = _tags(str(run))
     assert "eval/val_loss" in own and "train/loss" in own and "Loss/lr_3e-3" not in own
     # Capitals sort before every tag the run writes (TensorBoard orders cards by tag).
-    assert sorted([*own, "Loss/lr_3e-3", "views/attention"])[0] == "Loss/lr_3e-3"
+    assert sorted([*own, "Loss/lr_3e-3", "views/attention/layer_0"])[0] == "Loss/lr_3e-3"
 
 
 def test_progress_file_has_the_step_loss_and_eta(tmp_path, monkeypatch):

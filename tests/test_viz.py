@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, tiny_config
+from smallgpt_jax.analysis import attention_cards
 from smallgpt_jax.analysis import pictures as viz
 from smallgpt_jax.model import GPT, model_config
 from smallgpt_jax.system.errors import UserError
@@ -89,6 +90,41 @@ def test_attention_grid_has_one_panel_per_layer_and_head_showing_the_weights():
         chars = ["n", "o", "t", "␣", "t", "o", "␣", "b", "e"]
         assert [t.get_text() for t in ax.get_xticklabels()] == (chars if l == 2 else [])
         assert [t.get_text() for t in ax.get_yticklabels()] == (chars if h == 0 else [])
+
+
+@pytest.mark.parametrize("heads,grid", [(1, (1, 1)), (3, (2, 2)), (4, (2, 2)), (8, (4, 2))])
+def test_a_layers_picture_fits_a_tensorboard_card_with_its_labels_readable(heads, grid):
+    """TensorBoard shrinks an image to its card (~330 px): the layer picture
+    is drawn at most 420 px wide, heads two a row, one 16-token label a row
+    at 6 points or more (8 pixels: a character one can read)."""
+    att = np.full((heads, 16, 16), 1 / 16)
+    labels = list("first␣citizen:") + ["\\n", "B"]
+    fig = attention_cards.layer_attention_figure(att, labels, title="layer 0")
+    img = viz.figure_to_array(fig)
+    assert 300 <= img.shape[1] <= 420 and img.shape[2] == 3
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == [f"head {h}" for h in range(heads)]
+    assert fig.axes[0].get_gridspec().get_geometry() == grid
+    for h, ax in enumerate(shown):
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), att[h])
+        # Keys under the lowest panel of each column, queries down the first column.
+        lowest = h + min(heads, 2) >= heads
+        assert [t.get_text() for t in ax.get_xticklabels()] == (labels if lowest else [])
+        assert [t.get_text() for t in ax.get_yticklabels()] == (labels if h % 2 == 0 else [])
+        assert all(t.get_fontsize() >= 6 for t in ax.get_xticklabels() + ax.get_yticklabels())
+
+
+def test_attention_pictures_are_tagged_to_sort_in_layer_order(monkeypatch):
+    from smallgpt_jax.training import evaluation
+    images = [np.full((4, 4, 3), l, np.uint8) for l in range(11)]
+    monkeypatch.setattr(attention_cards, "attention_images", lambda *args: images)
+    cfg, params, tok = make()
+    splits = type("Splits", (), {"val": np.zeros(64, np.int32)})()
+    pictures = evaluation.attention_pictures(params, cfg, tok, splits)
+    # TensorBoard orders cards by tag: layer 10 after layer 9, not after layer 1.
+    assert sorted(pictures) == list(pictures)
+    assert [int(im[0, 0, 0]) for im in pictures.values()] == list(range(11))
+    assert list(pictures)[:2] == ["views/attention/layer_00", "views/attention/layer_01"]
 
 
 def test_figure_to_array_is_an_rgb_image_of_the_figure_size():
@@ -205,17 +241,20 @@ def tiny_run(tmp_path_factory):
     return str(root / "run")
 
 
-def test_training_logs_the_attention_grid_at_each_eval(tiny_run):
+def test_training_logs_one_attention_picture_per_layer_at_each_eval(tiny_run):
     from tensorboard.backend.event_processing import event_accumulator as ea
     acc = ea.EventAccumulator(tiny_run, size_guidance={ea.IMAGES: 0})
     acc.Reload()
-    assert "views/attention" in acc.Tags()["images"]
-    images = acc.Images("views/attention")
-    assert [im.step for im in images] == [5, 10]
-    # tiny_config has 2 layers x 2 heads: a 2x2 grid, a little taller than wide.
-    im = images[-1]
-    assert 100 < im.width < 400 and im.width <= im.height < 1.5 * im.width
-    assert im.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+    # tiny_config has 2 layers x 2 heads: one picture per layer, heads side by side.
+    assert sorted(acc.Tags()["images"]) == ["views/attention/layer_0",
+                                            "views/attention/layer_1"]
+    for tag in acc.Tags()["images"]:
+        images = acc.Images(tag)
+        assert [im.step for im in images] == [5, 10]
+        im = images[-1]
+        # Narrow enough that TensorBoard's card (~330 px) shows it about as drawn.
+        assert 300 <= im.width <= 420 and im.height < im.width
+        assert im.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_visualize_curves_cli_plots_the_run(tiny_run, tmp_path):

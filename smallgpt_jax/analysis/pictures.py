@@ -145,19 +145,6 @@ def plot_attention(params, model_config, tokenizer, prompt: str,
     return fig, att_LHTT
 
 
-def attention_image(params, model_config, tokenizer, ids_T: np.ndarray,
-                    panel_inches: float = 1.6) -> np.ndarray:
-    """The attention grid for token ids, with a character label on every row
-    and column, as an [H, W, 3] uint8 image for TensorBoard (about 170 pixels
-    per panel: readable at its actual size in TensorBoard's image view)."""
-    ids_T = np.asarray(ids_T).reshape(-1)[-model_config.block_size:]
-    att_LHTT = attention_maps(params, model_config, ids_T)
-    labels = token_labels(tokenizer, ids_T)
-    fig = attention_figure(att_LHTT, labels, panel_inches=panel_inches, legend=False,
-                           title="attention for " + "".join(labels))
-    return figure_to_array(fig)
-
-
 # -------------------------------------------------------------------- curves
 
 def read_scalars(logdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -74,22 +74,27 @@ def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
                                    temperature=0.8)[0]
 
 
-def attention_picture(params, model_cfg, tok, splits: data.Splits) -> np.ndarray:
-    """Every layer's and head's attention on the first validation tokens."""
+def attention_pictures(params, model_cfg, tok, splits: data.Splits) -> dict[str, np.ndarray]:
+    """The attention on the first validation tokens, one image per layer, by
+    tag: views/attention/layer_0, ... (zero-padded past 10 layers, so that
+    TensorBoard, which orders cards by tag, shows them in layer order)."""
     # Imported here: matplotlib only when a picture is drawn.
-    from smallgpt_jax.analysis import pictures as viz
-    return viz.attention_image(params, model_cfg, tok,
-                               splits.val[:min(PICTURE_TOKENS, model_cfg.block_size)])
+    from smallgpt_jax.analysis import attention_cards
+    images = attention_cards.attention_images(params, model_cfg, tok,
+                                  splits.val[:min(PICTURE_TOKENS, model_cfg.block_size)])
+    digits = len(str(len(images) - 1))
+    return {f"views/attention/layer_{l:0{digits}d}": im for l, im in enumerate(images)}
 
 
 def write_sample(writer: reporting.Writer, step: int, params, model_cfg, tok,
                  splits: data.Splits, s: EvalSettings) -> None:
-    """The sample and the attention picture of `params` (one copy) at `step`."""
+    """The sample and the attention pictures of `params` (one copy) at `step`."""
     text = sample_text(params, model_cfg, tok, s.sample_tokens, s.seed + step)
     writer.text(step, "sample", text)
     # Tagged so that its group sorts after the eval and train groups:
     # TensorBoard's first screen then shows the losses.
-    writer.image(step, "views/attention", attention_picture(params, model_cfg, tok, splits))
+    for tag, image in attention_pictures(params, model_cfg, tok, splits).items():
+        writer.image(step, tag, image)
 
 
 def warmup_tasks(par: parallel.DataParallel, rstate, params, state_shapes,
@@ -110,8 +115,8 @@ def warmup_tasks(par: parallel.DataParallel, rstate, params, state_shapes,
     tasks = {"eval": lambda: par.eval_step.lower(spec, batches).compile(),
              "checksum": lambda: checksum.compile_for(one_copy)}
     if draws:
-        from smallgpt_jax.analysis import pictures as viz  # noqa: F401  Imported on this thread, not the warm-up's.
+        from smallgpt_jax.analysis import attention_cards  # noqa: F401  Imported on this thread, not the warm-up's.
         params = parallel.on_first_device(params)
         tasks["sample"] = lambda: sample_text(params, model_cfg, tok, s.sample_tokens, s.seed)
-        tasks["picture"] = lambda: attention_picture(params, model_cfg, tok, splits)
+        tasks["picture"] = lambda: attention_pictures(params, model_cfg, tok, splits)
     return tasks
