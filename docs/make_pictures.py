@@ -147,11 +147,17 @@ def record(name: str, png: str, values: dict | None = None, facts: dict | None =
         f.write("\n")
 
 
+# Config fields that change how a run is computed, not what: not a reason to redraw.
+SAME_NUMBERS = frozenset({"parallel"})
+
+
 def stale(name: str, images: str = os.path.join(HERE, "images")) -> list[str]:
     """Why docs/images/NAME.png no longer shows what it claims ([] if it does).
 
     A config field added since the picture was drawn is not counted: a new
-    switch keeps the old behaviour by default (base_config's rule)."""
+    switch keeps the old behaviour by default (base_config's rule). Nor is
+    `parallel`: how the step is spread over devices, the same numbers on one
+    device either way (tests/test_train.py compares pmap and shard_map)."""
     picture = PICTURES[name]
     with open(os.path.join(images, f"{name}.json"), encoding="utf-8") as f:
         rec = json.load(f)
@@ -163,7 +169,7 @@ def stale(name: str, images: str = os.path.join(HERE, "images")) -> list[str]:
     if picture.config:
         now, then = current_config(picture), rec.get("config_values", {})
         changed = [f"{k}: {then[k]!r} -> {now.get(k, '(gone)')!r}" for k in then
-                   if now.get(k, "(gone)") != then[k]]
+                   if now.get(k, "(gone)") != then[k] and k not in SAME_NUMBERS]
         if changed or rec.get("overrides") != list(picture.overrides):
             why.append(f"{picture.config} changed since: {'; '.join(changed) or 'overrides'}")
     return why

@@ -69,6 +69,10 @@ def test_a_changed_config_or_drawing_makes_a_picture_stale(pictures, tmp_path, m
     rec["config_values"]["train.num_steps"] += 1  # As if char_cpu's steps had changed since.
     path.write_text(json.dumps(rec))
     assert any("train.num_steps" in why for why in pictures.stale("schedule", str(tmp_path)))
+    rec["config_values"]["train.num_steps"] -= 1
+    rec["config_values"]["parallel"] = "pmap"  # How, not what: the same numbers.
+    path.write_text(json.dumps(rec))
+    assert pictures.stale("schedule", str(tmp_path)) == []
     monkeypatch.setattr(pictures, "code_sha256", lambda picture: "another drawing")
     assert pictures.stale("causal_mask", str(tmp_path)) == [
         "its drawing code changed (pictures_of_ideas.causal_mask_figure)"]
