@@ -47,10 +47,10 @@ def main(argv: list[str]) -> None:
     params = jax.jit(lambda: GPT(cfg).init(
         jax.random.key(0), jnp.zeros((1, W), jnp.int32))["params"])()
     prompt = np.zeros(1, np.int32)
-    ways = {"no cache": dict(use_cache=False),
-            "KV cache, exact slide": dict(use_cache=True)}
+    ways = {"no cache": dict(use_cache="never"),
+            "KV cache, exact slide": dict(use_cache="always")}
     if _LONG.value > W:
-        ways[f"KV cache, slide_step={W // 2}"] = dict(use_cache=True, slide_step=W // 2)
+        ways[f"KV cache, slide_step={W // 2}"] = dict(use_cache="always", slide_step=W // 2)
 
     def run(n, **kw):
         start = time.perf_counter()

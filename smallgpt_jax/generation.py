@@ -1,8 +1,8 @@
 """Autoregressive generation: pick a next token, append it, repeat.
 
 Two ways to run the model, which give the same logits (to float32 rounding):
-- `use_cache=False` (naive): re-run the whole context for every new token.
-- `use_cache=True`: one "prefill" pass over the prompt fills each layer's
+- `use_cache="never"` (naive): re-run the whole context for every new token.
+- `use_cache="always"`: one "prefill" pass over the prompt fills each layer's
   key/value cache; then each new token is one cheap step that attends to the
   cache instead of recomputing it.
 - `use_cache="auto"` (the command line's default): the cache when it pays.
@@ -12,7 +12,7 @@ Two ways to run the model, which give the same logits (to float32 rounding):
   more than they save. The first window run (the no-cache program) is
   timed, and the cached programs are used only if the tokens they would
   serve save more than compiling them costs (see `_decoding_pays`);
-  otherwise "auto" runs what `False` runs.
+  otherwise "auto" runs what "never" runs.
 
 Both keep the context in a fixed-size window of `block_size` tokens,
 left-aligned and padded at the end. The causal mask already hides every
@@ -33,8 +33,11 @@ block_size), for one window run per N tokens. The no-cache path follows the
 same rule for the same `slide_step`, so the two paths always agree.
 
 Choosing each token is sampling.py's `sample_logits` (temperature, top-k,
-top-p); the text layer at the end (`sample_texts`) encodes a prompt and
-decodes, or streams, what comes back.
+top-p). `decode` is the loop itself: it runs the step programs and yields
+each token while it is still on the device, and reads no clock. `generate`
+wraps it: it checks the options, decides "auto" by timing one window run,
+brings the tokens to the host and streams them. The text layer at the end
+(`sample_texts`) encodes a prompt and decodes, or streams, what comes back.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ from __future__ import annotations
 import collections
 import time
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterator
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,9 +59,41 @@ from smallgpt_jax.system.errors import UserError
 
 Array = jax.Array
 _IN_FLIGHT = 16  # Generation steps queued on the device before their tokens are read.
+USE_CACHE = ("always", "never", "auto")  # generate's use_cache: see the module docstring.
 
 
 # ---------------------------------------------------------------- running the model
+
+@flax.struct.dataclass
+class Sampling:
+    """How each next token is chosen. Device scalars: the same compiled steps
+    serve every value, and they go to the device once (the first local
+    device, as generate places everything), not with every token."""
+
+    key: Array  # Token i is drawn with fold_in(key, i).
+    temperature: Array  # float32
+    top_k: Array  # int32; 0: no top-k filter.
+    top_p: Array  # float32
+
+    @classmethod
+    def make(cls, key: Array, temperature: float, top_k: int | None, top_p: float,
+             vocab_size: int) -> "Sampling":
+        # A top_k of the vocabulary's size or more keeps every token (and may not fit int32).
+        return cls(key, *parallel.on_first_device((
+            np.float32(temperature), np.int32(min(top_k or 0, vocab_size)), np.float32(top_p))))
+
+
+@flax.struct.dataclass
+class Window:
+    """The context the next token follows: `tokens_BW` holds `n` real tokens,
+    left-aligned (padding after them); the `drop` oldest leave as the new
+    one goes in (a full window slides); `i` counts the new tokens."""
+
+    tokens_BW: Array
+    n: Array | int
+    drop: Array | int
+    i: Array | int
+
 
 def init_cache(model_config, batch_size: int):
     """An empty key/value cache for `batch_size` sequences (all zeros)."""
@@ -80,23 +116,23 @@ def _push(window_BW: Array, n: Array, drop: Array, token_B: Array) -> Array:
 
 
 # Each step function below samples the token after the window's n tokens and
-# pushes it into the window (first dropping `drop` old tokens when full).
+# returns (that token, its logits, the window with it pushed in).
 
-def _choose_and_push(logits_BV, window_BW, n, drop, key, i, temperature, top_k, top_p):
-    """(next token, its logits, the window with it pushed in)."""
-    next_B = sample_logits(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p)
-    return next_B, logits_BV, _push(window_BW, n, drop, next_B)
+def _choose_and_push(logits_BV: Array, w: Window, s: Sampling) -> tuple[Array, Array, Array]:
+    next_B = sample_logits(logits_BV, jax.random.fold_in(s.key, w.i), s.temperature,
+                           s.top_k, s.top_p)
+    return next_B, logits_BV, _push(w.tokens_BW, w.n, w.drop, next_B)
 
 
 @partial(jax.jit, static_argnums=(0,))
-def _full_step(model_config, params, window_BW, n, drop, key, i, temperature, top_k, top_p):
+def _full_step(model_config, params, w: Window, s: Sampling):
     """The naive way: run the whole window, sample from its last real position."""
-    logits_BV = _last_logits(GPT(model_config).apply({"params": params}, window_BW), n)
-    return _choose_and_push(logits_BV, window_BW, n, drop, key, i, temperature, top_k, top_p)
+    logits_BV = _last_logits(GPT(model_config).apply({"params": params}, w.tokens_BW), w.n)
+    return _choose_and_push(logits_BV, w, s)
 
 
 @partial(jax.jit, static_argnums=(0,))
-def _prefill(model_config, params, window_BW, n, drop, key, i, temperature, top_k, top_p):
+def _prefill(model_config, params, w: Window, s: Sampling):
     """Fills a fresh cache from the window's n tokens, then samples as above.
 
     The padding after the n real tokens is run too (one shape for every n):
@@ -104,29 +140,56 @@ def _prefill(model_config, params, window_BW, n, drop, key, i, temperature, top_
     before a real token overwrites them. The cache index is then set to n, so
     the next decode step writes at position n.
     """
-    cache = init_cache(model_config, window_BW.shape[0])
+    cache = init_cache(model_config, w.tokens_BW.shape[0])
     logits_BWV, vars_ = GPT(model_config, decode=True).apply(
-        {"params": params, "cache": cache}, window_BW, mutable=["cache"])
-    cache = {**vars_["cache"], "index": jnp.asarray(n, jnp.int32)}
-    step = _choose_and_push(_last_logits(logits_BWV, n), window_BW, n, drop, key, i,
-                            temperature, top_k, top_p)
-    return *step, cache
+        {"params": params, "cache": cache}, w.tokens_BW, mutable=["cache"])
+    cache = {**vars_["cache"], "index": jnp.asarray(w.n, jnp.int32)}
+    return *_choose_and_push(_last_logits(logits_BWV, w.n), w, s), cache
 
 
 @partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
-def _decode_step(model_config, params, cache, window_BW, n, drop, key, i,
-                 temperature, top_k, top_p):
+def _decode_step(model_config, params, cache, w: Window, s: Sampling):
     """One new position: the cache holds the first n-1 tokens of the window;
     the n-th attends to them, is appended to the cache, and predicts the next.
 
     The old cache is donated: its buffers are updated in place, not copied.
     """
-    token_B = window_BW[:, n - 1]
+    token_B = w.tokens_BW[:, w.n - 1]
     logits_B1V, vars_ = GPT(model_config, decode=True).apply(
         {"params": params, "cache": cache}, token_B[:, None], mutable=["cache"])
-    step = _choose_and_push(logits_B1V[:, 0], window_BW, n, drop, key, i,
-                            temperature, top_k, top_p)
-    return *step, vars_["cache"]
+    return *_choose_and_push(logits_B1V[:, 0], w, s), vars_["cache"]
+
+
+def decode(params, model_config, tokens_BW: Array, n: int, max_new_tokens: int,
+           sampling: Sampling, *, cached: bool, slide_step: int = 1,
+           first: tuple | None = None) -> Iterator[tuple[Array, Array]]:
+    """The decode loop: yields each new token's (ids [B], logits [B, V]), on
+    the device, after the window `tokens_BW` of `n` real tokens. `cached`:
+    with the KV cache (a prefill at each window run, then decode steps) or
+    without (a window run per token). `first`: the first step's output when
+    it was already run (by `generate`'s timing), without the cache."""
+    W, cache = model_config.block_size, None  # None: (re)fill it at the next step.
+    for i in range(max_new_tokens):
+        # A full window slides as the new token goes in; the cached keys then
+        # sit at the wrong positions, so the next step re-fills the cache.
+        drop = slide_step if n == W else 0
+        w = Window(tokens_BW, n, drop, i)
+        if i == 0 and first is not None and not cached:
+            next_B, logits_BV, tokens_BW = first
+        elif not cached:
+            next_B, logits_BV, tokens_BW = _full_step(model_config, params, w, sampling)
+        elif cache is None:
+            # A window run. The cached path always runs it as a prefill (even
+            # when the cache is thrown away right after): one program fewer to
+            # compile than with a separate no-cache step.
+            next_B, logits_BV, tokens_BW, cache = _prefill(model_config, params, w, sampling)
+        else:
+            next_B, logits_BV, tokens_BW, cache = _decode_step(model_config, params, cache, w,
+                                                               sampling)
+        if drop:
+            cache = None
+        n = n - drop + 1
+        yield next_B, logits_BV
 
 
 MIN_COMPILE_S = 1.0  # About the least a decode step takes to compile on a CPU.
@@ -134,7 +197,7 @@ MIN_COMPILE_S = 1.0  # About the least a decode step takes to compile on a CPU.
 
 def _cached_steps(tokens: int, n: int, W: int, slide_step: int) -> int:
     """Of `tokens` new tokens, the first drawn by a window run on n tokens,
-    how many would be cheap decode steps (generate's rule, replayed)."""
+    how many would be cheap decode steps (decode's rule, replayed)."""
     count, cached = 0, False
     for _ in range(tokens):
         drop = slide_step if n == W else 0
@@ -144,7 +207,7 @@ def _cached_steps(tokens: int, n: int, W: int, slide_step: int) -> int:
     return count
 
 
-def _decoding_pays(model_config, params, args, tokens: int, n: int,
+def _decoding_pays(model_config, params, w: Window, s: Sampling, tokens: int,
                    slide_step: int) -> tuple[bool, tuple | None]:
     """Will compiling the cached programs pay for themselves? Measured:
     compiles and runs the window program of the no-cache path, then runs it
@@ -152,13 +215,13 @@ def _decoding_pays(model_config, params, args, tokens: int, n: int,
     compile each (at least MIN_COMPILE_S), and each cached token to save
     about one window run. Returns the answer and the window run's output
     (None if it did not run), which the no-cache path uses for this token."""
-    steps = _cached_steps(tokens, n, model_config.block_size, slide_step)
+    steps = _cached_steps(tokens, w.n, model_config.block_size, slide_step)
     if steps == 0:
         return False, None
     timings = []
     for _ in range(2):
         start = time.perf_counter()
-        out = jax.block_until_ready(_full_step(model_config, params, *args))
+        out = jax.block_until_ready(_full_step(model_config, params, w, s))
         timings.append(time.perf_counter() - start)
     compile_s, run_s = max(timings[0] - timings[1], 0.0), timings[1]
     # The window program may have come from the compilation cache while the
@@ -168,7 +231,7 @@ def _decoding_pays(model_config, params, args, tokens: int, n: int,
 
 def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
              key: Array, *, num_samples: int = 1, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float = 1.0, use_cache: bool | str = True,
+             top_k: int | None = None, top_p: float = 1.0, use_cache: str = "always",
              slide_step: int = 1,
              on_token: Callable[[np.ndarray], None] | None = None,
              return_logits: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -178,10 +241,12 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
     `return_logits`, the float32 logits each one was drawn from,
     [num_samples, max_new_tokens, vocab]). top_k None or 0: no top-k filter.
     `on_token`, if given, gets each new column of ids as soon as it exists
-    (for streaming). The same key gives the same tokens. `use_cache`: True,
-    False or "auto", and `slide_step` (1 is exact): see the module docstring.
+    (for streaming). The same key gives the same tokens. `use_cache`: one of
+    USE_CACHE, and `slide_step` (1 is exact): see the module docstring.
     """
     W = model_config.block_size
+    if not isinstance(use_cache, str) or use_cache not in USE_CACHE:
+        raise UserError(f"use_cache={use_cache!r} is not one of {', '.join(USE_CACHE)}.")
     check_options(max_new_tokens=max_new_tokens, num_samples=num_samples,
                   temperature=temperature, top_k=top_k or None, top_p=top_p,
                   slide_step=slide_step, block_size=W)
@@ -195,16 +260,9 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
     # (the window) are then placed as its inputs were, so the program of a
     # step that takes them back is not compiled a second time, and a run's
     # warm-up compiles for the run's own placement (training/warmup.py).
-    window_BW, key, params = parallel.on_first_device(
+    tokens_BW, key, params = parallel.on_first_device(
         (np.tile(np.pad(prompt, (0, W - n)), (num_samples, 1)), key, params))
-    # Typed scalars: the same compiled steps serve every value of the knobs.
-    # Put on the device once, like the parameters, instead of with every token.
-    # A top_k of the vocabulary's size or more keeps every token (and may not fit int32).
-    knobs = parallel.on_first_device((
-        np.float32(temperature), np.int32(min(top_k or 0, model_config.vocab_size)),
-        np.float32(top_p)))
-
-    cache = None  # None: (re)fill it from the window at the next step.
+    sampling = Sampling.make(key, temperature, top_k, top_p, model_config.vocab_size)
     # Each step's tokens go to the host a few steps later (by then the device
     # has computed them, so the loop does not wait), into arrays allocated
     # once: time and memory stay linear in max_new_tokens.
@@ -212,37 +270,20 @@ def generate(params, model_config, prompt_ids: np.ndarray, max_new_tokens: int,
     logits_BNV = (np.zeros((num_samples, max_new_tokens, model_config.vocab_size), np.float32)
                   if return_logits else None)
     in_flight = collections.deque()  # (i, next_B, logits_BV) still on the device.
+    # (Allocated first: sizes that cannot fit fail here, before any program runs.)
+    cached, first = use_cache == "always", None
+    if use_cache == "auto" and max_new_tokens:  # Compile and time the window run first.
+        cached, first = _decoding_pays(model_config, params, Window(
+            tokens_BW, n, slide_step if n == W else 0, 0), sampling, max_new_tokens, slide_step)
 
     def to_host(i, next_B, logits_BV):
         tokens_BN[:, i] = np.asarray(next_B)
         if return_logits:
             logits_BNV[:, i] = np.asarray(logits_BV)
 
-    # Whether to use the cache: use_cache=True always, "auto" once the first
-    # window run has shown that the cached programs save more than they cost.
-    use_cached_programs = None if use_cache == "auto" else bool(use_cache)
-    for i in range(max_new_tokens):
-        # A full window slides as the new token goes in; the cached keys then
-        # sit at the wrong positions, so the next step re-fills the cache.
-        drop = slide_step if n == W else 0
-        args = (window_BW, n, drop, key, i, *knobs)
-        timed = None
-        if use_cached_programs is None:  # "auto": compile and time the window run first.
-            use_cached_programs, timed = _decoding_pays(model_config, params, args,
-                                                        max_new_tokens - i, n, slide_step)
-        if not use_cached_programs:
-            next_B, logits_BV, window_BW = timed or _full_step(model_config, params, *args)
-        elif cache is None:
-            # A window run. The cached path always runs it as a prefill (even
-            # when the cache is thrown away right after): one program fewer to
-            # compile than with a separate no-cache step.
-            next_B, logits_BV, window_BW, cache = _prefill(model_config, params, *args)
-        else:
-            next_B, logits_BV, window_BW, cache = _decode_step(model_config, params, cache,
-                                                               *args)
-        if drop:
-            cache = None
-        n = n - drop + 1
+    steps = decode(params, model_config, tokens_BW, n, max_new_tokens, sampling,
+                   cached=cached, slide_step=slide_step, first=first)
+    for i, (next_B, logits_BV) in enumerate(steps):
         in_flight.append((i, next_B, logits_BV if return_logits else None))
         if len(in_flight) > _IN_FLIGHT:
             to_host(*in_flight.popleft())

@@ -86,7 +86,7 @@ def test_cached_and_uncached_logits_agree_past_the_window(overrides):
     run = lambda use_cache: generation.generate(
         params, cfg, prompt, steps, jax.random.key(7), num_samples=2, temperature=1.0,
         use_cache=use_cache, return_logits=True)
-    (cached, cached_logits), (naive, naive_logits) = run(True), run(False)
+    (cached, cached_logits), (naive, naive_logits) = run("always"), run("never")
     np.testing.assert_array_equal(cached, naive)
     assert len(set(cached[0].tolist())) > 3  # A varied sequence, not one repeated token.
     np.testing.assert_allclose(cached_logits, naive_logits, atol=1e-4, rtol=1e-4)
@@ -102,7 +102,7 @@ def test_approximate_slide_follows_its_documented_context():
     run = lambda use_cache: generation.generate(
         params, cfg, prompt, steps, jax.random.key(8), num_samples=2, temperature=1.0,
         slide_step=s, use_cache=use_cache, return_logits=True)
-    (cached, cached_logits), (naive, naive_logits) = run(True), run(False)
+    (cached, cached_logits), (naive, naive_logits) = run("always"), run("never")
     np.testing.assert_array_equal(cached, naive)
     np.testing.assert_allclose(cached_logits, naive_logits, atol=1e-4, rtol=1e-4)
     lengths = context_lengths(2, steps, W, s)
@@ -127,12 +127,12 @@ def test_one_compile_per_shape_not_per_prompt_length_or_knob():
     run = lambda prompt, **kw: generation.generate(
         params, cfg, np.asarray(prompt, np.int32), 3, jax.random.key(0), num_samples=2, **kw)
     run([1], temperature=0.5)
-    run([1], use_cache=False)
+    run([1], use_cache="never")
     steps = (generation._prefill, generation._decode_step, generation._full_step)
     sizes = [f._cache_size() for f in steps]
     run([1, 2, 3, 4, 5, 6, 7], temperature=0.9, top_k=3, top_p=0.5)
     run([1, 2, 3, 4, 5, 6, 7] * 3, temperature=0.0, top_k=5)  # Longer than the window.
-    run([2, 3], use_cache=False, temperature=1.3, top_p=0.9)
+    run([2, 3], use_cache="never", temperature=1.3, top_p=0.9)
     assert [f._cache_size() for f in steps] == sizes
 
 
@@ -199,7 +199,7 @@ def memorised():
 
 
 @pytest.mark.parametrize("options", [
-    {"use_cache": True}, {"use_cache": False}, {"use_cache": True, "slide_step": 8}])
+    {"use_cache": "always"}, {"use_cache": "never"}, {"use_cache": "always", "slide_step": 8}])
 def test_memorised_string_comes_back_greedily(memorised, options):
     params, cfg, tok = memorised
     assert len(MEMORY) > 3 * cfg.block_size  # Reproducing it needs the window to slide.
@@ -226,7 +226,7 @@ def test_cached_steps_counts_the_decode_steps_generate_runs(monkeypatch, prompt_
     decode = generation._decode_step
     monkeypatch.setattr(generation, "_decode_step", lambda *a: calls.append(1) or decode(*a))
     generation.generate(params, cfg, np.arange(prompt_len) % V, steps, jax.random.key(0),
-                        slide_step=slide_step, use_cache=True)
+                        slide_step=slide_step, use_cache="always")
     assert len(calls) == generation._cached_steps(steps, prompt_len, cfg.block_size, slide_step)
 
 
@@ -235,13 +235,13 @@ def test_auto_cache_gives_the_same_tokens_and_skips_decode_when_it_cannot_pay(mo
     prompt = np.array([3, 1, 4], np.int32)
     run = lambda use_cache, n: generation.generate(params, cfg, prompt, n, jax.random.key(3),
                                                    num_samples=2, use_cache=use_cache)
-    np.testing.assert_array_equal(run("auto", 30), run(False, 30))
+    np.testing.assert_array_equal(run("auto", 30), run("never", 30))
     monkeypatch.setattr(generation, "MIN_COMPILE_S", 0.0)
     # A window run that takes 1 ms once compiled, and a compile of 100 s: the
     # 13 cached tokens of a 16-token window cannot pay for compiling decode.
     clock = iter([0.0, 100.0, 100.0, 100.001])
     monkeypatch.setattr(generation, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-    expected = run(False, 30)
+    expected = run("never", 30)
     # "auto" then runs exactly the no-cache path: no cached program at all.
     for name in ("_decode_step", "_prefill"):
         monkeypatch.setattr(generation, name, lambda *a, name=name: pytest.fail(f"{name} ran"))
@@ -261,4 +261,30 @@ def test_auto_cache_decodes_when_it_pays(monkeypatch):
                               use_cache="auto")
     assert len(calls) == generation._cached_steps(30, 3, cfg.block_size, 1) > 0
     np.testing.assert_array_equal(got, generation.generate(
-        params, cfg, prompt, 30, jax.random.key(3), num_samples=2, use_cache=False))
+        params, cfg, prompt, 30, jax.random.key(3), num_samples=2, use_cache="never"))
+
+
+def test_use_cache_is_one_of_three_names():
+    cfg, params = random_model({})
+    for bad in (True, "yes", None):
+        with pytest.raises(UserError, match=r"use_cache=.* is not one of always, never, auto"):
+            generation.generate(params, cfg, np.array([1], np.int32), 2, jax.random.key(0),
+                                use_cache=bad)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_decode_loop_reads_no_clock_and_gives_generates_tokens(monkeypatch, cached):
+    """`decode` is the loop alone: the tokens `generate` returns, drawn
+    without the timing (which only "auto" uses) or any host copy."""
+    cfg, params = random_model({})
+    W, prompt = cfg.block_size, np.array([3, 1, 4], np.int32)
+    key, steps = jax.random.key(5), cfg.block_size + 4  # Past the window.
+    expected = generation.generate(params, cfg, prompt, steps, key, num_samples=2,
+                                   temperature=0.9, use_cache="always" if cached else "never")
+    monkeypatch.setattr(generation, "time", None)  # Any clock read fails.
+    window_BW = jnp.asarray(np.tile(np.pad(prompt, (0, W - 3)), (2, 1)))
+    sampling = generation.Sampling.make(key, 0.9, None, 1.0, cfg.vocab_size)
+    got = [next_B for next_B, _ in generation.decode(params, cfg, window_BW, 3, steps, sampling,
+                                                     cached=cached)]
+    assert all(isinstance(t, jax.Array) for t in got)  # Still on the device.
+    np.testing.assert_array_equal(np.stack(got, axis=1), expected)

@@ -120,12 +120,10 @@ def test_kv_cache_picture_follows_generate(pictures, monkeypatch, prompt, slide_
 
     def stand_in(kind):
         def step(model_config, params, *args):
-            if kind == "decode":
-                args = args[1:]  # The cache.
-            window_BW, n, drop = args[:3]
-            calls.append((kind, [int(t) for t in np.asarray(window_BW)[0, :n]]))
+            w = args[-2]  # (The cache before it, for a decode step; the Sampling after it.)
+            calls.append((kind, [int(t) for t in np.asarray(w.tokens_BW)[0, :w.n]]))
             next_B = jnp.full((1,), 100 + len(calls), jnp.int32)  # Distinct tokens.
-            out = (next_B, jnp.zeros((1, 5)), generation._push(window_BW, n, drop, next_B))
+            out = (next_B, jnp.zeros((1, 5)), generation._push(w.tokens_BW, w.n, w.drop, next_B))
             return out + (("cache",) if kind != "full" else ())
         return step
 

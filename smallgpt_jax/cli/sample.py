@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
         sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
         generation.encode_prompt(tokenizer, prompt)
         console.say(f"checkpoint step {step} of {workdir}")
-        use_cache = {"auto": "auto", "true": True, "false": False}[_USE_CACHE.value]
+        use_cache = {"auto": "auto", "true": "always", "false": "never"}[_USE_CACHE.value]
 
         def generate(stream=None) -> list[str]:
             try:
