@@ -358,7 +358,7 @@ def model_config(model: Any, vocab_size: int, platform: str | None = None) -> Mo
                         f"{', '.join(sorted(unknown))}.")
     platform = platform or jax.default_backend()
     m["dtype"] = runtime.resolve_dtype(m["dtype"], platform)
-    # Checkpoints written before fast_backward existed have no such field.
+    # A checkpoint's config may lack the field: then it is 'auto', the default.
     m["fast_backward"] = kernels.resolve_fast_backward(m.get("fast_backward", "auto"), platform)
     m.setdefault("remat", "none")  # Nor remat: it changes no parameter.
     m.setdefault("dropout_rng", "threefry2x32")  # Nor dropout_rng: JAX's default.

@@ -47,7 +47,8 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
 
     Refused: anything that changes the model's or the tokenizer's shape.
     Allowed: everything else (num_steps, eval cadence, schedule, logging...).
-    Fields the old config did not have (added to the code since) are skipped.
+    A field the checkpoint's config lacks is skipped: there is nothing to
+    compare it with.
     """
     flat_old, flat_new = flatten(old), flatten(new)
     refused, allowed = [], []
