@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from smallgpt_jax import generation, train
+from smallgpt_jax import generation, text_generation, train
 from smallgpt_jax.model import GPT, model_config
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.tokenizers.tokenizer import ByteTokenizer, CharTokenizer
@@ -162,12 +162,12 @@ def test_on_token_streams_every_column_in_order():
 
 def test_prompts_encode_and_stream_as_text():
     tok = CharTokenizer("\nabc!")
-    np.testing.assert_array_equal(generation.encode_prompt(tok, ""), [0])  # A newline.
+    np.testing.assert_array_equal(text_generation.encode_prompt(tok, ""), [0])  # A newline.
     with pytest.raises(UserError, match="prompt: 2 character.*'x', 'z'.*e.g."):
-        generation.encode_prompt(tok, "abxz")
-    assert generation.encode_prompt(CharTokenizer("ab"), "").tolist() == [0]  # No newline.
+        text_generation.encode_prompt(tok, "abxz")
+    assert text_generation.encode_prompt(CharTokenizer("ab"), "").tolist() == [0]  # No newline.
     # A two-byte character split over two byte tokens comes out whole.
-    stream = generation.TextStream(ByteTokenizer())
+    stream = text_generation.TextStream(ByteTokenizer())
     ids = list("é!".encode("utf-8"))
     pieces = [stream.push([i]) for i in ids] + [stream.flush()]
     assert pieces == ["", "é", "!", ""]
@@ -203,7 +203,7 @@ def memorised():
 def test_memorised_string_comes_back_greedily(memorised, options):
     params, cfg, tok = memorised
     assert len(MEMORY) > 3 * cfg.block_size  # Reproducing it needs the window to slide.
-    texts = generation.sample_texts(params, cfg, tok, MEMORY[0], len(MEMORY) - 1, seed=0,
+    texts = text_generation.sample_texts(params, cfg, tok, MEMORY[0], len(MEMORY) - 1, seed=0,
                                     num_samples=2, temperature=0.0, **options)
     assert texts == [MEMORY, MEMORY]
 
@@ -211,7 +211,7 @@ def test_memorised_string_comes_back_greedily(memorised, options):
 def test_memorised_string_streams_while_generated(memorised):
     params, cfg, tok = memorised
     pieces = []
-    texts = generation.sample_texts(params, cfg, tok, "Hel", len(MEMORY) - 3, seed=5,
+    texts = text_generation.sample_texts(params, cfg, tok, "Hel", len(MEMORY) - 3, seed=5,
                                     num_samples=2, temperature=0.0, stream=pieces.append)
     assert "Hel" + "".join(pieces) == texts[0] == MEMORY
     assert len([p for p in pieces if p]) == len(MEMORY) - 3

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import ROOT, run_cli
-from smallgpt_jax import generation
+from smallgpt_jax import text_generation
 from smallgpt_jax.tokenizers.tokenizer import CharTokenizer
 from test_generation import random_model
 
@@ -103,7 +103,7 @@ def test_the_checkpoint_tokenizer_is_used_not_the_workdir_copy(saved_model, tmp_
                               "--max_new_tokens=10", "--seed=3", "--temperature=0.8"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == expected_output(
-        generation.sample_texts(params, cfg, tok, "ROMEO:", 10, 3, temperature=0.8))
+        text_generation.sample_texts(params, cfg, tok, "ROMEO:", 10, 3, temperature=0.8))
     assert "warning" not in proc.stderr, proc.stderr
 
 
@@ -114,7 +114,7 @@ def test_absurd_sizes_sample_or_fail_in_one_line(saved_model):
                               f"--top_k={10**12}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == expected_output(
-        generation.sample_texts(params, cfg, tok, "", 6, 2, temperature=0.8))
+        text_generation.sample_texts(params, cfg, tok, "", 6, 2, temperature=0.8))
     # Petabytes of tokens: one line, not a NumPy traceback.
     proc = run_with_stand_in([f"--workdir={workdir}", f"--max_new_tokens={10**15}"])
     err = proc.stderr.replace("stand-in load_params(step='latest')\n", "")
@@ -133,7 +133,7 @@ def test_streamed_samples_match_the_library(saved_model):
                               "--num_samples=2", "--temperature=0.8", "--top_k=5",
                               "--top_p=0.95", "--seed=3", "--step=best"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    texts = generation.sample_texts(params, cfg, tok, "ROMEO:", 40, 3, num_samples=2,
+    texts = text_generation.sample_texts(params, cfg, tok, "ROMEO:", 40, 3, num_samples=2,
                                     temperature=0.8, top_k=5, top_p=0.95)
     assert proc.stdout == expected_output(texts)
     assert texts[0] != texts[1] and len(texts[0]) == len("ROMEO:") + 40  # 40 > block_size.
@@ -149,7 +149,7 @@ def test_uncached_greedy_to_a_file_matches_the_library(saved_model, tmp_path):
                               "--step=7", f"--output={out}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == ""
-    texts = generation.sample_texts(params, cfg, tok, "", 30, 0, temperature=0.0,
+    texts = text_generation.sample_texts(params, cfg, tok, "", 30, 0, temperature=0.0,
                                     slide_step=4)
     assert out.read_text(encoding="utf-8") == expected_output(texts)
     assert "stand-in load_params(step=7)" in proc.stderr and "no cache" in proc.stderr

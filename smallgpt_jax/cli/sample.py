@@ -8,7 +8,7 @@ The config, tokenizer and parameters all come from the workdir's checkpoint.
 The first sample streams to the terminal as it is generated (all samples are
 generated together, as one batch); `--output=FILE` writes them to a file
 instead. This file only parses and checks flags and calls library code
-(`loading.load_checkpoint`, `generation.sample_texts`).
+(`loading.load_checkpoint`, `text_generation.sample_texts`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> None:
     runtime.setup_process()  # First: before NumPy or JAX start threads.
     # Imported after flags: keeps --help fast.
     import jax
-    from smallgpt_jax import generation, sampling
+    from smallgpt_jax import sampling, text_generation
     workdir, prompt, n = _WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value
     knobs = dict(num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,
                  top_k=_TOP_K.value, top_p=_TOP_P.value, slide_step=_SLIDE_STEP.value)
@@ -113,13 +113,13 @@ def main(argv: list[str]) -> None:
         # The checks that need the model (slide_step <= block_size, the prompt's
         # characters), before any output.
         sampling.check_options(max_new_tokens=n, block_size=model_config.block_size, **knobs)
-        generation.encode_prompt(tokenizer, prompt)
+        text_generation.encode_prompt(tokenizer, prompt)
         console.say(f"checkpoint step {step} of {workdir}")
         use_cache = {"auto": "auto", "true": "always", "false": "never"}[_USE_CACHE.value]
 
         def generate(stream=None) -> list[str]:
             try:
-                return generation.sample_texts(params, model_config, tokenizer, prompt, n,
+                return text_generation.sample_texts(params, model_config, tokenizer, prompt, n,
                                                _SEED.value, stream=stream, use_cache=use_cache,
                                                **knobs)
             except (MemoryError, jax.errors.JaxRuntimeError) as e:

@@ -14,7 +14,7 @@ import math
 import jax
 import numpy as np
 
-from smallgpt_jax import data, generation, parallel, train
+from smallgpt_jax import data, parallel, text_generation, train
 from smallgpt_jax.checkpoint import checksum
 from smallgpt_jax.training import reporting
 
@@ -70,7 +70,7 @@ def eval_metrics(losses: dict[str, float], best_val: float,
 
 def sample_text(params, model_cfg, tok, n_tokens: int, seed: int) -> str:
     """A short sample from the model, starting from a newline (or token 0)."""
-    return generation.sample_texts(params, model_cfg, tok, "", n_tokens, seed,
+    return text_generation.sample_texts(params, model_cfg, tok, "", n_tokens, seed,
                                    temperature=0.8)[0]
 
 
