@@ -251,6 +251,6 @@ def test_a_step_too_big_for_the_chip_is_a_no_with_xlas_figures():
                        "--config.train.eval_steps=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads(proc.stdout)
-    assert s["fits"] is False and s["parallel"] == "pmap"
+    assert s["fits"] is False and s["remat"] == "none"
     assert s["out_of_memory"].startswith("the train step does not fit: ")
     assert "exceeds available HBM" in s["out_of_memory"], s
