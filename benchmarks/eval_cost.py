@@ -73,7 +73,7 @@ def main(argv: list[str]) -> None:
     from smallgpt_jax.checkpoint.workdir import prepare_workdir
     from smallgpt_jax.model import model_config
     from smallgpt_jax.store import store
-    from smallgpt_jax.training import evaluation, loop
+    from smallgpt_jax.training import evaluation, setup
 
     config, n = _CONFIG.value, _REPEATS.value
     runtime.setup_run(config.get("compilation_cache", ""))
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
         tx, schedule = train.make_optimizer(t)
         par = parallel.data_parallel(config.parallel, cfg, tx, schedule, config.seed)
         rstate = par.put_state(train.init_state(cfg, tx, config.seed))
-        batches = evaluation.eval_batches(par, splits, loop.eval_settings(config))
+        batches = evaluation.eval_batches(par, splits, setup.eval_settings(config))
         params = par.unreplicate(rstate.params)
         batch = par.put_batch(parallel.process_rows(data.sample_batch(
             splits.train, config.seed, 0, t.batch_size, cfg.block_size)), t.grad_accum_steps)

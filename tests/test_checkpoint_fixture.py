@@ -47,7 +47,7 @@ def test_fixture_loads_for_sampling(workdir):
 
 
 def test_fixture_restores_for_resuming(workdir):
-    """The training restore path, as a resumed run takes it (loop.setup)."""
+    """The training restore path, as a resumed run takes it (training/setup.py)."""
     config = make.get_config()
     with checkpoint.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
         resume = ckpt.resume_point(config.to_dict())

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 from smallgpt_jax.checkpoint import meta as meta_lib, writer as checkpoint, reader as loading
 from smallgpt_jax.system.errors import UserError
-from smallgpt_jax.training import reporting
+from smallgpt_jax.training import run_summary
 from test_checkpoint import save_steps, small_tree
 
 
@@ -36,7 +36,7 @@ def test_meta_without_format_is_upgraded(saved):
     with checkpoint.Checkpointer(workdir, 2) as ckpt:
         resume = ckpt.resume_point(config.to_dict())
         assert resume.meta.eval == {"eval/best_val_loss": 1.5}
-        assert reporting.finished_summary(resume.meta)["eval/best_val_loss"] == 1.5
+        assert run_summary.finished_summary(resume.meta)["eval/best_val_loss"] == 1.5
     assert loading.load_params(workdir)[0]["w"].tolist() == [2.0] * 3
     # A saved Meta reads back as itself.
     assert meta_lib.read_meta(resume.meta.to_json(), "ck") == resume.meta

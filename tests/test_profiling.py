@@ -15,7 +15,7 @@ from smallgpt_jax import data, parallel, train
 from smallgpt_jax.config import parse_steps, validate
 from smallgpt_jax.model import model_config
 from smallgpt_jax.system.errors import UserError
-from smallgpt_jax.training import evaluation, loop
+from smallgpt_jax.training import evaluation, setup
 
 TINY = ["--config.model.num_layers=1", "--config.model.embed_dim=32",
         "--config.model.num_heads=2", "--config.model.block_size=16",
@@ -77,7 +77,7 @@ def test_evaluation_in_one_program_gives_the_per_batch_mean():
     tokens = np.random.default_rng(0).integers(0, 13, 500).astype(np.int32)
     splits = data.Splits(tokens[:400], tokens[400:])
     got = evaluation.evaluate(par, par.put_state(state).params,
-                              evaluation.eval_batches(par, splits, loop.eval_settings(c)),
+                              evaluation.eval_batches(par, splits, setup.eval_settings(c)),
                               c.train.eval_steps)
     loss_fn = jax.jit(train.loss_fn, static_argnums=1)
     # What the loop computed before: one batch at a time, the mean of the losses.

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import tiny_config
 from smallgpt_jax.system import console
-from smallgpt_jax.training import reporting
+from smallgpt_jax.training import reporting, run_summary
 
 
 def test_evaluations_left_count_the_final_one():
@@ -37,22 +37,22 @@ def test_eta_counts_training_at_its_own_rate_and_adds_the_evaluations_left(monke
 def test_end_of_run_says_where_things_are_and_what_to_run_next():
     final = {"steps": 2200, "wall_time_s": 163.0, "eval/train_loss": 1.55,
              "eval/val_loss": 1.74, "eval/val_bpc": 2.51}
-    text = reporting.end_of_run(final, "runs/my run")
+    text = run_summary.end_of_run(final, "runs/my run")
     assert "2200 steps in 02:43 (all runs" in text and "val 1.7400" in text and "2.510 bits" in text
     assert "'runs/my run'/checkpoints" not in text and "runs/my run/checkpoints" in text
     # Commands are pasteable: the workdir is quoted for the shell.
     assert "python -m smallgpt_jax.sample --workdir='runs/my run'" in text
     # TensorBoard opens on the folder of runs, so it names the run "my run", not ".".
     assert "tensorboard --logdir runs " in text and "?smoothing=0" in text
-    assert "tensorboard --logdir . " in reporting.end_of_run(final, "alone")
+    assert "tensorboard --logdir . " in run_summary.end_of_run(final, "alone")
     assert sum("--what=" in line for line in text.splitlines()) == 3
-    assert "in 02:43, evaluation 00:09 of it" in reporting.end_of_run(
+    assert "in 02:43, evaluation 00:09 of it" in run_summary.end_of_run(
         {**final, "eval_time_s": 9.5}, "w")
     # The part before step 1 (imports, data, setup) apart.
-    assert "in 02:43, 00:31 before step 1, evaluation 00:09 of it" in reporting.end_of_run(
+    assert "in 02:43, 00:31 before step 1, evaluation 00:09 of it" in run_summary.end_of_run(
         {**final, "eval_time_s": 9.5, "setup_time_s": 31.0}, "w")
     # A run with nothing left to train has no final evaluation to report.
-    assert "val" not in reporting.end_of_run({"steps": 5}, "w").split("\n")[1]
+    assert "val" not in run_summary.end_of_run({"steps": 5}, "w").split("\n")[1]
 
 
 def test_hparams_are_what_is_trained_not_how_the_run_is_carried_out():
@@ -147,6 +147,6 @@ def test_wall_time_counts_from_the_start_and_a_finished_run_says_its_real_time(t
     # Run again: nothing to train, and the summary says the run's real time.
     again = loop.train_and_evaluate(config, workdir)
     assert again.metrics["wall_time_s"] == pytest.approx(summary["wall_time_s"], abs=1e-3)
-    assert reporting.end_of_run(again.metrics, workdir).startswith(
+    assert run_summary.end_of_run(again.metrics, workdir).startswith(
         f"--- done: 2 steps in {console.clock(summary['wall_time_s'])}")
     assert summary["wall_time_s"] > 100.0  # Not 00:00.

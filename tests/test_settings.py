@@ -6,7 +6,7 @@ import json
 import os
 
 from conftest import tiny_config
-from smallgpt_jax.training import loop
+from smallgpt_jax.training import loop, setup as run_setup
 from test_checkpoint import write_corpus
 
 
@@ -69,8 +69,8 @@ def test_the_initial_state_is_not_kept_for_the_run(tmp_path, monkeypatch):
         def evaluated(self, step, losses, seconds):
             alive["evaluation"] = live("params")
 
-    real_init, real_setup = train.init_state, loop.setup
+    real_init, real_setup = train.init_state, run_setup.setup
     monkeypatch.setattr(train, "init_state", init_state)
-    monkeypatch.setattr(loop, "setup", setup)
+    monkeypatch.setattr(run_setup, "setup", setup)
     loop.train_and_evaluate(config, workdir, hooks=Evaluated())
     assert refs["moments"] and alive == {"setup": False, "evaluation": False}

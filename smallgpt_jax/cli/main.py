@@ -38,19 +38,19 @@ def main(argv: list[str]) -> None:
     runtime.use_default_xla_flags()  # Before anything (joining a job, too) starts JAX.
     import jax
     from smallgpt_jax.system import distributed  # After flags: fast --help.
-    from smallgpt_jax.training import evaluation, loop, reporting
+    from smallgpt_jax.training import evaluation, loop, run_summary
     with cli.user_errors():
         # Joins a multi-host job when the environment describes one; before
         # anything touches JAX devices.
         distributed.maybe_initialize()
         # Its wall time counts from this process's start: imports included.
-        result = loop.train_and_evaluate(config, workdir, started=reporting.process_started())
+        result = loop.train_and_evaluate(config, workdir, started=run_summary.process_started())
         if jax.process_index() != 0:  # In a multi-host job only process 0 prints.
             return
         print("\n--- sample from the final model ---")
         print(evaluation.sample_text(result.params, result.model_config, result.tokenizer,
                                      config.train.sample_tokens * 2, config.seed + 1))
-        print("\n" + reporting.end_of_run(result.metrics, workdir))
+        print("\n" + run_summary.end_of_run(result.metrics, workdir))
 
 
 def run() -> None:

@@ -1,14 +1,15 @@
 """The training loop, top to bottom: setup, steps, evaluation, checkpoints.
 
-    text -> tokenizer -> token ids -> (seed, step)-sampled batches   setup()
+    text -> tokenizer -> token ids -> (seed, step)-sampled batches   setup.setup()
          -> data-parallel train step (pmap or shard_map)              Trainer.step
          -> train scalars, progress line                              Trainer.log
          -> periodic evaluation, samples, TensorBoard                 Trainer.evaluate
          -> Orbax checkpoints (resume, SIGTERM/SIGINT, newest + best) Trainer.save
 
-`train_and_evaluate` runs them in that order; training/evaluation.py holds what an
-evaluation computes, parallel.py how steps run on the devices, training/stopping.py
-what ends a run early.
+`train_and_evaluate` runs them in that order; training/setup.py makes what a
+run starts from, training/evaluation.py holds what an evaluation computes,
+parallel.py how steps run on the devices, training/stopping.py what ends a run
+early.
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ from typing import Any
 import jax
 import ml_collections
 
-from smallgpt_jax import data, parallel, train
-from smallgpt_jax.checkpoint import writer as checkpoint, compat as resume_compat
+from smallgpt_jax import data, parallel
+from smallgpt_jax.checkpoint import writer as checkpoint
 from smallgpt_jax.checkpoint.meta import Meta
 from smallgpt_jax.checkpoint.workdir import prepare_workdir, read_json
 from smallgpt_jax.config import validate
-from smallgpt_jax.model import count_params, model_config as make_model_config
-from smallgpt_jax.store import store
 from smallgpt_jax.system import lock, runtime
 from smallgpt_jax.system.errors import Interrupted
-from smallgpt_jax.training import evaluation, profiling, reporting, stopping, warmup
+from smallgpt_jax.training import (evaluation, profiling, reporting, run_summary, setup, stopping,
+                                   warmup)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -85,13 +85,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stop: stopping.StopSig
         # progress.json: the newest step, loss and ETA for a watcher (a sweep's live lines).
         progress = reporting.ProgressBar(config.train.num_steps, config.train.eval_every,
                                          progress_file=os.path.join(workdir, "progress.json"))
-        run = setup(config, workdir, ckpt, stop, progress, settings)
+        run = setup.setup(config, workdir, ckpt, stop, progress, settings)
         if run.start_step >= config.train.num_steps:
             return nothing_to_train(run, ckpt, progress)
         return _train(run, ckpt, stop, progress, hooks, started)
 
 
-def _train(run: Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
+def _train(run: setup.Run, ckpt: checkpoint.Checkpointer, stop: stopping.StopSignals,
            progress: reporting.ProgressBar, hooks: profiling.Hooks, started: float) -> RunResult:
     """Steps from `run.start_step` to the end, with logs, evaluations and saves."""
     t, workdir = run.config.train, run.workdir
@@ -148,87 +148,7 @@ class RunResult:
     tokenizer: Any  # tokenizer.Tokenizer
 
 
-# Setup: data, model, state, devices.
-
-@dataclasses.dataclass
-class Run:
-    """What setup made: everything the steps, evaluations and saves read.
-
-    The fresh or restored TrainState is not kept: only its copies on the
-    devices (`rstate`) and its parameters (`params`), each held only as long
-    as it is needed (see Trainer.__init__ and Trainer.step).
-    """
-
-    config: ml_collections.ConfigDict
-    workdir: str
-    tok: Any  # tokenizer.Tokenizer
-    splits: data.Splits
-    tokens_per_char: float
-    model_cfg: Any
-    evals: evaluation.EvalSettings
-    # The state on the devices. The Trainer takes it (each step donates it).
-    rstate: train.TrainState | None
-    # The initial parameters on the first device: the warm-up runs the sampler on
-    # them (training/warmup.py), a run with nothing to train returns them.
-    params: Any
-    state_shapes: Any  # One copy's ShapeDtypeStructs: the warm-up compiles a save's checksum.
-    par: parallel.DataParallel
-    resume: checkpoint.Resume | None  # None: a fresh run.
-    data_changed: bool  # Resumed on other data: earlier evaluations do not carry over.
-    start_step: int  # The state's step: 0, or the checkpoint's.
-
-
-def setup(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpointer,
-          stop: stopping.StopSignals, progress: reporting.ProgressBar, settings: str) -> Run:
-    """Loads the data, builds or restores the state, and says what it set up."""
-    t = config.train
-    micro = parallel.per_device_batch(t.batch_size, t.grad_accum_steps)
-    resume = ckpt.resume_point(config.to_dict())  # None: a fresh run.
-    tok, splits, source, tokens_per_char = store.load_splits(
-        config.data, config.model.block_size, workdir, stop,
-        resume.tokenizer if resume else None)
-    data_changed = resume is not None and resume_compat.data_changed(
-        resume.meta, splits.fingerprint, t.allow_data_change)
-    if jax.process_index() == 0:
-        reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-
-    model_cfg = make_model_config(config.model, tok.vocab_size)
-    tx, schedule = train.make_optimizer(t)
-    par = parallel.data_parallel(config.parallel, model_cfg, tx, schedule, config.seed)
-    # Where the state is made or restored (fsdp: in its shards, on any mesh).
-    target = par.state_target(jax.eval_shape(lambda: train.init_state(model_cfg, tx,
-                                                                       config.seed)))
-    if resume:
-        state = ckpt.restore_state(resume, target)
-    else:
-        state = train.init_state(model_cfg, tx, config.seed, target)
-
-    progress.message(
-        f"{source}: {len(splits.train):,} train / {len(splits.val):,} val tokens, "
-        f"{tok.kind} vocabulary {tok.vocab_size}, {tokens_per_char:.3f} tokens/char")
-    progress.message(
-        f"model: {count_params(state.params) / 1e6:.2f}M parameters; "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s) "
-        f"in {jax.process_count()} process(es), {config.parallel}, "
-        f"{micro} sequences per device per micro-batch; workdir {workdir}")
-    progress.message(settings)
-    # The state goes to the devices here, and this function's reference is its
-    # last: a copy kept on the first device (params and both Adam moments) for
-    # the whole run would hold memory the steps may need.
-    return Run(config, workdir, tok, splits, tokens_per_char, model_cfg, eval_settings(config),
-               par.put_state(state), state.params, jax.eval_shape(lambda: state), par, resume,
-               data_changed, int(state.step))
-
-
-def eval_settings(config: ml_collections.ConfigDict) -> evaluation.EvalSettings:
-    """The fields of `config` an evaluation reads."""
-    t = config.train
-    return evaluation.EvalSettings(seed=config.seed, eval_steps=t.eval_steps,
-                                   batch_size=t.batch_size, block_size=config.model.block_size,
-                                   sample_tokens=t.sample_tokens)
-
-
-def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
+def nothing_to_train(run: setup.Run, ckpt: checkpoint.Checkpointer,
                      progress: reporting.ProgressBar) -> RunResult:
     """A rerun of a finished run: says so, and writes a summary.json a kill lost."""
     progress.message(f"nothing to train: the checkpoint is at step {run.start_step} and "
@@ -236,12 +156,12 @@ def nothing_to_train(run: Run, ckpt: checkpoint.Checkpointer,
                      "train longer.")
     summary = os.path.join(run.workdir, "summary.json")
     if jax.process_index() == 0 and not os.path.exists(summary):  # Killed before writing it.
-        reporting.write_json(summary, reporting.finished_summary(run.resume.meta))
+        reporting.write_json(summary, run_summary.finished_summary(run.resume.meta))
     # Its real time and losses for the closing summary (not 00:00): what the run
     # reported, or else what its final checkpoint recorded.
     metrics, _ = read_json(summary)
     if not (isinstance(metrics, dict) and metrics.get("steps") == run.start_step):
-        metrics = reporting.finished_summary(run.resume.meta)
+        metrics = run_summary.finished_summary(run.resume.meta)
     return RunResult(run.start_step, metrics, run.params, run.model_cfg, run.tok)
 
 
@@ -251,7 +171,7 @@ class Trainer:
     """The state the phases of a step share (the state on the devices, the
     next batch, the newest evaluation, the clocks), and the phases."""
 
-    def __init__(self, run: Run, ckpt: checkpoint.Checkpointer, writer: reporting.Writer,
+    def __init__(self, run: setup.Run, ckpt: checkpoint.Checkpointer, writer: reporting.Writer,
                  progress: reporting.ProgressBar, hooks: profiling.Hooks, started: float):
         self.run, self.ckpt, self.writer, self.progress, self.hooks = (
             run, ckpt, writer, progress, hooks)
