@@ -30,7 +30,7 @@ def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
 def causal_attention(q_TK: np.ndarray, k_TK: np.ndarray, v_TK: np.ndarray) -> np.ndarray:
     """Page 4: one head's output [T, K]: softmax(q kᵀ / √K + mask) v, where the
     mask is −∞ above the diagonal (a position sees only itself and the past).
-    Checked against a one-head smallgpt_jax.model.CausalSelfAttention.
+    Checked against a one-head smallgpt_jax.attention.CausalSelfAttention.
     """
     raise NotImplementedError
 
@@ -70,7 +70,7 @@ def kv_cache_step(cache_k_SK: np.ndarray, cache_v_SK: np.ndarray, index: int,
     attend with q over slots 0 … index (softmax(q·k / √K), the slots after
     `index` masked). Returns (the head's output [K], the new key cache
     [S, K], the new value cache [S, K]). Checked against a one-head
-    smallgpt_jax.model.CausalSelfAttention with decode=True.
+    smallgpt_jax.attention.CausalSelfAttention with decode=True.
     """
     raise NotImplementedError
 

@@ -17,8 +17,8 @@ shortcut, smear; all off by default). With `decode=True` the attention layers ke
 key/value cache so generation costs one position per step (see generation.py).
 
 Parts have modules of their own, each with its page of docs: the position
-encodings (positions.py, page 3), the feed-forward network (feedforward.py,
-page 5), the norms (normalization.py, page 6), and the GPT-2 speedrun's
+encodings (positions.py, page 3), attention (attention.py, page 4), the
+feed-forward network (feedforward.py, page 5), the norms (normalization.py, page 6), and the GPT-2 speedrun's
 extra paths, smear and the x0 shortcut (shortcuts.py, page 15).
 
 What you read here is what runs: `jax.grad` differentiates these formulas,
@@ -40,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from smallgpt_jax import kernels
+from smallgpt_jax.attention import CausalSelfAttention
 from smallgpt_jax.feedforward import MLP, init as _init, out_init
-from smallgpt_jax.normalization import Norm, rms_norm
-from smallgpt_jax.positions import apply_rope, sinusoidal_table
+from smallgpt_jax.normalization import Norm
+from smallgpt_jax.positions import sinusoidal_table
 from smallgpt_jax.shortcuts import Smear, X0Shortcut
 from smallgpt_jax.system import runtime
 from smallgpt_jax.system.errors import UserError
@@ -94,104 +95,6 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
-
-
-@jax.custom_vjp
-def low_precision_softmax(x: Array) -> Array:
-    """Softmax over the last axis, returned in x's dtype (bfloat16, float16):
-    the max and the sum are taken in float32, and the backward pass keeps only
-    the probabilities in x's dtype, half the bytes of float32 ones (PyTorch's
-    autocast keeps them so too). Attention's [B, H, T, S] arrays are the
-    largest of a step, so what they are stored in sets its memory traffic."""
-    return _softmax_fwd(x)[0]
-
-
-def _softmax_fwd(x: Array) -> tuple[Array, Array]:
-    x32 = x.astype(jnp.float32)
-    e = jnp.exp(x32 - x32.max(axis=-1, keepdims=True))
-    p = (e / e.sum(axis=-1, keepdims=True)).astype(x.dtype)
-    return p, p
-
-
-def _softmax_bwd(p: Array, g: Array) -> tuple[Array]:
-    p32, g32 = p.astype(jnp.float32), g.astype(jnp.float32)
-    return ((p32 * (g32 - (g32 * p32).sum(axis=-1, keepdims=True))).astype(p.dtype),)
-
-
-low_precision_softmax.defvjp(_softmax_fwd, _softmax_bwd)
-
-
-def attention_weights(q_BTHK: Array, k_BSHK: Array, mask_TS: Array) -> Array:
-    """softmax(q k^T / sqrt(K)) where the mask allows, 0 elsewhere: [B, H, T, S]
-    in q's dtype (float32 statistics in low precision)."""
-    att_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK) / math.sqrt(q_BTHK.shape[-1])
-    att_BHTS = jnp.where(mask_TS, att_BHTS, -jnp.inf)
-    if att_BHTS.dtype == jnp.float32:
-        return jax.nn.softmax(att_BHTS, axis=-1)
-    return low_precision_softmax(att_BHTS)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where each position sees only itself and the past."""
-
-    config: ModelConfig
-    deterministic: bool = True
-    decode: bool = False
-
-    @nn.compact
-    def __call__(self, x_BTD: Array, positions_T: Array,
-                 value_embed_BTHK: Array | None = None) -> Array:
-        """`value_embed_BTHK`: added to the values (`value_embeddings`)."""
-        c = self.config
-        H, K = c.num_heads, c.embed_dim // c.num_heads
-        dtype = jnp.dtype(c.dtype)
-        dot_general = kernels.fast_ops(c.fast_backward == "on")[0]
-        # One matmul makes queries, keys and values for all heads: [B, T, 3, H, K].
-        qkv = nn.DenseGeneral((3, H, K), use_bias=c.use_bias, dtype=dtype,
-                              kernel_init=_init, name="qkv",
-                              dot_general=dot_general)(x_BTD)
-        q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        if c.qk_norm:  # Unit-RMS queries and keys: attention logits cannot blow up.
-            q_BTHK, k_BTHK = rms_norm(q_BTHK), rms_norm(k_BTHK)
-        if value_embed_BTHK is not None:
-            v_BTHK = v_BTHK + value_embed_BTHK
-        if c.pos_encoding == "rope":
-            q_BTHK, k_BTHK = apply_rope(q_BTHK, positions_T), apply_rope(k_BTHK, positions_T)
-
-        if self.decode:
-            # Write this call's keys/values into the cache at their positions,
-            # then attend over the whole cache; unwritten slots are masked.
-            B = x_BTD.shape[0]
-            cache_k = self.variable("cache", "key", jnp.zeros, (B, c.block_size, H, K), dtype)
-            cache_v = self.variable("cache", "value", jnp.zeros, (B, c.block_size, H, K), dtype)
-            if not self.is_initializing():
-                start = (0, positions_T[0], 0, 0)
-                cache_k.value = jax.lax.dynamic_update_slice(cache_k.value, k_BTHK, start)
-                cache_v.value = jax.lax.dynamic_update_slice(cache_v.value, v_BTHK, start)
-            k_BSHK, v_BSHK = cache_k.value, cache_v.value
-            key_positions_S = jnp.arange(c.block_size)
-        else:
-            k_BSHK, v_BSHK, key_positions_S = k_BTHK, v_BTHK, positions_T
-        # Causal mask: query at position t may look at keys at positions <= t.
-        mask_TS = key_positions_S[None, :] <= positions_T[:, None]
-
-        if c.attention == "fused":
-            # jax's kernel; no attention dropout. Without a cache the mask is
-            # plain causal: saying so (is_causal) lets a flash kernel skip the
-            # masked blocks instead of reading a [T, S] mask.
-            y_BTHK = jax.nn.dot_product_attention(
-                q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None] if self.decode else None,
-                is_causal=not self.decode,
-                implementation=None if self.decode else c.attention_impl)
-        else:
-            att_BHTS = attention_weights(q_BTHK, k_BSHK, mask_TS)
-            self.sow("intermediates", "attention", att_BHTS.astype(jnp.float32))  # Pictures.
-            att_BHTS = nn.Dropout(c.dropout)(att_BHTS, deterministic=self.deterministic)
-            y_BTHK = jnp.einsum("bhts,bshk->bthk", att_BHTS, v_BSHK)
-        # Concatenate heads and project back to the residual width.
-        return nn.DenseGeneral(c.embed_dim, axis=(-2, -1), use_bias=c.use_bias,
-                               dtype=dtype, kernel_init=out_init(c), name="proj",
-                               dot_general=dot_general)(y_BTHK)
 
 
 class Block(nn.Module):

@@ -10,7 +10,8 @@ import pytest
 from conftest import tiny_config
 from smallgpt_jax import train
 from smallgpt_jax.config import validate
-from smallgpt_jax.model import GPT, low_precision_softmax, model_config
+from smallgpt_jax.attention import low_precision_softmax
+from smallgpt_jax.model import GPT, model_config
 from smallgpt_jax.system.errors import UserError
 
 V = 11

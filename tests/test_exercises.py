@@ -18,6 +18,7 @@ import pytest
 
 from conftest import ROOT, load_file
 from smallgpt_jax import model as M
+from smallgpt_jax.attention import CausalSelfAttention
 from smallgpt_jax import normalization, positions, sampling, train
 from smallgpt_jax.config import base_config
 from smallgpt_jax.tokenizers.bpe import BPETokenizer
@@ -36,7 +37,7 @@ def check_causal_attention(fn):
     c = base_config()
     c.model.num_heads, c.model.embed_dim, c.model.use_bias = 1, 8, False
     cfg = M.model_config(c.model, 11)
-    layer = M.CausalSelfAttention(cfg)
+    layer = CausalSelfAttention(cfg)
     x_BTD = jax.random.normal(jax.random.key(0), (1, 6, 8))
     positions_T = jnp.arange(6)
     params = layer.init(jax.random.key(1), x_BTD, positions_T)["params"]
@@ -72,7 +73,7 @@ def check_kv_cache_step(fn):
     position 3; the exercise's output and caches must be the layer's."""
     c = base_config()
     c.model.num_heads, c.model.embed_dim, c.model.use_bias, c.model.block_size = 1, 8, False, 6
-    layer = M.CausalSelfAttention(M.model_config(c.model, 11), decode=True)
+    layer = CausalSelfAttention(M.model_config(c.model, 11), decode=True)
     x_BTD = jax.random.normal(jax.random.key(0), (1, 4, 8))
     variables = layer.init(jax.random.key(1), x_BTD[:, :3], jnp.arange(3))
     params = variables["params"]

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from smallgpt_jax import kernels, model as model_lib
+from smallgpt_jax.attention import CausalSelfAttention
 from smallgpt_jax.model import GPT, model_config
 from smallgpt_jax.positions import sinusoidal_table
 
@@ -84,7 +85,7 @@ def naive_attention(p, x_TD, H):
 @pytest.mark.parametrize("kind", ["explicit", "fused"])
 def test_attention_matches_naive_per_head_loop(kind):
     cfg = model_config(tiny_config(**{"model.attention": kind}).model, V)
-    attn = model_lib.CausalSelfAttention(cfg)
+    attn = CausalSelfAttention(cfg)
     x = jax.random.normal(jax.random.key(0), (2, cfg.block_size, cfg.embed_dim))
     positions = jnp.arange(cfg.block_size)
     params = attn.init(jax.random.key(1), x, positions)["params"]

@@ -20,6 +20,7 @@ import pytest
 from conftest import ROOT, needs_shakespeare, run_cli, tiny_config
 from smallgpt_jax import generation, normalization, positions, train
 from smallgpt_jax import model as model_lib
+from smallgpt_jax.attention import CausalSelfAttention
 from smallgpt_jax.cli.config_files import load_config
 from smallgpt_jax.config import validate
 from smallgpt_jax.model import GPT, model_config
@@ -146,7 +147,7 @@ def test_block_matches_textbook_equation(position):
     params = _random_params(block.init(jax.random.key(1), x, pos)["params"], 3)
     out = block.apply({"params": params}, x, pos)
 
-    attn = lambda h: model_lib.CausalSelfAttention(cfg).apply({"params": params["attn"]}, h, pos)
+    attn = lambda h: CausalSelfAttention(cfg).apply({"params": params["attn"]}, h, pos)
     mlp = lambda h: model_lib.MLP(cfg).apply({"params": params["mlp"]}, h)
     norm = normalization.Norm(cfg.norm, cfg.use_bias)
     ln1 = lambda h: norm.apply({"params": params["norm1"]}, h)
