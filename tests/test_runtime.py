@@ -74,7 +74,7 @@ _MAIN_UNTIL_THE_RUN = _MEASURE_REFILL + textwrap.dedent("""
         seen["imported_first"] = [m for m in ("numpy", "jax") if m in sys.modules]
         return tune()
     runtime.tune_host_allocator = spy
-    def train_and_evaluate(config, workdir):
+    def train_and_evaluate(config, workdir, **settings):  # As the real one's keywords.
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as tf
         rule = mlir._platform_specific_lowerings["cpu"][tf.threefry2x32_p].rule
