@@ -35,8 +35,8 @@ T = 1e12
 #   V100 (SXM2, PCIe, V100S): NVIDIA V100 datasheet (no bf16/tf32 support;
 #                      its tensor cores run float16 only).
 #   L4, L40S:          NVIDIA L4 and L40S datasheets.
-#   TPU v4/v5e/v5p/v6e: Google Cloud TPU "system architecture" pages,
-#                      per-chip bf16 peak; no float32 figure is published.
+#   TPU v4/v5e/v5p/v6e: analysis/aot.py's chip table (per-chip bf16 peak;
+#                      no float32 figure is published).
 # Patterns are tried in order, so more specific names come first.
 _GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
     (r"GH200", {"bf16": 989.5 * T, "tf32": 494.5 * T, "fp32": 67 * T}),
@@ -53,12 +53,10 @@ _GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
     (r"\bL40S\b", {"bf16": 362 * T, "tf32": 183 * T, "fp32": 91.6 * T}),
     (r"\bL4\b", {"bf16": 121 * T, "tf32": 60 * T, "fp32": 30.3 * T}),
 ]
-_TPU_PEAKS: list[tuple[str, float]] = [
-    (r"v6 ?lite|v6e", 918 * T),
-    (r"v5 ?lite|v5e", 197 * T),
-    (r"v5p|v5\b", 459 * T),
-    (r"v4\b", 275 * T),
-]
+# TPU chips' bf16 peaks come from the compile check's table (analysis/aot.py,
+# one copy); imported where asked, so that the torch worker imports no JAX.
+_TPU_CHIPS: list[tuple[str, str]] = [
+    (r"v6 ?lite|v6e", "v6e"), (r"v5 ?lite|v5e", "v5e"), (r"v5p|v5\b", "v5p"), (r"v4\b", "v4")]
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -129,11 +127,12 @@ def device_peak_flops(device: Any, dtype: Any, *, fast_f32_matmul: bool = True) 
         return measure_cpu_matmul_peak(dtype=dtype, device=device)
 
     if platform == "tpu" or kind.upper().startswith("TPU"):
-        for pattern, bf16 in _TPU_PEAKS:
+        from smallgpt_jax.analysis.aot import _CHIPS
+        for pattern, chip in _TPU_CHIPS:
             if re.search(pattern, kind, re.IGNORECASE):
                 if name == "float32" and not fast_f32_matmul:
                     return None
-                return bf16
+                return _CHIPS[chip]["peak_flops"]
         return None
 
     for pattern, peaks in _GPU_PEAKS:
