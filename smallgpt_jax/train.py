@@ -37,12 +37,17 @@ class TrainState:
     opt_state: Any
 
 
-def learning_rate_schedule(t) -> optax.Schedule:
-    """Linear warmup from 0 to the peak, then cosine decay to the minimum."""
+def learning_rate_schedule(t, peak: float | None = None) -> optax.Schedule:
+    """Linear warmup from 0 to the peak (learning_rate, or `peak`), then
+    cosine decay to the minimum (min_learning_rate, scaled with the peak)."""
     warmup = min(t.warmup_steps, t.num_steps)
+    if peak is None:
+        peak, end = t.learning_rate, t.min_learning_rate
+    else:
+        end = peak * (t.min_learning_rate / t.learning_rate if t.learning_rate else 0.0)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=t.learning_rate, warmup_steps=warmup,
-        decay_steps=max(t.num_steps, warmup + 1), end_value=t.min_learning_rate)
+        init_value=0.0, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(t.num_steps, warmup + 1), end_value=end)
 
 
 def decay_mask(params) -> Any:
@@ -66,9 +71,9 @@ def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
     adamw = optax.adamw(schedule, b1=t.beta1, b2=t.beta2,
                         weight_decay=t.weight_decay, mask=decay_mask)
     if t.optimizer == "muon":
-        ratio = t.muon_learning_rate / t.learning_rate if t.learning_rate else 0.0
-        muon_tx = optax.chain(muon.scale_by_muon(muon.momentum_schedule(t)),
-                              optax.scale_by_learning_rate(lambda s: ratio * schedule(s)))
+        muon_tx = optax.chain(
+            muon.scale_by_muon(muon.momentum_schedule(t)),
+            optax.scale_by_learning_rate(learning_rate_schedule(t, t.muon_learning_rate)))
         adamw = optax.multi_transform({"muon": muon_tx, "adamw": adamw}, muon.labels)
     parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
     return optax.chain(*parts, adamw), schedule

@@ -122,6 +122,19 @@ def test_two_muon_steps_equal_a_numpy_re_derivation():
         assert not np.allclose(get(new), get(params))
 
 
+def test_muon_keeps_its_own_rate_when_adamws_is_zero():
+    """learning_rate=0 freezes AdamW's parameters, not Muon's: Muon's schedule
+    has its own peak, the same warmup and cosine shape."""
+    c = tiny_config(**{"train.optimizer": "muon", "train.learning_rate": 0.0,
+                       "train.min_learning_rate": 0.0, "train.warmup_steps": 0})
+    tx, _ = train.make_optimizer(c.train)
+    params = train.init_state(model_config(c.model, V), tx, 0).params
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert np.abs(np.asarray(updates["block_0"]["mlp"]["fc"]["kernel"])).max() > 0
+    assert np.abs(np.asarray(updates["token_embed"]["embedding"])).max() == 0
+
+
 def test_muon_fields_are_checked():
     for field, value in (("optimizer", "sgd"), ("muon_momentum", 1.0),
                          ("muon_learning_rate", -1.0), ("muon_momentum_start", -0.1)):
