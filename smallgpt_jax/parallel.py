@@ -119,7 +119,10 @@ def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParal
         f_train, f_eval = sharding.make_fsdp_steps(model_config, tx, schedule, seed, mesh,
                                                    shapes)
         return DataParallel(f_train, f_eval, put_state=partial(sharding.put, mesh=mesh),
-                            put_batch=partial(global_batch, mesh), unreplicate=sharding.gather,
+                            put_batch=partial(global_batch, mesh),
+                            # Placed as the others leave their copy, so the
+                            # warm-up's sampler program serves the run's.
+                            unreplicate=lambda tree: on_first_device(sharding.gather(tree)),
                             state_target=partial(sharding.placed, mesh=mesh),
                             to_save=lambda rstate: rstate)  # Orbax writes the shards.
     s_train, s_eval = make_sharded_steps(model_config, tx, schedule, seed, mesh)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -117,6 +118,10 @@ def gather(tree: Any) -> Any:
     return jax.tree_util.tree_map(whole, tree)
 
 
+# One program copies the whole state (`x.copy()` per array compiled one per shape).
+_copy = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
+
+
 def put(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """A state onto the mesh in its FSDP shards: copied shard by shard if it
     is there already (made or restored there, see `placed`; a copy, since the
@@ -125,5 +130,5 @@ def put(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     target = state_shardings(tree, mesh)
     if all(isinstance(x, jax.Array) and x.sharding == s for x, s in
            zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(target))):
-        return jax.tree_util.tree_map(lambda x: x.copy(), tree)
+        return _copy(tree)
     return jax.device_put(jax.device_get(tree), target)

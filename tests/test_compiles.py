@@ -59,12 +59,12 @@ print("COMPILES " + json.dumps(log.compiles))
 """
 
 
-@pytest.mark.parametrize("kind", ["shard_map", "pmap"])
+@pytest.mark.parametrize("kind", ["shard_map", "pmap", "fsdp"])
 def test_a_short_run_compiles_each_program_once_and_none_on_the_main_thread_after_step_1(
         kind, tmp_path):
     """A tiny run with two evaluations, samples, pictures and saves, in a
     fresh process (no program compiled before): shard_map (the default) and
-    pmap compile at most 4 programs before step 1 (the init, the train step and
+    pmap compile at most 4 programs before step 1 (fsdp 5) (the init, the train step and
     what placing the state and the first batch needs), the first evaluation's
     programs on the warm-up thread while the first steps run, and nothing
     twice; after step 1 the main thread compiles nothing."""
@@ -83,7 +83,9 @@ def test_a_short_run_compiles_each_program_once_and_none_on_the_main_thread_afte
     log = CompileLog()
     log.compiles = compiles
     before = log.names(thread="MainThread", phase="before step 1")
-    assert len(before) <= 4, before
+    # fsdp makes the state in its shards and copies it (one program) before
+    # the first step donates it: the warm-up keeps the initial parameters.
+    assert len(before) <= (5 if kind == "fsdp" else 4), before
     assert log.names(thread="MainThread", phase="after step 1") == [], compiles
     assert log.twice() == [], log.twice()
     assert len(log.names(thread="smallgpt-warmup")) >= 4, compiles  # Eval, checksum, sampler.
