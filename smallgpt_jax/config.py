@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.beta1 = 0.9  # AdamW first-moment decay.
     c.train.beta2 = 0.99  # AdamW second-moment decay.
     c.train.weight_decay = 0.1  # Decoupled decay, by name: train.decay_mask.
+    # The token (and value) embeddings' AdamW peak rate, in learning_rates: a
+    # row is updated only by the tokens it saw, so it can take larger steps.
+    c.train.embedding_learning_rate_scale = 1.0
     c.train.grad_clip = 1.0  # Clip gradients to this global norm (0: off).
     # 'adamw' (every parameter) or 'muon': Muon for the blocks' matrices, AdamW
     # (the fields above) for embeddings, head, norms, biases (smallgpt_jax/muon.py).
@@ -163,7 +166,7 @@ _NON_NEGATIVE = (
     "train.learning_rate", "train.min_learning_rate", "train.warmup_steps",
     "train.weight_decay", "train.grad_clip", "train.sample_tokens", "data.fit_max_chars",
     "train.sample_every", "train.muon_learning_rate", "train.muon_momentum_warmup",
-    "model.logit_softcap",
+    "model.logit_softcap", "train.embedding_learning_rate_scale",
 )
 # Upper limits of integer fields: (fields, limit, why). Steps are counted in
 # int32 (TrainState.step); past 2**31 - 1 a schedule's arithmetic fails or

@@ -61,22 +61,44 @@ def decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
+def optimizer_labels(t, params) -> Any:
+    """Each parameter's optimizer part, by name: 'muon' (muon.labels, with
+    optimizer='muon'), 'embedding' (the token and value tables, when their
+    rate differs) or 'adamw'."""
+    base = (muon.labels(params) if t.optimizer == "muon"
+            else jax.tree_util.tree_map(lambda _: "adamw", params))
+    if t.embedding_learning_rate_scale == 1.0:
+        return base
+
+    def label(path, part):
+        return "embedding" if path[-1].key == "embedding" and part == "adamw" else part
+    return jax.tree_util.tree_map_with_path(label, base)
+
+
 def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(The optimizer config.train names, with global-norm clipping; its
     learning rate schedule): the one schedule the optimizer steps with and
     the run reports. 'adamw': AdamW for every parameter. 'muon': Muon
     (muon.py) for the blocks' matrices, at muon_learning_rate on the same
-    schedule's shape, and AdamW for the rest (muon.labels)."""
+    schedule's shape, and AdamW for the rest (muon.labels). The embeddings'
+    AdamW peaks at learning_rate * embedding_learning_rate_scale."""
     schedule = learning_rate_schedule(t)
-    adamw = optax.adamw(schedule, b1=t.beta1, b2=t.beta2,
-                        weight_decay=t.weight_decay, mask=decay_mask)
+
+    def adamw(rate):
+        return optax.adamw(rate, b1=t.beta1, b2=t.beta2,
+                           weight_decay=t.weight_decay, mask=decay_mask)
+    parts = {"adamw": adamw(schedule)}
+    if t.embedding_learning_rate_scale != 1.0:
+        parts["embedding"] = adamw(learning_rate_schedule(
+            t, t.learning_rate * t.embedding_learning_rate_scale))
     if t.optimizer == "muon":
-        muon_tx = optax.chain(
+        parts["muon"] = optax.chain(
             muon.scale_by_muon(muon.momentum_schedule(t)),
             optax.scale_by_learning_rate(learning_rate_schedule(t, t.muon_learning_rate)))
-        adamw = optax.multi_transform({"muon": muon_tx, "adamw": adamw}, muon.labels)
-    parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-    return optax.chain(*parts, adamw), schedule
+    tx = (parts["adamw"] if len(parts) == 1
+          else optax.multi_transform(parts, lambda params: optimizer_labels(t, params)))
+    clip = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+    return optax.chain(*clip, tx), schedule
 
 
 def init_state(model_config, tx: optax.GradientTransformation, seed: int,

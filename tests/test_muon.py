@@ -135,8 +135,34 @@ def test_muon_keeps_its_own_rate_when_adamws_is_zero():
     assert np.abs(np.asarray(updates["token_embed"]["embedding"])).max() == 0
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_embedding_learning_rate_scale_scales_the_embeddings_steps_alone(optimizer):
+    """AdamW's whole step (Adam's and the decay's) is proportional to its rate:
+    with the scale at 5 the token and value tables step 5 times as far, every
+    other parameter exactly as far as at the default 1."""
+    over = {"train.optimizer": optimizer, "train.warmup_steps": 0,
+            "model.value_embeddings": True, "model.tie_embeddings": False}
+    steps = {}
+    for scale in (1.0, 5.0):
+        c = tiny_config(**over, **{"train.embedding_learning_rate_scale": scale})
+        tx, _ = train.make_optimizer(c.train)
+        params = train.init_state(model_config(c.model, V), tx, 0).params
+        grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.3), params)
+        steps[scale] = {jax.tree_util.keystr(k): np.asarray(u) for k, u in
+                        jax.tree_util.tree_leaves_with_path(
+                            tx.update(grads, tx.init(params), params)[0])}
+    tables = {"['token_embed']['embedding']", "['block_0']['value_embed']['embedding']",
+              "['block_1']['value_embed']['embedding']"}
+    assert tables <= set(steps[1.0])
+    for name, base in steps[1.0].items():
+        want = 5 * base if name in tables else base
+        np.testing.assert_allclose(steps[5.0][name], want, rtol=1e-5, err_msg=name)
+        assert np.abs(base).max() > 0, name
+
+
 def test_muon_fields_are_checked():
     for field, value in (("optimizer", "sgd"), ("muon_momentum", 1.0),
+                         ("embedding_learning_rate_scale", -1.0),
                          ("muon_learning_rate", -1.0), ("muon_momentum_start", -0.1)):
         c = tiny_config(**{f"train.{field}": value})
         with pytest.raises(UserError, match=f"config.train.{field}"):
