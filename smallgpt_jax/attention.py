@@ -3,7 +3,9 @@ positions before it, weighted by how well its query matches their keys.
 `CausalSelfAttention` is the layer model.py's blocks call, with its KV cache
 for decoding (docs/12); `attention_weights` the written-out softmax(q k^T /
 sqrt(K)); `low_precision_softmax` the softmax with float32 statistics that
-bfloat16 and float16 runs use.
+bfloat16 and float16 runs use. With `attention='flash'` the layer calls the
+Pallas kernel of flash_attention.py instead (training and evaluation; the KV
+cache and the attention pictures keep the explicit path).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from smallgpt_jax import kernels
+from smallgpt_jax import flash_attention as flash, kernels
+from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.feedforward import init as _init, out_init
 from smallgpt_jax.normalization import rms_norm
 from smallgpt_jax.positions import apply_rope
@@ -110,6 +113,14 @@ class CausalSelfAttention(nn.Module):
                 q_BTHK, k_BSHK, v_BSHK, mask=mask_TS[None, None] if self.decode else None,
                 is_causal=not self.decode,
                 implementation=None if self.decode else c.attention_impl)
+        elif c.attention == "flash" and self._flash_fits(x_BTD.shape[1]):
+            rate = 0.0 if self.deterministic else c.dropout
+            seed = (flash.seed_from_key(self.make_rng("dropout")) if rate > 0
+                    else jnp.zeros((1,), jnp.int32))
+            BHTK = lambda a: a.transpose(0, 2, 1, 3)  # Whole (T, K) tiles per head.
+            y_BTHK = BHTK(flash.flash_attention(
+                BHTK(q_BTHK), BHTK(k_BSHK), BHTK(v_BSHK), seed, rate,
+                c.attention_impl == "interpret"))
         else:
             att_BHTS = attention_weights(q_BTHK, k_BSHK, mask_TS)
             self.sow("intermediates", "attention", att_BHTS.astype(jnp.float32))  # Pictures.
@@ -119,3 +130,17 @@ class CausalSelfAttention(nn.Module):
         return nn.DenseGeneral(c.embed_dim, axis=(-2, -1), use_bias=c.use_bias,
                                dtype=dtype, kernel_init=out_init(c), name="proj",
                                dot_general=dot_general)(y_BTHK)
+
+    def _flash_fits(self, T: int) -> bool:
+        """Whether this call runs the flash kernel: not when decoding (the
+        cache's queries are not the keys' positions), nor when the weights
+        are recorded for pictures; a length the kernel cannot take (a short
+        evaluation window) runs the explicit path, which without dropout
+        is the same function."""
+        if self.decode or self.is_mutable_collection("intermediates"):
+            return False
+        why = flash.check(T)
+        if why is not None and not self.deterministic and self.config.dropout > 0:
+            raise UserError(f"config.model.attention='flash' cannot train on {T} tokens: "
+                            f"{why}.")
+        return why is None

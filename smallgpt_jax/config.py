@@ -71,7 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.activation = "gelu"  # 'gelu', 'relu', 'relu2' (ReLU squared) or 'swiglu'.
     c.model.use_bias = True  # Biases in dense layers and norms.
     c.model.tie_embeddings = True  # Output head reuses the token embedding.
-    c.model.attention = "explicit"  # 'explicit' (written out) or 'fused' (dropout 0 only).
+    # 'explicit' (written out), 'fused' (jax.nn.dot_product_attention; dropout 0
+    # only), 'flash' (a Pallas kernel: the [T, T] arrays stay on chip, dropout
+    # from a hash of positions; TPU, or CPU in slow interpret mode) or 'auto'
+    # ('flash' on TPU where the context fits it, else 'explicit').
+    c.model.attention = "explicit"
     # The generator of the dropout masks, by JAX's name: 'threefry2x32' (JAX's
     # default; the same masks on every backend) or 'rbg' / 'unsafe_rbg' (XLA's
     # generator: a TPU compile takes half the time, but the bits are stored,
@@ -149,7 +153,7 @@ _CHOICES = {
     "model.norm": ("layernorm", "rmsnorm"),
     "model.norm_position": ("pre", "post"),
     "model.activation": ("gelu", "relu", "relu2", "swiglu"),
-    "model.attention": ("explicit", "fused"),
+    "model.attention": ("explicit", "fused", "flash", "auto"),
     "model.dropout_rng": ("threefry2x32", "rbg", "unsafe_rbg"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.fast_backward": ("auto", "on", "off"),
@@ -294,6 +298,14 @@ def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
         raise UserError(f"config.model.attention='fused' has no attention dropout; use "
                         f"config.model.dropout=0 with it, or attention='explicit' "
                         f"(dropout={m.dropout}).")
+    if m.attention in ("flash", "auto"):
+        # Imported here: it loads JAX and Pallas, which a command's --help and
+        # a config that does not ask for the kernel do not need.
+        from smallgpt_jax import flash_attention
+        why = flash_attention.check(m.block_size)
+        if why is not None and m.attention == "flash":
+            raise UserError(f"config.model.attention='flash' cannot take "
+                            f"config.model.block_size={m.block_size}: it needs {why}.")
     if config.data.end_of_text and config.data.tokenizer != "bpe":
         raise UserError(
             "config.data.end_of_text=True needs config.data.tokenizer='bpe': the "

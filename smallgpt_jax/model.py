@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smallgpt_jax import kernels
+from smallgpt_jax import flash_attention, kernels
 from smallgpt_jax.attention import CausalSelfAttention
 from smallgpt_jax.feedforward import MLP, init as _init, out_init
 from smallgpt_jax.normalization import Norm
@@ -71,7 +71,7 @@ class ModelConfig:
     activation: str  # 'gelu', 'relu', 'relu2' or 'swiglu'.
     use_bias: bool  # Biases in dense layers and norms.
     tie_embeddings: bool  # The output head reuses the token embedding.
-    attention: str  # 'explicit' or 'fused'.
+    attention: str  # 'explicit', 'fused' or 'flash' ('auto' is resolved by `model_config`).
     dtype: str  # Compute dtype ('float32', 'bfloat16', 'float16').
     scan_layers: bool  # nn.scan over the blocks.
     remat: str  # What the backward pass recomputes: 'none', 'block', 'attention'.
@@ -79,7 +79,8 @@ class ModelConfig:
     # 'on' or 'off' ('auto' is resolved by `model_config`): see `kernels.fast_ops`.
     fast_backward: str
     # The fused attention kernel (`kernels.fused_implementation`) when not
-    # decoding: 'cudnn', or None for XLA's own.
+    # decoding: 'cudnn', or None for XLA's own; for 'flash', 'mosaic' (the
+    # TPU kernel) or 'interpret' (Pallas's interpreter, on a CPU).
     attention_impl: str | None
     # The GPT-2 speedrun's switches (config.py says what each does; off by
     # default, and off in checkpoints written before they existed).
@@ -267,6 +268,10 @@ def model_config(model: Any, vocab_size: int, platform: str | None = None) -> Mo
     m.setdefault("dropout_rng", "threefry2x32")  # Nor dropout_rng: JAX's default.
     K = m["embed_dim"] // m["num_heads"]
     impl = kernels.fused_implementation(platform, m["dtype"], K, decode=False)
+    m["attention"] = flash_attention.resolve(m.get("attention", "explicit"), platform,
+                                             m["block_size"])
+    if m["attention"] == "flash":  # Mosaic on a TPU; elsewhere the Pallas interpreter.
+        impl = "mosaic" if platform == "tpu" else "interpret"
     return ModelConfig(**m, vocab_size=vocab_size, attention_impl=impl)
 
 

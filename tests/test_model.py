@@ -82,7 +82,7 @@ def naive_attention(p, x_TD, H):
     return y_TD @ W + p["proj"]["bias"]
 
 
-@pytest.mark.parametrize("kind", ["explicit", "fused"])
+@pytest.mark.parametrize("kind", ["explicit", "fused", "flash"])
 def test_attention_matches_naive_per_head_loop(kind):
     cfg = model_config(tiny_config(**{"model.attention": kind}).model, V)
     attn = CausalSelfAttention(cfg)
