@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import run_cli, tiny_config
-from smallgpt_jax.analysis import aot, hlo_cost
+from smallgpt_jax.analysis import aot, hlo_breakdown, hlo_cost
 from smallgpt_jax.system.errors import UserError
 
 needs_libtpu = pytest.mark.skipif(
@@ -17,7 +17,8 @@ needs_libtpu = pytest.mark.skipif(
     reason='no libtpu: pip install -e ".[tpu]" to compile for TPU targets')
 KEYS = {"target", "devices", "fits", "device_memory_bytes", "state_bytes", "temp_bytes",
         "flops_per_step", "bytes_per_step", "flop_bound_ms", "memory_bound_ms",
-        "tokens_per_s", "programs", "compile_s", "parallel", "compiled_as", "remat"}
+        "tokens_per_s", "programs", "compile_s", "parallel", "compiled_as", "remat",
+        "hbm_bytes_per_step", "hbm_bound_ms"}
 V5E = aot.target("tpu:v5e-1")
 TINY = ["--config=configs/char_cpu.py", "--config.model.num_layers=2",
         "--config.model.num_heads=2", "--config.model.embed_dim=32",
@@ -54,6 +55,9 @@ def test_a_tiny_model_compiles_for_a_v5e_and_fits(unrolled):
     analytic = analytic_flops(unrolled["config"], unrolled["params"])
     assert analytic / 2 < s["flops_per_step"] < 2 * analytic
     assert s["bytes_per_step"] > 0 and s["memory_bound_ms"] > 0
+    # What crosses HBM is part of what XLA counts (which adds VMEM and both ends of copies).
+    assert 0 < s["hbm_bytes_per_step"] < s["bytes_per_step"]
+    assert s["hbm_bound_ms"] == pytest.approx(s["hbm_bytes_per_step"] / 819e9 * 1e3)
     assert s["tokens_per_s"] == pytest.approx(
         8 * 16 / max(s["flop_bound_ms"], s["memory_bound_ms"]) * 1e3)
 
@@ -76,7 +80,7 @@ def test_scanned_layers_are_counted_once_per_layer(unrolled):
 def test_the_breakdown_adds_up_to_about_xla_bytes(unrolled):
     from smallgpt_jax.cli.compile import breakdown
     program = unrolled["programs"][0]
-    groups = hlo_cost.contributors(program.hlo)
+    groups = hlo_breakdown.contributors(program.hlo)
     assert groups and groups[0]["bytes"] >= groups[-1]["bytes"] > 0
     assert any("attn" in g["op"] for g in groups)
     padded = sum(g["padded_bytes"] for g in groups)
@@ -194,7 +198,7 @@ ENTRY %main (a: f32[2,8,8]) -> f32[2,8] {
   ROOT %s = f32[2,8]{1,0} fusion(%a), kind=kInput, calls=%sums, metadata={op_name="jit(f)/reduce_sum"}
 }
 """
-    (group,) = hlo_cost.contributors(text)
+    (group,) = hlo_breakdown.contributors(text)
     assert group["shape"] == "f32[2,8]" and group["largest"] == "in f32[2,8,8]"
     assert group["bytes"] == 4 * (2 * 8 * 8 + 2 * 8)
 
@@ -210,7 +214,7 @@ ENTRY %main (a: bf16[64,128]) -> bf16[64,128] {
   ROOT %copy-done.1 = bf16[64,128]{1,0:S(1)} copy-done(%copy-start.1)
 }
 """
-    groups = {g["kind"]: g for g in hlo_cost.contributors(text)}
+    groups = {g["kind"]: g for g in hlo_breakdown.contributors(text)}
     size = 64 * 128 * 2
     assert groups["copy-start"]["bytes"] == groups["copy-done"]["bytes"] == 2 * size
     assert groups["copy-done"]["op"] == groups["copy-start"]["op"] == "jit(f)/exp"

@@ -159,6 +159,7 @@ class Program:
     loop_flops: float  # FLOPs the loop bodies add beyond their one counted run.
     loop_bytes: float
     trip_counts_known: bool
+    hbm_bytes: float  # Bytes that cross HBM (hlo_cost, hbm=True), loops counted in full.
 
     @property
     def flops(self) -> float:
@@ -202,7 +203,7 @@ def compile_program(name: str, fn, *args) -> Program:
         _loop_extra(before, runs_before, hlo_cost.dot_flops),
         _loop_extra(after, runs_after,
                     lambda i, c: hlo_cost.instruction_bytes(i, c, after)),
-        known_before and known_after)
+        known_before and known_after, hlo_cost.hbm_bytes(after, runs_after))
 
 
 def _spec(tree, sharding):
@@ -280,6 +281,7 @@ def summary(result: dict, t: Target) -> dict:
     tokens = c.train.batch_size * c.model.block_size  # All devices together.
     flop_ms = train_p.flops / t.peak_flops * 1e3 if t.peak_flops else None
     mem_ms = train_p.bytes / t.hbm_bytes_per_s * 1e3 if t.hbm_bytes_per_s else None
+    hbm_ms = train_p.hbm_bytes / t.hbm_bytes_per_s * 1e3 if t.hbm_bytes_per_s else None
     bound = max(flop_ms or 0, mem_ms or 0)
     return {
         "target": t.name, "devices": t.devices, "parallel": c.parallel,
@@ -291,6 +293,8 @@ def summary(result: dict, t: Target) -> dict:
         "temp_bytes": train_p.memory.temp_size_in_bytes,
         "flops_per_step": train_p.flops, "bytes_per_step": train_p.bytes,
         "flop_bound_ms": flop_ms, "memory_bound_ms": mem_ms,
+        # What crosses HBM alone (XLA's bytes count VMEM and both ends of a copy too).
+        "hbm_bytes_per_step": train_p.hbm_bytes, "hbm_bound_ms": hbm_ms,
         "tokens_per_s": tokens / bound * 1e3 if bound else None,
         "programs": len(result["programs"]),
         "compile_s": sum(p.compile_s for p in result["programs"]),

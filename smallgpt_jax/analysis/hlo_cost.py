@@ -14,6 +14,15 @@ optimisation) to put those right:
 - `dot_flops` counts matrix-multiply FLOPs (2 per multiply-add).
 The figures are estimates of the same kind as XLA's own: they assume every
 operand is read once and every output written once.
+
+Two ways to count bytes. XLA's "bytes accessed" counts every operand and
+output of every operation wherever it lives, the TPU's on-chip VMEM
+included, and an async copy at both its start and its end; that is the
+default here too, so the loop corrections add to XLA's total in its own
+units. With `hbm=True` only the arrays in HBM (device memory) count: on TPU
+the compiled program's layouts name the memory space, `S(1)` for VMEM (none
+for HBM), and a copy between the two crosses HBM once. That is the traffic
+the memory bandwidth limits.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import dataclasses
 import math
 import re
 
-_ITEMSIZE = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2,
+ITEMSIZE = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2,
              "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
              "f64": 8, "c64": 8, "c128": 16}
 _ARRAY = re.compile(r"\b(pred|[su](?:4|8|16|32|64)|bf16|f16|f32|f64|c64|c128|f8\w*)"
@@ -128,11 +137,22 @@ def arrays(shape: str) -> list[tuple[str, tuple[int, ...], str]]:
             for m in _ARRAY.finditer(shape)]
 
 
-def shape_bytes(shape: str, padded: bool = False) -> float:
+def in_hbm(layout: str) -> bool:
+    """Whether an array of this layout lives in device memory (HBM): a TPU
+    layout names any other memory space, e.g. '1,0:T(8,128)(2,1)S(1)' for
+    VMEM; S(0) or none is the default, HBM (or a CPU's memory)."""
+    space = re.search(r"S\((\d+)\)", layout)
+    return space is None or space.group(1) == "0"
+
+
+def shape_bytes(shape: str, padded: bool = False, hbm: bool = False) -> float:
     """Bytes of a shape; `padded`: with its minor dimensions rounded up to the
-    first tile of its layout (e.g. T(8,128) on TPU), as memory holds it."""
+    first tile of its layout (e.g. T(8,128) on TPU), as memory holds it;
+    `hbm`: only its arrays in HBM."""
     total = 0.0
     for dtype, dims, layout in arrays(shape):
+        if hbm and not in_hbm(layout):
+            continue
         dims = list(dims)
         if padded and ":" in layout:
             minor_to_major, tiling = layout.split(":", 1)
@@ -142,7 +162,7 @@ def shape_bytes(shape: str, padded: bool = False) -> float:
                 sizes = [int(t) for t in tile.group(1).split(",")][::-1]
                 for dim, size in zip(order, sizes):
                     dims[dim] = -(-dims[dim] // size) * size
-        total += math.prod(dims) * _ITEMSIZE.get(dtype, 1)
+        total += math.prod(dims) * ITEMSIZE.get(dtype, 1)
     return total
 
 
@@ -246,37 +266,48 @@ def _through_bitcasts(comp: Computation, instr: Instr | None) -> Instr | None:
     return instr
 
 
-def _writes(instr: Instr, fused: Computation | None, padded: bool) -> tuple[float, set]:
+def _writes(instr: Instr, fused: Computation | None, padded: bool,
+            hbm: bool = False) -> tuple[float, set]:
     """(bytes a fusion writes, indices of operands it updates in place). A
     dynamic-update-slice of a fusion parameter (a scan writing its step's row
     of a stacked result) writes only the update and reads nothing of the rest
-    of the buffer; every other output is written whole."""
+    of the buffer; every other output is written whole. `hbm`: only outputs
+    in HBM, by the fusion's own output layouts (those inside a fusion need
+    not name the memory space)."""
     if fused is None or not fused.instrs:
-        return shape_bytes(instr.shape, padded), set()
+        return shape_bytes(instr.shape, padded, hbm), set()
     root = fused.instrs[-1]
     parts = ([fused.by_name.get(o) for o in root.operands] if root.opcode == "tuple"
              else [root])
+    outs = arrays(instr.shape)
     written, in_place = 0.0, set()
-    for part in parts:
+    for k, part in enumerate(parts):
+        counts = not hbm or len(outs) != len(parts) or in_hbm(outs[k][2])
         dus = _through_bitcasts(fused, part)
         buffer = (_through_bitcasts(fused, fused.by_name.get(dus.operands[0]))
                   if dus is not None and dus.opcode == "dynamic-update-slice" else None)
         if buffer is not None and buffer.opcode == "parameter":
             in_place.add(int(buffer.operands[0]))
-            written += shape_bytes(fused.by_name[dus.operands[1]].shape, padded)
+            written += counts * shape_bytes(fused.by_name[dus.operands[1]].shape, padded)
         elif part is not None:
-            written += shape_bytes(part.shape, padded)
+            written += counts * shape_bytes(part.shape, padded)
     return written, in_place
 
 
 def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computation],
-                      padded: bool = False) -> float:
+                      padded: bool = False, hbm: bool = False) -> float:
     """Bytes one run of `instr` reads and writes in memory (0 for those that
-    move nothing: parameters, tuples, loops whose bodies count on their own)."""
+    move nothing: parameters, tuples, loops whose bodies count on their own);
+    `hbm`: only those in HBM (see the module's docstring)."""
+    if instr.opcode in ("copy-start", "slice-start") and hbm:
+        # Its output tuple holds both ends (and a u32[] context in sync-flag
+        # memory): one read or write where an end is in HBM. Counted here,
+        # not again at its -done.
+        return shape_bytes(instr.shape, padded, hbm)
     if instr.opcode in ("copy-done", "slice-done"):
         # XLA's total counts an async copy (on TPU, most move arrays between
         # HBM and on-chip VMEM) again where it ends: its output read and written.
-        return 2 * shape_bytes(instr.shape, padded)
+        return 0.0 if hbm else 2 * shape_bytes(instr.shape, padded)
     if (instr.opcode in _FREE or instr.opcode.endswith("-done")
             or re.search(r'custom_call_target="({})"'.format("|".join(_FREE_CALLS)), instr.attrs)):
         return 0.0
@@ -284,18 +315,23 @@ def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computat
         return 2 * shape_bytes(_split_top(instr.shape[1:-1])[1], padded)
     if instr.opcode == "dynamic-update-slice":  # In place: the update is read and written.
         update = comp.by_name.get(instr.operands[1])
-        return 2 * shape_bytes(update.shape, padded) if update else 0.0
+        if update is None:
+            return 0.0
+        if not hbm:
+            return 2 * shape_bytes(update.shape, padded)
+        return (shape_bytes(update.shape, padded, hbm)
+                + shape_bytes(update.shape, padded) * (shape_bytes(instr.shape, hbm=True) > 0))
     fused = comps.get(instr.attr("calls") or "") if instr.opcode == "fusion" else None
-    written, in_place = _writes(instr, fused, padded)
+    written, in_place = _writes(instr, fused, padded, hbm)
     read = 0.0
     for k, name in enumerate(instr.operands):
         source = comp.by_name.get(name)
-        if source is None or k in in_place:
+        if source is None or k in in_place or (hbm and not shape_bytes(source.shape, hbm=True)):
             continue
         sliced = _part_read(comps, fused, k, padded)
-        read += sliced if sliced is not None else shape_bytes(source.shape, padded)
+        read += sliced if sliced is not None else shape_bytes(source.shape, padded, hbm)
     if instr.opcode.endswith("-start"):  # An async copy: read once, written once.
-        return 2 * read
+        return read + written if hbm else 2 * read
     return read + written
 
 
@@ -312,62 +348,8 @@ def dot_flops(instr: Instr, comp: Computation) -> float:
     return 2.0 * math.prod(arrays(instr.shape)[0][1]) * contracted
 
 
-def _short(op_name: str) -> str:
-    """A JAX op path, shortened: the step's wrappers dropped, every layer's
-    index made '*' so the layers' copies of an operation group together."""
-    name = op_name.split(";")[0]
-    for wrapper in ("jit(train_body)/", "jit(eval_body)/", "while/body/", "closed_call/",
-                    "jit(shmap_body)/", "shard_map/"):
-        name = name.replace(wrapper, "")
-    name = name.replace("transpose(jvp(GPT))", "backward").replace("jvp(GPT)", "forward")
-    return re.sub(r"block_\d+", "block_*", name)
-
-
-def _largest_array(instr: Instr, comp: Computation) -> str:
-    """The largest array `instr` reads or writes, as 'in f32[64,6,256,256]' or
-    'out ...': a fusion whose first output is a scalar or a row of sums is
-    named by the [B, H, T, S] array it streams through."""
-    found = [("out", a) for a in arrays(instr.shape)]
-    for name in instr.operands:
-        source = comp.by_name.get(name)
-        found += [("in", a) for a in arrays(source.shape)] if source else []
-    if not found:
-        return ""
-    side, (dtype, dims, _) = max(found, key=lambda f: math.prod(f[1][1]) * _ITEMSIZE.get(
-        f[1][0], 1))
-    return f"{side} {dtype}[{','.join(map(str, dims))}]"
-
-
-def contributors(text: str) -> list[dict]:
-    """Bytes per step by operation, largest first: each top-level instruction
-    of the optimised program (fusions whole) times its runs, grouped by JAX op
-    path, instruction kind and output shape, with the largest array each
-    group's instructions read or write."""
-    comps = parse(text)
-    runs, _ = multiplicities(comps)
-    groups: dict[tuple, dict] = {}
-    for cname, n in runs.items():
-        comp = comps[cname]
-        for instr in comp.instrs:
-            moved = instruction_bytes(instr, comp, comps)
-            if not moved:
-                continue
-            out = arrays(instr.shape)
-            shape = (f"{out[0][0]}[{','.join(map(str, out[0][1]))}]" if out else instr.shape)
-            shape += f" +{len(out) - 1}" if len(out) > 1 else ""
-            kind = re.sub(r"\.\d+$", "", instr.name)
-            op, source = instr.op_name, instr
-            for _ in range(6):  # A copy (start, done, slices) is named by its source.
-                if op or not source.operands or source.operands[0] not in comp.by_name:
-                    break
-                source = comp.by_name[source.operands[0]]
-                op = source.op_name
-            key = (_short(op), kind, shape)
-            g = groups.setdefault(key, {"op": key[0], "kind": kind, "shape": shape,
-                                        "dtype": out[0][0] if out else "",
-                                        "largest": _largest_array(instr, comp),
-                                        "bytes": 0.0, "padded_bytes": 0.0, "count": 0})
-            g["bytes"] += n * moved
-            g["padded_bytes"] += n * instruction_bytes(instr, comp, comps, padded=True)
-            g["count"] += n
-    return sorted(groups.values(), key=lambda g: -g["bytes"])
+def hbm_bytes(comps: dict[str, Computation], runs: dict[str, int]) -> float:
+    """Bytes that cross HBM per run of the program: every operation's
+    operands and outputs in HBM, times the runs of its computation."""
+    return sum(n * instruction_bytes(i, comps[c], comps, hbm=True)
+               for c, n in runs.items() for i in comps[c].instrs)

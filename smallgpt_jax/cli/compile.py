@@ -75,11 +75,15 @@ def table(s: dict, result: dict, t) -> str:
         ("temporaries / device", f"{s['temp_bytes'] / MiB:,.1f} MiB (train step)"),
         ("memory / device", f"{needed / MiB:,.0f} MiB at the fullest " + room),
         ("FLOPs / step / device", f"{s['flops_per_step'] / 1e9:,.1f} GFLOP"),
-        ("bytes / step / device", f"{s['bytes_per_step'] / 1e9:,.2f} GB"),
+        ("bytes / step / device", f"{s['bytes_per_step'] / 1e9:,.2f} GB (XLA's bytes accessed: "
+                                  "every operand and output, on-chip ones included)"),
+        ("HBM bytes / step / device", f"{s['hbm_bytes_per_step'] / 1e9:,.2f} GB (those in "
+                                      "device memory only, each array once per reader)"),
         ("FLOP-bound step", _ms(s["flop_bound_ms"])),
-        ("memory-bound step", _ms(s["memory_bound_ms"])),
+        ("memory-bound step", _ms(s["memory_bound_ms"]) + " (XLA's bytes); "
+         + _ms(s["hbm_bound_ms"]) + " (HBM bytes)"),
         ("tokens/s", "unknown" if s["tokens_per_s"] is None
-         else f"{s['tokens_per_s']:,.0f} (all devices, from the larger bound)"),
+         else f"{s['tokens_per_s']:,.0f} (all devices, from the larger bound, XLA's bytes)"),
     ]
     if loops:
         rows.append(("loops", f"bodies counted once by XLA, here times their runs: "
@@ -94,15 +98,16 @@ def table(s: dict, result: dict, t) -> str:
 def breakdown(program, top: int = 20) -> str:
     """The operations of `program` that move the most bytes, and how their
     sum compares with XLA's own total."""
-    from smallgpt_jax.analysis import hlo_cost  # With aot, after main()'s settings.
-    groups = hlo_cost.contributors(program.hlo)
+    from smallgpt_jax.analysis import hlo_breakdown  # With aot, after main()'s settings.
+    groups = hlo_breakdown.contributors(program.hlo)
     total = sum(g["bytes"] for g in groups)
     padded = sum(g["padded_bytes"] for g in groups)
     lines = [f"Bytes per step of the {program.name}, by operation (the largest {top}):", "",
-             "| GB | share | runs | op | instruction | output | largest array | padded x |",
-             "|---:|---:|---:|---|---|---|---|---:|"]
+             "| GB | share | HBM GB | runs | op | instruction | output | largest array | padded x |",
+             "|---:|---:|---:|---:|---|---|---|---|---:|"]
     for g in groups[:top]:
-        lines.append(f"| {g['bytes'] / 1e9:,.3f} | {g['bytes'] / total:.1%} | {g['count']} | "
+        lines.append(f"| {g['bytes'] / 1e9:,.3f} | {g['bytes'] / total:.1%} | "
+                     f"{g['hbm_bytes'] / 1e9:,.3f} | {g['count']} | "
                      f"`{g['op'] or '-'}` | {g['kind']} | {g['shape']} | {g['largest']} | "
                      f"{g['padded_bytes'] / g['bytes']:.2f} |")
     copies = sum(g["bytes"] for g in groups if g["kind"].split("-")[0] in ("copy", "slice"))
@@ -114,7 +119,8 @@ def breakdown(program, top: int = 20) -> str:
               f"bytes accessed: {program.bytes / 1e9:,.2f} GB (the sum is "
               f"{total / program.bytes:.0%} of it). Copies (on TPU most between HBM and "
               f"on-chip VMEM, counted at their start and end as XLA does): "
-              f"{copies / 1e9:,.2f} GB.",
+              f"{copies / 1e9:,.2f} GB. Crossing HBM (each array once per reader or "
+              f"writer, a copy at its HBM end): {program.hbm_bytes / 1e9:,.2f} GB.",
               "By output dtype: " + ", ".join(
                   f"{d} {b / 1e9:,.2f} GB" for d, b in sorted(by_dtype.items(),
                                                              key=lambda x: -x[1]))]
