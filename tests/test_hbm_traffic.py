@@ -52,6 +52,20 @@ def test_a_copy_to_vmem_crosses_hbm_once_and_vmem_operands_not_at_all():
     assert program_bytes(COPIED, hbm=False) == 4 * size + 2 * size + size + 64 * 4
 
 
+def test_a_slice_copied_to_vmem_crosses_hbm_with_the_slice_not_its_source():
+    """A slice-start's output names the whole source array first: each of the
+    four slices of [4, 128] moves one row out of HBM, not all four."""
+    text = """HloModule m
+ENTRY %main (w: f32[4,128]) -> f32[1,128] {
+  %w = f32[4,128]{1,0:T(8,128)} parameter(0)
+""" + "".join(f"""  %slice-start.{i} = ((f32[4,128]{{1,0:T(8,128)}}), f32[1,128]{{1,0:T(8,128)S(1)}}, s32[]{{:S(2)}}) slice-start(%w), slice={{[{i}:{i + 1}], [0:128]}}
+  %slice-done.{i} = f32[1,128]{{1,0:T(8,128)S(1)}} slice-done(%slice-start.{i})
+""" for i in range(4)) + """  ROOT %n = f32[1,128]{1,0:T(8,128)S(1)} negate(%slice-done.0)
+}
+"""
+    assert program_bytes(text, hbm=True) == 4 * 128 * 4
+
+
 def _compiled_text(fn, *shapes) -> tuple[str, float]:
     mesh = jax.sharding.Mesh(aot.devices(aot.target("tpu:v5e-1")), ("d",))
     replicated = jax.NamedSharding(mesh, jax.P())

@@ -299,11 +299,17 @@ def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computat
     """Bytes one run of `instr` reads and writes in memory (0 for those that
     move nothing: parameters, tuples, loops whose bodies count on their own);
     `hbm`: only those in HBM (see the module's docstring)."""
-    if instr.opcode in ("copy-start", "slice-start") and hbm:
+    if instr.opcode == "copy-start" and hbm:
         # Its output tuple holds both ends (and a u32[] context in sync-flag
         # memory): one read or write where an end is in HBM. Counted here,
         # not again at its -done.
         return shape_bytes(instr.shape, padded, hbm)
+    if instr.opcode == "slice-start" and hbm:
+        # ((the whole source), the slice, context): the slice's size, read
+        # where the source is in HBM and written where the slice is.
+        source, part = _split_top(instr.shape[1:-1])[:2]
+        ends = bool(shape_bytes(source, hbm=True)) + bool(shape_bytes(part, hbm=True))
+        return ends * shape_bytes(part, padded)
     if instr.opcode in ("copy-done", "slice-done"):
         # XLA's total counts an async copy (on TPU, most move arrays between
         # HBM and on-chip VMEM) again where it ends: its output read and written.
