@@ -258,3 +258,34 @@ def test_a_step_too_big_for_the_chip_is_a_no_with_xlas_figures():
     assert s["fits"] is False and s["remat"] == "none"
     assert s["out_of_memory"].startswith("the train step does not fit: ")
     assert "exceeds available HBM" in s["out_of_memory"], s
+
+
+def test_a_kernel_counts_what_it_declares_and_one_that_declares_nothing_is_unknown():
+    """A Pallas call is a custom call XLA cannot look into: its declared
+    cost (pl.CostEstimate) is what counts, read from either way XLA prints
+    it (the program before optimisation spreads it over lines); a kernel
+    without one makes the step's FLOPs and bytes unknown, not 0."""
+    call = ('%k = f32[8,128]{1,0} custom-call(%a), custom_call_target="tpu_custom_call", '
+            'backend_config={"custom_call_config":{"body":"TUzv",')
+    optimised = call + ('"cost_estimate":{"flops":"5000","transcendentals":"7",'
+                        '"bytes_accessed":"9000","remote_bytes_transferred":"0"}}}')
+    before = call + ('"cost_estimate": {\n"bytes_accessed":9000,\n"flops":5000,\n'
+                     '"transcendentals":7\n}, "serialization_format": 1}}')
+    silent = call + '"serialization_format": 1}}'
+    text = lambda body: ("HloModule m\nENTRY %main (a: f32[8,128]) -> f32[8,128] {\n"
+                         "  %a = f32[8,128]{1,0} parameter(0)\n  ROOT " + body + "\n}\n")
+    for body in (optimised, before):
+        comps = hlo_cost.parse(text(body))
+        main = comps["main"]
+        k = main.by_name["k"]
+        assert hlo_cost.declared_cost(k) == {"flops": 5000, "transcendentals": 7,
+                                             "bytes_accessed": 9000}
+        assert hlo_cost.kernel_flops(k) == 5000
+        assert hlo_cost.instruction_bytes(k, main, comps) == 9000
+        assert hlo_cost.undeclared_kernels(comps) == 0
+    comps = hlo_cost.parse(text(silent))
+    assert hlo_cost.declared_cost(comps["main"].by_name["k"]) is None
+    assert hlo_cost.undeclared_kernels(comps) == 1
+    program = aot.Program("train step", 1.0, {"flops": 0.0, "bytes accessed": 8192.0}, None,
+                          text(silent), 0.0, 0.0, True, 8192.0, undeclared_kernels=1)
+    assert program.flops is None and program.bytes is None

@@ -160,13 +160,20 @@ class Program:
     loop_bytes: float
     trip_counts_known: bool
     hbm_bytes: float  # Bytes that cross HBM (hlo_cost, hbm=True), loops counted in full.
+    # Kernels (Pallas calls) that declare no cost: XLA counts them as free,
+    # so the program's FLOPs and bytes are unknown (None), never a low figure.
+    undeclared_kernels: int = 0
 
     @property
-    def flops(self) -> float:
+    def flops(self) -> float | None:
+        if self.undeclared_kernels:
+            return None
         return float(self.cost.get("flops", 0.0)) + self.loop_flops
 
     @property
-    def bytes(self) -> float:
+    def bytes(self) -> float | None:
+        if self.undeclared_kernels:
+            return None
         return float(self.cost.get("bytes accessed", 0.0)) + self.loop_bytes
 
 
@@ -178,8 +185,9 @@ def _loop_extra(comps: dict, runs: dict, per_instr) -> float:
 
 def compile_program(name: str, fn, *args) -> Program:
     """Lowers and compiles `fn` for `args` (shapes), with the loop corrections:
-    matmul FLOPs from the program before optimisation (its dots are plain),
-    bytes from the optimised one (as XLA's own total)."""
+    matmul FLOPs (and kernels' declared ones) from the program before
+    optimisation (its dots are plain), bytes from the optimised one (as
+    XLA's own total)."""
     start = time.perf_counter()
     lowered = fn.lower(*args)
     try:
@@ -200,10 +208,12 @@ def compile_program(name: str, fn, *args) -> Program:
     runs_after, known_after = hlo_cost.multiplicities(after)
     return Program(
         name, seconds, dict(cost or {}), compiled.memory_analysis(), hlo,
-        _loop_extra(before, runs_before, hlo_cost.dot_flops),
+        _loop_extra(before, runs_before,
+                    lambda i, c: hlo_cost.dot_flops(i, c) + hlo_cost.kernel_flops(i)),
         _loop_extra(after, runs_after,
                     lambda i, c: hlo_cost.instruction_bytes(i, c, after)),
-        known_before and known_after, hlo_cost.hbm_bytes(after, runs_after))
+        known_before and known_after, hlo_cost.hbm_bytes(after, runs_after),
+        hlo_cost.undeclared_kernels(after))
 
 
 def _spec(tree, sharding):
@@ -279,9 +289,12 @@ def summary(result: dict, t: Target) -> dict:
     train_p = result["programs"][0]
     c = result["config"]
     tokens = c.train.batch_size * c.model.block_size  # All devices together.
-    flop_ms = train_p.flops / t.peak_flops * 1e3 if t.peak_flops else None
-    mem_ms = train_p.bytes / t.hbm_bytes_per_s * 1e3 if t.hbm_bytes_per_s else None
-    hbm_ms = train_p.hbm_bytes / t.hbm_bytes_per_s * 1e3 if t.hbm_bytes_per_s else None
+    flop_ms = (train_p.flops / t.peak_flops * 1e3
+               if t.peak_flops and train_p.flops is not None else None)
+    mem_ms = (train_p.bytes / t.hbm_bytes_per_s * 1e3
+              if t.hbm_bytes_per_s and train_p.bytes is not None else None)
+    hbm_ms = (train_p.hbm_bytes / t.hbm_bytes_per_s * 1e3
+              if t.hbm_bytes_per_s and train_p.bytes is not None else None)
     bound = max(flop_ms or 0, mem_ms or 0)
     return {
         "target": t.name, "devices": t.devices, "parallel": c.parallel,
@@ -294,7 +307,8 @@ def summary(result: dict, t: Target) -> dict:
         "flops_per_step": train_p.flops, "bytes_per_step": train_p.bytes,
         "flop_bound_ms": flop_ms, "memory_bound_ms": mem_ms,
         # What crosses HBM alone (XLA's bytes count VMEM and both ends of a copy too).
-        "hbm_bytes_per_step": train_p.hbm_bytes, "hbm_bound_ms": hbm_ms,
+        "hbm_bytes_per_step": None if train_p.bytes is None else train_p.hbm_bytes,
+        "hbm_bound_ms": hbm_ms,
         "tokens_per_s": tokens / bound * 1e3 if bound else None,
         "programs": len(result["programs"]),
         "compile_s": sum(p.compile_s for p in result["programs"]),

@@ -11,7 +11,11 @@ optimisation) to put those right:
   loop body: its trip count, read from the loop's condition);
 - `instruction_bytes` is what one instruction reads and writes in memory
   (its operands and its output; a fusion's internal values stay on chip);
-- `dot_flops` counts matrix-multiply FLOPs (2 per multiply-add).
+- `dot_flops` counts matrix-multiply FLOPs (2 per multiply-add);
+- `declared_cost` is what a kernel (a Pallas/Mosaic `tpu_custom_call`)
+  declares it costs (`pl.CostEstimate`), which XLA's totals count in its
+  place; `undeclared_kernels` counts the kernels that declare nothing, whose
+  cost is then unknown.
 The figures are estimates of the same kind as XLA's own: they assume every
 operand is read once and every output written once.
 
@@ -45,6 +49,10 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "whil
          "opt-barrier", "add-dependency"}
 # TPU custom calls that only reserve a buffer or view adjacent slices as one.
 _FREE_CALLS = ("AllocateBuffer", "ConcatBitcast")
+# Custom calls that run a kernel of their own (Pallas on TPU): XLA cannot see
+# inside them and counts only what they declare.
+_KERNEL_CALLS = ("tpu_custom_call",)
+_COST = re.compile(r'"cost_estimate":\s*\{([^}]*)\}')
 
 
 @dataclasses.dataclass
@@ -126,6 +134,12 @@ def parse(text: str) -> dict[str, Computation]:
             instr = _instruction(m.group(1), m.group(2))
             if instr:
                 current.instrs.append(instr)
+        elif line.rstrip() == "}":  # The computation ends.
+            current = None
+        elif current is not None and current.instrs and line and not line[0].isspace():
+            # The program before optimisation prints a kernel's backend
+            # config (its cost estimate) over several lines.
+            current.instrs[-1].attrs += line
     for c in comps.values():
         c.__post_init__()
     return comps
@@ -319,6 +333,9 @@ def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computat
         return 0.0
     if instr.opcode == "slice-start":  # Reads its slice, writes it elsewhere (VMEM on TPU).
         return 2 * shape_bytes(_split_top(instr.shape[1:-1])[1], padded)
+    declared = declared_cost(instr)
+    if declared is not None:  # A kernel: XLA counts what it declares.
+        return declared["bytes_accessed"]
     if instr.opcode == "dynamic-update-slice":  # In place: the update is read and written.
         update = comp.by_name.get(instr.operands[1])
         if update is None:
@@ -359,3 +376,33 @@ def hbm_bytes(comps: dict[str, Computation], runs: dict[str, int]) -> float:
     operands and outputs in HBM, times the runs of its computation."""
     return sum(n * instruction_bytes(i, comps[c], comps, hbm=True)
                for c, n in runs.items() for i in comps[c].instrs)
+
+
+def is_kernel(instr: Instr) -> bool:
+    """Whether `instr` runs a kernel XLA cannot look into (a Pallas call)."""
+    return instr.opcode == "custom-call" and re.search(
+        r'custom_call_target="({})"'.format("|".join(_KERNEL_CALLS)), instr.attrs) is not None
+
+
+def declared_cost(instr: Instr) -> dict[str, float] | None:
+    """A kernel's declared cost ({'flops', 'transcendentals',
+    'bytes_accessed'}), or None: not a kernel, or one that declares none."""
+    m = _COST.search(instr.attrs) if is_kernel(instr) else None
+    if m is None:
+        return None
+    found = dict(re.findall(r'"(\w+)":\s*"?(\d+)"?', m.group(1)))
+    return {k: float(found.get(k, 0)) for k in ("flops", "transcendentals", "bytes_accessed")}
+
+
+def kernel_flops(instr: Instr, comp: Computation | None = None) -> float:
+    """The FLOPs a kernel declares; 0 for any other instruction."""
+    declared = declared_cost(instr)
+    return declared["flops"] if declared else 0.0
+
+
+def undeclared_kernels(comps: dict[str, Computation]) -> int:
+    """How many kernels declare no cost: XLA counts them as 0 FLOPs and
+    only their operands' and outputs' bytes, so a program's totals are
+    unknown, not those figures."""
+    return sum(is_kernel(i) and declared_cost(i) is None
+               for c in comps.values() for i in c.instrs)

@@ -43,8 +43,8 @@ def _define_flags() -> None:
                          "(65: the characters of Tiny Shakespeare).")
 
 
-def _ms(x) -> str:
-    return "unknown (no published peak)" if x is None else f"{x:,.2f} ms"
+def _ms(x, unknown: str = "no published peak") -> str:
+    return f"unknown ({unknown})" if x is None else f"{x:,.2f} ms"
 
 
 def table(s: dict, result: dict, t) -> str:
@@ -59,6 +59,8 @@ def table(s: dict, result: dict, t) -> str:
     room = (f"of {memory / MiB:,.0f} MiB: " + (f"fits, {(memory - needed) / MiB:,.0f} MiB free"
             if s["fits"] else f"does NOT fit, {(needed - memory) / MiB:,.0f} MiB short"))
     loops = progs[0].loop_flops or progs[0].loop_bytes
+    why = (f"{progs[0].undeclared_kernels} kernel call(s) declare no cost"
+           if progs[0].undeclared_kernels else "no published peak")
     rows = [
         ("target", f"{t.name}: {t.devices} device(s); {peaks}"),
         ("settings", f"parallel {c.parallel}"
@@ -74,14 +76,17 @@ def table(s: dict, result: dict, t) -> str:
                            + (", split over the devices)" if c.parallel == "fsdp" else ")")),
         ("temporaries / device", f"{s['temp_bytes'] / MiB:,.1f} MiB (train step)"),
         ("memory / device", f"{needed / MiB:,.0f} MiB at the fullest " + room),
-        ("FLOPs / step / device", f"{s['flops_per_step'] / 1e9:,.1f} GFLOP"),
-        ("bytes / step / device", f"{s['bytes_per_step'] / 1e9:,.2f} GB (XLA's bytes accessed: "
-                                  "every operand and output, on-chip ones included)"),
-        ("HBM bytes / step / device", f"{s['hbm_bytes_per_step'] / 1e9:,.2f} GB (those in "
-                                      "device memory only, each array once per reader)"),
-        ("FLOP-bound step", _ms(s["flop_bound_ms"])),
-        ("memory-bound step", _ms(s["memory_bound_ms"]) + " (XLA's bytes); "
-         + _ms(s["hbm_bound_ms"]) + " (HBM bytes)"),
+        ("FLOPs / step / device", f"unknown ({why})" if s["flops_per_step"] is None
+         else f"{s['flops_per_step'] / 1e9:,.1f} GFLOP"),
+        ("bytes / step / device", f"unknown ({why})" if s["bytes_per_step"] is None
+         else f"{s['bytes_per_step'] / 1e9:,.2f} GB (XLA's bytes accessed: "
+              "every operand and output, on-chip ones included)"),
+        ("HBM bytes / step / device", f"unknown ({why})" if s["bytes_per_step"] is None
+         else f"{s['hbm_bytes_per_step'] / 1e9:,.2f} GB (those in "
+              "device memory only, each array once per reader)"),
+        ("FLOP-bound step", _ms(s["flop_bound_ms"], why)),
+        ("memory-bound step", _ms(s["memory_bound_ms"], why) + " (XLA's bytes); "
+         + _ms(s["hbm_bound_ms"], why) + " (HBM bytes)"),
         ("tokens/s", "unknown" if s["tokens_per_s"] is None
          else f"{s['tokens_per_s']:,.0f} (all devices, from the larger bound, XLA's bytes)"),
     ]
@@ -114,10 +119,11 @@ def breakdown(program, top: int = 20) -> str:
     by_dtype: dict[str, float] = {}
     for g in groups:
         by_dtype[g["dtype"]] = by_dtype.get(g["dtype"], 0.0) + g["bytes"]
+    xla = ("unknown (a kernel declares no cost)" if program.bytes is None else
+           f"{program.bytes / 1e9:,.2f} GB (the sum is {total / program.bytes:.0%} of it)")
     lines += ["", f"Sum over all {len(groups)} groups: {total / 1e9:,.2f} GB "
               f"({padded / 1e9:,.2f} GB with layouts padded to their tiles); XLA's "
-              f"bytes accessed: {program.bytes / 1e9:,.2f} GB (the sum is "
-              f"{total / program.bytes:.0%} of it). Copies (on TPU most between HBM and "
+              f"bytes accessed: {xla}. Copies (on TPU most between HBM and "
               f"on-chip VMEM, counted at their start and end as XLA does): "
               f"{copies / 1e9:,.2f} GB. Crossing HBM (each array once per reader or "
               f"writer, a copy at its HBM end): {program.hbm_bytes / 1e9:,.2f} GB.",
