@@ -1,13 +1,16 @@
-"""Do 'rbg' dropout masks train the same model as threefry ones? A small
+"""Do other dropout masks train the same model as JAX's threefry ones? A small
 character GPT (dropout 0.2) trained on Tiny Shakespeare for a few hundred
-steps with each generator over a few seeds; the final validation losses'
-means and spreads, and Welch's t-test between the two (config.model.dropout_rng;
-the figures are in benchmarks/README.md).
+steps over a few seeds with the explicit attention and threefry masks, and
+with the other choice: 'rbg' masks (config.model.dropout_rng), or the flash
+kernel's hash masks (config.model.attention='flash', run by Pallas's
+interpreter on the CPU); the final validation losses' means and spreads, and
+Welch's t-test between the two (the figures are in benchmarks/README.md).
 
-    python experiments/dropout_rng_check.py [--seeds=4] [--steps=300]
+    python experiments/dropout_rng_check.py [--against=rbg|flash] [--seeds=4] [--steps=300]
 
-Runs on the CPU in a few minutes; it calls the train step directly, not the
-training loop (no checkpoints, no workdir).
+Runs on the CPU in a few minutes ('flash' takes longer: the interpreter); it
+calls the train step directly, not the training loop (no checkpoints, no
+workdir).
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ from smallgpt_jax.model import model_config
 from smallgpt_jax.system import runtime
 
 
-def final_val_losses(impl: str, seeds: list[int], steps: int, train_ids, val_ids,
+# Each variant's model settings: the masks' generator and the attention.
+VARIANTS = {"threefry2x32": {}, "rbg": {"dropout_rng": "rbg"}, "flash": {"attention": "flash"}}
+
+
+def final_val_losses(variant: str, seeds: list[int], steps: int, train_ids, val_ids,
                      vocab: int) -> list[float]:
     c = base_config()
     c.model.num_layers, c.model.num_heads, c.model.embed_dim = 2, 2, 64
-    c.model.block_size, c.model.dropout, c.model.dropout_rng = 32, 0.2, impl
+    c.model.block_size, c.model.dropout = 32, 0.2
+    c.model.update(VARIANTS[variant])
     c.train.batch_size, c.train.num_steps, c.train.warmup_steps = 16, steps, 20
     cfg = model_config(c.model, vocab, platform="cpu")
     tx, schedule = train.make_optimizer(c.train)
@@ -54,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--against", choices=["rbg", "flash"], default="rbg")
     args = parser.parse_args()
     runtime.setup_process()
     text = data.read_text(data.find_dataset("tinyshakespeare"))
@@ -62,14 +71,14 @@ def main() -> None:
     ids = np.searchsorted(np.array([ord(ch) for ch in chars]), codes).astype(np.int32)
     cut = int(0.9 * len(ids))
     losses = {}
-    for impl in ("threefry2x32", "rbg"):
-        losses[impl] = final_val_losses(impl, list(range(args.seeds)), args.steps,
+    for name in ("threefry2x32", args.against):
+        losses[name] = final_val_losses(name, list(range(args.seeds)), args.steps,
                                         ids[:cut], ids[cut:], len(chars))
-        v = np.array(losses[impl])
-        print(f"{impl:13s} val loss {v.mean():.4f} +- {v.std(ddof=1):.4f} (sd) "
+        v = np.array(losses[name])
+        print(f"{name:13s} val loss {v.mean():.4f} +- {v.std(ddof=1):.4f} (sd) "
               f"over seeds {list(range(args.seeds))}: {', '.join(f'{x:.4f}' for x in v)}")
-    t, p = stats.ttest_ind(losses["rbg"], losses["threefry2x32"], equal_var=False)
-    print(f"Welch's t-test, rbg vs threefry2x32: t = {t:.2f}, p = {p:.2f}")
+    t, p = stats.ttest_ind(losses[args.against], losses["threefry2x32"], equal_var=False)
+    print(f"Welch's t-test, {args.against} vs threefry2x32: t = {t:.2f}, p = {p:.2f}")
 
 
 if __name__ == "__main__":
