@@ -117,10 +117,13 @@ class CausalSelfAttention(nn.Module):
             rate = 0.0 if self.deterministic else c.dropout
             seed = (flash.seed_from_key(self.make_rng("dropout")) if rate > 0
                     else jnp.zeros((1,), jnp.int32))
-            BHTK = lambda a: a.transpose(0, 2, 1, 3)  # Whole (T, K) tiles per head.
-            y_BTHK = BHTK(flash.flash_attention(
-                BHTK(q_BTHK), BHTK(k_BSHK), BHTK(v_BSHK), seed, rate,
-                c.attention_impl == "interpret"))
+            if not (c.qk_norm or value_embed_BTHK is not None or c.pos_encoding == "rope"):
+                qkv_BT3D = qkv.reshape(*qkv.shape[:2], -1)  # The matmul's output as it is.
+            else:
+                qkv_BT3D = jnp.concatenate([q_BTHK, k_BSHK, v_BSHK], axis=2).reshape(
+                    *qkv.shape[:2], -1)
+            y_BTHK = flash.flash_attention(qkv_BT3D, seed, H, rate,
+                                           c.attention_impl == "interpret").reshape(q_BTHK.shape)
         else:
             att_BHTS = attention_weights(q_BTHK, k_BSHK, mask_TS)
             self.sow("intermediates", "attention", att_BHTS.astype(jnp.float32))  # Pictures.

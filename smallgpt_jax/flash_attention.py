@@ -9,11 +9,15 @@ backward rebuilds exactly the forward's mask. `attention_reference` is the
 same attention, hash included, in plain jnp: it runs anywhere and is what
 the kernel is tested against.
 
-Layout: q, k, v and y are [B, H, T, K] (a block's last two dims are then
-whole, as the TPU's tiling wants). The grid runs over (batch, head, query
-block); a query block holds all T keys, which fits VMEM for the contexts
-this kernel takes (`check`). On a CPU the kernel runs in Pallas interpret
-mode: correct, slow, for tests of tiny models.
+Layout: the kernel reads the qkv projection's output as it is, [B, T, 3D]
+(queries, keys, values, each head's K columns side by side), and writes y
+as [B, T, D]: no transposes, and no padding where a head's K columns are
+fewer than the TPU's 128 lanes, because a grid step takes a group of heads
+whose columns fill whole lanes (`heads_per_step`: 2 heads of 64, 8 of 48).
+The grid runs over (batch, head group, query block); a query block sees
+all T keys, which fits VMEM for the contexts this kernel takes (`check`).
+On a CPU the kernel runs in Pallas interpret mode: correct, slow, for
+tests of tiny models.
 """
 
 from __future__ import annotations
@@ -46,15 +50,34 @@ def check(seq_len: int) -> str | None:
     return None
 
 
-def resolve(setting: str, platform: str, block_size: int) -> str:
+def heads_per_step(num_heads: int, head_size: int, tpu: bool = True) -> int | None:
+    """How many heads one grid step takes: the fewest whose columns fill
+    whole 128-lane rows (a TPU block's last dim must be a multiple of 128);
+    None on a TPU when no group of the heads does. The interpreter has no
+    lanes: there, without such a group, all heads at once."""
+    for group in range(1, num_heads + 1):
+        if num_heads % group == 0 and group * head_size % 128 == 0:
+            return group
+    return None if tpu else num_heads
+
+
+def resolve(setting: str, platform: str, block_size: int, num_heads: int,
+            head_size: int) -> str:
     """config.model.attention for `platform`: 'auto' is 'flash' on a TPU when
-    the context fits the kernel, else 'explicit'. 'flash' on a GPU is a
-    UserError: Mosaic kernels run on TPUs only (and interpreted on CPUs)."""
+    the kernel takes the shapes, else 'explicit'. 'flash' where it cannot
+    run (a GPU: Mosaic kernels run on TPUs, or interpreted on CPUs; heads
+    no group of which fills 128 lanes on a TPU) is one UserError."""
+    tpu_heads = heads_per_step(num_heads, head_size)
     if setting == "auto":
-        return "flash" if platform == "tpu" and check(block_size) is None else "explicit"
+        fits = check(block_size) is None and tpu_heads is not None
+        return "flash" if platform == "tpu" and fits else "explicit"
     if setting == "flash" and platform == "gpu":
         raise UserError("config.model.attention='flash' is a TPU kernel and does not run on "
                         "a GPU; use 'fused' (cuDNN, dropout 0) or 'explicit'.")
+    if setting == "flash" and platform == "tpu" and tpu_heads is None:
+        raise UserError(f"config.model.attention='flash' needs heads whose columns fill "
+                        f"128 lanes in groups: {num_heads} heads of {head_size} do not; use "
+                        f"'explicit'.")
     return setting
 
 
@@ -78,27 +101,29 @@ def keep_mask(seed: Array, stream: Array, rows: Array, cols: Array, seq_len: int
     return bits >= jnp.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))
 
 
-def attention_reference(q: Array, k: Array, v: Array, seed: Array, rate: float) -> Array:
-    """The kernel's attention in plain jnp, [B, H, T, K] in and out: causal
-    softmax(q k^T / sqrt(K)) with float32 scores, the hash dropout
-    (`keep_mask`, scaled by 1 / (1 - rate)), times v."""
-    B, H, T, K = q.shape
-    s = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=jnp.float32)
+def attention_reference(qkv: Array, seed: Array, num_heads: int, rate: float) -> Array:
+    """The kernel's attention in plain jnp: qkv [B, T, 3D] in, y [B, T, D]
+    out; causal softmax(q k^T / sqrt(K)) with float32 scores, the hash
+    dropout (`keep_mask`, scaled by 1 / (1 - rate)), times v."""
+    B, T, _ = qkv.shape
+    q, k, v = jnp.moveaxis(qkv.reshape(B, T, 3, num_heads, -1), 2, 0)
+    s = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
     rows, cols = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
-    s = jnp.where(cols <= rows, s / math.sqrt(K), -jnp.inf)
+    s = jnp.where(cols <= rows, s / math.sqrt(q.shape[-1]), -jnp.inf)
     p = jax.nn.softmax(s, axis=-1)
     if rate > 0:
-        keep = keep_mask(seed[0], jnp.arange(B * H).reshape(B, H, 1, 1), rows, cols, T, rate)
-        p = jnp.where(keep, p / (1 - rate), 0.0)
-    y = jnp.einsum("bhts,bhsk->bhtk", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return y.astype(q.dtype)
+        streams = jnp.arange(B * num_heads).reshape(B, num_heads, 1, 1)
+        p = jnp.where(keep_mask(seed[0], streams, rows, cols, T, rate), p / (1 - rate), 0.0)
+    y = jnp.einsum("bhts,bshk->bthk", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return y.reshape(B, T, -1).astype(qkv.dtype)
 
 
-def _tile(seed_ref, q, k, lse_col, rate: float, block: int):
-    """This grid step's probabilities p [block, T] (float32) and dropout's
-    scaled keep mask (None without dropout). `lse_col`: the rows'
-    logsumexp [block, 1], or None to compute it (the forward)."""
-    b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+def _tile(seed_ref, head: int, heads: int, q, k, lse_col, rate: float, block: int):
+    """Head `head` of this grid step's group: its probabilities p [block, T]
+    (float32) and dropout's scaled keep mask (None without dropout).
+    `lse_col`: the rows' logsumexp [block, 1], or None to compute it (the
+    forward)."""
+    b, j, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     T, K = k.shape
     s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
                             preferred_element_type=jnp.float32) * (1.0 / math.sqrt(K))
@@ -114,24 +139,29 @@ def _tile(seed_ref, q, k, lse_col, rate: float, block: int):
         p = jnp.exp(s - lse_col)
     scale = None
     if rate > 0:
-        keep = keep_mask(seed_ref[0], b * pl.num_programs(1) + h, rows, cols, T, rate)
+        stream = (b * pl.num_programs(1) + j) * heads + head  # batch * H + head
+        keep = keep_mask(seed_ref[0], stream, rows, cols, T, rate)
         scale = jnp.where(keep, 1.0 / (1.0 - rate), 0.0)
     return p, scale, lse_col
 
 
 def _forward_kernel(seed_ref, q_ref, k_ref, v_ref, y_ref, lse_ref, *, rate: float,
-                    block: int):
-    p, scale, lse_col = _tile(seed_ref, q_ref[...], k_ref[...], None, rate, block)
-    if scale is not None:
-        p = p * scale
-    v = v_ref[...]
-    y_ref[...] = jnp.dot(p.astype(v.dtype), v,
-                         preferred_element_type=jnp.float32).astype(y_ref.dtype)
-    lse_ref[...] = lse_col.T  # Stored as a row [1, block]: no lane padding in HBM.
+                    block: int, heads: int, K: int):
+    for g in range(heads):  # The group's heads, each in its K columns.
+        c = slice(g * K, (g + 1) * K)
+        p, scale, lse_col = _tile(seed_ref, g, heads, q_ref[:, c], k_ref[:, c], None,
+                                  rate, block)
+        if scale is not None:
+            p = p * scale
+        v = v_ref[:, c]
+        y_ref[:, c] = jnp.dot(p.astype(v.dtype), v,
+                              preferred_element_type=jnp.float32).astype(y_ref.dtype)
+        lse_ref[g:g + 1, :] = lse_col.T  # A row [1, block]: no lane padding in HBM.
 
 
 def _backward_kernel(seed_ref, q_ref, k_ref, v_ref, y_ref, dy_ref, lse_ref,
-                     dq_ref, dk_ref, dv_ref, dk_acc, dv_acc, *, rate: float, block: int):
+                     dq_ref, dk_ref, dv_ref, dk_acc, dv_acc, *, rate: float, block: int,
+                     heads: int, K: int):
     i = pl.program_id(2)
 
     @pl.when(i == 0)
@@ -139,24 +169,27 @@ def _backward_kernel(seed_ref, q_ref, k_ref, v_ref, y_ref, dy_ref, lse_ref,
         dk_acc[...] = jnp.zeros_like(dk_acc)
         dv_acc[...] = jnp.zeros_like(dv_acc)
 
-    q, k, v, dy = q_ref[...], k_ref[...], v_ref[...], dy_ref[...]
-    p, scale, _ = _tile(seed_ref, q, k, lse_ref[...].T, rate, block)
-    # The gradient through softmax needs rowsum(dP * P) = rowsum(dy * y),
-    # dropout or not: one [block, K] product instead of a [block, T] one.
-    delta = (dy.astype(jnp.float32) * y_ref[...].astype(jnp.float32)).sum(-1, keepdims=True)
-    dp = jax.lax.dot_general(dy, v, (((1,), (1,)), ((), ())),
-                             preferred_element_type=jnp.float32)
-    dropped = p if scale is None else p * scale
-    if scale is not None:
-        dp = dp * scale
-    ds = p * (dp - delta) * (1.0 / math.sqrt(q.shape[-1]))
     # Sums over this block's rows: [T, block] x [block, K].
     t_dot = lambda a, b: jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())),
                                              preferred_element_type=jnp.float32)
-    dv_acc[...] += t_dot(dropped.astype(dy.dtype), dy)
-    dk_acc[...] += t_dot(ds.astype(q.dtype), q)
-    dq_ref[...] = jnp.dot(ds.astype(k.dtype), k,
-                          preferred_element_type=jnp.float32).astype(dq_ref.dtype)
+    for g in range(heads):
+        c = slice(g * K, (g + 1) * K)
+        q, k, v, dy = q_ref[:, c], k_ref[:, c], v_ref[:, c], dy_ref[:, c]
+        p, scale, _ = _tile(seed_ref, g, heads, q, k, lse_ref[g:g + 1, :].T, rate, block)
+        # The gradient through softmax needs rowsum(dP * P) = rowsum(dy * y),
+        # dropout or not: one [block, K] product instead of a [block, T] one.
+        delta = (dy.astype(jnp.float32) * y_ref[:, c].astype(jnp.float32)).sum(
+            -1, keepdims=True)
+        dp = jax.lax.dot_general(dy, v, (((1,), (1,)), ((), ())),
+                                 preferred_element_type=jnp.float32)
+        dropped = p if scale is None else p * scale
+        if scale is not None:
+            dp = dp * scale
+        ds = p * (dp - delta) * (1.0 / math.sqrt(K))
+        dv_acc[:, c] += t_dot(dropped.astype(dy.dtype), dy)
+        dk_acc[:, c] += t_dot(ds.astype(q.dtype), q)
+        dq_ref[:, c] = jnp.dot(ds.astype(k.dtype), k,
+                               preferred_element_type=jnp.float32).astype(dq_ref.dtype)
 
     @pl.when(i == pl.num_programs(2) - 1)
     def _():
@@ -170,78 +203,87 @@ def _same_vary(seed: Array, q: Array) -> Array:
     return jax.lax.pcast(seed, tuple(sorted(missing)), to="varying") if missing else seed
 
 
-def _call(kernel, q: Array, seed: Array, inputs: list, outputs: list, matmuls: int,
-          rate: float, interpret: bool, scratch: tuple = ()):
-    """kernel(seed, *inputs, *outputs, *scratch) over the grid (batch, head,
-    query block). `inputs`: (block, array) pairs; `outputs`: (block, shape,
-    dtype); a block is 'rows' (this grid step's query rows of a [B, H, T, K]
-    array), 'whole' (all T rows) or 'lse' (its rows' logsumexp in [B, H, 1, T]).
+def _call(kernel, qkv: Array, seed: Array, num_heads: int, inputs: list, outputs: list,
+          matmuls: int, arrays: int, rate: float, interpret: bool, scratch: bool = False):
+    """kernel(seed, *inputs, *outputs[, dk and dv accumulators]) over the grid
+    (batch, head group, query block). `inputs`: (block, array) pairs;
+    `outputs`: (block, shape) pairs. A block is one of: 'q', 'k', 'v' (this
+    step's query rows, or all T rows of keys or values, of the group's
+    columns of qkv [B, T, 3D]), 'rows' or 'whole' (the same of a [B, T, D]
+    array), 'lse' (the group's logsumexp rows, [B, H / group, group, T]).
     The cost declared for the compile check: `matmuls` [T, T] x K products,
-    an exp per weight, and every array read or written once."""
-    B, H, T, K = q.shape
-    block = min(T, MAX_BLOCK)
+    an exp per weight, `arrays` [B, T, D] arrays read or written once."""
+    B, T, D3 = qkv.shape
+    K = D3 // 3 // num_heads
+    heads = heads_per_step(num_heads, K, tpu=not interpret)
+    block, lanes, groups = min(T, MAX_BLOCK), heads * K, num_heads // heads
+    spec = lambda rows, where: pl.BlockSpec((None, rows, lanes), where)
     specs = {
-        "rows": pl.BlockSpec((None, None, block, K), lambda b, h, i, seed: (b, h, i, 0)),
-        "whole": pl.BlockSpec((None, None, T, K), lambda b, h, i, seed: (b, h, 0, 0)),
-        "lse": pl.BlockSpec((None, None, 1, block), lambda b, h, i, seed: (b, h, 0, i))}
-    arrays = [a for _, a in inputs] + [jax.ShapeDtypeStruct(s, d) for _, s, d in outputs]
-    n = B * H * T * T
-    cost = pl.CostEstimate(flops=2 * matmuls * n * K, transcendentals=n,
-                           bytes_accessed=sum(a.size * a.dtype.itemsize for a in arrays))
+        "q": spec(block, lambda b, j, i, s: (b, i, j)),
+        "k": spec(T, lambda b, j, i, s: (b, 0, groups + j)),
+        "v": spec(T, lambda b, j, i, s: (b, 0, 2 * groups + j)),
+        "rows": spec(block, lambda b, j, i, s: (b, i, j)),
+        "whole": spec(T, lambda b, j, i, s: (b, 0, j)),
+        "lse": pl.BlockSpec((None, None, heads, block), lambda b, j, i, s: (b, j, 0, i))}
+    n = B * num_heads * T * T
+    cost = pl.CostEstimate(
+        flops=2 * matmuls * n * K, transcendentals=n,
+        bytes_accessed=(arrays * B * T * D3 // 3) * qkv.dtype.itemsize + B * num_heads * T * 4)
     # Under shard_map an output varies over the mesh axes its inputs vary
     # over (pallas_call cannot infer that).
-    out_shape = [jax.ShapeDtypeStruct(s, d, manual_axis_type=jax.typeof(q).mat)
-                 for _, s, d in outputs]
+    out_shape = [jax.ShapeDtypeStruct(shape, jnp.float32 if b == "lse" else qkv.dtype,
+                                      manual_axis_type=jax.typeof(qkv).mat)
+                 for b, shape in outputs]
     return pl.pallas_call(
-        functools.partial(kernel, rate=rate, block=block), out_shape=out_shape,
-        interpret=interpret, cost_estimate=cost,
+        functools.partial(kernel, rate=rate, block=block, heads=heads, K=K),
+        out_shape=out_shape, interpret=interpret, cost_estimate=cost,
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=1, grid=(B, H, T // block),
-            in_specs=[specs[b] for b, _ in inputs], out_specs=[specs[b] for b, _, _ in outputs],
-            scratch_shapes=[pltpu.VMEM(shape, jnp.float32) for shape in scratch]),
+            num_scalar_prefetch=1, grid=(B, groups, T // block),
+            in_specs=[specs[b] for b, _ in inputs], out_specs=[specs[b] for b, _ in outputs],
+            scratch_shapes=[pltpu.VMEM((T, lanes), jnp.float32)] * (2 if scratch else 0)),
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "arbitrary")),
-    )(_same_vary(seed, q), *(a for _, a in inputs))
+    )(_same_vary(seed, qkv), *(a for _, a in inputs))
 
 
-def _forward(q, k, v, seed, rate, interpret):
-    B, H, T, K = q.shape
-    return _call(_forward_kernel, q, seed, [("rows", q), ("whole", k), ("whole", v)],
-                 [("rows", q.shape, q.dtype), ("lse", (B, H, 1, T), jnp.float32)],
-                 2, rate, interpret)
+def _forward(qkv, seed, num_heads, rate, interpret):
+    B, T, D3 = qkv.shape
+    heads = heads_per_step(num_heads, D3 // 3 // num_heads, tpu=not interpret)
+    return _call(_forward_kernel, qkv, seed, num_heads, [("q", qkv), ("k", qkv), ("v", qkv)],
+                 [("rows", (B, T, D3 // 3)), ("lse", (B, num_heads // heads, heads, T))],
+                 2, 4, rate, interpret)
 
 
-def _backward(q, k, v, y, dy, lse, seed, rate, interpret):
-    T, K = k.shape[2:]
+def _backward(qkv, y, dy, lse, seed, num_heads, rate, interpret):
     # Five matmuls: the scores again, dp, dv, dk, dq; dk and dv summed over
     # the query blocks in float32 scratch.
-    return _call(_backward_kernel, q, seed,
-                 [("rows", q), ("whole", k), ("whole", v), ("rows", y), ("rows", dy),
-                  ("lse", lse)],
-                 [("rows", q.shape, q.dtype), ("whole", k.shape, k.dtype),
-                  ("whole", v.shape, v.dtype)],
-                 5, rate, interpret, scratch=((T, K), (T, K)))
+    shape = y.shape
+    return _call(_backward_kernel, qkv, seed, num_heads,
+                 [("q", qkv), ("k", qkv), ("v", qkv), ("rows", y), ("rows", dy), ("lse", lse)],
+                 [("rows", shape), ("whole", shape), ("whole", shape)],
+                 5, 8, rate, interpret, scratch=True)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def flash_attention(q: Array, k: Array, v: Array, seed: Array, rate: float = 0.0,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def flash_attention(qkv: Array, seed: Array, num_heads: int, rate: float = 0.0,
                     interpret: bool = False) -> Array:
-    """Causal attention of [B, H, T, K] queries, keys and values with
-    dropout `rate` on the weights (the hash mask of `keep_mask` under
-    `seed`, an int32 [1]); `interpret`: Pallas interpret mode (any backend).
-    The same function as `attention_reference`."""
-    return _forward(q, k, v, seed, rate, interpret)[0]
+    """Causal attention: qkv [B, T, 3D] (queries, keys, values; each head's
+    K = D / num_heads columns side by side) in, y [B, T, D] out, dropout
+    `rate` on the weights (the hash mask of `keep_mask` under `seed`, an
+    int32 [1]); `interpret`: Pallas interpret mode (any backend). The same
+    function as `attention_reference`."""
+    return _forward(qkv, seed, num_heads, rate, interpret)[0]
 
 
-def _vjp_forward(q, k, v, seed, rate, interpret):
-    y, lse = _forward(q, k, v, seed, rate, interpret)
-    return y, (q, k, v, y, lse, seed)
+def _vjp_forward(qkv, seed, num_heads, rate, interpret):
+    y, lse = _forward(qkv, seed, num_heads, rate, interpret)
+    return y, (qkv, y, lse, seed)
 
 
-def _vjp_backward(rate, interpret, residuals, dy):
-    q, k, v, y, lse, seed = residuals
-    dq, dk, dv = _backward(q, k, v, y, dy.astype(q.dtype), lse, seed, rate, interpret)
-    return dq, dk, dv, np.zeros(seed.shape, jax.dtypes.float0)
+def _vjp_backward(num_heads, rate, interpret, residuals, dy):
+    qkv, y, lse, seed = residuals
+    grads = _backward(qkv, y, dy.astype(y.dtype), lse, seed, num_heads, rate, interpret)
+    return jnp.concatenate(grads, axis=-1), np.zeros(seed.shape, jax.dtypes.float0)
 
 
 flash_attention.defvjp(_vjp_forward, _vjp_backward)

@@ -269,7 +269,7 @@ def model_config(model: Any, vocab_size: int, platform: str | None = None) -> Mo
     K = m["embed_dim"] // m["num_heads"]
     impl = kernels.fused_implementation(platform, m["dtype"], K, decode=False)
     m["attention"] = flash_attention.resolve(m.get("attention", "explicit"), platform,
-                                             m["block_size"])
+                                             m["block_size"], m["num_heads"], K)
     if m["attention"] == "flash":  # Mosaic on a TPU; elsewhere the Pallas interpreter.
         impl = "mosaic" if platform == "tpu" else "interpret"
     return ModelConfig(**m, vocab_size=vocab_size, attention_impl=impl)

@@ -22,21 +22,23 @@ from smallgpt_jax.system.errors import UserError
 SEED = jnp.array([1234], jnp.int32)
 
 
-def qkv(B=2, H=3, T=16, K=8, dtype=jnp.float32, key=0):
-    return [jax.random.normal(k, (B, H, T, K), dtype) for k in jax.random.split(
-        jax.random.key(key), 4)]
+def qkv_dy(B=2, T=16, H=3, K=8, dtype=jnp.float32, key=0):
+    """A random qkv [B, T, 3D] and a cotangent [B, T, D] for y."""
+    a, b = jax.random.split(jax.random.key(key))
+    return (jax.random.normal(a, (B, T, 3 * H * K), dtype),
+            jax.random.normal(b, (B, T, H * K), dtype))
 
 
-def kernel(rate):
-    return lambda q, k, v: fa.flash_attention(q, k, v, SEED, rate, True)
+def kernel(rate, H=3):
+    return lambda qkv: fa.flash_attention(qkv, SEED, H, rate, True)
 
 
-def reference(rate):
-    return lambda q, k, v: fa.attention_reference(q, k, v, SEED, rate)
+def reference(rate, H=3):
+    return lambda qkv: fa.attention_reference(qkv, SEED, H, rate)
 
 
-def grads(fn, q, k, v, dy):
-    return jax.grad(lambda q, k, v: (fn(q, k, v) * dy).sum(), argnums=(0, 1, 2))(q, k, v)
+def grad(fn, qkv, dy):
+    return jax.grad(lambda qkv: (fn(qkv) * dy).sum())(qkv)
 
 
 @pytest.fixture
@@ -48,30 +50,36 @@ def query_blocks(monkeypatch):
 
 @pytest.mark.parametrize("rate", [0.0, 0.3])
 def test_the_kernel_computes_the_reference_forward_and_gradients(rate, query_blocks):
-    q, k, v, dy = qkv(T=32)
-    np.testing.assert_allclose(kernel(rate)(q, k, v), reference(rate)(q, k, v),
+    # 4 heads of 64: 2 head groups of 2 heads (128 columns each), as on a TPU.
+    qkv, dy = qkv_dy(T=32, H=4, K=64)
+    np.testing.assert_allclose(kernel(rate, 4)(qkv), reference(rate, 4)(qkv),
                                atol=1e-5, rtol=1e-5)
-    for got, want in zip(grads(kernel(rate), q, k, v, dy), grads(reference(rate), q, k, v, dy)):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(grad(kernel(rate, 4), qkv, dy), grad(reference(rate, 4), qkv, dy),
+                               atol=1e-5, rtol=1e-5)
 
 
-def explicit(q, k, v):
-    """The model's explicit attention, on [B, H, T, K] arrays."""
-    BTHK = lambda a: a.transpose(0, 2, 1, 3)
-    T = q.shape[2]
+def test_heads_are_grouped_to_fill_whole_lanes():
+    assert fa.heads_per_step(6, 64) == 2 and fa.heads_per_step(8, 48) == 8
+    assert fa.heads_per_step(4, 128) == 1 and fa.heads_per_step(2, 16) is None
+    assert fa.heads_per_step(2, 16, tpu=False) == 2  # The interpreter: all heads at once.
+
+
+def explicit(qkv, H=3):
+    """The model's explicit attention, on qkv [B, T, 3D]."""
+    B, T, _ = qkv.shape
+    q, k, v = jnp.moveaxis(qkv.reshape(B, T, 3, H, -1), 2, 0)
     mask = jnp.arange(T)[None, :] <= jnp.arange(T)[:, None]
-    p = attention_weights(BTHK(q), BTHK(k), mask)
-    return jnp.einsum("bhts,bhsk->bhtk", p, v)
+    p = attention_weights(q, k, mask)
+    return jnp.einsum("bhts,bshk->bthk", p, v).reshape(B, T, -1)
 
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
 def test_without_dropout_it_is_the_explicit_attention(dtype, tol):
-    q, k, v, dy = qkv(dtype=dtype)
+    qkv, dy = qkv_dy(dtype=dtype)
     f32 = lambda a: np.asarray(a, np.float32)
-    np.testing.assert_allclose(f32(kernel(0.0)(q, k, v)), f32(explicit(q, k, v)),
-                               atol=tol, rtol=tol)
-    for got, want in zip(grads(kernel(0.0), q, k, v, dy), grads(explicit, q, k, v, dy)):
-        np.testing.assert_allclose(f32(got), f32(want), atol=tol * 4, rtol=tol * 4)
+    np.testing.assert_allclose(f32(kernel(0.0)(qkv)), f32(explicit(qkv)), atol=tol, rtol=tol)
+    np.testing.assert_allclose(f32(grad(kernel(0.0), qkv, dy)), f32(grad(explicit, qkv, dy)),
+                               atol=tol * 4, rtol=tol * 4)
 
 
 def test_dropout_keeps_one_minus_p_and_each_seed_head_and_row_has_its_own_mask():
@@ -95,31 +103,31 @@ def test_dropout_keeps_one_minus_p_and_each_seed_head_and_row_has_its_own_mask()
 def test_the_kernels_dropout_scales_the_kept_weights():
     # With v = identity rows, y holds the dropped-out weights themselves.
     T = 16
-    q, k, _, _ = qkv(B=1, H=1, T=T, K=T)
-    v = jnp.eye(T)[None, None]
-    weights = np.asarray(kernel(0.5)(q, k, v))[0, 0]
-    plain = np.asarray(kernel(0.0)(q, k, v))[0, 0]
+    q_k = jax.random.normal(jax.random.key(3), (1, T, 2 * T))
+    qkv = jnp.concatenate([q_k, jnp.eye(T)[None]], axis=-1)
+    weights = np.asarray(kernel(0.5, 1)(qkv))[0]
+    plain = np.asarray(kernel(0.0, 1)(qkv))[0]
     kept = weights != 0
     np.testing.assert_allclose(weights[kept], 2 * plain[kept], rtol=1e-5)
     assert 0.3 < kept[np.tril_indices(T)].mean() < 0.7
 
 
 def test_future_keys_get_no_gradient():
-    q, k, v, _ = qkv(T=16)
+    qkv, _ = qkv_dy(T=16)
     t = 5  # The loss reads query row t only: keys and values after t must not matter.
-    loss = lambda q, k, v: kernel(0.3)(q, k, v)[:, :, t].sum()
-    dq, dk, dv = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
-    assert np.all(np.asarray(dk)[:, :, t + 1:] == 0) and np.all(np.asarray(dv)[:, :, t + 1:] == 0)
-    assert np.abs(np.asarray(dk)[:, :, :t + 1]).sum() > 0
-    assert np.all(np.asarray(dq)[:, :, :t] == 0) and np.all(np.asarray(dq)[:, :, t + 1:] == 0)
+    d = np.asarray(jax.grad(lambda qkv: kernel(0.3)(qkv)[:, t].sum())(qkv))
+    dq, dk, dv = np.split(d, 3, axis=-1)
+    assert np.all(dk[:, t + 1:] == 0) and np.all(dv[:, t + 1:] == 0)
+    assert np.abs(dk[:, :t + 1]).sum() > 0
+    assert np.all(dq[:, :t] == 0) and np.all(dq[:, t + 1:] == 0)
 
 
 V = 13
 
 
-def _losses(attention: str, dropout: float, steps: int = 2) -> list[float]:
+def _losses(attention: str, dropout: float, steps: int = 2, **overrides) -> list[float]:
     c = tiny_config(**{"model.attention": attention, "model.dropout": dropout,
-                       "train.warmup_steps": 0})
+                       "train.warmup_steps": 0}, **overrides)
     cfg = model_config(c.model, V, platform="cpu")
     tx, schedule = train.make_optimizer(c.train)
     state = train.init_state(cfg, tx, c.seed)
@@ -137,20 +145,30 @@ def test_a_model_trains_with_the_kernel_as_with_the_explicit_attention():
     assert _losses("flash", 0.0) == pytest.approx(_losses("explicit", 0.0), rel=1e-5)
     with_dropout = _losses("flash", 0.3)
     assert np.all(np.isfinite(with_dropout)) and with_dropout != _losses("flash", 0.0)
+    # Queries and keys changed after the projection (rope, QK-norm) and values
+    # with embeddings added reach the kernel as one qkv array too.
+    changed = {"model.pos_encoding": "rope", "model.qk_norm": True,
+               "model.value_embeddings": True}
+    assert _losses("flash", 0.0, **changed) == pytest.approx(
+        _losses("explicit", 0.0, **changed), rel=1e-5)
 
 
 def test_where_the_kernel_runs_and_which_contexts_it_refuses():
-    c = tiny_config(**{"model.attention": "auto"})
+    lanes = {"model.embed_dim": 128}  # 2 heads of 64: one group fills 128 lanes.
+    c = tiny_config(**lanes, **{"model.attention": "auto"})
     assert model_config(c.model, V, platform="cpu").attention == "explicit"
     tpu = model_config(c.model, V, platform="tpu")
     assert (tpu.attention, tpu.attention_impl) == ("flash", "mosaic")
-    flash = tiny_config(**{"model.attention": "flash"})
+    flash = tiny_config(**{"model.attention": "flash"})  # 2 heads of 16.
     assert model_config(flash.model, V, platform="cpu").attention_impl == "interpret"
     with pytest.raises(UserError, match="does not run on a GPU"):
         model_config(flash.model, V, platform="gpu")
+    with pytest.raises(UserError, match="2 heads of 16 do not"):
+        model_config(flash.model, V, platform="tpu")
+    for bad in ({"model.block_size": fa.MAX_BLOCK + 8}, {"model.embed_dim": 32}):
+        assert model_config(tiny_config(**{**lanes, **bad, "model.attention": "auto"}).model,
+                            V, platform="tpu").attention == "explicit"
     long = {"model.block_size": fa.MAX_BLOCK + 8}
-    assert model_config(tiny_config(**long, **{"model.attention": "auto"}).model, V,
-                        platform="tpu").attention == "explicit"
     with pytest.raises(UserError, match="must be a multiple of"):
         validate(tiny_config(**long, **{"model.attention": "flash"}), machine=False)
 
@@ -160,8 +178,8 @@ def test_where_the_kernel_runs_and_which_contexts_it_refuses():
 def test_mosaic_compiles_the_kernel_for_a_tpu():
     from smallgpt_jax.analysis import aot
     t = aot.target("tpu:v5e-1")
-    result = aot.compile_steps(tiny_config(**{"model.attention": "flash",
-                                              "model.dropout": 0.1}), V, t)
+    result = aot.compile_steps(tiny_config(**{"model.attention": "flash", "model.dropout": 0.1,
+                                              "model.embed_dim": 128}), V, t)
     train_hlo, eval_hlo = (p.hlo for p in result["programs"])
     # Forward and backward per layer in the train step, the forward in the eval step.
     assert train_hlo.count('custom_call_target="tpu_custom_call"') == 4
