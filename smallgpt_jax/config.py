@@ -86,8 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "auto"
     c.model.scan_layers = False  # nn.scan over blocks: compile once, not L times.
     # Activation memory for compute: the backward pass recomputes each block
-    # ('block') or its attention scores ('attention', see model.REMAT_POLICIES)
-    # instead of keeping them; 'none' keeps everything. The same losses.
+    # ('block'), its attention scores ('attention', see model.REMAT_POLICIES)
+    # or its feed-forward network ('mlp') instead of keeping them; 'none'
+    # keeps everything. The same losses.
     c.model.remat = "none"
     # Hand-written backward passes for dense layers and LayerNorm (kernels.py;
     # same results): 'auto' uses them on CPU, where they measure faster, and
@@ -157,7 +158,7 @@ _CHOICES = {
     "model.dropout_rng": ("threefry2x32", "rbg", "unsafe_rbg"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.fast_backward": ("auto", "on", "off"),
-    "model.remat": ("none", "block", "attention"),
+    "model.remat": ("none", "block", "attention", "mlp"),
     "train.optimizer": ("adamw", "muon"),
 }
 _POSITIVE = (

@@ -74,7 +74,7 @@ class ModelConfig:
     attention: str  # 'explicit', 'fused' or 'flash' ('auto' is resolved by `model_config`).
     dtype: str  # Compute dtype ('float32', 'bfloat16', 'float16').
     scan_layers: bool  # nn.scan over the blocks.
-    remat: str  # What the backward pass recomputes: 'none', 'block', 'attention'.
+    remat: str  # What the backward pass recomputes: 'none', 'block', 'attention', 'mlp'.
     vocab_size: int  # V.
     # 'on' or 'off' ('auto' is resolved by `model_config`): see `kernels.fast_ops`.
     fast_backward: str
@@ -126,7 +126,7 @@ class Block(nn.Module):
         layer_norm_fn = kernels.fast_ops(c.fast_backward == "on")[1]
         norm = lambda name: Norm(c.norm, c.use_bias, layer_norm_fn=layer_norm_fn, name=name)
         attn = CausalSelfAttention(c, self.deterministic, self.decode, name="attn")
-        mlp = MLP(c, name="mlp")
+        mlp = _remat_mlp(c, self.decode)(c, name="mlp")
         drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
         if c.norm_position == "pre":
             x_BTD = x_BTD + drop(attn(norm("norm1")(x_BTD), positions_T, ve_BTHK))
@@ -162,16 +162,27 @@ REMAT_POLICIES = {
     "block": jax.checkpoint_policies.nothing_saveable,
     "attention": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+# remat='mlp': only the feed-forward network is recomputed, from its input.
+# Its [B, T, 4D] hidden is the largest array a block keeps for the backward
+# pass besides attention's; recomputing it costs one matmul per layer.
+MLP_REMAT_POLICY = jax.checkpoint_policies.nothing_saveable
 
 
 def _remat(block: type[nn.Module], c: ModelConfig, decode: bool) -> type[nn.Module]:
     """`block` under jax.checkpoint with config.model.remat's policy (not when
     decoding: no gradient is taken there)."""
-    if c.remat == "none" or decode:
+    if c.remat not in REMAT_POLICIES or decode:
         return block
     # In a scan, XLA cannot merge the recomputation into the forward pass
     # anyway, and keeping it from trying (prevent_cse) would only slow it.
     return nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+
+
+def _remat_mlp(c: ModelConfig, decode: bool) -> type[nn.Module]:
+    """MLP, under jax.checkpoint where config.model.remat is 'mlp'."""
+    if c.remat != "mlp" or decode:
+        return MLP
+    return nn.remat(MLP, policy=MLP_REMAT_POLICY, prevent_cse=not c.scan_layers)
 
 
 class GPT(nn.Module):

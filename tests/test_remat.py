@@ -29,7 +29,7 @@ def loss_and_grads(remat: str, scan: bool):
 
 
 @pytest.mark.parametrize("scan", [False, True])
-@pytest.mark.parametrize("remat", ["block", "attention"])
+@pytest.mark.parametrize("remat", ["block", "attention", "mlp"])
 def test_remat_gives_the_same_loss_and_gradients(remat, scan):
     (want_loss, want), plain = loss_and_grads("none", scan)
     (loss, grads), jaxpr = loss_and_grads(remat, scan)
