@@ -289,3 +289,12 @@ def test_a_kernel_counts_what_it_declares_and_one_that_declares_nothing_is_unkno
     program = aot.Program("train step", 1.0, {"flops": 0.0, "bytes accessed": 8192.0}, None,
                           text(silent), 0.0, 0.0, True, 8192.0, undeclared_kernels=1)
     assert program.flops is None and program.bytes is None
+
+
+def test_the_breakdown_names_what_remat_recomputes():
+    path = "jit(train_body)/transpose(jvp(GPT))/block_3/jvp(GPT)/block_3/checkpoint/{}mlp/fc/dot_general"
+    assert hlo_breakdown._short(path.format("rematted_computation/")) == (
+        "recomputed/block_*/mlp/fc/dot_general")
+    assert hlo_breakdown._short(path.format("")) == "backward/block_*/mlp/fc/dot_general"
+    assert hlo_breakdown._short("jit(train_body)/jvp(GPT)/block_0/mlp/fc/dot_general") == (
+        "forward/block_*/mlp/fc/dot_general")

@@ -22,7 +22,12 @@ def _short(op_name: str) -> str:
                     "jit(shmap_body)/", "shard_map/"):
         name = name.replace(wrapper, "")
     name = name.replace("transpose(jvp(GPT))", "backward").replace("jvp(GPT)", "forward")
-    return re.sub(r"block_\d+", "block_*", name)
+    name = re.sub(r"block_\d+", "block_*", name)
+    # Under remat the backward pass names the forward it runs again inside
+    # it: the recomputation, and the backward of what was recomputed.
+    name = re.sub(r"^backward/block_\*/forward/block_\*/checkpoint/rematted_computation/",
+                  "recomputed/block_*/", name)
+    return re.sub(r"^backward/block_\*/forward/block_\*/checkpoint/", "backward/block_*/", name)
 
 
 def _largest_array(instr: Instr, comp: Computation) -> str:
