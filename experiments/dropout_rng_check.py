@@ -1,12 +1,13 @@
 """Do other dropout masks train the same model as JAX's threefry ones? A small
 character GPT (dropout 0.2) trained on Tiny Shakespeare for a few hundred
 steps over a few seeds with the explicit attention and threefry masks, and
-with the other choice: 'rbg' masks (config.model.dropout_rng), or the flash
+with the other choice: 'rbg' masks (config.model.dropout_rng), the hash masks
+of the residual and embedding dropout (dropout_rng='hash'), or the flash
 kernel's hash masks (config.model.attention='flash', run by Pallas's
 interpreter on the CPU); the final validation losses' means and spreads, and
 Welch's t-test between the two (the figures are in benchmarks/README.md).
 
-    python experiments/dropout_rng_check.py [--against=rbg|flash] [--seeds=4] [--steps=300]
+    python experiments/dropout_rng_check.py [--against=rbg|hash|flash] [--seeds=4] [--steps=300]
 
 Runs on the CPU in a few minutes ('flash' takes longer: the interpreter); it
 calls the train step directly, not the training loop (no checkpoints, no
@@ -29,7 +30,8 @@ from smallgpt_jax.system import runtime
 
 
 # Each variant's model settings: the masks' generator and the attention.
-VARIANTS = {"threefry2x32": {}, "rbg": {"dropout_rng": "rbg"}, "flash": {"attention": "flash"}}
+VARIANTS = {"threefry2x32": {}, "rbg": {"dropout_rng": "rbg"}, "flash": {"attention": "flash"},
+            "hash": {"dropout_rng": "hash"}}
 
 
 def final_val_losses(variant: str, seeds: list[int], steps: int, train_ids, val_ids,
@@ -62,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--against", choices=["rbg", "flash"], default="rbg")
+    parser.add_argument("--against", choices=["rbg", "flash", "hash"], default="rbg")
     args = parser.parse_args()
     runtime.setup_process()
     text = data.read_text(data.find_dataset("tinyshakespeare"))

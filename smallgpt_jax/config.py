@@ -155,7 +155,7 @@ _CHOICES = {
     "model.norm_position": ("pre", "post"),
     "model.activation": ("gelu", "relu", "relu2", "swiglu"),
     "model.attention": ("explicit", "fused", "flash", "auto"),
-    "model.dropout_rng": ("threefry2x32", "rbg", "unsafe_rbg"),
+    "model.dropout_rng": ("threefry2x32", "rbg", "unsafe_rbg", "hash"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.fast_backward": ("auto", "on", "off"),
     "model.remat": ("none", "block", "attention", "mlp"),

@@ -41,6 +41,7 @@ import numpy as np
 
 from smallgpt_jax import flash_attention, kernels
 from smallgpt_jax.attention import CausalSelfAttention
+from smallgpt_jax.dropout import HashDropout
 from smallgpt_jax.feedforward import MLP, init as _init, out_init
 from smallgpt_jax.normalization import Norm
 from smallgpt_jax.positions import sinusoidal_table
@@ -64,7 +65,7 @@ class ModelConfig:
     mlp_ratio: int  # F = mlp_ratio * D.
     block_size: int  # T: the longest sequence the model takes.
     dropout: float  # On embeddings, attention weights and residual branches.
-    dropout_rng: str  # The dropout key's generator, as JAX names it (jax.random.key's impl).
+    dropout_rng: str  # The dropout key's generator (jax.random.key's impl), or 'hash'.
     pos_encoding: str  # 'learned', 'sinusoidal', 'rope' or 'none'.
     norm: str  # 'layernorm' or 'rmsnorm'.
     norm_position: str  # 'pre' or 'post'.
@@ -98,6 +99,12 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _dropout(c: ModelConfig) -> nn.Module:
+    """The residual branches' and the embeddings' dropout: masks from the
+    dropout key's generator, or a counter hash (dropout_rng='hash')."""
+    return HashDropout(c.dropout) if c.dropout_rng == "hash" else nn.Dropout(c.dropout)
+
+
 class Block(nn.Module):
     """One transformer block: attention then MLP, each with a residual and a norm.
 
@@ -127,7 +134,7 @@ class Block(nn.Module):
         norm = lambda name: Norm(c.norm, c.use_bias, layer_norm_fn=layer_norm_fn, name=name)
         attn = CausalSelfAttention(c, self.deterministic, self.decode, name="attn")
         mlp = _remat_mlp(c, self.decode)(c, name="mlp")
-        drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=self.deterministic)
+        drop = lambda y: _dropout(c)(y, deterministic=self.deterministic)
         if c.norm_position == "pre":
             x_BTD = x_BTD + drop(attn(norm("norm1")(x_BTD), positions_T, ve_BTHK))
             x_BTD = x_BTD + drop(mlp(norm("norm2")(x_BTD)))
@@ -229,7 +236,7 @@ class GPT(nn.Module):
         # 'rope' is applied inside attention; 'none' relies on the causal mask alone.
         if c.smear:
             x_BTD = Smear(self.decode, c.block_size, name="smear")(x_BTD, positions_T)
-        x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=self.deterministic)
+        x_BTD = _dropout(c)(x_BTD, deterministic=self.deterministic)
         x0_BTD = x_BTD if c.x0_shortcut else None
 
         if c.scan_layers:

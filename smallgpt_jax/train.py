@@ -156,7 +156,8 @@ def train_step(state: TrainState, batch_ABT1: jax.Array, *, model_config,
     parallel.AXIS); None on one device."""
     # Dropout randomness depends only on (seed, step, device, micro-batch)
     # (and with an 'rbg' generator on the backend too).
-    key = jax.random.fold_in(jax.random.key(seed, impl=model_config.dropout_rng), state.step)
+    impl = "threefry2x32" if model_config.dropout_rng == "hash" else model_config.dropout_rng
+    key = jax.random.fold_in(jax.random.key(seed, impl=impl), state.step)
     if axis_name is not None:
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     grad_fn = jax.value_and_grad(loss_fn)
