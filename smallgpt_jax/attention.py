@@ -61,6 +61,32 @@ def attention_weights(q_BTHK: Array, k_BSHK: Array, mask_TS: Array) -> Array:
     return low_precision_softmax(att_BHTS)
 
 
+class FlatQKV(nn.Module):
+    """The qkv projection of nn.DenseGeneral((3, H, K)), the same parameters
+    (names, shapes, initial values), with its output as one axis: [B, T, 3D].
+    The flash kernel reads that as it is; on a TPU a [B, T, 3, H, K] output
+    is tiled over (H, K), and viewing it as [B, T, 3D] would copy it."""
+
+    features: tuple[int, int, int]  # (3, H, K)
+    use_bias: bool
+    dtype: Any
+    dot_general: Any = None
+
+    @nn.compact
+    def __call__(self, x_BTD: Array) -> Array:
+        D, F = x_BTD.shape[-1], math.prod(self.features)
+        # Initialised flat and reshaped, as DenseGeneral does: the same values.
+        kernel = self.param("kernel", lambda key, shape: _init(key, (D, F)).reshape(shape),
+                            (D, *self.features))
+        y = (self.dot_general or jax.lax.dot_general)(
+            x_BTD.astype(self.dtype), kernel.reshape(D, F).astype(self.dtype),
+            (((x_BTD.ndim - 1,), (0,)), ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, self.features)
+            y = y + bias.reshape(F).astype(self.dtype)
+        return y
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where each position sees only itself and the past."""
 
@@ -77,9 +103,13 @@ class CausalSelfAttention(nn.Module):
         dtype = jnp.dtype(c.dtype)
         dot_general = kernels.fast_ops(c.fast_backward == "on")[0]
         # One matmul makes queries, keys and values for all heads: [B, T, 3, H, K].
-        qkv = nn.DenseGeneral((3, H, K), use_bias=c.use_bias, dtype=dtype,
-                              kernel_init=_init, name="qkv",
-                              dot_general=dot_general)(x_BTD)
+        if c.attention == "flash":
+            qkv_BT3D = FlatQKV((3, H, K), c.use_bias, dtype, dot_general, name="qkv")(x_BTD)
+            qkv = qkv_BT3D.reshape(*qkv_BT3D.shape[:2], 3, H, K)
+        else:
+            qkv = nn.DenseGeneral((3, H, K), use_bias=c.use_bias, dtype=dtype,
+                                  kernel_init=_init, name="qkv",
+                                  dot_general=dot_general)(x_BTD)
         q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if c.qk_norm:  # Unit-RMS queries and keys: attention logits cannot blow up.
             q_BTHK, k_BTHK = rms_norm(q_BTHK), rms_norm(k_BTHK)
@@ -117,9 +147,7 @@ class CausalSelfAttention(nn.Module):
             rate = 0.0 if self.deterministic else c.dropout
             seed = (flash.seed_from_key(self.make_rng("dropout")) if rate > 0
                     else jnp.zeros((1,), jnp.int32))
-            if not (c.qk_norm or value_embed_BTHK is not None or c.pos_encoding == "rope"):
-                qkv_BT3D = qkv.reshape(*qkv.shape[:2], -1)  # The matmul's output as it is.
-            else:
+            if c.qk_norm or value_embed_BTHK is not None or c.pos_encoding == "rope":
                 qkv_BT3D = jnp.concatenate([q_BTHK, k_BSHK, v_BSHK], axis=2).reshape(
                     *qkv.shape[:2], -1)
             y_BTHK = flash.flash_attention(qkv_BT3D, seed, H, rate,

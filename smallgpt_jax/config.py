@@ -299,12 +299,12 @@ def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
         raise UserError(f"config.model.attention='fused' has no attention dropout; use "
                         f"config.model.dropout=0 with it, or attention='explicit' "
                         f"(dropout={m.dropout}).")
-    if m.attention in ("flash", "auto"):
+    if m.attention == "flash":
         # Imported here: it loads JAX and Pallas, which a command's --help and
         # a config that does not ask for the kernel do not need.
         from smallgpt_jax import flash_attention
         why = flash_attention.check(m.block_size)
-        if why is not None and m.attention == "flash":
+        if why is not None:
             raise UserError(f"config.model.attention='flash' cannot take "
                             f"config.model.block_size={m.block_size}: it needs {why}.")
     if config.data.end_of_text and config.data.tokenizer != "bpe":
