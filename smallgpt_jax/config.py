@@ -79,8 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
     # The generator of the dropout masks, by JAX's name: 'threefry2x32' (JAX's
     # default; the same masks on every backend) or 'rbg' / 'unsafe_rbg' (XLA's
     # generator: a TPU compile takes half the time, but the bits are stored,
-    # more bytes per step, and differ across backends; benchmarks/README.md).
-    c.model.dropout_rng = "threefry2x32"
+    # more bytes per step, and differ across backends; benchmarks/README.md);
+    # or 'hash' (residual and embedding masks from a counter hash, the flash
+    # kernel's: a TPU compile takes a third of the time, the same masks on
+    # every backend but not Threefry's). 'auto': 'hash' on TPU, else Threefry.
+    c.model.dropout_rng = "auto"
     # Compute dtype; params stay float32. 'auto': bfloat16 on GPU/TPU, float32
     # on CPU (a run records the one it used in config.json and its log).
     c.model.dtype = "auto"
@@ -155,7 +158,7 @@ _CHOICES = {
     "model.norm_position": ("pre", "post"),
     "model.activation": ("gelu", "relu", "relu2", "swiglu"),
     "model.attention": ("explicit", "fused", "flash", "auto"),
-    "model.dropout_rng": ("threefry2x32", "rbg", "unsafe_rbg", "hash"),
+    "model.dropout_rng": ("threefry2x32", "rbg", "unsafe_rbg", "hash", "auto"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.fast_backward": ("auto", "on", "off"),
     "model.remat": ("none", "block", "attention", "mlp"),

@@ -23,6 +23,15 @@ from smallgpt_jax import flash_attention
 Array = jax.Array
 
 
+def resolve(setting: str, platform: str) -> str:
+    """config.model.dropout_rng for `platform`: 'auto' is 'hash' on a TPU,
+    whose compile it cuts most (benchmarks/README.md), and Threefry
+    elsewhere (a CPU run's masks, and so its losses, as they were)."""
+    if setting != "auto":
+        return setting
+    return "hash" if platform == "tpu" else "threefry2x32"
+
+
 class HashDropout(nn.Module):
     """Zeroes each element of x [..., T, D] with probability `rate` and scales
     the rest by 1 / (1 - rate), as nn.Dropout does, with a hash mask."""

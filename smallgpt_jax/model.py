@@ -39,9 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smallgpt_jax import flash_attention, kernels
+from smallgpt_jax import dropout, flash_attention, kernels
 from smallgpt_jax.attention import CausalSelfAttention
-from smallgpt_jax.dropout import HashDropout
 from smallgpt_jax.feedforward import MLP, init as _init, out_init
 from smallgpt_jax.normalization import Norm
 from smallgpt_jax.positions import sinusoidal_table
@@ -102,7 +101,7 @@ class ModelConfig:
 def _dropout(c: ModelConfig) -> nn.Module:
     """The residual branches' and the embeddings' dropout: masks from the
     dropout key's generator, or a counter hash (dropout_rng='hash')."""
-    return HashDropout(c.dropout) if c.dropout_rng == "hash" else nn.Dropout(c.dropout)
+    return dropout.HashDropout(c.dropout) if c.dropout_rng == "hash" else nn.Dropout(c.dropout)
 
 
 class Block(nn.Module):
@@ -269,7 +268,7 @@ class GPT(nn.Module):
 def model_config(model: Any, vocab_size: int, platform: str | None = None) -> ModelConfig:
     """`model` (a config's `model` section, a ConfigDict or a dict) with the
     vocabulary size filled in, as a ModelConfig whose 'auto' settings (dtype,
-    fast_backward) and fused attention kernel are resolved for `platform`
+    fast_backward, dropout_rng) and fused attention kernel are resolved for `platform`
     ('cpu', 'gpu', 'tpu'; default: this host's backend). A compile for
     another machine names that machine's platform."""
     m = dict(model.to_dict() if hasattr(model, "to_dict") else model)
@@ -283,7 +282,8 @@ def model_config(model: Any, vocab_size: int, platform: str | None = None) -> Mo
     # A checkpoint's config may lack the field: then it is 'auto', the default.
     m["fast_backward"] = kernels.resolve_fast_backward(m.get("fast_backward", "auto"), platform)
     m.setdefault("remat", "none")  # Nor remat: it changes no parameter.
-    m.setdefault("dropout_rng", "threefry2x32")  # Nor dropout_rng: JAX's default.
+    # Nor dropout_rng: JAX's default then.
+    m["dropout_rng"] = dropout.resolve(m.get("dropout_rng", "threefry2x32"), platform)
     K = m["embed_dim"] // m["num_heads"]
     impl = kernels.fused_implementation(platform, m["dtype"], K, decode=False)
     m["attention"] = flash_attention.resolve(m.get("attention", "explicit"), platform,

@@ -59,3 +59,13 @@ def test_hash_masks_train_a_step_and_without_dropout_change_nothing():
     assert np.isfinite(hashed) and hashed != _loss_after_one_step(**base)
     assert (_loss_after_one_step(**{"model.dropout_rng": "hash"})
             == _loss_after_one_step())
+
+
+def test_auto_is_the_hash_on_a_tpu_and_threefry_elsewhere():
+    c = tiny_config(**{"model.dropout": 0.1})
+    assert c.model.dropout_rng == "auto"  # The default.
+    assert model_config(c.model, 13, "tpu").dropout_rng == "hash"
+    for platform in ("cpu", "gpu"):
+        assert model_config(c.model, 13, platform).dropout_rng == "threefry2x32"
+    c.model.dropout_rng = "rbg"  # A named generator is kept everywhere.
+    assert model_config(c.model, 13, "tpu").dropout_rng == "rbg"
