@@ -73,9 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.tie_embeddings = True  # Output head reuses the token embedding.
     # 'explicit' (written out), 'fused' (jax.nn.dot_product_attention; dropout 0
     # only), 'flash' (a Pallas kernel: the [T, T] arrays stay on chip, dropout
-    # from a hash of positions; TPU, or CPU in slow interpret mode) or 'auto'
-    # ('flash' on TPU where the context fits it, else 'explicit').
-    c.model.attention = "explicit"
+    # from a hash of positions, not threefry; TPU, or CPU in slow interpret
+    # mode) or 'auto': 'flash' on a TPU where the kernel takes the shapes (the
+    # same losses, benchmarks/README.md), else 'explicit'.
+    c.model.attention = "auto"
     # The generator of the dropout masks, by JAX's name: 'threefry2x32' (JAX's
     # default; the same masks on every backend) or 'rbg' / 'unsafe_rbg' (XLA's
     # generator: a TPU compile takes half the time, but the bits are stored,
