@@ -299,32 +299,35 @@ def test_bits_per_char_uses_tokens_per_character(tmp_path):
 
 SWITCHES = ("pos_encoding", "activation", "norm", "norm_position", "use_bias",
             "tie_embeddings", "attention")
-# The full product is 4*4*2*2*2*2*2 = 512 models; these 16 rows contain every
+# The full product is 4*4*2*2*2*2*3 = 768 models; these 16 rows contain every
 # pair of values of every two switches (a pairwise covering array; 16 = 4*4 is
 # the fewest possible), so any bug from two switches interacting shows up.
+# attention='auto' is left out: off a TPU it is 'explicit'. 'flash' runs in
+# Pallas interpret mode here (slow), so it has the fewest rows that cover it.
 COMBINATIONS = [
     ("learned", "gelu", "rmsnorm", "post", True, False, "fused"),
     ("learned", "relu", "layernorm", "pre", False, True, "explicit"),
-    ("learned", "swiglu", "layernorm", "pre", True, True, "fused"),
-    ("sinusoidal", "gelu", "layernorm", "post", False, False, "explicit"),
+    ("learned", "swiglu", "layernorm", "pre", True, True, "flash"),
+    ("sinusoidal", "gelu", "layernorm", "post", False, False, "flash"),
     ("sinusoidal", "relu", "rmsnorm", "pre", False, True, "fused"),
     ("sinusoidal", "swiglu", "rmsnorm", "post", True, False, "explicit"),
     ("rope", "gelu", "rmsnorm", "pre", True, True, "explicit"),
-    ("rope", "relu", "layernorm", "post", False, False, "fused"),
+    ("rope", "relu", "layernorm", "post", False, False, "explicit"),
     ("rope", "swiglu", "rmsnorm", "pre", False, False, "fused"),
     ("none", "gelu", "rmsnorm", "post", False, True, "explicit"),
-    ("none", "relu", "layernorm", "pre", True, False, "fused"),
+    ("none", "relu", "layernorm", "pre", True, False, "flash"),
     ("none", "swiglu", "layernorm", "post", True, False, "explicit"),
     ("learned", "relu2", "rmsnorm", "pre", True, True, "explicit"),
-    ("sinusoidal", "relu2", "layernorm", "post", False, False, "fused"),
-    ("rope", "relu2", "rmsnorm", "post", False, True, "fused"),
-    ("none", "relu2", "layernorm", "pre", True, False, "explicit"),
+    ("sinusoidal", "relu2", "layernorm", "post", False, False, "explicit"),
+    ("rope", "relu2", "rmsnorm", "post", False, True, "flash"),
+    ("none", "relu2", "layernorm", "pre", True, False, "fused"),
 ]
 
 
 def test_combinations_cover_every_pair_of_switch_values():
     from smallgpt_jax.config import _CHOICES
     values = {s: _CHOICES.get(f"model.{s}", (True, False)) for s in SWITCHES}
+    values["attention"] = tuple(v for v in values["attention"] if v != "auto")
     for (i, a), (j, b) in itertools.combinations(enumerate(SWITCHES), 2):
         seen = {(row[i], row[j]) for row in COMBINATIONS}
         assert seen == set(itertools.product(values[a], values[b])), (a, b)
