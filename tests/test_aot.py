@@ -249,7 +249,10 @@ def test_a_missing_libtpu_says_how_to_install_it(monkeypatch):
 def test_a_step_too_big_for_the_chip_is_a_no_with_xlas_figures():
     """libtpu refuses to compile a program that does not fit the chip; that is
     the answer (exit 0), with XLA's own figures, not a traceback."""
-    proc = compile_cli("--target=tpu:v5e-1", "--json", "--config.model.block_size=1024",
+    # The explicit attention: its [B, H, T, T] arrays do not fit (the flash
+    # kernel, the default on a TPU, keeps them on chip and would fit).
+    proc = compile_cli("--target=tpu:v5e-1", "--json", "--config.model.attention=explicit",
+                       "--config.model.block_size=1024",
                        "--config.model.embed_dim=128", "--config.model.num_heads=4",
                        "--config.model.num_layers=4", "--config.train.batch_size=512",
                        "--config.train.eval_steps=1")
