@@ -151,13 +151,30 @@ def record(name: str, png: str, values: dict | None = None, facts: dict | None =
 SAME_NUMBERS = frozenset({"parallel"})
 
 
+def as_drawn(values: dict) -> dict:
+    """Config values with the per-platform 'auto' settings resolved as on a
+    CPU, where the pictures are drawn: there 'auto' attention is the explicit
+    one and 'auto' dropout masks are Threefry's, the same numbers."""
+    from smallgpt_jax import dropout, flash_attention
+    out = dict(values)
+    if "model.attention" in out:
+        heads, width = out.get("model.num_heads", 1), out.get("model.embed_dim", 1)
+        out["model.attention"] = flash_attention.resolve(
+            out["model.attention"], "cpu", out.get("model.block_size", 0), heads,
+            width // heads)
+    if "model.dropout_rng" in out:
+        out["model.dropout_rng"] = dropout.resolve(out["model.dropout_rng"], "cpu")
+    return out
+
+
 def stale(name: str, images: str = os.path.join(HERE, "images")) -> list[str]:
     """Why docs/images/NAME.png no longer shows what it claims ([] if it does).
 
     A config field added since the picture was drawn is not counted: a new
     switch keeps the old behaviour by default (base_config's rule). Nor is
     `parallel`: how the step is spread over devices, the same numbers on one
-    device either way (tests/test_train.py compares pmap and shard_map)."""
+    device either way (tests/test_train.py compares pmap and shard_map). Nor
+    a setting whose value resolves on a CPU as it did (`as_drawn`)."""
     picture = PICTURES[name]
     with open(os.path.join(images, f"{name}.json"), encoding="utf-8") as f:
         rec = json.load(f)
@@ -167,7 +184,8 @@ def stale(name: str, images: str = os.path.join(HERE, "images")) -> list[str]:
     if rec["drawn_by"] != list(picture.code) or rec["code_sha256"] != code_sha256(picture):
         why.append(f"its drawing code changed ({', '.join(picture.code)})")
     if picture.config:
-        now, then = current_config(picture), rec.get("config_values", {})
+        now = as_drawn(current_config(picture))
+        then = as_drawn(rec.get("config_values", {}))
         changed = [f"{k}: {then[k]!r} -> {now.get(k, '(gone)')!r}" for k in then
                    if now.get(k, "(gone)") != then[k] and k not in SAME_NUMBERS]
         if changed or rec.get("overrides") != list(picture.overrides):

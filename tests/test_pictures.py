@@ -73,6 +73,15 @@ def test_a_changed_config_or_drawing_makes_a_picture_stale(pictures, tmp_path, m
     rec["config_values"]["parallel"] = "pmap"  # How, not what: the same numbers.
     path.write_text(json.dumps(rec))
     assert pictures.stale("schedule", str(tmp_path)) == []
+    # Drawn with 'explicit': 'auto' is that on a CPU, 'fused' another model.
+    for attention, is_stale in (("explicit", False), ("fused", True)):
+        rec["config_values"]["model.attention"] = attention
+        path.write_text(json.dumps(rec))
+        assert bool(pictures.stale("schedule", str(tmp_path))) == is_stale, attention
+    rec["config_values"]["model.attention"] = "explicit"
+    rec["config_values"]["model.dropout_rng"] = "rbg"  # Other masks: redraw.
+    path.write_text(json.dumps(rec))
+    assert any("dropout_rng" in why for why in pictures.stale("schedule", str(tmp_path)))
     monkeypatch.setattr(pictures, "code_sha256", lambda picture: "another drawing")
     assert pictures.stale("causal_mask", str(tmp_path)) == [
         "its drawing code changed (pictures_of_ideas.causal_mask_figure)"]
