@@ -210,11 +210,30 @@ def test_killed_preparation_is_never_used_and_starts_over(tmp_path, capfd):
     np.testing.assert_array_equal(s.splits().train, in_memory(config)[1])
 
 
-def test_two_preparations_at_once_one_waits_and_reuses(tmp_path, capfd):
+def test_two_preparations_at_once_one_waits_and_reuses(tmp_path, capfd, monkeypatch):
+    from smallgpt_jax.system import console
     folder = make_corpus(tmp_path / "corpus", n_files=2)
     config = tiny_config(**{"data.path": folder, "data.cache_dir": str(tmp_path / "stores"),
                             "data.tokenizer": "word", "data.vocab_size": 12})
     results, errors = [], []
+    # The lock's holder prepares only once the other thread waits for it: on
+    # a loaded machine the first could otherwise finish before the second
+    # starts, which then finds the store ready and never waits.
+    other_waits, say, prepare_now, holders = threading.Event(), console.say, \
+        store._open_or_prepare, []
+
+    def say_and_note(text, *args, **kwargs):
+        if "waiting for another process" in text:
+            other_waits.set()
+        say(text, *args, **kwargs)
+
+    def prepare_once_the_other_waits(*args, **kwargs):
+        if not holders:
+            holders.append(threading.current_thread())
+            other_waits.wait(60)
+        return prepare_now(*args, **kwargs)
+    monkeypatch.setattr(console, "say", say_and_note)
+    monkeypatch.setattr(store, "_open_or_prepare", prepare_once_the_other_waits)
 
     def prepare():
         try:
