@@ -132,7 +132,7 @@ class Block(nn.Module):
         layer_norm_fn = kernels.fast_ops(c.fast_backward == "on")[1]
         norm = lambda name: Norm(c.norm, c.use_bias, layer_norm_fn=layer_norm_fn, name=name)
         attn = CausalSelfAttention(c, self.deterministic, self.decode, name="attn")
-        mlp = _remat_mlp(c, self.decode)(c, name="mlp")
+        mlp = _remat(MLP, "mlp", c, self.decode)(c, name="mlp")
         drop = lambda y: _dropout(c)(y, deterministic=self.deterministic)
         if c.norm_position == "pre":
             x_BTD = x_BTD + drop(attn(norm("norm1")(x_BTD), positions_T, ve_BTHK))
@@ -157,38 +157,33 @@ class _ScanBlock(nn.Module):
             x_BTD, positions_T, x0_BTD, tokens_BT), None
 
 
-# What a rematerialised block keeps for the backward pass (jax.checkpoint's
-# policies); the rest is computed again from the block's input when its
-# gradient is taken. 'block': nothing but that input, so the activations
-# kept are one [B, T, D] per layer. 'attention': also the outputs of the
-# matmuls with weights (qkv, proj, fc), recomputing the attention's
+# config.model.remat -> (the part whose activations the backward pass
+# computes again from the part's input, and what it keeps: jax.checkpoint's
+# policies). 'block': a whole block, keeping nothing but its input, one
+# [B, T, D] per layer. 'attention': a whole block, keeping the outputs of the
+# matmuls with weights (qkv, proj, fc) and recomputing the attention's
 # [B, H, T, T] scores and probabilities (the batched matmuls) and the cheap
-# elementwise steps. The same function either way: the same losses.
+# elementwise steps. 'mlp': the feed-forward network alone, whose [B, T, 4D]
+# hidden is the largest array a block keeps besides attention's, at one
+# matmul per layer. The same function every way: the same losses.
 REMAT_POLICIES = {
-    "block": jax.checkpoint_policies.nothing_saveable,
-    "attention": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "block": ("block", jax.checkpoint_policies.nothing_saveable),
+    "attention": ("block", jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+    "mlp": ("mlp", jax.checkpoint_policies.nothing_saveable),
 }
-# remat='mlp': only the feed-forward network is recomputed, from its input.
-# Its [B, T, 4D] hidden is the largest array a block keeps for the backward
-# pass besides attention's; recomputing it costs one matmul per layer.
-MLP_REMAT_POLICY = jax.checkpoint_policies.nothing_saveable
 
 
-def _remat(block: type[nn.Module], c: ModelConfig, decode: bool) -> type[nn.Module]:
-    """`block` under jax.checkpoint with config.model.remat's policy (not when
-    decoding: no gradient is taken there)."""
-    if c.remat not in REMAT_POLICIES or decode:
-        return block
+def _remat(module: type[nn.Module], part: str, c: ModelConfig,
+           decode: bool) -> type[nn.Module]:
+    """`module` (the model's `part`: 'block' or 'mlp') under jax.checkpoint
+    where config.model.remat names that part (not when decoding: no gradient
+    is taken there)."""
+    remat_part, policy = REMAT_POLICIES.get(c.remat, (None, None))
+    if remat_part != part or decode:
+        return module
     # In a scan, XLA cannot merge the recomputation into the forward pass
     # anyway, and keeping it from trying (prevent_cse) would only slow it.
-    return nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
-
-
-def _remat_mlp(c: ModelConfig, decode: bool) -> type[nn.Module]:
-    """MLP, under jax.checkpoint where config.model.remat is 'mlp'."""
-    if c.remat != "mlp" or decode:
-        return MLP
-    return nn.remat(MLP, policy=MLP_REMAT_POLICY, prevent_cse=not c.scan_layers)
+    return nn.remat(module, policy=policy, prevent_cse=not c.scan_layers)
 
 
 class GPT(nn.Module):
@@ -239,13 +234,14 @@ class GPT(nn.Module):
         x0_BTD = x_BTD if c.x0_shortcut else None
 
         if c.scan_layers:
-            blocks = nn.scan(_remat(_ScanBlock, c, self.decode), variable_axes={"params": 0, "cache": 0},
+            blocks = nn.scan(_remat(_ScanBlock, "block", c, self.decode),
+                             variable_axes={"params": 0, "cache": 0},
                              split_rngs={"params": True, "dropout": True},
                              in_axes=nn.broadcast, length=c.num_layers)
             x_BTD, _ = blocks(c, self.deterministic, self.decode, name="blocks")(
                 x_BTD, positions_T, x0_BTD, tokens_BT)
         else:
-            block = _remat(Block, c, self.decode)
+            block = _remat(Block, "block", c, self.decode)
             for i in range(c.num_layers):
                 x_BTD = block(c, self.deterministic, self.decode, name=f"block_{i}")(
                     x_BTD, positions_T, x0_BTD, tokens_BT)
