@@ -105,6 +105,23 @@ class DataParallel:
         """What a checkpoint of `rstate` writes: one copy, or fsdp's shards as they are."""
         return (self.to_save or self.unreplicate)(rstate)
 
+    def saved_shapes(self, rstate, state_shapes) -> Any:
+        """What `saved(rstate)` returns, as ShapeDtypeStructs placed as it is
+        (a save's checksum program compiles ahead for these): one copy of
+        `state_shapes` on the first local device, or `to_save`'s arrays."""
+        if self.to_save is not None:
+            return placed_shapes(self.to_save(rstate))
+        first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=first), state_shapes)
+
+
+def placed_shapes(tree) -> Any:
+    """`tree`'s arrays as ShapeDtypeStructs with their shardings: what a
+    program compiled ahead for them takes (the arrays may be donated since)."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
 
 def data_parallel(kind: str, model_config, tx, schedule, seed: int) -> DataParallel:
     """The steps and data movement for config.parallel ('pmap', 'shard_map' or 'fsdp')."""

@@ -102,21 +102,12 @@ def warmup_tasks(par: parallel.DataParallel, rstate, params, state_shapes,
                  draws: bool) -> dict:
     """What the first evaluation and save compile, as warmup.Warmup tasks by
     name: the evaluation program (from shapes: `rstate` is donated to the next
-    step), the checksum program of a save (for what `par.saved` writes: one
-    copy of `state_shapes` placed as `par.unreplicate` leaves it, or fsdp's
-    shards as `rstate` holds them), and on the process that
-    draws, the sampler and the attention picture, run once on `params` (the
-    initial ones, committed where the run's own copy will be: a program
-    compiled for other placements would be compiled again for the run's)."""
-    spec = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), rstate.params)
-    if par.to_save is None:  # A save writes one copy, on the first device.
-        first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        saved = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=first), state_shapes)
-    else:  # fsdp: a save writes the state's shards where they are.
-        saved = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), rstate)
+    step), the checksum program of a save (for what `par.saved` writes), and
+    on the process that draws, the sampler and the attention picture, run
+    once on `params` (the initial ones, committed where the run's own copy
+    will be: a program compiled for other placements would be compiled again
+    for the run's)."""
+    spec, saved = parallel.placed_shapes(rstate.params), par.saved_shapes(rstate, state_shapes)
     tasks = {"eval": lambda: par.eval_step.lower(spec, batches).compile(),
              "checksum": lambda: checksum.compile_for(saved)}
     if draws:
