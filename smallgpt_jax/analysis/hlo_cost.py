@@ -48,10 +48,10 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "whil
          "call", "conditional", "after-all", "partition-id", "replica-id",
          "opt-barrier", "add-dependency"}
 # TPU custom calls that only reserve a buffer or view adjacent slices as one.
-_FREE_CALLS = ("AllocateBuffer", "ConcatBitcast")
+_FREE_CALL = re.compile(r'custom_call_target="(AllocateBuffer|ConcatBitcast)"')
 # Custom calls that run a kernel of their own (Pallas on TPU): XLA cannot see
 # inside them and counts only what they declare.
-_KERNEL_CALLS = ("tpu_custom_call",)
+_KERNEL_CALL = re.compile(r'custom_call_target="tpu_custom_call"')
 _COST = re.compile(r'"cost_estimate":\s*\{([^}]*)\}')
 
 
@@ -329,7 +329,7 @@ def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computat
         # HBM and on-chip VMEM) again where it ends: its output read and written.
         return 0.0 if hbm else 2 * shape_bytes(instr.shape, padded)
     if (instr.opcode in _FREE or instr.opcode.endswith("-done")
-            or re.search(r'custom_call_target="({})"'.format("|".join(_FREE_CALLS)), instr.attrs)):
+            or _FREE_CALL.search(instr.attrs)):
         return 0.0
     if instr.opcode == "slice-start":  # Reads its slice, writes it elsewhere (VMEM on TPU).
         return 2 * shape_bytes(_split_top(instr.shape[1:-1])[1], padded)
@@ -380,8 +380,7 @@ def hbm_bytes(comps: dict[str, Computation], runs: dict[str, int]) -> float:
 
 def is_kernel(instr: Instr) -> bool:
     """Whether `instr` runs a kernel XLA cannot look into (a Pallas call)."""
-    return instr.opcode == "custom-call" and re.search(
-        r'custom_call_target="({})"'.format("|".join(_KERNEL_CALLS)), instr.attrs) is not None
+    return instr.opcode == "custom-call" and _KERNEL_CALL.search(instr.attrs) is not None
 
 
 def declared_cost(instr: Instr) -> dict[str, float] | None:
@@ -394,7 +393,7 @@ def declared_cost(instr: Instr) -> dict[str, float] | None:
     return {k: float(found.get(k, 0)) for k in ("flops", "transcendentals", "bytes_accessed")}
 
 
-def kernel_flops(instr: Instr, comp: Computation | None = None) -> float:
+def kernel_flops(instr: Instr) -> float:
     """The FLOPs a kernel declares; 0 for any other instruction."""
     declared = declared_cost(instr)
     return declared["flops"] if declared else 0.0
