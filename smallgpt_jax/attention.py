@@ -110,7 +110,7 @@ class CausalSelfAttention(nn.Module):
             qkv = nn.DenseGeneral((3, H, K), use_bias=c.use_bias, dtype=dtype,
                                   kernel_init=_init, name="qkv",
                                   dot_general=dot_general)(x_BTD)
-        q_BTHK, k_BTHK, v_BTHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q_BTHK, k_BTHK, v_BTHK = projected = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if c.qk_norm:  # Unit-RMS queries and keys: attention logits cannot blow up.
             q_BTHK, k_BTHK = rms_norm(q_BTHK), rms_norm(k_BTHK)
         if value_embed_BTHK is not None:
@@ -147,7 +147,8 @@ class CausalSelfAttention(nn.Module):
             rate = 0.0 if self.deterministic else c.dropout
             seed = (flash.seed_from_key(self.make_rng("dropout")) if rate > 0
                     else jnp.zeros((1,), jnp.int32))
-            if c.qk_norm or value_embed_BTHK is not None or c.pos_encoding == "rope":
+            if any(a is not b for a, b in zip((q_BTHK, k_BSHK, v_BSHK), projected)):
+                # Changed since the projection (QK-norm, RoPE, value embeddings).
                 qkv_BT3D = jnp.concatenate([q_BTHK, k_BSHK, v_BSHK], axis=2).reshape(
                     *qkv.shape[:2], -1)
             y_BTHK = flash.flash_attention(qkv_BT3D, seed, H, rate,
