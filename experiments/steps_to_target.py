@@ -22,8 +22,10 @@ also gives up on the target). The training is the project's own pieces
 checkpoints, samples or logs; a test checks its losses against the loop's.
 
 Each finished run is a line of OUT/runs.jsonl (the tool resumes: a run
-found there is not run again); the table, mean ± std per arm and a Welch
-t-test p-value against --baseline, is printed and written to OUT/table.md.
+found there is not run again); the table, mean ± std per arm, a Welch
+t-test p-value against --baseline and, over the seeds both ran, the mean
+per-seed difference with a paired t-test's p, is printed and written to
+OUT/table.md.
 """
 
 from __future__ import annotations
@@ -68,6 +70,23 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
         return (0.0, math.inf, 1.0) if a.mean() == b.mean() else (math.inf, math.inf, 0.0)
     result = stats.ttest_ind(a, b, equal_var=False)
     return float(result.statistic), float(result.df), float(result.pvalue)
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """The paired t-test over the seeds both arms ran (scipy's ttest_rel):
+    (mean of a - b, two-sided p, seeds). A seed fixes the initialisation,
+    the batch order and the validation batches in every arm, so much of the
+    spread between seeds is shared and cancels in the per-seed differences;
+    with the same runs this test sees what Welch's cannot. Differences that
+    are all equal have no spread: p is then 1 for zero and 0 otherwise."""
+    seeds = sorted(set(a) & set(b))
+    x, y = (np.asarray([arm[s] for s in seeds], float) for arm in (a, b))
+    d = x - y
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else math.nan, math.nan, len(d))
+    if d.var() == 0:
+        return float(d.mean()), 1.0 if d.mean() == 0 else 0.0, len(d)
+    return float(d.mean()), float(stats.ttest_rel(x, y).pvalue), len(d)
 
 
 # ---------------------------------------------------------------- one run
@@ -140,22 +159,28 @@ def table(runs: list[dict], arms: list[str], baseline: str, target: float) -> st
     """Markdown: per arm, runs reaching the target, steps/tokens/CPU s to it
     (mean ± std over those), the final val, and p against the baseline's steps."""
     lines = [f"| arm | reached val <= {target} | steps | tokens | CPU s | wall s | final val "
-             f"| p (steps vs {baseline}) |", "|---|---|---|---|---|---|---|---|"]
+             f"| p (steps vs {baseline}, Welch) | steps - {baseline}'s, same seeds: mean, "
+             f"paired p |", "|---|---|---|---|---|---|---|---|---|"]
     by_arm = {a: [r for r in runs if r["arm"] == a] for a in arms}
     base = [r["steps"] for r in by_arm[baseline] if r["steps"] is not None]
     for arm in arms:
         rs = by_arm[arm]
         hit = [r for r in rs if r["steps"] is not None]
         steps = [r["steps"] for r in hit]
-        p = "-"
+        p = pair = "-"
         if arm != baseline and len(steps) > 1 and len(base) > 1 and len(hit) == len(rs):
             p = f"{welch(steps, base)[2]:.2g}"
+            diff, p_pair, n = paired({r["seed"]: r["steps"] for r in hit},
+                                     {r["seed"]: r["steps"] for r in by_arm[baseline]
+                                      if r["steps"] is not None})
+            if n > 1:
+                pair = f"{diff:+.0f}, {p_pair:.2g} ({n} seeds)"
         lines.append(
             f"| {arm} | {len(hit)}/{len(rs)} | {_mean_std(steps, '{:.0f}')} | "
             f"{_mean_std([r['tokens'] for r in hit], '{:.3g}')} | "
             f"{_mean_std([r['cpu_s'] for r in hit], '{:.0f}')} | "
             f"{_mean_std([r['wall_s'] for r in hit], '{:.0f}')} | "
-            f"{_mean_std([r['final_val'] for r in rs], '{:.3f}')} | {p} |")
+            f"{_mean_std([r['final_val'] for r in rs], '{:.3f}')} | {p} | {pair} |")
     return "\n".join(lines)
 
 

@@ -34,6 +34,25 @@ def test_welch_against_its_formulas_and_known_values():
     assert s2t.welch([800, 800], [900, 900])[2] == 0.0
 
 
+def test_paired_sees_a_shared_seed_offset_that_welch_cannot():
+    # Seeds differ a lot from each other, but arm a is 50 steps behind b on
+    # every seed (± 10): the paired test finds it, Welch's does not.
+    b = {0: 700, 1: 900, 2: 1100, 3: 800, 4: 1000}
+    a = {s: v + 50 + (10 if s % 2 else -10) for s, v in b.items()}
+    diff, p, n = s2t.paired(a, b)
+    assert (diff, n) == (48.0, 5) and p < 1e-3
+    assert s2t.welch(list(a.values()), list(b.values()))[2] > 0.5
+    # Its formula: t = mean(d) / (sd(d) / sqrt(n)) with n - 1 degrees of
+    # freedom; with 2 seeds (1 df, a Cauchy law) p = 1 - 2 arctan(|t|) / pi.
+    diff, p, n = s2t.paired({0: 10.0, 1: 30.0}, {0: 0.0, 1: 0.0})
+    t = 20.0 / (np.std([10.0, 30.0], ddof=1) / math.sqrt(2))
+    assert (diff, n) == (20.0, 2) and p == pytest.approx(1 - 2 * math.atan(t) / math.pi)
+    # Only the seeds both ran count; all-equal differences need no test.
+    assert s2t.paired({0: 800, 1: 850, 7: 5}, {0: 700, 1: 750}) == (100.0, 0.0, 2)
+    assert s2t.paired({0: 800, 1: 850}, {0: 800, 1: 850}) == (0.0, 1.0, 2)
+    assert s2t.paired({0: 800}, {0: 700})[2] == 1
+
+
 def test_its_validation_losses_are_the_training_loops(tmp_path):
     config = train_config(write_corpus(tmp_path / "text.txt"), **{
         "train.optimizer": "muon", "train.num_steps": 10, "train.eval_every": 5,
@@ -77,7 +96,9 @@ def test_two_arms_two_seeds_make_a_table_and_resume(tmp_path):
         assert r["tokens"] == r["steps"] * 4 * 8 and r["cpu_s"] > 0
     assert runs[0]["curve"] != runs[2]["curve"]  # Seeds differ (adam 0 vs adam 1).
     table = (out / "table.md").read_text()
-    assert "| muon | 2/2 |" in table and "p (steps vs adam)" in table
-    assert run().stdout.count("seed") == 0  # Everything was done: nothing runs again.
+    assert "| muon | 2/2 |" in table and "p (steps vs adam, Welch)" in table
+    assert "(2 seeds) |" in table.splitlines()[-1]  # muon against adam, paired by seed.
+    again = run().stdout  # Everything was done: nothing runs again, only the table.
+    assert again.strip().splitlines() == table.strip().splitlines()
     bad = run(["--baseline=nope"])
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error:")
