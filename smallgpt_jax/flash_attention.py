@@ -14,8 +14,11 @@ Layout: the kernel reads the qkv projection's output as it is, [B, T, 3D]
 as [B, T, D]: no transposes, and no padding where a head's K columns are
 fewer than the TPU's 128 lanes, because a grid step takes a group of heads
 whose columns fill whole lanes (`heads_per_step`: 2 heads of 64, 8 of 48).
-The grid runs over (batch, head group, query block); a query block sees
-all T keys, which fits VMEM for the contexts this kernel takes (`check`).
+The grid runs over (batch, head group, query block); a query block holds
+all T keys in VMEM (which fits for the contexts this kernel takes, `check`)
+and computes only the key tiles on or before its own rows: the causal
+mask's zeros after them are neither computed nor counted (about half of
+the T x T weights at T = 256, with tiles of 128).
 On a CPU the kernel runs in Pallas interpret mode: correct, slow, for
 tests of tiny models.
 """
@@ -36,7 +39,8 @@ from smallgpt_jax.system.errors import UserError
 
 Array = jax.Array
 
-MAX_BLOCK = 256  # Query rows per grid step: a [256, T] float32 tile per array.
+MAX_BLOCK = 256  # Query rows per grid step at most, where T is not a multiple of CHUNK.
+CHUNK = 128  # Query rows and key columns per tile where T is a multiple of it.
 MAX_T = 2048
 _GOLDEN = 0x9E3779B9  # Spreads consecutive (batch, head) streams apart.
 
@@ -118,78 +122,120 @@ def attention_reference(qkv: Array, seed: Array, num_heads: int, rate: float) ->
     return y.reshape(B, T, -1).astype(qkv.dtype)
 
 
-def _tile(seed_ref, head: int, heads: int, q, k, lse_col, rate: float, block: int):
-    """Head `head` of this grid step's group: its probabilities p [block, T]
-    (float32) and dropout's scaled keep mask (None without dropout).
-    `lse_col`: the rows' logsumexp [block, 1], or None to compute it (the
-    forward)."""
-    b, j, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    T, K = k.shape
+def _block(seq_len: int) -> int:
+    """Query rows per grid step, and key columns per tile: CHUNK where the
+    context is a multiple of it, so that a query block skips the key tiles
+    wholly after it (the causal mask's zeros); else the whole context, up
+    to MAX_BLOCK rows a step."""
+    return CHUNK if seq_len % CHUNK == 0 else min(seq_len, MAX_BLOCK)
+
+
+def _grid() -> tuple:
+    """This grid step's (batch, head group, query block, head groups).
+    Read in the kernel's body: inside pl.when the interpreter has no grid."""
+    return pl.program_id(0), pl.program_id(1), pl.program_id(2), pl.num_programs(1)
+
+
+def _tile(seed_ref, grid: tuple, head: int, heads: int, q, k, kb: int, rate: float,
+          block: int, seq_len: int):
+    """Head `head` of this grid step's group against key tile `kb`: the
+    scaled, causally masked scores s [block, block] (float32) and dropout's
+    scaled keep mask (None without dropout)."""
+    b, j, i, groups = grid
     s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
-                            preferred_element_type=jnp.float32) * (1.0 / math.sqrt(K))
-    rows = jax.lax.broadcasted_iota(jnp.int32, (block, T), 0) + i * block
-    cols = jax.lax.broadcasted_iota(jnp.int32, (block, T), 1)
+                            preferred_element_type=jnp.float32) * (1.0 / math.sqrt(q.shape[1]))
+    rows = jax.lax.broadcasted_iota(jnp.int32, s.shape, 0) + i * block
+    cols = jax.lax.broadcasted_iota(jnp.int32, s.shape, 1) + kb * block
     s = jnp.where(cols <= rows, s, -jnp.inf)
-    if lse_col is None:
-        m = s.max(axis=-1, keepdims=True)
-        e = jnp.exp(s - m)
-        total = e.sum(axis=-1, keepdims=True)
-        p, lse_col = e / total, m + jnp.log(total)
-    else:
-        p = jnp.exp(s - lse_col)
     scale = None
     if rate > 0:
-        stream = (b * pl.num_programs(1) + j) * heads + head  # batch * H + head
-        keep = keep_mask(seed_ref[0], stream, rows, cols, T, rate)
+        stream = (b * groups + j) * heads + head  # batch * H + head
+        keep = keep_mask(seed_ref[0], stream, rows, cols, seq_len, rate)
         scale = jnp.where(keep, 1.0 / (1.0 - rate), 0.0)
-    return p, scale, lse_col
+    return s, scale
 
 
-def _forward_kernel(seed_ref, q_ref, k_ref, v_ref, y_ref, lse_ref, *, rate: float,
-                    block: int, heads: int, K: int):
-    for g in range(heads):  # The group's heads, each in its K columns.
+def _causal_tiles(i, block: int, seq_len: int, body) -> None:
+    """body(kb) for each key tile kb that query block i sees: kb <= i. The
+    tiles after it are all masked: neither computed nor read."""
+    for kb in range(seq_len // block):
+        pl.when(kb <= i)(functools.partial(body, kb))
+
+
+def _forward_kernel(seed_ref, q_ref, k_ref, v_ref, y_ref, lse_ref, m_sc, l_sc, acc_sc, *,
+                    rate: float, block: int, heads: int, K: int):
+    """Online softmax over the key tiles: a running row max m, sum l and
+    unnormalised y per head, rescaled as a tile raises the max."""
+    T, grid = k_ref.shape[0], _grid()
+    m_sc[...] = jnp.full_like(m_sc, -jnp.inf)
+    l_sc[...] = jnp.zeros_like(l_sc)
+    acc_sc[...] = jnp.zeros_like(acc_sc)
+
+    def tile(kb):
+        keys = slice(kb * block, (kb + 1) * block)
+        for g in range(heads):  # The group's heads, each in its K columns.
+            c = slice(g * K, (g + 1) * K)
+            s, scale = _tile(seed_ref, grid, g, heads, q_ref[:, c], k_ref[keys, c], kb,
+                             rate, block, T)
+            # Rows [1, block] in scratch, as lse: no lane padding.
+            m_old = m_sc[g:g + 1, :].T
+            m_new = jnp.maximum(m_old, s.max(axis=-1, keepdims=True))
+            alpha, e = jnp.exp(m_old - m_new), jnp.exp(s - m_new)
+            l_sc[g:g + 1, :] = (alpha * l_sc[g:g + 1, :].T + e.sum(-1, keepdims=True)).T
+            m_sc[g:g + 1, :] = m_new.T
+            if scale is not None:
+                e = e * scale
+            v = v_ref[keys, c]
+            acc_sc[:, c] = alpha * acc_sc[:, c] + jnp.dot(
+                e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+
+    _causal_tiles(grid[2], block, T, tile)
+    for g in range(heads):
         c = slice(g * K, (g + 1) * K)
-        p, scale, lse_col = _tile(seed_ref, g, heads, q_ref[:, c], k_ref[:, c], None,
-                                  rate, block)
-        if scale is not None:
-            p = p * scale
-        v = v_ref[:, c]
-        y_ref[:, c] = jnp.dot(p.astype(v.dtype), v,
-                              preferred_element_type=jnp.float32).astype(y_ref.dtype)
-        lse_ref[g:g + 1, :] = lse_col.T  # A row [1, block]: no lane padding in HBM.
+        m, total = m_sc[g:g + 1, :], l_sc[g:g + 1, :]
+        y_ref[:, c] = (acc_sc[:, c] / total.T).astype(y_ref.dtype)
+        lse_ref[g:g + 1, :] = m + jnp.log(total)
 
 
 def _backward_kernel(seed_ref, q_ref, k_ref, v_ref, y_ref, dy_ref, lse_ref,
-                     dq_ref, dk_ref, dv_ref, dk_acc, dv_acc, *, rate: float, block: int,
-                     heads: int, K: int):
-    i = pl.program_id(2)
+                     dq_ref, dk_ref, dv_ref, dk_acc, dv_acc, dq_acc, *, rate: float,
+                     block: int, heads: int, K: int):
+    T, grid = k_ref.shape[0], _grid()
+    i = grid[2]
 
     @pl.when(i == 0)
     def _():
         dk_acc[...] = jnp.zeros_like(dk_acc)
         dv_acc[...] = jnp.zeros_like(dv_acc)
 
-    # Sums over this block's rows: [T, block] x [block, K].
+    dq_acc[...] = jnp.zeros_like(dq_acc)
+    # Sums over this block's rows: [block, block] x [block, K].
     t_dot = lambda a, b: jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())),
                                              preferred_element_type=jnp.float32)
-    for g in range(heads):
-        c = slice(g * K, (g + 1) * K)
-        q, k, v, dy = q_ref[:, c], k_ref[:, c], v_ref[:, c], dy_ref[:, c]
-        p, scale, _ = _tile(seed_ref, g, heads, q, k, lse_ref[g:g + 1, :].T, rate, block)
-        # The gradient through softmax needs rowsum(dP * P) = rowsum(dy * y),
-        # dropout or not: one [block, K] product instead of a [block, T] one.
-        delta = (dy.astype(jnp.float32) * y_ref[:, c].astype(jnp.float32)).sum(
-            -1, keepdims=True)
-        dp = jax.lax.dot_general(dy, v, (((1,), (1,)), ((), ())),
-                                 preferred_element_type=jnp.float32)
-        dropped = p if scale is None else p * scale
-        if scale is not None:
-            dp = dp * scale
-        ds = p * (dp - delta) * (1.0 / math.sqrt(K))
-        dv_acc[:, c] += t_dot(dropped.astype(dy.dtype), dy)
-        dk_acc[:, c] += t_dot(ds.astype(q.dtype), q)
-        dq_ref[:, c] = jnp.dot(ds.astype(k.dtype), k,
-                               preferred_element_type=jnp.float32).astype(dq_ref.dtype)
+
+    def tile(kb):
+        keys = slice(kb * block, (kb + 1) * block)
+        for g in range(heads):
+            c = slice(g * K, (g + 1) * K)
+            q, k, v, dy = q_ref[:, c], k_ref[keys, c], v_ref[keys, c], dy_ref[:, c]
+            s, scale = _tile(seed_ref, grid, g, heads, q, k, kb, rate, block, T)
+            p = jnp.exp(s - lse_ref[g:g + 1, :].T)
+            # The gradient through softmax needs rowsum(dP * P) = rowsum(dy * y),
+            # dropout or not: one [block, K] product instead of a [block, T] one.
+            delta = (dy.astype(jnp.float32) * y_ref[:, c].astype(jnp.float32)).sum(
+                -1, keepdims=True)
+            dp = jax.lax.dot_general(dy, v, (((1,), (1,)), ((), ())),
+                                     preferred_element_type=jnp.float32)
+            dropped = p if scale is None else p * scale
+            if scale is not None:
+                dp = dp * scale
+            ds = p * (dp - delta) * (1.0 / math.sqrt(K))
+            dv_acc[keys, c] += t_dot(dropped.astype(dy.dtype), dy)
+            dk_acc[keys, c] += t_dot(ds.astype(q.dtype), q)
+            dq_acc[:, c] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+    _causal_tiles(i, block, T, tile)
+    dq_ref[...] = dq_acc[...].astype(dq_ref.dtype)
 
     @pl.when(i == pl.num_programs(2) - 1)
     def _():
@@ -204,19 +250,21 @@ def _same_vary(seed: Array, q: Array) -> Array:
 
 
 def _call(kernel, qkv: Array, seed: Array, num_heads: int, inputs: list, outputs: list,
-          matmuls: int, arrays: int, rate: float, interpret: bool, scratch: bool = False):
-    """kernel(seed, *inputs, *outputs[, dk and dv accumulators]) over the grid
-    (batch, head group, query block). `inputs`: (block, array) pairs;
+          matmuls: int, arrays: int, rate: float, interpret: bool, backward: bool = False):
+    """kernel(seed, *inputs, *outputs, *scratch) over the grid (batch, head
+    group, query block); scratch: the forward's running max, sum and y, or
+    the backward's dk, dv and dq accumulators. `inputs`: (block, array) pairs;
     `outputs`: (block, shape) pairs. A block is one of: 'q', 'k', 'v' (this
     step's query rows, or all T rows of keys or values, of the group's
     columns of qkv [B, T, 3D]), 'rows' or 'whole' (the same of a [B, T, D]
     array), 'lse' (the group's logsumexp rows, [B, H / group, group, T]).
-    The cost declared for the compile check: `matmuls` [T, T] x K products,
-    an exp per weight, `arrays` [B, T, D] arrays read or written once."""
+    The cost declared for the compile check: `matmuls` [block, block] x K
+    products per tile computed (those on or below the diagonal: about half
+    of T x T), an exp per weight, `arrays` [B, T, D] arrays read or written once."""
     B, T, D3 = qkv.shape
     K = D3 // 3 // num_heads
     heads = heads_per_step(num_heads, K, tpu=not interpret)
-    block, lanes, groups = min(T, MAX_BLOCK), heads * K, num_heads // heads
+    block, lanes, groups = _block(T), heads * K, num_heads // heads
     spec = lambda rows, where: pl.BlockSpec((None, rows, lanes), where)
     specs = {
         "q": spec(block, lambda b, j, i, s: (b, i, j)),
@@ -225,7 +273,8 @@ def _call(kernel, qkv: Array, seed: Array, num_heads: int, inputs: list, outputs
         "rows": spec(block, lambda b, j, i, s: (b, i, j)),
         "whole": spec(T, lambda b, j, i, s: (b, 0, j)),
         "lse": pl.BlockSpec((None, None, heads, block), lambda b, j, i, s: (b, j, 0, i))}
-    n = B * num_heads * T * T
+    tiles = T // block * (T // block + 1) // 2
+    n = B * num_heads * tiles * block * block  # Weights computed.
     cost = pl.CostEstimate(
         flops=2 * matmuls * n * K, transcendentals=n,
         bytes_accessed=(arrays * B * T * D3 // 3) * qkv.dtype.itemsize + B * num_heads * T * 4)
@@ -240,7 +289,10 @@ def _call(kernel, qkv: Array, seed: Array, num_heads: int, inputs: list, outputs
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=1, grid=(B, groups, T // block),
             in_specs=[specs[b] for b, _ in inputs], out_specs=[specs[b] for b, _ in outputs],
-            scratch_shapes=[pltpu.VMEM((T, lanes), jnp.float32)] * (2 if scratch else 0)),
+            scratch_shapes=[pltpu.VMEM((T, lanes), jnp.float32)] * 2
+            + [pltpu.VMEM((block, lanes), jnp.float32)] if backward else
+            [pltpu.VMEM((heads, block), jnp.float32)] * 2
+            + [pltpu.VMEM((block, lanes), jnp.float32)]),
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "arbitrary")),
     )(_same_vary(seed, qkv), *(a for _, a in inputs))
@@ -256,12 +308,12 @@ def _forward(qkv, seed, num_heads, rate, interpret):
 
 def _backward(qkv, y, dy, lse, seed, num_heads, rate, interpret):
     # Five matmuls: the scores again, dp, dv, dk, dq; dk and dv summed over
-    # the query blocks in float32 scratch.
+    # the query blocks in float32 scratch, dq over the key tiles.
     shape = y.shape
     return _call(_backward_kernel, qkv, seed, num_heads,
                  [("q", qkv), ("k", qkv), ("v", qkv), ("rows", y), ("rows", dy), ("lse", lse)],
                  [("rows", shape), ("whole", shape), ("whole", shape)],
-                 5, 8, rate, interpret, scratch=True)
+                 5, 8, rate, interpret, backward=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

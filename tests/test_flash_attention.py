@@ -58,6 +58,22 @@ def test_the_kernel_computes_the_reference_forward_and_gradients(rate, query_blo
                                atol=1e-5, rtol=1e-5)
 
 
+def test_a_query_block_never_reads_the_key_tiles_after_it(query_blocks):
+    # NaN keys and values after the first block of 8 rows: that block's
+    # outputs and query gradients do not see them, as they would if the
+    # masked tiles were computed (0 x NaN is NaN).
+    qkv, dy = qkv_dy(T=32, H=4, K=64)
+    D = qkv.shape[-1] // 3
+    poisoned = qkv.at[:, 8:, D:].set(jnp.nan)
+    dy = dy.at[:, 8:].set(0.0)
+    for rate in (0.0, 0.3):
+        y = np.asarray(kernel(rate, 4)(poisoned))
+        np.testing.assert_array_equal(y[:, :8], np.asarray(kernel(rate, 4)(qkv))[:, :8])
+        assert np.isnan(y[:, 8:]).all()
+        dq = np.asarray(grad(kernel(rate, 4), poisoned, dy))[:, :8, :D]
+        np.testing.assert_array_equal(dq, np.asarray(grad(kernel(rate, 4), qkv, dy))[:, :8, :D])
+
+
 def test_heads_are_grouped_to_fill_whole_lanes():
     assert fa.heads_per_step(6, 64) == 2 and fa.heads_per_step(8, 48) == 8
     assert fa.heads_per_step(4, 128) == 1 and fa.heads_per_step(2, 16) is None
