@@ -213,17 +213,18 @@ def _backward_kernel(seed_ref, q_ref, k_ref, v_ref, y_ref, dy_ref, lse_ref,
     t_dot = lambda a, b: jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())),
                                              preferred_element_type=jnp.float32)
 
+    heads_cols = [slice(g * K, (g + 1) * K) for g in range(heads)]
+    # The gradient through softmax needs rowsum(dP * P) = rowsum(dy * y),
+    # dropout or not: one [block, K] product per head instead of [block, T].
+    deltas = [(dy_ref[:, c].astype(jnp.float32) * y_ref[:, c].astype(jnp.float32)).sum(
+        -1, keepdims=True) for c in heads_cols]
+
     def tile(kb):
         keys = slice(kb * block, (kb + 1) * block)
-        for g in range(heads):
-            c = slice(g * K, (g + 1) * K)
+        for g, (c, delta) in enumerate(zip(heads_cols, deltas)):
             q, k, v, dy = q_ref[:, c], k_ref[keys, c], v_ref[keys, c], dy_ref[:, c]
             s, scale = _tile(seed_ref, grid, g, heads, q, k, kb, rate, block, T)
             p = jnp.exp(s - lse_ref[g:g + 1, :].T)
-            # The gradient through softmax needs rowsum(dP * P) = rowsum(dy * y),
-            # dropout or not: one [block, K] product instead of a [block, T] one.
-            delta = (dy.astype(jnp.float32) * y_ref[:, c].astype(jnp.float32)).sum(
-                -1, keepdims=True)
             dp = jax.lax.dot_general(dy, v, (((1,), (1,)), ((), ())),
                                      preferred_element_type=jnp.float32)
             dropped = p if scale is None else p * scale
