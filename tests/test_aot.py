@@ -18,7 +18,7 @@ needs_libtpu = pytest.mark.skipif(
 KEYS = {"target", "devices", "fits", "device_memory_bytes", "state_bytes", "temp_bytes",
         "flops_per_step", "bytes_per_step", "flop_bound_ms", "memory_bound_ms",
         "tokens_per_s", "programs", "compile_s", "parallel", "compiled_as", "remat",
-        "hbm_bytes_per_step", "hbm_bound_ms"}
+        "hbm_bytes_per_step", "hbm_bound_ms", "compile_cpu_s"}
 V5E = aot.target("tpu:v5e-1")
 TINY = ["--config=configs/char_cpu.py", "--config.model.num_layers=2",
         "--config.model.num_heads=2", "--config.model.embed_dim=32",
@@ -46,6 +46,7 @@ def unrolled():
 def test_a_tiny_model_compiles_for_a_v5e_and_fits(unrolled):
     s = aot.summary(unrolled, V5E)
     assert set(s) == KEYS and s["programs"] == 2 and s["compile_s"] > 0
+    assert s["compile_cpu_s"] > 0
     assert s["fits"] and s["devices"] == 1 and s["device_memory_bytes"] == 16e9
     # bfloat16 compute and the plain kernels: 'auto' resolved for the TPU, not this CPU.
     assert unrolled["model"].dtype == "bfloat16"

@@ -163,6 +163,9 @@ class Program:
     # Kernels (Pallas calls) that declare no cost: XLA counts them as free,
     # so the program's FLOPs and bytes are unknown (None), never a low figure.
     undeclared_kernels: int = 0
+    # CPU seconds of this process while compiling: on a shared machine the
+    # wall seconds count other processes' turns too.
+    compile_cpu_s: float = 0.0
 
     @property
     def flops(self) -> float | None:
@@ -188,7 +191,7 @@ def compile_program(name: str, fn, *args) -> Program:
     matmul FLOPs (and kernels' declared ones) from the program before
     optimisation (its dots are plain), bytes from the optimised one (as
     XLA's own total)."""
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     lowered = fn.lower(*args)
     try:
         compiled = lowered.compile()
@@ -198,7 +201,7 @@ def compile_program(name: str, fn, *args) -> Program:
             raise
         line = str(e).split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0]
         raise OutOfMemory(name, line) from None
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     before = hlo_cost.parse(lowered.as_text(dialect="hlo"))
@@ -213,7 +216,7 @@ def compile_program(name: str, fn, *args) -> Program:
         _loop_extra(after, runs_after,
                     lambda i, c: hlo_cost.instruction_bytes(i, c, after)),
         known_before and known_after, hlo_cost.hbm_bytes(after, runs_after),
-        hlo_cost.undeclared_kernels(after))
+        hlo_cost.undeclared_kernels(after), cpu_seconds)
 
 
 def _spec(tree, sharding):
@@ -312,4 +315,5 @@ def summary(result: dict, t: Target) -> dict:
         "tokens_per_s": tokens / bound * 1e3 if bound else None,
         "programs": len(result["programs"]),
         "compile_s": sum(p.compile_s for p in result["programs"]),
+        "compile_cpu_s": sum(p.compile_cpu_s for p in result["programs"]),
     }

@@ -70,8 +70,10 @@ def table(s: dict, result: dict, t) -> str:
                      f"{m.scan_layers}, dropout {m.dropout}; {result['params']:,} parameters"),
         ("batch", f"{c.train.batch_size} x {m.block_size} tokens per step, "
                   f"{c.train.batch_size // t.devices} sequences per device"),
-        ("programs", f"{s['programs']} compiled in {s['compile_s']:.1f} s ("
-                     + ", ".join(f"{p.name} {p.compile_s:.1f} s" for p in progs) + ")"),
+        ("programs", f"{s['programs']} compiled in {s['compile_s']:.1f} s, "
+                     f"{s['compile_cpu_s']:.1f} CPU-s (" + ", ".join(
+                         f"{p.name} {p.compile_s:.1f} s, {p.compile_cpu_s:.1f} CPU-s"
+                         for p in progs) + ")"),
         ("state / device", f"{s['state_bytes'] / MiB:,.1f} MiB (parameters + optimizer"
                            + (", split over the devices)" if c.parallel == "fsdp" else ")")),
         ("temporaries / device", f"{s['temp_bytes'] / MiB:,.1f} MiB (train step)"),
