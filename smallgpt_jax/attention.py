@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from smallgpt_jax import flash_attention as flash, kernels
+from smallgpt_jax import dropout, flash_attention as flash, kernels
 from smallgpt_jax.system.errors import UserError
 from smallgpt_jax.feedforward import init as _init, out_init
 from smallgpt_jax.normalization import rms_norm
@@ -145,7 +145,7 @@ class CausalSelfAttention(nn.Module):
                 implementation=None if self.decode else c.attention_impl)
         elif c.attention == "flash" and self._flash_fits(x_BTD.shape[1]):
             rate = 0.0 if self.deterministic else c.dropout
-            seed = (flash.seed_from_key(self.make_rng("dropout")) if rate > 0
+            seed = (dropout.seed_from_key(self.make_rng("dropout")) if rate > 0
                     else jnp.zeros((1,), jnp.int32))
             if any(a is not b for a, b in zip((q_BTHK, k_BSHK, v_BSHK), projected)):
                 # Changed since the projection (QK-norm, RoPE, value embeddings).

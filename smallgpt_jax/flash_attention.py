@@ -35,6 +35,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from smallgpt_jax import kernels
+from smallgpt_jax.dropout import keep_mask
 from smallgpt_jax.system.errors import UserError
 
 Array = jax.Array
@@ -42,7 +43,6 @@ Array = jax.Array
 MAX_BLOCK = 256  # Query rows per grid step at most, where T is not a multiple of CHUNK.
 CHUNK = 128  # Query rows and key columns per tile where T is a multiple of it.
 MAX_T = 2048
-_GOLDEN = 0x9E3779B9  # Spreads consecutive (batch, head) streams apart.
 
 
 def check(seq_len: int) -> str | None:
@@ -83,26 +83,6 @@ def resolve(setting: str, platform: str, block_size: int, num_heads: int,
                         f"128 lanes in groups: {num_heads} heads of {head_size} do not; use "
                         f"'explicit'.")
     return setting
-
-
-def _fmix(x: Array) -> Array:
-    """MurmurHash3's 32-bit finalizer: each output bit depends on every input
-    bit. Only uint32 multiply, xor and shift, which Mosaic and XLA both have."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def keep_mask(seed: Array, stream: Array, rows: Array, cols: Array, seq_len: int,
-              rate: float) -> Array:
-    """Which attention weights dropout keeps: True with probability 1 - rate,
-    a pure function of (seed, stream = batch * H + head, query row, key col).
-    `seed` and `stream` are scalars; `rows` and `cols` broadcast together."""
-    base = _fmix(seed.astype(jnp.uint32) ^ (stream.astype(jnp.uint32) * jnp.uint32(_GOLDEN)))
-    bits = _fmix((rows * seq_len + cols).astype(jnp.uint32) ^ base)
-    return bits >= jnp.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))
 
 
 def attention_reference(qkv: Array, seed: Array, num_heads: int, rate: float) -> Array:
@@ -340,9 +320,3 @@ def _vjp_backward(num_heads, rate, interpret, residuals, dy):
 
 
 flash_attention.defvjp(_vjp_forward, _vjp_backward)
-
-
-def seed_from_key(key: Array) -> Array:
-    """The kernel's int32 [1] seed from a dropout key (any generator)."""
-    bits = jax.random.bits(key, (1,), jnp.uint32)
-    return jax.lax.bitcast_convert_type(bits, jnp.int32)
