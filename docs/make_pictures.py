@@ -154,8 +154,9 @@ SAME_NUMBERS = frozenset({"parallel"})
 def as_drawn(values: dict) -> dict:
     """Config values with the per-platform 'auto' settings resolved as on a
     CPU, where the pictures are drawn: there 'auto' attention is the explicit
-    one and 'auto' dropout masks are Threefry's, the same numbers."""
-    from smallgpt_jax import dropout, flash_attention
+    one, 'auto' dropout masks are Threefry's and 'auto' remat is none: the
+    same numbers."""
+    from smallgpt_jax import dropout, flash_attention, model
     out = dict(values)
     if "model.attention" in out:
         heads, width = out.get("model.num_heads", 1), out.get("model.embed_dim", 1)
@@ -164,6 +165,9 @@ def as_drawn(values: dict) -> dict:
             width // heads)
     if "model.dropout_rng" in out:
         out["model.dropout_rng"] = dropout.resolve(out["model.dropout_rng"], "cpu")
+    if "model.remat" in out:
+        out["model.remat"] = model.resolve_remat(out["model.remat"], "cpu",
+                                                 out.get("model.scan_layers", False))
     return out
 
 

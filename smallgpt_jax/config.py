@@ -92,8 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Activation memory for compute: the backward pass recomputes each block
     # ('block'), its attention scores ('attention', see model.REMAT_POLICIES)
     # or its feed-forward network ('mlp') instead of keeping them; 'none'
-    # keeps everything. The same losses.
-    c.model.remat = "none"
+    # keeps everything. The same losses. 'auto': 'block' on a TPU with
+    # scan_layers (fewer bytes and temporaries there, benchmarks/README.md),
+    # else 'none'.
+    c.model.remat = "auto"
     # Hand-written backward passes for dense layers and LayerNorm (kernels.py;
     # same results): 'auto' uses them on CPU, where they measure faster, and
     # lets jax.grad differentiate the plain formulas on GPU/TPU; 'on', 'off'.
@@ -162,7 +164,7 @@ _CHOICES = {
     "model.dropout_rng": ("threefry2x32", "rbg", "unsafe_rbg", "hash", "auto"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.fast_backward": ("auto", "on", "off"),
-    "model.remat": ("none", "block", "attention", "mlp"),
+    "model.remat": ("none", "block", "attention", "mlp", "auto"),
     "train.optimizer": ("adamw", "muon"),
 }
 _POSITIVE = (

@@ -173,6 +173,17 @@ REMAT_POLICIES = {
 }
 
 
+def resolve_remat(setting: str, platform: str, scan_layers: bool) -> str:
+    """config.model.remat for `platform`: 'auto' is 'block' on a TPU when the
+    layers are scanned, where every residual a block keeps is stacked for all
+    layers in HBM and recomputing the block moves fewer bytes (XLA's and HBM
+    counts) and keeps a tenth of the temporaries (benchmarks/README.md);
+    'none' elsewhere (CPU and GPU runs as they were)."""
+    if setting != "auto":
+        return setting
+    return "block" if platform == "tpu" and scan_layers else "none"
+
+
 def _remat(module: type[nn.Module], part: str, c: ModelConfig,
            decode: bool) -> type[nn.Module]:
     """`module` (the model's `part`: 'block' or 'mlp') under jax.checkpoint
@@ -277,7 +288,8 @@ def model_config(model: Any, vocab_size: int, platform: str | None = None) -> Mo
     m["dtype"] = runtime.resolve_dtype(m["dtype"], platform)
     # A checkpoint's config may lack the field: then it is 'auto', the default.
     m["fast_backward"] = kernels.resolve_fast_backward(m.get("fast_backward", "auto"), platform)
-    m.setdefault("remat", "none")  # Nor remat: it changes no parameter.
+    # Nor remat: it changes no parameter.
+    m["remat"] = resolve_remat(m.get("remat", "none"), platform, m["scan_layers"])
     # Nor dropout_rng: JAX's default then.
     m["dropout_rng"] = dropout.resolve(m.get("dropout_rng", "threefry2x32"), platform)
     K = m["embed_dim"] // m["num_heads"]

@@ -56,3 +56,15 @@ def test_remat_keeps_less_for_the_backward_pass():
         return grad.lower(params, batch).compile().memory_analysis().temp_size_in_bytes
     none, block, attention = (temp_bytes(r) for r in ("none", "block", "attention"))
     assert block < attention < 0.5 * none, (none, block, attention)
+
+
+def test_auto_is_block_on_a_tpu_with_scanned_layers_and_none_elsewhere():
+    # Per target, as 'auto' attention and dropout masks: a CPU or GPU run,
+    # and an unrolled model on a TPU, keep everything as before.
+    for scan, platform, want in [(True, "tpu", "block"), (False, "tpu", "none"),
+                                 (True, "cpu", "none"), (True, "gpu", "none")]:
+        c = tiny_config(**{"model.remat": "auto", "model.scan_layers": scan})
+        assert model_config(c.model, V, platform=platform).remat == want
+    assert tiny_config().model.remat == "auto"  # The default.
+    assert model_config(tiny_config(**{"model.remat": "mlp"}).model, V,
+                        platform="tpu").remat == "mlp"

@@ -28,7 +28,7 @@ def test_the_parallel_mode_and_remat_may_change():
     old = tiny_config().to_dict()
     new = tiny_config(**{"parallel": "fsdp", "model.remat": "block"}).to_dict()
     assert config_changes(old, new) == (
-        [], ["model.remat: 'none' -> 'block'", f"parallel: {old['parallel']!r} -> 'fsdp'"])
+        [], ["model.remat: 'auto' -> 'block'", f"parallel: {old['parallel']!r} -> 'fsdp'"])
 
 
 def test_switching_the_end_of_text_token_is_refused():

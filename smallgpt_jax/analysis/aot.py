@@ -32,7 +32,7 @@ import numpy as np
 
 from smallgpt_jax import parallel, sharding, train
 from smallgpt_jax.analysis import hlo_cost
-from smallgpt_jax.model import count_params, model_config
+from smallgpt_jax.model import count_params, model_config, resolve_remat
 from smallgpt_jax.system.errors import UserError
 
 GB, GiB = 1e9, 2 ** 30
@@ -281,7 +281,8 @@ def needed_bytes(result: dict) -> float:
 def refused(e: OutOfMemory, config: ml_collections.ConfigDict, t: Target) -> dict:
     """The `--json` object of a config XLA would not compile for lack of memory."""
     return {"target": t.name, "devices": t.devices, "parallel": config.parallel,
-            "remat": config.model.remat, "fits": False,
+            "remat": resolve_remat(config.model.remat, t.platform, config.model.scan_layers),
+            "fits": False,
             "device_memory_bytes": None if t.memory_bytes is None else int(t.memory_bytes),
             "out_of_memory": str(e)}
 

@@ -159,8 +159,9 @@ def main(argv: list[str]) -> None:
             result = aot.compile_steps(config, shapes.vocab_size(config.data, FLAGS.vocab_size),
                                        t)
         except aot.OutOfMemory as e:  # An answer, not an error: it does not fit.
-            print(json.dumps(aot.refused(e, config, t)) if FLAGS.json
-                  else f"{t.name}, parallel {config.parallel}, remat {config.model.remat}: "
+            no = aot.refused(e, config, t)
+            print(json.dumps(no) if FLAGS.json
+                  else f"{t.name}, parallel {config.parallel}, remat {no['remat']}: "
                        f"does NOT fit; XLA: {e}")
             return
         s = aot.summary(result, t)
