@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import run_cli, tiny_config
-from smallgpt_jax.analysis import aot, hlo_breakdown, hlo_cost
+from smallgpt_jax.analysis import aot, hlo_breakdown, hlo_cost, hlo_text
 from smallgpt_jax.system.errors import UserError
 
 needs_libtpu = pytest.mark.skipif(
@@ -142,7 +142,7 @@ ENTRY %main (a: f32[4]) -> f32[4] {
   ROOT %e = f32[4]{0} exponential(%a)
 }
 """
-    comps = hlo_cost.parse(text)
+    comps = hlo_text.parse(text)
     runs, known = hlo_cost.multiplicities(comps)
     assert known and runs == {"main": 1, "body": 6, "cond": 6}
     main = comps["main"]
@@ -177,7 +177,7 @@ ENTRY %main (a: f32[6,4], b: f32[1,4], i: s32[]) -> f32[6,4] {
   ROOT %new = (f32[6,4]{1,0}, f32[1,4]{1,0}) fusion(%a, %b, %i), kind=kLoop, calls=%put
 }
 """
-    comps = hlo_cost.parse(text)
+    comps = hlo_text.parse(text)
     main = comps["main"]
     # Row (16 bytes) and index (4) read, row written: not the 96-byte stack.
     assert hlo_cost.instruction_bytes(main.by_name["row"], main, comps) == 16 + 4 + 16
@@ -279,7 +279,7 @@ def test_a_kernel_counts_what_it_declares_and_one_that_declares_nothing_is_unkno
     text = lambda body: ("HloModule m\nENTRY %main (a: f32[8,128]) -> f32[8,128] {\n"
                          "  %a = f32[8,128]{1,0} parameter(0)\n  ROOT " + body + "\n}\n")
     for body in (optimised, before):
-        comps = hlo_cost.parse(text(body))
+        comps = hlo_text.parse(text(body))
         main = comps["main"]
         k = main.by_name["k"]
         assert hlo_cost.declared_cost(k) == {"flops": 5000, "transcendentals": 7,
@@ -287,7 +287,7 @@ def test_a_kernel_counts_what_it_declares_and_one_that_declares_nothing_is_unkno
         assert hlo_cost.kernel_flops(k) == 5000
         assert hlo_cost.instruction_bytes(k, main, comps) == 9000
         assert hlo_cost.undeclared_kernels(comps) == 0
-    comps = hlo_cost.parse(text(silent))
+    comps = hlo_text.parse(text(silent))
     assert hlo_cost.declared_cost(comps["main"].by_name["k"]) is None
     assert hlo_cost.undeclared_kernels(comps) == 1
     program = aot.Program("train step", 1.0, {"flops": 0.0, "bytes accessed": 8192.0}, None,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from smallgpt_jax.analysis import aot, hlo_cost
+from smallgpt_jax.analysis import aot, hlo_cost, hlo_text
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
@@ -34,7 +34,7 @@ ENTRY %main (x: f32[64,128]) -> f32[64] {
 
 
 def program_bytes(text: str, hbm: bool) -> float:
-    comps = hlo_cost.parse(text)
+    comps = hlo_text.parse(text)
     runs, _ = hlo_cost.multiplicities(comps)
     if hbm:
         return hlo_cost.hbm_bytes(comps, runs)
@@ -44,7 +44,7 @@ def program_bytes(text: str, hbm: bool) -> float:
 
 def test_a_copy_to_vmem_crosses_hbm_once_and_vmem_operands_not_at_all():
     size = 64 * 128 * 4
-    assert hlo_cost.in_hbm("1,0:T(8,128)") and not hlo_cost.in_hbm("1,0:T(8,128)S(1)")
+    assert hlo_text.in_hbm("1,0:T(8,128)") and not hlo_text.in_hbm("1,0:T(8,128)S(1)")
     # The copy's HBM end, the exponential's output, the sum's input and output.
     assert program_bytes(COPIED, hbm=True) == size + size + size + 64 * 4
     # XLA's way: the copy at both ends (twice each), the exponential's

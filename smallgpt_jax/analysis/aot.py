@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from smallgpt_jax import parallel, sharding, train
-from smallgpt_jax.analysis import hlo_cost
+from smallgpt_jax.analysis import hlo_cost, hlo_text
 from smallgpt_jax.model import count_params, model_config, resolve_remat
 from smallgpt_jax.system.errors import UserError
 
@@ -204,10 +204,10 @@ def compile_program(name: str, fn, *args) -> Program:
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    before = hlo_cost.parse(lowered.as_text(dialect="hlo"))
+    before = hlo_text.parse(lowered.as_text(dialect="hlo"))
     runs_before, known_before = hlo_cost.multiplicities(before)
     hlo = compiled.as_text()
-    after = hlo_cost.parse(hlo)
+    after = hlo_text.parse(hlo)
     runs_after, known_after = hlo_cost.multiplicities(after)
     return Program(
         name, seconds, dict(cost or {}), compiled.memory_analysis(), hlo,

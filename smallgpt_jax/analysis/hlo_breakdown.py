@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import re
 
-from smallgpt_jax.analysis.hlo_cost import (ITEMSIZE, Computation, Instr, arrays,
-                                            instruction_bytes, multiplicities, parse)
+from smallgpt_jax.analysis.hlo_cost import instruction_bytes, multiplicities
+from smallgpt_jax.analysis.hlo_text import ITEMSIZE, Computation, Instr, arrays, parse
 
 
 def _short(op_name: str) -> str:

@@ -6,7 +6,7 @@ a `while` loop once, however many times it runs (`nn.scan` over layers,
 gradient accumulation). This module reads the program's text
 (`compiled.as_text()`, or `lowered.as_text(dialect="hlo")` before
 optimisation) to put those right:
-- `parse` splits it into computations and instructions;
+- `hlo_text.parse` splits it into computations and instructions;
 - `multiplicities` says how many times each computation runs per step (a
   loop body: its trip count, read from the loop's condition);
 - `instruction_bytes` is what one instruction reads and writes in memory
@@ -31,17 +31,11 @@ the memory bandwidth limits.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 
-ITEMSIZE = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2,
-             "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
-             "f64": 8, "c64": 8, "c128": 16}
-_ARRAY = re.compile(r"\b(pred|[su](?:4|8|16|32|64)|bf16|f16|f32|f64|c64|c128|f8\w*)"
-                    r"\[([\d,]*)\](?:\{([^}]*)\})?")
-_INSTR = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.*)$")
-_HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{$")
+from smallgpt_jax.analysis.hlo_text import Computation, Instr, arrays, in_hbm, shape_bytes, split_top
+
 # Opcodes that move no data of their own (their called computations are
 # counted where they run) or only rename a buffer.
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
@@ -53,131 +47,6 @@ _FREE_CALL = re.compile(r'custom_call_target="(AllocateBuffer|ConcatBitcast)"')
 # inside them and counts only what they declare.
 _KERNEL_CALL = re.compile(r'custom_call_target="tpu_custom_call"')
 _COST = re.compile(r'"cost_estimate":\s*\{([^}]*)\}')
-
-
-@dataclasses.dataclass
-class Instr:
-    name: str
-    shape: str  # The output shape as printed, layouts included.
-    opcode: str
-    operands: list[str]  # Operand names (or literals, for a constant).
-    attrs: str  # Everything after the operands.
-
-    def attr(self, key: str) -> str | None:
-        m = re.search(rf"\b{key}=%?([\w.\-]+)", self.attrs)
-        return m.group(1) if m else None
-
-    @property
-    def op_name(self) -> str:
-        m = re.search(r'op_name="([^"]*)"', self.attrs)
-        return m.group(1) if m else ""
-
-
-@dataclasses.dataclass
-class Computation:
-    name: str
-    entry: bool
-    instrs: list[Instr]
-
-    def __post_init__(self):
-        self.by_name = {i.name: i for i in self.instrs}
-
-
-def _balanced(text: str, start: int) -> int:
-    """The index just past the parenthesis that closes text[start] == '('."""
-    depth = 0
-    for i in range(start, len(text)):
-        depth += {"(": 1, ")": -1}.get(text[i], 0)
-        if depth == 0:
-            return i + 1
-    return len(text)
-
-
-def _split_top(text: str) -> list[str]:
-    """`text` split at the commas that are outside any brackets."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts if p.strip()]
-
-
-def _instruction(name: str, rest: str) -> Instr | None:
-    if rest.startswith("("):  # A tuple shape, which may hold parentheses (tiles).
-        end = _balanced(rest, 0)
-    else:
-        end = rest.find(" ")
-    shape, after = rest[:end], rest[end:].lstrip()
-    m = re.match(r"([\w\-]+)\(", after)
-    if not m:
-        return None
-    close = _balanced(after, m.end() - 1)
-    operands = [p.split()[-1].lstrip("%") for p in _split_top(after[m.end():close - 1])]
-    return Instr(name, shape, m.group(1), operands, after[close:])
-
-
-def parse(text: str) -> dict[str, Computation]:
-    """{computation name: Computation} of an HLO module's text."""
-    comps, current = {}, None
-    for line in text.splitlines():
-        header = _HEADER.match(line)
-        if header and not line.startswith(" "):
-            current = Computation(header.group(2), bool(header.group(1)), [])
-            comps[current.name] = current
-            continue
-        m = _INSTR.match(line) if current is not None else None
-        if m:
-            instr = _instruction(m.group(1), m.group(2))
-            if instr:
-                current.instrs.append(instr)
-        elif line.rstrip() == "}":  # The computation ends.
-            current = None
-        elif current is not None and current.instrs and line and not line[0].isspace():
-            # The program before optimisation prints a kernel's backend
-            # config (its cost estimate) over several lines.
-            current.instrs[-1].attrs += line
-    for c in comps.values():
-        c.__post_init__()
-    return comps
-
-
-def arrays(shape: str) -> list[tuple[str, tuple[int, ...], str]]:
-    """(dtype, dims, layout) of every array in a (tuple) shape."""
-    return [(m.group(1), tuple(int(d) for d in m.group(2).split(",") if d), m.group(3) or "")
-            for m in _ARRAY.finditer(shape)]
-
-
-def in_hbm(layout: str) -> bool:
-    """Whether an array of this layout lives in device memory (HBM): a TPU
-    layout names any other memory space, e.g. '1,0:T(8,128)(2,1)S(1)' for
-    VMEM; S(0) or none is the default, HBM (or a CPU's memory)."""
-    space = re.search(r"S\((\d+)\)", layout)
-    return space is None or space.group(1) == "0"
-
-
-def shape_bytes(shape: str, padded: bool = False, hbm: bool = False) -> float:
-    """Bytes of a shape; `padded`: with its minor dimensions rounded up to the
-    first tile of its layout (e.g. T(8,128) on TPU), as memory holds it;
-    `hbm`: only its arrays in HBM."""
-    total = 0.0
-    for dtype, dims, layout in arrays(shape):
-        if hbm and not in_hbm(layout):
-            continue
-        dims = list(dims)
-        if padded and ":" in layout:
-            minor_to_major, tiling = layout.split(":", 1)
-            order = [int(d) for d in minor_to_major.split(",") if d]
-            tile = re.match(r"T\(([\d,]+)\)", tiling)
-            if tile and order:
-                sizes = [int(t) for t in tile.group(1).split(",")][::-1]
-                for dim, size in zip(order, sizes):
-                    dims[dim] = -(-dims[dim] // size) * size
-        total += math.prod(dims) * ITEMSIZE.get(dtype, 1)
-    return total
 
 
 def trip_count(while_instr: Instr, comps: dict[str, Computation]) -> int | None:
@@ -321,7 +190,7 @@ def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computat
     if instr.opcode == "slice-start" and hbm:
         # ((the whole source), the slice, context): the slice's size, read
         # where the source is in HBM and written where the slice is.
-        source, part = _split_top(instr.shape[1:-1])[:2]
+        source, part = split_top(instr.shape[1:-1])[:2]
         ends = bool(shape_bytes(source, hbm=True)) + bool(shape_bytes(part, hbm=True))
         return ends * shape_bytes(part, padded)
     if instr.opcode in ("copy-done", "slice-done"):
@@ -332,7 +201,7 @@ def instruction_bytes(instr: Instr, comp: Computation, comps: dict[str, Computat
             or _FREE_CALL.search(instr.attrs)):
         return 0.0
     if instr.opcode == "slice-start":  # Reads its slice, writes it elsewhere (VMEM on TPU).
-        return 2 * shape_bytes(_split_top(instr.shape[1:-1])[1], padded)
+        return 2 * shape_bytes(split_top(instr.shape[1:-1])[1], padded)
     declared = declared_cost(instr)
     if declared is not None:  # A kernel: XLA counts what it declares.
         return declared["bytes_accessed"]
