@@ -162,7 +162,8 @@ def table(runs: list[dict], arms: list[str], baseline: str, target: float) -> st
              f"| p (steps vs {baseline}, Welch) | steps - {baseline}'s, same seeds: mean, "
              f"paired p |", "|---|---|---|---|---|---|---|---|---|"]
     by_arm = {a: [r for r in runs if r["arm"] == a] for a in arms}
-    base = [r["steps"] for r in by_arm[baseline] if r["steps"] is not None]
+    base_by_seed = {r["seed"]: r["steps"] for r in by_arm[baseline] if r["steps"] is not None}
+    base = list(base_by_seed.values())
     for arm in arms:
         rs = by_arm[arm]
         hit = [r for r in rs if r["steps"] is not None]
@@ -170,9 +171,7 @@ def table(runs: list[dict], arms: list[str], baseline: str, target: float) -> st
         p = pair = "-"
         if arm != baseline and len(steps) > 1 and len(base) > 1 and len(hit) == len(rs):
             p = f"{welch(steps, base)[2]:.2g}"
-            diff, p_pair, n = paired({r["seed"]: r["steps"] for r in hit},
-                                     {r["seed"]: r["steps"] for r in by_arm[baseline]
-                                      if r["steps"] is not None})
+            diff, p_pair, n = paired({r["seed"]: r["steps"] for r in hit}, base_by_seed)
             if n > 1:
                 pair = f"{diff:+.0f}, {p_pair:.2g} ({n} seeds)"
         lines.append(

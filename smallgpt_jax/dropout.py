@@ -34,9 +34,11 @@ def _fmix(x: Array) -> Array:
 
 def keep_mask(seed: Array, stream: Array, rows: Array, cols: Array, seq_len: int,
               rate: float) -> Array:
-    """Which attention weights dropout keeps: True with probability 1 - rate,
-    a pure function of (seed, stream = batch * H + head, query row, key col).
-    `seed` and `stream` are scalars; `rows` and `cols` broadcast together."""
+    """Which elements dropout keeps: True with probability 1 - rate, a pure
+    function of (seed, stream, row, col): for the attention weights stream =
+    batch * H + head and (row, col) = (query, key); for HashDropout one
+    stream per sequence and (position, feature). `seed` and `stream` are
+    scalars or broadcast with `rows` and `cols`; `seq_len` is the row length."""
     base = _fmix(seed.astype(jnp.uint32) ^ (stream.astype(jnp.uint32) * jnp.uint32(_GOLDEN)))
     bits = _fmix((rows * seq_len + cols).astype(jnp.uint32) ^ base)
     return bits >= jnp.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))
@@ -71,7 +73,7 @@ class HashDropout(nn.Module):
         *lead, T, D = x.shape
         # One stream per row of the leading dims (a sequence of the batch).
         stream = jnp.arange(math.prod(lead), dtype=jnp.uint32).reshape(*lead, 1, 1)
-        keep = keep_mask(seed, stream, jnp.arange(T)[:, None],
-                                         jnp.arange(D)[None, :], D, self.rate)
+        keep = keep_mask(seed, stream, jnp.arange(T)[:, None], jnp.arange(D)[None, :], D,
+                         self.rate)
         return jax.lax.select(keep, x / jnp.asarray(1.0 - self.rate, x.dtype),
                               jnp.zeros_like(x))

@@ -116,16 +116,22 @@ def _grid() -> tuple:
     return pl.program_id(0), pl.program_id(1), pl.program_id(2), pl.num_programs(1)
 
 
-def _tile(seed_ref, grid: tuple, head: int, heads: int, q, k, kb: int, rate: float,
-          block: int, seq_len: int):
-    """Head `head` of this grid step's group against key tile `kb`: the
-    scaled, causally masked scores s [block, block] (float32) and dropout's
-    scaled keep mask (None without dropout)."""
-    b, j, i, groups = grid
+def _positions(i, kb: int, block: int) -> tuple[Array, Array]:
+    """Query rows and key columns [block, block] of query block i against key
+    tile kb: the same for every head of a grid step, so made once a tile."""
+    rows = jax.lax.broadcasted_iota(jnp.int32, (block, block), 0) + i * block
+    cols = jax.lax.broadcasted_iota(jnp.int32, (block, block), 1) + kb * block
+    return rows, cols
+
+
+def _tile(seed_ref, grid: tuple, head: int, heads: int, q, k, rows, cols, rate: float,
+          seq_len: int):
+    """Head `head` of this grid step's group against a key tile at (`rows`,
+    `cols`): the scaled, causally masked scores s [block, block] (float32)
+    and dropout's scaled keep mask (None without dropout)."""
+    b, j, _, groups = grid
     s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
                             preferred_element_type=jnp.float32) * (1.0 / math.sqrt(q.shape[1]))
-    rows = jax.lax.broadcasted_iota(jnp.int32, s.shape, 0) + i * block
-    cols = jax.lax.broadcasted_iota(jnp.int32, s.shape, 1) + kb * block
     s = jnp.where(cols <= rows, s, -jnp.inf)
     scale = None
     if rate > 0:
@@ -152,11 +158,11 @@ def _forward_kernel(seed_ref, q_ref, k_ref, v_ref, y_ref, lse_ref, m_sc, l_sc, a
     acc_sc[...] = jnp.zeros_like(acc_sc)
 
     def tile(kb):
-        keys = slice(kb * block, (kb + 1) * block)
+        keys, (rows, cols) = slice(kb * block, (kb + 1) * block), _positions(grid[2], kb, block)
         for g in range(heads):  # The group's heads, each in its K columns.
             c = slice(g * K, (g + 1) * K)
-            s, scale = _tile(seed_ref, grid, g, heads, q_ref[:, c], k_ref[keys, c], kb,
-                             rate, block, T)
+            s, scale = _tile(seed_ref, grid, g, heads, q_ref[:, c], k_ref[keys, c], rows, cols,
+                             rate, T)
             # Rows [1, block] in scratch, as lse: no lane padding.
             m_old = m_sc[g:g + 1, :].T
             m_new = jnp.maximum(m_old, s.max(axis=-1, keepdims=True))
@@ -200,10 +206,10 @@ def _backward_kernel(seed_ref, q_ref, k_ref, v_ref, y_ref, dy_ref, lse_ref,
         -1, keepdims=True) for c in heads_cols]
 
     def tile(kb):
-        keys = slice(kb * block, (kb + 1) * block)
+        keys, (rows, cols) = slice(kb * block, (kb + 1) * block), _positions(i, kb, block)
         for g, (c, delta) in enumerate(zip(heads_cols, deltas)):
             q, k, v, dy = q_ref[:, c], k_ref[keys, c], v_ref[keys, c], dy_ref[:, c]
-            s, scale = _tile(seed_ref, grid, g, heads, q, k, kb, rate, block, T)
+            s, scale = _tile(seed_ref, grid, g, heads, q, k, rows, cols, rate, T)
             p = jnp.exp(s - lse_ref[g:g + 1, :].T)
             dp = jax.lax.dot_general(dy, v, (((1,), (1,)), ((), ())),
                                      preferred_element_type=jnp.float32)
@@ -254,6 +260,11 @@ def _call(kernel, qkv: Array, seed: Array, num_heads: int, inputs: list, outputs
         "rows": spec(block, lambda b, j, i, s: (b, i, j)),
         "whole": spec(T, lambda b, j, i, s: (b, 0, j)),
         "lse": pl.BlockSpec((None, None, heads, block), lambda b, j, i, s: (b, j, 0, i))}
+    f32 = jnp.float32
+    if backward:  # dk and dv summed over the query blocks, dq over the key tiles.
+        scratch = [pltpu.VMEM((T, lanes), f32)] * 2 + [pltpu.VMEM((block, lanes), f32)]
+    else:  # Each head's running max and sum (as rows), the unnormalised y.
+        scratch = [pltpu.VMEM((heads, block), f32)] * 2 + [pltpu.VMEM((block, lanes), f32)]
     tiles = T // block * (T // block + 1) // 2
     n = B * num_heads * tiles * block * block  # Weights computed.
     cost = pl.CostEstimate(
@@ -270,10 +281,7 @@ def _call(kernel, qkv: Array, seed: Array, num_heads: int, inputs: list, outputs
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=1, grid=(B, groups, T // block),
             in_specs=[specs[b] for b, _ in inputs], out_specs=[specs[b] for b, _ in outputs],
-            scratch_shapes=[pltpu.VMEM((T, lanes), jnp.float32)] * 2
-            + [pltpu.VMEM((block, lanes), jnp.float32)] if backward else
-            [pltpu.VMEM((heads, block), jnp.float32)] * 2
-            + [pltpu.VMEM((block, lanes), jnp.float32)]),
+            scratch_shapes=scratch),
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "arbitrary")),
     )(_same_vary(seed, qkv), *(a for _, a in inputs))
