@@ -45,10 +45,26 @@ def newton_schulz(G: Array, steps: int = NS_STEPS, eps: float = 1e-7) -> Array:
         X = jnp.swapaxes(X, -1, -2)
     # Frobenius norm >= spectral norm: the singular values start in [0, 1].
     X = X / (jnp.linalg.norm(X, axis=(-2, -1), keepdims=True) + eps)
-    for _ in range(steps):
-        A = X @ jnp.swapaxes(X, -1, -2)
-        X = a * X + (b * A + c * A @ A) @ X
-    return jnp.swapaxes(X, -1, -2) if tall else X
+    T = lambda M: jnp.swapaxes(M, -1, -2)
+    m, n = X.shape[-2:]
+    if n < 2 * m:
+        for _ in range(steps):
+            A = X @ T(X)
+            X = a * X + (b * A + c * A @ A) @ X
+    else:
+        # The same iteration on m x m matrices only. Every iterate is Q X0,
+        # with Q a polynomial in S = X0 X0^T (so Q is symmetric and commutes
+        # with S): X X^T = Q S Q, and X <- (a + b A + c A^2) X is
+        # Q <- (a + b A + c A^2) Q. Four m x m products per iteration instead
+        # of two m x n ones and an m x m one: 38% fewer FLOPs in all for the
+        # MLP's 128 x 512 matrices (the results agree to float32 rounding).
+        S = X @ T(X)
+        Q = jnp.broadcast_to(jnp.eye(m, dtype=X.dtype), S.shape)
+        for _ in range(steps):
+            A = Q @ S @ Q
+            Q = a * Q + (b * A + c * A @ A) @ Q
+        X = Q @ X
+    return T(X) if tall else X
 
 
 def _matrices(path, p: Array) -> tuple[Array, Any]:

@@ -23,7 +23,7 @@ from test_checkpoint import train_config, write_corpus
 V = 13
 
 
-@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (3, 16, 16)])
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (3, 16, 16), (32, 64), (2, 72, 36)])
 def test_newton_schulz_maps_each_singular_value_through_the_quintic(shape):
     """The iteration acts on the singular values alone, s -> a s + b s^3 + c s^5,
     five times, from s / ||G||_F; the singular vectors stay. Its output's
