@@ -1,8 +1,9 @@
 """A checksum per saved array, so a restore notices data that changed on disk.
 
 Orbax notices missing or truncated files, but not flipped bits inside an
-array file: such a checkpoint restores "fine", then samples different text or
-makes training diverge. So each save records one 32-bit checksum per array
+array's data (zstd notices only those in its own headers and tables): such a
+checkpoint restores "fine", then samples different text or makes training
+diverge. So each save records one 32-bit checksum per array
 (`meta["checksums"]`, keyed by the array's path like 'params/wte/embedding'),
 and every restore recomputes and compares them.
 

@@ -16,9 +16,11 @@ come with noise:
   training run), and the temporary folder of a save cut off by a crash. They
   are skipped (with a warning), not an error.
 
-Flipped bits inside an array file are found after the restore, by the
-checksums saved with it (checkpoint/checksum.py); a JSON file edited by hand (valid JSON,
-but not the types written) is damage too (checkpoint/meta.py, `_opened_files`).
+Flipped bits inside an array's data are found after the restore, by the
+checksums saved with it (checkpoint/checksum.py), or by zstd when they hit
+its own headers and tables (`reason` names the array); a JSON file edited
+by hand (valid JSON, but not the types written) is damage too
+(checkpoint/meta.py, `_opened_files`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ from smallgpt_jax.system.errors import UserError
 _REQUIRED = ("meta/metadata", "state/_METADATA", "state/manifest.ocdbt", "state/ocdbt.process_*")
 
 
+# Array data that zstd rejects (flipped bits in its headers and tables)
+# is named only in the part before zstd's words: 'Error reading "params.w/0"
+# in OCDBT database at local file "...": ZSTD_decompressStream() failed: Data
+# corruption detected; at byte 0'. (A missing or short file says "Truncated
+# Zstd-compressed stream" in the last part, which names the array already.)
+_UNDECOMPRESSABLE = re.compile(
+    r'Error reading "(?P<array>[^"]+)/[\d.]+" in OCDBT database at [^"]*"[^"]*": '
+    r'ZSTD_decompressStream\(\) failed: (?P<why>[^;]*)')
+
+
 def reason(e: BaseException) -> str:
     """One line for an exception from Orbax. TensorStore's run to kilobytes:
     'CODE: context: ...: context: what went wrong [payload=...]'; the code and
@@ -48,6 +60,10 @@ def reason(e: BaseException) -> str:
     if e.__cause__ is not None and "See full TensorStore details" in str(e):
         return reason(e.__cause__)  # Orbax's wrapper: the cause names the array and file.
     line = re.split(r" \[\w+=", (str(e).strip() or type(e).__name__).splitlines()[0])[0]
+    found = _UNDECOMPRESSABLE.search(line)
+    if found:  # In the words of a checksum's mismatch.
+        return (f"the data of {found['array'].replace('.', '/')} cannot be decompressed "
+                f"({found['why']}): changed on disk after the save")
     code, sep, rest = line.partition(": ")
     if sep and re.fullmatch(r"[A-Z_]{4,}", code):
         line = f"{code}: {': '.join(rest.split(': ')[-2:])}"
