@@ -130,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.muon_momentum = 0.95  # Muon's Nesterov momentum after its warmup,
     c.train.muon_momentum_start = 0.85  # rising linearly from this
     c.train.muon_momentum_warmup = 300  # over this many steps.
+    # Newton-Schulz steps per update, and their coefficients: 'speedrun' (its
+    # quintic at every step) or 'minimax' (per-step, 3-5 steps; muon.py).
+    c.train.muon_ns_steps = 5
+    c.train.muon_ns_coefficients = "speedrun"
     c.train.grad_accum_steps = 1  # Micro-batches summed before one update.
     c.train.eval_every = 250  # Evaluate (and write a sample) every N steps.
     c.train.eval_steps = 20  # Batches averaged per split at each evaluation.
@@ -166,12 +170,14 @@ _CHOICES = {
     "model.fast_backward": ("auto", "on", "off"),
     "model.remat": ("none", "block", "attention", "mlp", "auto"),
     "train.optimizer": ("adamw", "muon"),
+    "train.muon_ns_coefficients": ("speedrun", "minimax"),
 }
 _POSITIVE = (
     "model.num_layers", "model.num_heads", "model.embed_dim", "model.mlp_ratio",
     "model.block_size", "train.batch_size", "train.num_steps", "train.eval_every",
     "train.eval_steps", "train.log_every", "train.grad_accum_steps",
     "train.checkpoint_every", "train.keep_checkpoints", "data.vocab_size",
+    "train.muon_ns_steps",
 )
 _NON_NEGATIVE = (
     "train.learning_rate", "train.min_learning_rate", "train.warmup_steps",
@@ -329,6 +335,13 @@ def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
         value = t[name]
         if not 0.0 <= value < 1.0:
             raise UserError(f"config.train.{name}={value} must be in [0, 1).")
+    if t.muon_ns_coefficients == "minimax":
+        from smallgpt_jax.muon import MINIMAX  # Here: only this check needs JAX.
+        if t.muon_ns_steps not in MINIMAX:
+            raise UserError(
+                f"config.train.muon_ns_steps={t.muon_ns_steps} has no 'minimax' coefficients:"
+                f" use {', '.join(map(str, MINIMAX))} steps, or "
+                "config.train.muon_ns_coefficients='speedrun'.")
     if t.batch_size % t.grad_accum_steps:
         raise UserError(
             f"config.train.batch_size={t.batch_size} is not divisible by "

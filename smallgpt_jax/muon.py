@@ -12,7 +12,9 @@ with 5 Newton-Schulz iterations, X <- a X + b (X X^T) X + c (X X^T)^2 X,
 with the quintic coefficients (a, b, c) = (3.4445, -4.7750, 2.0315) of the
 GPT-2 speedrun (modded-nanogpt): after scaling X to spectral norm <= 1, they
 push every singular value into roughly [0.7, 1.2] fast, not exactly to 1
-(which would need more iterations and buys nothing measurable).
+(which would need more iterations and buys nothing measurable). Each step
+may also have its own coefficients ('minimax': `minimax_schedule`), which
+reach the same kind of band in fewer steps.
 
 Muon is for the 2-D matrices inside the blocks. The token embedding, the
 output head, norm scales, biases, position tables and learned scalars keep
@@ -26,19 +28,76 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Array = jax.Array
+Coefficients = tuple[tuple[float, float, float], ...]  # (a, b, c) per step.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
+# minimax_schedule(steps) for 3, 4 and 5 steps, rounded: each maps every
+# singular value in [lower, 1] into [0.8, 1.2] (lower: 0.0127, 0.0030, 0.0007).
+MINIMAX = {
+    3: ((7.9883, -23.2063, 17.1169), (3.5093, -2.6294, 0.5260), (2.4945, -1.8380, 0.4372)),
+    4: ((8.3845, -24.7692, 18.3597), (4.0447, -3.0123, 0.5696), (3.5093, -2.6294, 0.5260),
+        (2.4945, -1.8380, 0.4372)),
+    5: ((8.4835, -25.1599, 18.6705), (4.2047, -3.1239, 0.5823), (4.0447, -3.0123, 0.5696),
+        (3.5093, -2.6294, 0.5260), (2.4945, -1.8380, 0.4372)),
+}
 
 
-def newton_schulz(G: Array, steps: int = NS_STEPS, eps: float = 1e-7) -> Array:
-    """About U V^T for G = U S V^T ([..., m, n]): `steps` (>= 1) quintic iterations.
+def ns_coefficients(steps: int = NS_STEPS, kind: str = "speedrun") -> Coefficients:
+    """The iteration's (a, b, c) for each of `steps` steps: the speedrun's
+    quintic every step ('speedrun'), or `MINIMAX[steps]` ('minimax')."""
+    return MINIMAX[steps] if kind == "minimax" else (NS_COEFFICIENTS,) * steps
+
+
+def minimax_schedule(steps: int, band: float = 0.2) -> tuple[Coefficients, float]:
+    """Per-step coefficients that bring every singular value in [lower, 1]
+    into [1 - band, 1 + band] in `steps` steps, for the smallest such lower.
+
+    Greedy, step by step (the idea of the Polar Express paper, Amsel et al.
+    2025): where the singular values lie in [lo, hi], take the odd quintic
+    p(s) = a s + b s^3 + c s^5 closest to 1 on [lo, hi] in the worst case (a
+    linear programme over a grid), and continue on [min p, max p]. A smaller
+    lower needs a steeper first step and ends in a wider band; bisect on it.
+    The speedrun's fixed quintic is slower from small values: in 5 steps it
+    maps [0.002, 1] into about [0.7, 1.14]. Slow (seconds): MINIMAX holds
+    the results that the optimiser uses."""
+    from scipy.optimize import linprog  # scipy comes with JAX.
+
+    def closest_quintic(lo, hi):
+        s = np.unique(np.concatenate([np.geomspace(lo, hi, 500), np.linspace(lo, hi, 500)]))
+        P = np.stack([s, s**3, s**5], 1)
+        ones = np.ones((len(s), 1))
+        # Minimise t subject to -t <= 1 - P (a, b, c) <= t.
+        res = linprog([0, 0, 0, 1], A_ub=np.block([[P, -ones], [-P, -ones]]),
+                      b_ub=np.concatenate([ones[:, 0], -ones[:, 0]]),
+                      bounds=[(None, None)] * 3 + [(0, None)], method="highs")
+        p = P @ res.x[:3]
+        return tuple(float(v) for v in res.x[:3]), float(p.min()), float(p.max())
+
+    def schedule(lower):
+        lo, hi, out = lower, 1.0, []
+        for _ in range(steps):
+            abc, lo, hi = closest_quintic(lo, hi)
+            out.append(abc)
+        return tuple(out), max(1 - lo, hi - 1)
+
+    small, large = 1e-6, 0.5
+    for _ in range(30):
+        mid = (small * large) ** 0.5
+        small, large = (small, mid) if schedule(mid)[1] <= band else (mid, large)
+    return schedule(large)[0], large
+
+
+def newton_schulz(G: Array, coefficients: Coefficients = ns_coefficients(),
+                  eps: float = 1e-7) -> Array:
+    """About U V^T for G = U S V^T ([..., m, n]): one quintic iteration per
+    (a, b, c) of `coefficients`.
 
     Float32 throughout: the speedrun iterates in bfloat16 for GPU speed, but a
     CPU has no fast bfloat16 matmul, and these matrices are small."""
-    a, b, c = NS_COEFFICIENTS
     T = lambda M: jnp.swapaxes(M, -1, -2)
     X = G.astype(jnp.float32)
     tall = X.shape[-2] > X.shape[-1]
@@ -48,7 +107,7 @@ def newton_schulz(G: Array, steps: int = NS_STEPS, eps: float = 1e-7) -> Array:
     X = X / (jnp.linalg.norm(X, axis=(-2, -1), keepdims=True) + eps)
     m, n = X.shape[-2:]
     if n < 2 * m:
-        for _ in range(steps):
+        for a, b, c in coefficients:
             A = X @ T(X)
             X = a * X + (b * A + c * A @ A) @ X
     else:
@@ -60,8 +119,9 @@ def newton_schulz(G: Array, steps: int = NS_STEPS, eps: float = 1e-7) -> Array:
         # one): 44% fewer FLOPs in all for the MLP's 128 x 512 matrices (the
         # results agree to float32 rounding).
         S = X @ T(X)
+        (a, b, c), *rest = coefficients
         Q = a * jnp.eye(m, dtype=X.dtype) + b * S + c * S @ S
-        for _ in range(steps - 1):
+        for a, b, c in rest:
             A = Q @ S @ Q
             Q = a * Q + (b * A + c * A @ A) @ Q
         X = Q @ X
@@ -86,14 +146,14 @@ def _matrices(path, p: Array) -> tuple[Array, Any]:
     return p, lambda y: y
 
 
-def orthogonalise(path, g: Array) -> Array:
+def orthogonalise(path, g: Array, coefficients: Coefficients = ns_coefficients()) -> Array:
     """One parameter's Muon direction: U V^T of each of its matrices, times
     max(1, fan_out / fan_in) ** 0.5 so that a wide output matrix's update
     (whose rows cannot all be orthonormal) has entries of the same size as a
     square one's (the speedrun's scale)."""
     m, back = _matrices(path, g)
     fan_in, fan_out = m.shape[-2:]
-    return back(newton_schulz(m) * max(1.0, fan_out / fan_in) ** 0.5).astype(g.dtype)
+    return back(newton_schulz(m, coefficients) * max(1.0, fan_out / fan_in) ** 0.5).astype(g.dtype)
 
 
 class MuonState(NamedTuple):
@@ -101,8 +161,10 @@ class MuonState(NamedTuple):
     momentum: Any  # The momentum buffer, one per parameter.
 
 
-def scale_by_muon(momentum: optax.Schedule) -> optax.GradientTransformation:
-    """Nesterov momentum (coefficient `momentum(step)`), then `orthogonalise`.
+def scale_by_muon(momentum: optax.Schedule,
+                  coefficients: Coefficients = ns_coefficients()) -> optax.GradientTransformation:
+    """Nesterov momentum (coefficient `momentum(step)`), then `orthogonalise`
+    with Newton-Schulz `coefficients`.
     The update still needs the learning rate (`optax.scale_by_learning_rate`)."""
     def init(params):
         return MuonState(jnp.zeros([], jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params))
@@ -113,7 +175,8 @@ def scale_by_muon(momentum: optax.Schedule) -> optax.GradientTransformation:
         buf = jax.tree_util.tree_map(lambda m, g: beta * m + g, state.momentum, grads)
         # Nesterov: step along the gradient plus the momentum it is heading to.
         ahead = jax.tree_util.tree_map(lambda m, g: g + beta * m, buf, grads)
-        updates = jax.tree_util.tree_map_with_path(orthogonalise, ahead)
+        updates = jax.tree_util.tree_map_with_path(
+            lambda path, g: orthogonalise(path, g, coefficients), ahead)
         return updates, MuonState(state.count + 1, buf)
 
     return optax.GradientTransformation(init, update)

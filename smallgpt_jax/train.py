@@ -93,7 +93,8 @@ def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
             t, t.learning_rate * t.embedding_learning_rate_scale))
     if t.optimizer == "muon":
         parts["muon"] = optax.chain(
-            muon.scale_by_muon(muon.momentum_schedule(t)),
+            muon.scale_by_muon(muon.momentum_schedule(t),
+                               muon.ns_coefficients(t.muon_ns_steps, t.muon_ns_coefficients)),
             optax.scale_by_learning_rate(learning_rate_schedule(t, t.muon_learning_rate)))
     tx = (parts["adamw"] if len(parts) == 1
           else optax.multi_transform(parts, lambda params: optimizer_labels(t, params)))

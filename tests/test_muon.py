@@ -23,23 +23,47 @@ from test_checkpoint import train_config, write_corpus
 V = 13
 
 
+SCHEDULES = {"speedrun": muon.ns_coefficients(),
+             **{f"minimax{k}": muon.ns_coefficients(k, "minimax") for k in muon.MINIMAX}}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("shape", [(24, 40), (40, 24), (3, 16, 16), (32, 64), (2, 72, 36)])
-def test_newton_schulz_maps_each_singular_value_through_the_quintic(shape):
+def test_newton_schulz_maps_each_singular_value_through_the_quintics(shape, schedule):
     """The iteration acts on the singular values alone, s -> a s + b s^3 + c s^5,
-    five times, from s / ||G||_F; the singular vectors stay. Its output's
-    singular values (jnp.linalg.svd) are those, and lie in the speedrun's band."""
+    once per step's (a, b, c), from s / ||G||_F; the singular vectors stay. Its
+    output's singular values (jnp.linalg.svd) are those, and lie in the band."""
+    coefficients = SCHEDULES[schedule]
     G = jax.random.normal(jax.random.key(0), shape)
     U, S, Vt = np.linalg.svd(np.asarray(G, np.float64), full_matrices=False)
-    s = S / np.linalg.norm(np.asarray(G, np.float64), axis=(-2, -1), keepdims=True)[..., 0]
-    a, b, c = muon.NS_COEFFICIENTS
-    for _ in range(5):
+    s0 = s = S / np.linalg.norm(np.asarray(G, np.float64), axis=(-2, -1), keepdims=True)[..., 0]
+    for a, b, c in coefficients:
         s = a * s + b * s**3 + c * s**5
-    X = np.asarray(muon.newton_schulz(G), np.float64)
+    X = np.asarray(muon.newton_schulz(G, coefficients), np.float64)
     got = np.linalg.svd(X, compute_uv=False)
     np.testing.assert_allclose(got, np.sort(s, -1)[..., ::-1], rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(X, (U * s[..., None, :]) @ Vt, atol=1e-4)
-    assert got.min() > 0.6 and got.max() < 1.25, (got.min(), got.max())
+    if schedule == "speedrun":
+        assert got.min() > 0.6 and got.max() < 1.25, (got.min(), got.max())
+    else:  # Every s from at least the largest table's lower (0.0127) ends within 0.2 of 1.
+        assert np.abs(s[s0 >= 0.0127] - 1).max() < 0.201 and (s0 >= 0.0127).mean() > 0.8
     assert S.max() / S.min() > 3  # The input was far from orthogonal.
+
+
+def test_the_minimax_table_is_minimax_schedules_result_and_holds_its_band():
+    """MINIMAX is minimax_schedule's output (rounded), and the rounded
+    coefficients still bring every s in [lower, 1] within about 0.2 of 1 (the
+    programme sees a grid, and 4 decimals move the steep first step: 5 steps
+    end within 0.213); one step fewer from the same lower does not."""
+    for steps, table in muon.MINIMAX.items():
+        derived, lower = muon.minimax_schedule(steps)
+        np.testing.assert_allclose(np.asarray(derived), np.asarray(table), atol=1e-3)
+        s = np.geomspace(lower, 1.0, 4001)
+        for i, (a, b, c) in enumerate(table):
+            s = a * s + b * s**3 + c * s**5
+            if i == steps - 2:
+                assert np.abs(s - 1).max() > 0.25, steps
+        assert np.abs(s - 1).max() < 0.215, steps
 
 
 def test_labels_send_the_blocks_matrices_to_muon_and_the_rest_to_adamw():
@@ -163,10 +187,15 @@ def test_embedding_learning_rate_scale_scales_the_embeddings_steps_alone(optimiz
 def test_muon_fields_are_checked():
     for field, value in (("optimizer", "sgd"), ("muon_momentum", 1.0),
                          ("embedding_learning_rate_scale", -1.0),
-                         ("muon_learning_rate", -1.0), ("muon_momentum_start", -0.1)):
+                         ("muon_learning_rate", -1.0), ("muon_momentum_start", -0.1),
+                         ("muon_ns_steps", 0), ("muon_ns_coefficients", "cubic")):
         c = tiny_config(**{f"train.{field}": value})
         with pytest.raises(UserError, match=f"config.train.{field}"):
             validate(c, machine=False)
+    c = tiny_config(**{"train.muon_ns_coefficients": "minimax", "train.muon_ns_steps": 6})
+    with pytest.raises(UserError, match=r"muon_ns_steps=6 has no 'minimax' coefficients: "
+                                        r"use 3, 4, 5 steps"):
+        validate(c, machine=False)
 
 
 @pytest.mark.parametrize("accum", [1, 2])
