@@ -340,7 +340,7 @@ def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
         if t.muon_ns_steps not in MINIMAX:
             raise UserError(
                 f"config.train.muon_ns_steps={t.muon_ns_steps} has no 'minimax' coefficients:"
-                f" use {', '.join(map(str, MINIMAX))} steps, or "
+                f" use {', '.join(map(str, list(MINIMAX)[:-1]))} or {list(MINIMAX)[-1]} steps, or "
                 "config.train.muon_ns_coefficients='speedrun'.")
     if t.batch_size % t.grad_accum_steps:
         raise UserError(

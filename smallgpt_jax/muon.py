@@ -36,7 +36,7 @@ Coefficients = tuple[tuple[float, float, float], ...]  # (a, b, c) per step.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 # minimax_schedule(steps) for 3, 4 and 5 steps, rounded: each maps every
-# singular value in [lower, 1] into [0.8, 1.2] (lower: 0.0127, 0.0030, 0.0007).
+# singular value in [lower, 1] into about [0.8, 1.2] (lower: 0.0127, 0.0030, 0.0007).
 MINIMAX = {
     3: ((7.9883, -23.2063, 17.1169), (3.5093, -2.6294, 0.5260), (2.4945, -1.8380, 0.4372)),
     4: ((8.3845, -24.7692, 18.3597), (4.0447, -3.0123, 0.5696), (3.5093, -2.6294, 0.5260),
@@ -49,6 +49,8 @@ MINIMAX = {
 def ns_coefficients(steps: int = NS_STEPS, kind: str = "speedrun") -> Coefficients:
     """The iteration's (a, b, c) for each of `steps` steps: the speedrun's
     quintic every step ('speedrun'), or `MINIMAX[steps]` ('minimax')."""
+    if kind not in ("speedrun", "minimax"):
+        raise ValueError(f"unknown Newton-Schulz coefficients {kind!r}: 'speedrun' or 'minimax'.")
     return MINIMAX[steps] if kind == "minimax" else (NS_COEFFICIENTS,) * steps
 
 
@@ -62,7 +64,7 @@ def minimax_schedule(steps: int, band: float = 0.2) -> tuple[Coefficients, float
     linear programme over a grid), and continue on [min p, max p]. A smaller
     lower needs a steeper first step and ends in a wider band; bisect on it.
     The speedrun's fixed quintic is slower from small values: in 5 steps it
-    maps [0.002, 1] into about [0.7, 1.14]. Slow (seconds): MINIMAX holds
+    maps [0.002, 1] into about [0.68, 1.2]. Slow (seconds): MINIMAX holds
     the results that the optimiser uses."""
     from scipy.optimize import linprog  # scipy comes with JAX.
 
@@ -116,8 +118,9 @@ def newton_schulz(G: Array, coefficients: Coefficients = ns_coefficients(),
         # with S): X X^T = Q S Q, and X <- (a + b A + c A^2) X is
         # Q <- (a + b A + c A^2) Q. Four m x m products per iteration instead
         # of two m x n ones and an m x m one (the first, from Q = I, needs
-        # one): 44% fewer FLOPs in all for the MLP's 128 x 512 matrices (the
-        # results agree to float32 rounding).
+        # one): 44% fewer FLOPs in all for the MLP's two matrices at width
+        # 128 (SwiGLU's 128 x 682 and 341 x 128, or 128 x 512 and 512 x 128;
+        # the results agree to float32 rounding).
         S = X @ T(X)
         (a, b, c), *rest = coefficients
         Q = a * jnp.eye(m, dtype=X.dtype) + b * S + c * S @ S
