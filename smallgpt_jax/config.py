@@ -338,9 +338,10 @@ def validate(config: ml_collections.ConfigDict, machine: bool = True) -> None:
     if t.muon_ns_coefficients == "minimax":
         from smallgpt_jax.muon import MINIMAX  # Here: only this check needs JAX.
         if t.muon_ns_steps not in MINIMAX:
+            *some, last = MINIMAX
             raise UserError(
                 f"config.train.muon_ns_steps={t.muon_ns_steps} has no 'minimax' coefficients:"
-                f" use {', '.join(map(str, list(MINIMAX)[:-1]))} or {list(MINIMAX)[-1]} steps, or "
+                f" use {', '.join(map(str, some))} or {last} steps, or "
                 "config.train.muon_ns_coefficients='speedrun'.")
     if t.batch_size % t.grad_accum_steps:
         raise UserError(
