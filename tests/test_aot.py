@@ -5,6 +5,7 @@ one-line errors are checked everywhere."""
 
 import importlib.util
 import json
+import re
 
 import pytest
 
@@ -18,7 +19,7 @@ needs_libtpu = pytest.mark.skipif(
 KEYS = {"target", "devices", "fits", "device_memory_bytes", "state_bytes", "temp_bytes",
         "flops_per_step", "bytes_per_step", "flop_bound_ms", "memory_bound_ms",
         "tokens_per_s", "programs", "compile_s", "parallel", "compiled_as", "remat",
-        "hbm_bytes_per_step", "hbm_bound_ms", "compile_cpu_s"}
+        "hbm_bytes_per_step", "hbm_bound_ms", "compile_cpu_s", "xla_effort"}
 V5E = aot.target("tpu:v5e-1")
 TINY = ["--config=configs/char_cpu.py", "--config.model.num_layers=2",
         "--config.model.num_heads=2", "--config.model.embed_dim=32",
@@ -91,11 +92,60 @@ def test_the_breakdown_adds_up_to_about_xla_bytes(unrolled):
 
 
 @needs_libtpu
+def test_the_breakdown_ranks_by_hbm_bytes_when_asked(unrolled):
+    from smallgpt_jax.cli.compile import breakdown
+    program = unrolled["programs"][0]
+    groups = hlo_breakdown.contributors(program.hlo)
+    by_hbm = sorted(groups, key=lambda g: -g["hbm_bytes"])[:8]
+    assert by_hbm[0]["hbm_bytes"] > 0 and by_hbm[:3] != groups[:3]  # Another order.
+    text = breakdown(program, top=8, by="hbm")
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [(r[5].strip(" `"), r[6].strip()) for r in rows] == [
+        (g["op"], g["kind"]) for g in by_hbm]
+    assert "those crossing HBM most 8" in text
+
+
+@needs_libtpu
+def test_less_xla_effort_counts_fewer_bytes_but_moves_more_through_hbm(unrolled):
+    """JAX_EXEC_TIME_OPTIMIZATION_EFFORT=-1 compiles a TPU step without
+    keeping arrays in on-chip memory: XLA's bytes accessed (which count that
+    memory's traffic too) go down while the bytes through HBM, which the
+    bandwidth limits, go up. The figures say the effort was not the default."""
+    import jax
+    from smallgpt_jax.cli.compile import table
+    jax.config.update("jax_exec_time_optimization_effort", -1.0)
+    try:
+        low = aot.compile_steps(tiny_config(), 65, V5E, eval_step=False)
+        s_low = aot.summary(low, V5E)
+    finally:
+        jax.config.update("jax_exec_time_optimization_effort", 0.0)
+    s = aot.summary(unrolled, V5E)
+    assert s["xla_effort"] == {} and s_low["xla_effort"] == {"exec_time": -1.0}
+    assert s_low["bytes_per_step"] < s["bytes_per_step"]
+    assert s_low["hbm_bytes_per_step"] > 2 * s["hbm_bytes_per_step"]
+    assert "XLA exec time -1.0 (not the default: another program)" in table(s_low, low, V5E)
+    assert "XLA exec time" not in table(s, unrolled, V5E)
+
+
+@needs_libtpu
 def test_the_command_prints_one_json_object():
     proc = compile_cli("--target=tpu:v5e-1", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads(proc.stdout)
     assert set(s) == KEYS and s["target"] == "tpu:v5e-1" and s["fits"] is True
+
+
+@needs_libtpu
+def test_an_older_commits_step_is_counted_with_todays_counter():
+    """benchmarks/compile_at_commit.py runs a commit's own compile check and
+    counts its train step again; for HEAD the count is the check's own."""
+    proc = run_cli(["--commit=HEAD", "--", *TINY, "--target=tpu:v5e-1", "--json"],
+                   module="benchmarks.compile_at_commit")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    own, counted = proc.stdout.strip().splitlines()[-3], proc.stdout.strip().splitlines()[-1]
+    hbm = float(re.search(r"([\d.e-]+) GB crossing HBM", counted).group(1))
+    assert "train step of HEAD" in counted
+    assert hbm == pytest.approx(json.loads(own)["hbm_bytes_per_step"] / 1e9, rel=1e-3)
 
 
 def test_fsdp_compiles_with_an_eighth_of_the_state_per_device():

@@ -317,4 +317,18 @@ def summary(result: dict, t: Target) -> dict:
         "programs": len(result["programs"]),
         "compile_s": sum(p.compile_s for p in result["programs"]),
         "compile_cpu_s": sum(p.compile_cpu_s for p in result["programs"]),
+        "xla_effort": xla_effort(),
     }
+
+
+def xla_effort() -> dict[str, float | str]:
+    """JAX's settings for how hard XLA works on a program, where they are not
+    the defaults (JAX_EXEC_TIME_OPTIMIZATION_EFFORT, JAX_MEMORY_FITTING_EFFORT,
+    JAX_OPTIMIZATION_LEVEL): less effort compiles a TPU step several times
+    faster, but into another program (benchmarks/README.md), so its figures
+    say so."""
+    c = jax.config
+    found = {"exec_time": c.jax_exec_time_optimization_effort,
+             "memory_fitting": c.jax_memory_fitting_effort,
+             "optimization_level": str(c.jax_optimization_level)}
+    return {k: v for k, v in found.items() if v not in (0.0, "UNKNOWN")}

@@ -14,7 +14,9 @@ step and device (XLA's static estimates, loop bodies counted as many times as
 they run); the step time the target's published peak FLOP/s and memory
 bandwidth allow, and tokens/s from the larger of the two. --json prints the
 same as one JSON object; --breakdown adds the operations that move the most
-bytes.
+bytes (--breakdown_by=hbm: the most through HBM). Where JAX's effort settings
+are not the defaults (JAX_EXEC_TIME_OPTIMIZATION_EFFORT, ...) the table and
+`xla_effort` say so: XLA then compiles another program.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def _define_flags() -> None:
                         "tpu:v6e-8, cpu:N or gpu.")
     flags.DEFINE_boolean("json", False, "Print one JSON object instead of the table.")
     flags.DEFINE_boolean("breakdown", False, "Add the operations that move the most bytes.")
+    flags.DEFINE_enum("breakdown_by", "xla", ["xla", "hbm"], "Rank --breakdown's operations "
+                      "by XLA's bytes or by the bytes that cross HBM.")
     flags.DEFINE_integer("vocab_size", 65, "Vocabulary size V for a 'char' tokenizer "
                          "(65: the characters of Tiny Shakespeare).")
 
@@ -67,7 +71,9 @@ def table(s: dict, result: dict, t) -> str:
                      + (f" (compiled as {s['compiled_as']})" if s["compiled_as"] != c.parallel
                         else "") + f", remat {m.remat}, dtype {m.dtype}, "
                      f"fast_backward {m.fast_backward}, attention {m.attention}, scan_layers "
-                     f"{m.scan_layers}, dropout {m.dropout}; {result['params']:,} parameters"),
+                     f"{m.scan_layers}, dropout {m.dropout}; {result['params']:,} parameters"
+                     + "".join(f"; XLA {k.replace('_', ' ')} {v} (not the default: "
+                               "another program)" for k, v in s["xla_effort"].items())),
         ("batch", f"{c.train.batch_size} x {m.block_size} tokens per step, "
                   f"{c.train.batch_size // t.devices} sequences per device"),
         ("programs", f"{s['programs']} compiled in {s['compile_s']:.1f} s, "
@@ -102,17 +108,20 @@ def table(s: dict, result: dict, t) -> str:
     return "\n".join(lines + ["", "XLA's static estimates for the target, not measurements."])
 
 
-def breakdown(program, top: int = 20) -> str:
-    """The operations of `program` that move the most bytes, and how their
-    sum compares with XLA's own total."""
+def breakdown(program, top: int = 20, by: str = "xla") -> str:
+    """The operations of `program` that move the most bytes (XLA's count, or
+    `by='hbm'` those that cross HBM), and how their sum compares with XLA's
+    own total."""
     from smallgpt_jax.analysis import hlo_breakdown  # With aot, after main()'s settings.
     groups = hlo_breakdown.contributors(program.hlo)
     total = sum(g["bytes"] for g in groups)
     padded = sum(g["padded_bytes"] for g in groups)
-    lines = [f"Bytes per step of the {program.name}, by operation (the largest {top}):", "",
+    ranked = groups if by == "xla" else sorted(groups, key=lambda g: -g["hbm_bytes"])
+    largest = "the largest" if by == "xla" else "those crossing HBM most"
+    lines = [f"Bytes per step of the {program.name}, by operation ({largest} {top}):", "",
              "| GB | share | HBM GB | runs | op | instruction | output | largest array | padded x |",
              "|---:|---:|---:|---:|---|---|---|---|---:|"]
-    for g in groups[:top]:
+    for g in ranked[:top]:
         lines.append(f"| {g['bytes'] / 1e9:,.3f} | {g['bytes'] / total:.1%} | "
                      f"{g['hbm_bytes'] / 1e9:,.3f} | {g['count']} | "
                      f"`{g['op'] or '-'}` | {g['kind']} | {g['shape']} | {g['largest']} | "
@@ -171,7 +180,7 @@ def main(argv: list[str]) -> None:
     print(table(s, result, t))
     if FLAGS.breakdown:
         print()
-        print(breakdown(result["programs"][0]))
+        print(breakdown(result["programs"][0], by=FLAGS.breakdown_by))
 
 
 def run() -> None:
