@@ -11,6 +11,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _jaxlib_version() -> tuple[int, ...]:
+    """The installed jaxlib's (major, minor), read without importing JAX."""
+    from importlib.metadata import version
+    return tuple(int(part) for part in version("jaxlib").split(".")[:2])
+
 
 def _find_corpus_dir() -> str | None:
     """Where a user would have Tiny Shakespeare: $SMALLGPT_DATA_DIR, the user
@@ -36,8 +41,9 @@ if _find_corpus_dir():
 # loss-regression fixture still matches). Set before JAX starts, so
 # in-process tests and the subprocesses they start (which inherit os.environ)
 # both get it.
-FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                "--xla_cpu_use_fusion_emitters=false")
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if _jaxlib_version() < (0, 11):  # Newer XLA has only the fusion emitters (and stops
+    FAST_COMPILE += " --xla_cpu_use_fusion_emitters=false"  # at a flag it does not know).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 # Caches live in one folder per test session, not in the user's ~/.cache:

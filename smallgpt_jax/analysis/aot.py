@@ -327,8 +327,10 @@ def xla_effort() -> dict[str, float | str]:
     JAX_OPTIMIZATION_LEVEL): less effort compiles a TPU step several times
     faster, but into another program (benchmarks/README.md), so its figures
     say so."""
-    c = jax.config
-    found = {"exec_time": c.jax_exec_time_optimization_effort,
-             "memory_fitting": c.jax_memory_fitting_effort,
-             "optimization_level": str(c.jax_optimization_level)}
-    return {k: v for k, v in found.items() if v not in (0.0, "UNKNOWN")}
+    names = {"exec_time": "jax_exec_time_optimization_effort",
+             "memory_fitting": "jax_memory_fitting_effort",
+             "optimization_level": "jax_optimization_level"}
+    # A JAX without one of them (jax 0.12 has only the level) compiles with its default.
+    found = {k: getattr(jax.config, name, None) for k, name in names.items()}
+    return {k: v if isinstance(v, float) else str(v) for k, v in found.items()
+            if v not in (None, 0.0, "UNKNOWN")}
