@@ -277,7 +277,8 @@ def test_errors_are_one_line(tmp_path):
     for args, message in [(["--target=tpu:v9-1"], "known: tpu:v5e-1"),
                           (["--target=gpu"], "a GPU without one is not supported"),
                           (["--target=tpu:v4-8", "--config.train.batch_size=6"],
-                           "does not split evenly over the target's 4 device(s)")]:
+                           "does not split evenly over the target's 4 device(s)"),
+                          (["--target=cpu:1", "--breakdown_by=hbm"], "add --breakdown")]:
         proc = compile_cli(*args)
         err = proc.stderr.strip()
         assert proc.returncode == 2 and message in err and len(err.splitlines()) == 1, err

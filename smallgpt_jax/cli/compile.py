@@ -156,6 +156,8 @@ def main(argv: list[str]) -> None:
                             "tpu:v5p-8, tpu:v6e-8, cpu:N or gpu.")
         if FLAGS.json and FLAGS.breakdown:
             raise UserError("--breakdown adds to the table; it does not go with --json.")
+        if FLAGS.breakdown_by != "xla" and not FLAGS.breakdown:
+            raise UserError("--breakdown_by ranks --breakdown's operations: add --breakdown.")
         import jax  # After setup_process, as every command (docs/architecture.md).
         from smallgpt_jax.analysis import aot
         from smallgpt_jax.cli import shapes
