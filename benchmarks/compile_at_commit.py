@@ -23,7 +23,7 @@ import tempfile
 
 from absl import app, flags
 
-from smallgpt_jax.analysis import hlo_cost, hlo_text
+from smallgpt_jax.analysis import hlo_breakdown, hlo_cost, hlo_text
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 flags.DEFINE_string("commit", None, "The commit whose compile check runs.", required=True)
@@ -47,19 +47,20 @@ runpy.run_module("smallgpt_jax.compile", run_name="__main__")
 
 
 def counted(path: pathlib.Path) -> tuple[float, float]:
-    """(XLA's bytes as the compile check sums them, bytes crossing HBM) of one
-    compiled program's HLO text, loop bodies times their runs."""
-    comps = hlo_text.parse(path.read_text())
-    runs, _ = hlo_cost.multiplicities(comps)
-    xla = sum(n * hlo_cost.instruction_bytes(i, comps[c], comps)
-              for c, n in runs.items() for i in comps[c].instrs)
-    return xla, hlo_cost.hbm_bytes(comps, runs)
+    """(XLA's bytes as `--breakdown` sums them, bytes crossing HBM as the
+    compile check counts them) of one compiled program's HLO text, loop
+    bodies times their runs."""
+    text = path.read_text()
+    comps = hlo_text.parse(text)
+    xla = sum(g["bytes"] for g in hlo_breakdown.contributors(text))
+    return xla, hlo_cost.hbm_bytes(comps, hlo_cost.multiplicities(comps)[0])
 
 
 def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tree, hlo = pathlib.Path(tmp, "tree"), pathlib.Path(tmp, "hlo")
-        tree.mkdir(), hlo.mkdir()
+        tree.mkdir()
+        hlo.mkdir()
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", FLAGS.commit],
                                  capture_output=True, check=False)
         if archive.returncode:

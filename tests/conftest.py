@@ -46,6 +46,11 @@ if _jaxlib_version() < (0, 11):  # Newer XLA has only the fusion emitters (and s
     FAST_COMPILE += " --xla_cpu_use_fusion_emitters=false"  # at a flag it does not know).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+# The tests compute on this host's CPU. Said once for every test and the
+# processes they start: with libtpu installed (the tpu extra, for the compile
+# check) JAX would otherwise look for a TPU at each start, and the memory
+# check would leave the activations to an accelerator.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Caches live in one folder per test session, not in the user's ~/.cache:
 # every session starts cold, as on a fresh machine, and leaves nothing behind.
 # The pytest-xdist workers inherit the folder from the process that made it.
